@@ -1,0 +1,528 @@
+//! The one decision: may this credential log in to this protocol for this user now?
+//!
+//! [`decide_mail_login`] is pure (no I/O, no clock): callers pass the domain's and
+//! user's state as read from the store and the current time. The same function runs
+//! at login and when live sessions are re-checked after a change, so a session is
+//! dropped exactly when a fresh login with its credential would be refused.
+//! DESIGN.md's policy table is the specification; the table test below is it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A domain administrator's choice (DESIGN: Disabled / Enabled / Forced).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainStatus {
+    Disabled,
+    Enabled,
+    Forced,
+}
+
+impl DomainStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Enabled => "enabled",
+            Self::Forced => "forced",
+        }
+    }
+}
+
+impl fmt::Display for DomainStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DomainStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "disabled" => Ok(Self::Disabled),
+            "enabled" => Ok(Self::Enabled),
+            "forced" => Ok(Self::Forced),
+            other => Err(format!(
+                "unknown status {other:?} (expected disabled, enabled or forced)"
+            )),
+        }
+    }
+}
+
+/// A mail protocol postern guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Imap,
+    Pop3,
+    Smtp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Imap => "imap",
+            Self::Pop3 => "pop3",
+            Self::Smtp => "smtp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "imap" => Ok(Self::Imap),
+            "pop3" => Ok(Self::Pop3),
+            "smtp" => Ok(Self::Smtp),
+            other => Err(format!(
+                "unknown protocol {other:?} (expected imap, pop3 or smtp)"
+            )),
+        }
+    }
+}
+
+/// The protocols an app password may be used with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scopes {
+    imap: bool,
+    pop3: bool,
+    smtp: bool,
+}
+
+impl Scopes {
+    pub const ALL: Scopes = Scopes {
+        imap: true,
+        pop3: true,
+        smtp: true,
+    };
+
+    pub fn contains(self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Imap => self.imap,
+            Protocol::Pop3 => self.pop3,
+            Protocol::Smtp => self.smtp,
+        }
+    }
+
+    pub fn protocols(self) -> impl Iterator<Item = Protocol> {
+        Protocol::ALL.into_iter().filter(move |p| self.contains(*p))
+    }
+}
+
+impl fmt::Display for Scopes {
+    /// `imap,pop3,smtp`: the stored and printed form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.protocols().map(Protocol::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for Scopes {
+    type Err = String;
+    /// A comma-separated list; at least one protocol.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut scopes = Scopes {
+            imap: false,
+            pop3: false,
+            smtp: false,
+        };
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            match part.parse::<Protocol>()? {
+                Protocol::Imap => scopes.imap = true,
+                Protocol::Pop3 => scopes.pop3 = true,
+                Protocol::Smtp => scopes.smtp = true,
+            }
+        }
+        if scopes.protocols().next().is_none() {
+            return Err("a scope names at least one of imap, pop3, smtp".into());
+        }
+        Ok(scopes)
+    }
+}
+
+/// A domain's 2-Step settings as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainPolicy {
+    /// The system administrator's switch.
+    pub feature: bool,
+    /// The domain administrator's choice; applies only while `feature` is on.
+    pub status: DomainStatus,
+    /// End of the Forced enrollment grace period (Unix seconds), if any.
+    pub grace_until: Option<i64>,
+}
+
+impl DomainPolicy {
+    /// DESIGN: Disabled unless the feature is on, else the administrator's choice.
+    pub fn effective_status(&self) -> DomainStatus {
+        if self.feature {
+            self.status
+        } else {
+            DomainStatus::Disabled
+        }
+    }
+}
+
+/// What the policy needs to know about a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UserState {
+    /// A second factor has been verified.
+    pub enrolled: bool,
+    /// An administrator disabled the account.
+    pub disabled: bool,
+}
+
+/// The credential a client presented, as classified by the store lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// Anything that is not one of the user's app passwords: only the upstream
+    /// server can tell whether it is right.
+    Primary,
+    /// One of the user's app passwords, verified.
+    AppPassword {
+        scopes: Scopes,
+        expires_at: Option<i64>,
+    },
+}
+
+/// How postern logs in upstream when a login is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamLogin {
+    /// With the client's own credentials; the upstream verifies them.
+    Passthrough,
+    /// With the master account on the user's behalf.
+    Master,
+}
+
+/// Why a login is refused. The client sees one wording for all of these (no
+/// oracle); the reason goes to the log and the audit trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    UserDisabled,
+    /// Enrolled user, or Forced domain, presenting a primary password.
+    AppPasswordRequired,
+    /// Forced domain, not enrolled, grace over: enroll on the web first.
+    EnrollmentRequired,
+    OutOfScope,
+    Expired,
+}
+
+impl Refusal {
+    /// Short machine-friendly reason for logs and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserDisabled => "user-disabled",
+            Self::AppPasswordRequired => "app-password-required",
+            Self::EnrollmentRequired => "enrollment-required",
+            Self::OutOfScope => "app-password-out-of-scope",
+            Self::Expired => "app-password-expired",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow(UpstreamLogin),
+    Refuse(Refusal),
+}
+
+/// The policy for a mail login (IMAP, POP3, SMTP). `domain` is `None` for a domain
+/// postern does not know, which behaves as Disabled.
+pub fn decide_mail_login(
+    domain: Option<&DomainPolicy>,
+    user: UserState,
+    credential: Credential,
+    protocol: Protocol,
+    now: i64,
+) -> Decision {
+    if user.disabled {
+        return Decision::Refuse(Refusal::UserDisabled);
+    }
+    let status = domain.map_or(DomainStatus::Disabled, DomainPolicy::effective_status);
+    match credential {
+        Credential::AppPassword { scopes, expires_at } => {
+            if expires_at.is_some_and(|at| at <= now) {
+                Decision::Refuse(Refusal::Expired)
+            } else if !scopes.contains(protocol) {
+                Decision::Refuse(Refusal::OutOfScope)
+            } else {
+                Decision::Allow(UpstreamLogin::Master)
+            }
+        }
+        Credential::Primary => match (status, user.enrolled) {
+            (DomainStatus::Disabled, _) | (DomainStatus::Enabled, false) => {
+                Decision::Allow(UpstreamLogin::Passthrough)
+            }
+            (DomainStatus::Enabled | DomainStatus::Forced, true) => {
+                Decision::Refuse(Refusal::AppPasswordRequired)
+            }
+            (DomainStatus::Forced, false) => {
+                let in_grace = domain
+                    .and_then(|d| d.grace_until)
+                    .is_some_and(|until| now < until);
+                if in_grace {
+                    Decision::Allow(UpstreamLogin::Passthrough)
+                } else {
+                    Decision::Refuse(Refusal::EnrollmentRequired)
+                }
+            }
+        },
+    }
+}
+
+/// What the web login asks for after the primary password was verified upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebLoginStep {
+    /// The password is enough.
+    Done,
+    /// The user is offered enrollment but may skip it.
+    DoneMayEnroll,
+    /// A second factor is required.
+    SecondStep,
+    /// Forced domain without enrollment: enroll before anything else.
+    MustEnroll,
+}
+
+/// The policy table's web-login column.
+pub fn decide_web_login(domain: Option<&DomainPolicy>, user: UserState, now: i64) -> WebLoginStep {
+    let status = domain.map_or(DomainStatus::Disabled, DomainPolicy::effective_status);
+    match (status, user.enrolled) {
+        (DomainStatus::Disabled, _) => WebLoginStep::Done,
+        (DomainStatus::Enabled, false) => WebLoginStep::DoneMayEnroll,
+        (_, true) => WebLoginStep::SecondStep,
+        (DomainStatus::Forced, false) => {
+            let in_grace = domain
+                .and_then(|d| d.grace_until)
+                .is_some_and(|until| now < until);
+            if in_grace {
+                WebLoginStep::DoneMayEnroll
+            } else {
+                WebLoginStep::MustEnroll
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DomainStatus::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn domain(feature: bool, status: DomainStatus) -> DomainPolicy {
+        DomainPolicy {
+            feature,
+            status,
+            grace_until: None,
+        }
+    }
+
+    fn user(enrolled: bool) -> UserState {
+        UserState {
+            enrolled,
+            disabled: false,
+        }
+    }
+
+    const APP: Credential = Credential::AppPassword {
+        scopes: Scopes::ALL,
+        expires_at: None,
+    };
+
+    /// DESIGN.md's table, row by row: (status, enrolled, primary, app password, web).
+    #[test]
+    fn the_policy_table() {
+        use Decision::*;
+        use UpstreamLogin::*;
+        use WebLoginStep::*;
+        let rows = [
+            (Disabled, false, Allow(Passthrough), Allow(Master), Done),
+            (Disabled, true, Allow(Passthrough), Allow(Master), Done),
+            (
+                Enabled,
+                false,
+                Allow(Passthrough),
+                Allow(Master),
+                DoneMayEnroll,
+            ),
+            (
+                Enabled,
+                true,
+                Refuse(Refusal::AppPasswordRequired),
+                Allow(Master),
+                SecondStep,
+            ),
+            (
+                Forced,
+                false,
+                Refuse(Refusal::EnrollmentRequired),
+                Allow(Master),
+                MustEnroll,
+            ),
+            (
+                Forced,
+                true,
+                Refuse(Refusal::AppPasswordRequired),
+                Allow(Master),
+                SecondStep,
+            ),
+        ];
+        for (status, enrolled, primary, app, web) in rows {
+            let d = domain(true, status);
+            for protocol in Protocol::ALL {
+                assert_eq!(
+                    decide_mail_login(Some(&d), user(enrolled), Credential::Primary, protocol, NOW),
+                    primary,
+                    "{status} enrolled={enrolled} primary {protocol}"
+                );
+                assert_eq!(
+                    decide_mail_login(Some(&d), user(enrolled), APP, protocol, NOW),
+                    app,
+                    "{status} enrolled={enrolled} app {protocol}"
+                );
+            }
+            assert_eq!(decide_web_login(Some(&d), user(enrolled), NOW), web);
+        }
+    }
+
+    #[test]
+    fn feature_off_means_disabled_whatever_the_status() {
+        for status in [Disabled, Enabled, Forced] {
+            let d = domain(false, status);
+            assert_eq!(d.effective_status(), Disabled);
+            assert_eq!(
+                decide_mail_login(
+                    Some(&d),
+                    user(true),
+                    Credential::Primary,
+                    Protocol::Imap,
+                    NOW
+                ),
+                Decision::Allow(UpstreamLogin::Passthrough)
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_domain_behaves_as_disabled() {
+        assert_eq!(
+            decide_mail_login(None, user(true), Credential::Primary, Protocol::Pop3, NOW),
+            Decision::Allow(UpstreamLogin::Passthrough)
+        );
+        assert_eq!(decide_web_login(None, user(true), NOW), WebLoginStep::Done);
+    }
+
+    #[test]
+    fn forced_grace_period_lets_primary_through_until_it_ends() {
+        let d = DomainPolicy {
+            grace_until: Some(NOW + 10),
+            ..domain(true, Forced)
+        };
+        let login = |now| {
+            decide_mail_login(
+                Some(&d),
+                user(false),
+                Credential::Primary,
+                Protocol::Smtp,
+                now,
+            )
+        };
+        assert_eq!(login(NOW), Decision::Allow(UpstreamLogin::Passthrough));
+        assert_eq!(login(NOW + 9), Decision::Allow(UpstreamLogin::Passthrough));
+        assert_eq!(
+            login(NOW + 10),
+            Decision::Refuse(Refusal::EnrollmentRequired)
+        );
+        // Grace never helps an enrolled user's primary password.
+        assert_eq!(
+            decide_mail_login(
+                Some(&d),
+                user(true),
+                Credential::Primary,
+                Protocol::Smtp,
+                NOW
+            ),
+            Decision::Refuse(Refusal::AppPasswordRequired)
+        );
+        assert_eq!(
+            decide_web_login(Some(&d), user(false), NOW),
+            WebLoginStep::DoneMayEnroll
+        );
+        assert_eq!(
+            decide_web_login(Some(&d), user(false), NOW + 10),
+            WebLoginStep::MustEnroll
+        );
+    }
+
+    #[test]
+    fn app_password_scope_and_expiry() {
+        let d = domain(true, Enabled);
+        let imap_only = Credential::AppPassword {
+            scopes: "imap".parse().unwrap(),
+            expires_at: None,
+        };
+        assert_eq!(
+            decide_mail_login(Some(&d), user(true), imap_only, Protocol::Imap, NOW),
+            Decision::Allow(UpstreamLogin::Master)
+        );
+        for p in [Protocol::Pop3, Protocol::Smtp] {
+            assert_eq!(
+                decide_mail_login(Some(&d), user(true), imap_only, p, NOW),
+                Decision::Refuse(Refusal::OutOfScope)
+            );
+        }
+        let expiring = Credential::AppPassword {
+            scopes: Scopes::ALL,
+            expires_at: Some(NOW + 1),
+        };
+        assert_eq!(
+            decide_mail_login(Some(&d), user(true), expiring, Protocol::Imap, NOW),
+            Decision::Allow(UpstreamLogin::Master)
+        );
+        assert_eq!(
+            decide_mail_login(Some(&d), user(true), expiring, Protocol::Imap, NOW + 1),
+            Decision::Refuse(Refusal::Expired)
+        );
+    }
+
+    #[test]
+    fn disabled_user_is_refused_whatever_the_credential() {
+        let disabled = UserState {
+            enrolled: true,
+            disabled: true,
+        };
+        for d in [
+            None,
+            Some(domain(true, Forced)),
+            Some(domain(false, Disabled)),
+        ] {
+            for credential in [Credential::Primary, APP] {
+                assert_eq!(
+                    decide_mail_login(d.as_ref(), disabled, credential, Protocol::Imap, NOW),
+                    Decision::Refuse(Refusal::UserDisabled)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn scopes_parse_and_print() {
+        let s: Scopes = " imap, smtp ".parse().unwrap();
+        assert!(s.contains(Protocol::Imap) && s.contains(Protocol::Smtp));
+        assert!(!s.contains(Protocol::Pop3));
+        assert_eq!(s.to_string(), "imap,smtp");
+        assert!("".parse::<Scopes>().is_err());
+        assert!("imap,ftp".parse::<Scopes>().is_err());
+        assert_eq!(Scopes::ALL.to_string(), "imap,pop3,smtp");
+    }
+}
