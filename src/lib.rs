@@ -2,6 +2,8 @@
 //! submission servers.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod credentials;
 pub mod policy;
 pub mod protocol;
 pub mod secret;

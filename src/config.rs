@@ -1,0 +1,569 @@
+//! The TOML configuration: one file, every key documented in
+//! `config/postern.toml`, defaults in code, unknown keys refused by name.
+//!
+//! This module only parses and validates; it opens no socket and reads no other
+//! file (secrets files are read by their owners at start).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::policy::Protocol;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where postern keeps domains, users, app passwords and the event log.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Key material for keyed hashes and cookies.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// The certificate postern presents on TLS listeners and after STARTTLS.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// The web UI and JSON API.
+    #[serde(default)]
+    pub web: WebConfig,
+    /// IMAP listeners and upstream; left out: IMAP is off.
+    pub imap: Option<ProtocolConfig>,
+    /// POP3 listeners and upstream; left out: POP3 is off.
+    pub pop3: Option<ProtocolConfig>,
+    /// SMTP submission listeners and upstream; left out: submission is off.
+    pub smtp: Option<ProtocolConfig>,
+    /// How postern logs in upstream for users who present an app password.
+    #[serde(default)]
+    pub upstream_auth: UpstreamAuthConfig,
+    /// Abuse limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// PROXY protocol v1/v2 on the mail listeners.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// The SMTP relay that sends recovery e-mail codes.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Cluster identity.
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://data/postern.db` or `postgres://user@host/db`.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+        }
+    }
+}
+
+fn default_store_url() -> String {
+    "sqlite://data/postern.db".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// 32 random bytes (hex) for keyed hashes and cookies; generated if missing.
+    /// Every node of a cluster must share the same file.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            key_file: default_key_file(),
+        }
+    }
+}
+
+fn default_key_file() -> PathBuf {
+    "data/postern.key".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`, generated self-signed if both are missing.
+    #[serde(default = "default_cert")]
+    pub cert: PathBuf,
+    /// PEM private key.
+    #[serde(default = "default_key")]
+    pub key: PathBuf,
+    /// Seconds a TLS handshake may take.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: default_cert(),
+            key: default_key(),
+            handshake_timeout_secs: default_handshake_timeout(),
+        }
+    }
+}
+
+fn default_cert() -> PathBuf {
+    "certs/postern.crt".into()
+}
+fn default_key() -> PathBuf {
+    "certs/postern.key".into()
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Address of the web UI, JSON API, `/metrics` and `/healthz`.
+    #[serde(default = "default_web_listen")]
+    pub listen: SocketAddr,
+    /// Public base URL used in links and for the Secure cookie flag.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_web_listen(),
+            public_url: None,
+        }
+    }
+}
+
+fn default_web_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// How postern talks to an upstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// Plain TCP (a trusted network, typically loopback).
+    None,
+    /// Plain TCP, then STARTTLS / STLS before logging in.
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+/// How the SMTP upstream is told who the user is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpUpstreamLogin {
+    /// SASL AUTH as the user (passthrough) or with the master account.
+    Auth,
+    /// Postfix `XCLIENT LOGIN=... ADDR=...` (needs `smtpd_authorized_xclient_hosts`).
+    Xclient,
+}
+
+/// One protocol section as written in the file; [`ProtocolConfig::resolve`] fills
+/// the per-protocol defaults.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolConfig {
+    /// Plain listeners that offer STARTTLS/STLS.
+    pub listen: Option<Vec<SocketAddr>>,
+    /// Implicit-TLS listeners.
+    pub listen_tls: Option<Vec<SocketAddr>>,
+    /// `host:port` of the server postern protects.
+    pub upstream: Option<String>,
+    /// none | starttls | implicit.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Name to verify the upstream certificate against; defaults to the upstream host.
+    pub upstream_tls_name: Option<String>,
+    /// Accept logins before TLS on plain listeners.
+    pub allow_plaintext_auth: Option<bool>,
+    /// SMTP only: auth | xclient.
+    pub upstream_login: Option<SmtpUpstreamLogin>,
+    /// Seconds to connect and log in upstream.
+    pub upstream_timeout_secs: Option<u64>,
+}
+
+/// A protocol section with every default applied.
+#[derive(Debug, Clone)]
+pub struct ProtocolSettings {
+    pub protocol: Protocol,
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    pub upstream: String,
+    pub upstream_tls: UpstreamTls,
+    pub upstream_tls_name: String,
+    pub allow_plaintext_auth: bool,
+    pub upstream_login: SmtpUpstreamLogin,
+    pub upstream_timeout_secs: u64,
+}
+
+impl ProtocolConfig {
+    fn resolve(&self, protocol: Protocol) -> Result<ProtocolSettings, ConfigError> {
+        let (plain, tls, upstream) = match protocol {
+            Protocol::Imap => (1143, 1993, "127.0.0.1:143"),
+            Protocol::Pop3 => (1110, 1995, "127.0.0.1:110"),
+            Protocol::Smtp => (1587, 1465, "127.0.0.1:587"),
+        };
+        let section = protocol.as_str();
+        if protocol != Protocol::Smtp && self.upstream_login.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "{section}.upstream_login: only the [smtp] section has this key"
+            )));
+        }
+        let upstream = self.upstream.clone().unwrap_or_else(|| upstream.into());
+        let host = upstream_host(&upstream).ok_or_else(|| {
+            ConfigError::Invalid(format!("{section}.upstream: {upstream:?} is not host:port"))
+        })?;
+        Ok(ProtocolSettings {
+            protocol,
+            listen: self
+                .listen
+                .clone()
+                .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], plain))]),
+            listen_tls: self
+                .listen_tls
+                .clone()
+                .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], tls))]),
+            upstream_tls_name: self.upstream_tls_name.clone().unwrap_or(host),
+            upstream,
+            upstream_tls: self.upstream_tls.unwrap_or(UpstreamTls::None),
+            allow_plaintext_auth: self.allow_plaintext_auth.unwrap_or(false),
+            upstream_login: self.upstream_login.unwrap_or(SmtpUpstreamLogin::Auth),
+            upstream_timeout_secs: self.upstream_timeout_secs.unwrap_or(10),
+        })
+    }
+}
+
+/// The host part of `host:port` or `[v6]:port`, if the port is a number.
+fn upstream_host(upstream: &str) -> Option<String> {
+    let (host, port) = upstream.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// How postern logs in upstream on behalf of an app-password user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterMode {
+    /// SASL PLAIN with authorization identity = the user, master credentials.
+    Master,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthConfig {
+    /// Only `master` for now.
+    #[serde(default = "default_mode")]
+    pub mode: MasterMode,
+    /// The upstream's master account.
+    #[serde(default = "default_master_user")]
+    pub master_user: String,
+    /// Its password (prefer `master_password_file`).
+    #[serde(default)]
+    pub master_password: Option<String>,
+    /// A file holding the master password (first line).
+    #[serde(default)]
+    pub master_password_file: Option<PathBuf>,
+    /// PEM CA bundle to verify upstream TLS; system roots if empty.
+    #[serde(default)]
+    pub ca_file: String,
+}
+
+impl Default for UpstreamAuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: default_mode(),
+            master_user: default_master_user(),
+            master_password: None,
+            master_password_file: None,
+            ca_file: String::new(),
+        }
+    }
+}
+
+fn default_mode() -> MasterMode {
+    MasterMode::Master
+}
+fn default_master_user() -> String {
+    "proxy".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// CIDRs exempt from login penalties (e.g. webmail hosts).
+    #[serde(default)]
+    pub trusted_networks: Vec<IpNet>,
+    /// Longest command line or literal accepted before login, in bytes.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    /// Invalid commands before login before the connection is closed.
+    #[serde(default = "default_bad_commands")]
+    pub max_bad_commands: u32,
+    /// Seconds a client may take to log in.
+    #[serde(default = "default_prelogin_timeout")]
+    pub prelogin_timeout_secs: u64,
+    /// Idle seconds after login before the session is closed (0: never).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Open connections from one IP address.
+    #[serde(default = "default_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Open connections in all.
+    #[serde(default = "default_total")]
+    pub max_connections: usize,
+    /// Argon2 verifications running at once (others queue).
+    #[serde(default = "default_argon2")]
+    pub argon2_parallelism: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            trusted_networks: Vec::new(),
+            max_line_bytes: default_max_line(),
+            max_bad_commands: default_bad_commands(),
+            prelogin_timeout_secs: default_prelogin_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections_per_ip: default_per_ip(),
+            max_connections: default_total(),
+            argon2_parallelism: default_argon2(),
+        }
+    }
+}
+
+fn default_max_line() -> usize {
+    8192
+}
+fn default_bad_commands() -> u32 {
+    3
+}
+fn default_prelogin_timeout() -> u64 {
+    60
+}
+fn default_idle_timeout() -> u64 {
+    1800
+}
+fn default_per_ip() -> usize {
+    50
+}
+fn default_total() -> usize {
+    20_000
+}
+fn default_argon2() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolConfig {
+    /// CIDRs allowed to send a PROXY v1/v2 header; empty: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `host:port` of an SMTP server that accepts mail from postern.
+    #[serde(default = "default_relay")]
+    pub smtp: String,
+    /// Sender address of recovery codes.
+    #[serde(default = "default_from")]
+    pub from: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            smtp: default_relay(),
+            from: default_from(),
+        }
+    }
+}
+
+fn default_relay() -> String {
+    "127.0.0.1:25".into()
+}
+fn default_from() -> String {
+    "postern@localhost".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// text | json.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `postern=debug`; `RUST_LOG` wins.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name in `session list`; defaults to the host name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates a configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: err.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for protocol in Protocol::ALL {
+            self.protocol(protocol).transpose()?;
+        }
+        if self.upstream_auth.master_password.is_some()
+            && self.upstream_auth.master_password_file.is_some()
+        {
+            return Err(ConfigError::Invalid(
+                "upstream_auth: set master_password or master_password_file, not both".into(),
+            ));
+        }
+        if self.limits.max_line_bytes < 512 {
+            return Err(ConfigError::Invalid(
+                "limits.max_line_bytes: at least 512".into(),
+            ));
+        }
+        if self.limits.argon2_parallelism == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.argon2_parallelism: at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings of one protocol, or `None` when its section is left out.
+    pub fn protocol(&self, protocol: Protocol) -> Option<Result<ProtocolSettings, ConfigError>> {
+        let section = match protocol {
+            Protocol::Imap => self.imap.as_ref(),
+            Protocol::Pop3 => self.pop3.as_ref(),
+            Protocol::Smtp => self.smtp.as_ref(),
+        }?;
+        Some(section.resolve(protocol))
+    }
+
+    /// The master password, from the file if one is named.
+    pub fn master_password(&self) -> Result<Option<crate::secret::Secret<String>>, ConfigError> {
+        if let Some(path) = &self.upstream_auth.master_password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let first = text.lines().next().unwrap_or_default().trim_end();
+            return Ok(Some(crate::secret::Secret::from(first)));
+        }
+        Ok(self
+            .upstream_auth
+            .master_password
+            .as_deref()
+            .map(crate::secret::Secret::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_with_every_section() {
+        let text = include_str!("../config/postern.toml");
+        let config = Config::parse(text).expect("example config");
+        let imap = config.protocol(Protocol::Imap).unwrap().unwrap();
+        assert_eq!(imap.listen, vec!["127.0.0.1:1143".parse().unwrap()]);
+        assert_eq!(imap.upstream_tls, UpstreamTls::None);
+        assert!(config.protocol(Protocol::Pop3).is_some());
+        assert!(config.protocol(Protocol::Smtp).is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse("[imap]\nlisten = []\nupstrem = \"x:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("upstrem"), "{err}");
+        let err = Config::parse("[nonsense]\n").unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn a_left_out_protocol_is_off_and_defaults_apply() {
+        let config = Config::parse("[pop3]\n").unwrap();
+        assert!(config.protocol(Protocol::Imap).is_none());
+        let pop3 = config.protocol(Protocol::Pop3).unwrap().unwrap();
+        assert_eq!(pop3.listen_tls, vec!["127.0.0.1:1995".parse().unwrap()]);
+        assert_eq!(pop3.upstream, "127.0.0.1:110");
+        assert_eq!(pop3.upstream_tls_name, "127.0.0.1");
+        assert_eq!(config.store.url, "sqlite://data/postern.db");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let err = Config::parse("[imap]\nupstream_login = \"xclient\"\n").unwrap_err();
+        assert!(err.to_string().contains("imap.upstream_login"), "{err}");
+        let err = Config::parse("[imap]\nupstream = \"nohost\"\n").unwrap_err();
+        assert!(err.to_string().contains("imap.upstream"), "{err}");
+        let err = Config::parse("[imap]\nupstream_tls = \"sometimes\"\n").unwrap_err();
+        assert!(err.to_string().contains("upstream_tls"), "{err}");
+    }
+}

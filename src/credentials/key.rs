@@ -1,0 +1,120 @@
+//! The instance key: 32 random bytes kept in `secrets.key_file`, used for keyed
+//! app-password lookups and web cookies. Every node of a cluster shares it.
+
+use std::io::Write;
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+
+use crate::secret::Secret;
+
+#[derive(Clone, Debug)]
+pub struct InstanceKey(Secret<Vec<u8>>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read or write the key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the key file {0} does not hold 64 hex digits")]
+    Malformed(String),
+}
+
+impl InstanceKey {
+    /// Reads the key file, or creates it (mode 0600) with a fresh key if missing.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = hex::decode(text.trim())
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| KeyError::Malformed(path.display().to_string()))?;
+                Ok(Self(Secret::new(bytes)))
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(io)?;
+                }
+                let mut bytes = vec![0u8; 32];
+                rand::rng().fill_bytes(&mut bytes);
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                match options.open(path) {
+                    Ok(mut file) => {
+                        file.write_all(hex::encode(&bytes).as_bytes()).map_err(io)?;
+                        Ok(Self(Secret::new(bytes)))
+                    }
+                    // Another process created it first: use theirs.
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load_or_create(path)
+                    }
+                    Err(err) => Err(io(err)),
+                }
+            }
+            Err(err) => Err(io(err)),
+        }
+    }
+
+    /// A key for tests and the demo.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Secret::new(bytes.to_vec()))
+    }
+
+    /// HMAC-SHA256 over the parts, separated so that ("ab","c") != ("a","bc").
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose())
+            .expect("HMAC accepts keys of any length");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/postern.key");
+        let a = InstanceKey::load_or_create(&path).unwrap();
+        let b = InstanceKey::load_or_create(&path).unwrap();
+        assert_eq!(a.mac(&[b"x"]), b.mac(&[b"x"]));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, "not hex").unwrap();
+        assert!(matches!(
+            InstanceKey::load_or_create(&path),
+            Err(KeyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn parts_are_length_separated() {
+        let k = InstanceKey::from_bytes([7; 32]);
+        assert_ne!(k.mac(&[b"ab", b"c"]), k.mac(&[b"a", b"bc"]));
+    }
+}
