@@ -5,4 +5,5 @@
 //! what to write and what to do next; the drivers in `crate::session` own the
 //! sockets. That keeps every parser unit-testable at any chunk size and fuzzable.
 
+pub mod imap;
 pub mod sasl;

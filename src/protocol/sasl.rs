@@ -124,13 +124,25 @@ impl SaslExchange {
     /// Starts an exchange. `initial_response` is the still base64-encoded initial
     /// response if the client sent one (`=` stands for an empty one).
     pub fn start(mechanism: Mechanism, initial_response: Option<&[u8]>) -> Step {
-        let first = match mechanism {
+        match initial_response {
+            None => Self::first(mechanism).challenge(),
+            Some(line) => Self::first(mechanism).step(line),
+        }
+    }
+
+    /// Like [`SaslExchange::start`] for protocols whose parser already decoded the
+    /// initial response (IMAP's SASL-IR through imap-codec).
+    pub fn start_decoded(mechanism: Mechanism, initial_response: Option<&[u8]>) -> Step {
+        match initial_response {
+            None => Self::first(mechanism).challenge(),
+            Some(raw) => Self::first(mechanism).step_decoded(raw),
+        }
+    }
+
+    fn first(mechanism: Mechanism) -> Self {
+        match mechanism {
             Mechanism::Plain => SaslExchange::Plain,
             Mechanism::Login => SaslExchange::LoginUsername,
-        };
-        match initial_response {
-            None => first.challenge(),
-            Some(line) => first.step(line),
         }
     }
 
@@ -145,21 +157,28 @@ impl SaslExchange {
 
     /// Feeds the client's next line (without CRLF).
     pub fn step(self, line: &[u8]) -> Step {
-        let decoded = match decode_response(line) {
-            Ok(decoded) => decoded,
-            Err(err) => return Step::Failed(err),
-        };
+        match decode_response(line) {
+            Ok(decoded) => self.step_decoded(decoded.expose()),
+            Err(err) => Step::Failed(err),
+        }
+    }
+
+    /// Feeds an already decoded client response.
+    pub fn step_decoded(self, decoded: &[u8]) -> Step {
         match self {
-            SaslExchange::Plain => match parse_plain(decoded.expose()) {
+            SaslExchange::Plain => match parse_plain(decoded) {
                 Ok(credentials) => Step::Done(credentials),
                 Err(err) => Step::Failed(err),
             },
+            SaslExchange::LoginUsername if decoded.len() > MAX_USERNAME => {
+                Step::Failed(SaslError::Malformed)
+            }
             SaslExchange::LoginUsername => SaslExchange::LoginPassword {
-                username: decoded.expose().clone(),
+                username: decoded.to_vec(),
             }
             .challenge(),
             SaslExchange::LoginPassword { username } => {
-                match Credentials::new(&username, decoded.expose()) {
+                match Credentials::new(&username, decoded) {
                     Ok(credentials) => Step::Done(credentials),
                     Err(err) => Step::Failed(err),
                 }

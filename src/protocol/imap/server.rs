@@ -1,0 +1,361 @@
+//! The client side of an IMAP connection before login (RFC 9051 §6.1, §6.2).
+//!
+//! postern answers everything itself until the client presents credentials; then
+//! the driver decides (policy, upstream login) and either reports a failure back
+//! here or takes the bytes pipelined behind the login with
+//! [`ImapPreAuth::into_pipelined`] and starts relaying. Nothing here does I/O.
+
+use imap_codec::CommandCodec;
+use imap_codec::fragmentizer::FragmentInfo;
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::core::LiteralMode;
+
+use super::framer::Framer;
+use crate::protocol::sasl::{self, Credentials, Mechanism, SaslError, SaslExchange, Step};
+
+/// Per-connection settings of the core.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The connection is already protected by TLS.
+    pub tls_active: bool,
+    /// STARTTLS can be offered (a certificate is loaded).
+    pub starttls_available: bool,
+    /// Accept LOGIN/AUTHENTICATE without TLS.
+    pub allow_plaintext_auth: bool,
+    /// Largest command (line plus literals) accepted before login.
+    pub max_message: u32,
+    /// Invalid commands tolerated before the connection is closed.
+    pub max_bad_commands: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tls_active: false,
+            starttls_available: true,
+            allow_plaintext_auth: false,
+            max_message: 8192,
+            max_bad_commands: 3,
+        }
+    }
+}
+
+/// How the client logged in (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginMethod {
+    Login,
+    Authenticate(Mechanism),
+}
+
+impl LoginMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Login => "LOGIN",
+            Self::Authenticate(Mechanism::Plain) => "AUTHENTICATE PLAIN",
+            Self::Authenticate(Mechanism::Login) => "AUTHENTICATE LOGIN",
+        }
+    }
+}
+
+/// What the driver does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes to the client.
+    Send(Vec<u8>),
+    /// Write these bytes, then close the connection.
+    Close(Vec<u8>),
+    /// Write these bytes, discard everything buffered, start TLS and continue
+    /// with a new core whose `tls_active` is set (RFC 9051 §6.2.1).
+    StartTls(Vec<u8>),
+    /// The client presented credentials under this tag.
+    Login {
+        tag: String,
+        credentials: Credentials,
+        method: LoginMethod,
+    },
+}
+
+/// Why a login the driver handled did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// The policy or the upstream refused; one wording for every cause.
+    Refused,
+    /// Database or upstream unavailable: try again later.
+    Temporary,
+}
+
+/// The wording of every refusal, whatever its cause (no oracle).
+pub const REFUSAL_TEXT: &str = "Authentication failed. If 2-Step Authentication is on for your account, sign in with an application password.";
+
+enum State {
+    Commands,
+    /// An AUTHENTICATE exchange waits for the client's next line.
+    Sasl {
+        tag: String,
+        mechanism: Mechanism,
+        exchange: SaslExchange,
+    },
+    /// A command that ends the pre-login phase was handed to the driver.
+    Done,
+}
+
+pub struct ImapPreAuth {
+    options: Options,
+    framer: Framer,
+    state: State,
+    bad_commands: u32,
+}
+
+impl ImapPreAuth {
+    pub fn new(options: Options) -> Self {
+        Self {
+            framer: Framer::new(options.max_message),
+            options,
+            state: State::Commands,
+            bad_commands: 0,
+        }
+    }
+
+    fn auth_allowed(&self) -> bool {
+        self.options.tls_active || self.options.allow_plaintext_auth
+    }
+
+    /// The capability list for the current state (RFC 9051 §7.2.2).
+    pub fn capabilities(&self) -> String {
+        let mut caps = String::from("IMAP4rev1 SASL-IR ID LITERAL+");
+        if !self.options.tls_active && self.options.starttls_available {
+            caps.push_str(" STARTTLS");
+        }
+        if self.auth_allowed() {
+            caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+        } else {
+            caps.push_str(" LOGINDISABLED");
+        }
+        caps
+    }
+
+    pub fn greeting(&self) -> Vec<u8> {
+        format!("* OK [CAPABILITY {}] postern ready\r\n", self.capabilities()).into_bytes()
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if !matches!(self.state, State::Done) {
+            self.framer.push(bytes);
+        }
+    }
+
+    /// The reply for a login the driver could not complete; the client may retry.
+    pub fn login_failed(&mut self, tag: &str, failure: LoginFailure) -> Vec<u8> {
+        self.state = State::Commands;
+        match failure {
+            LoginFailure::Refused => {
+                format!("{tag} NO [AUTHENTICATIONFAILED] {REFUSAL_TEXT}\r\n").into_bytes()
+            }
+            LoginFailure::Temporary => {
+                format!("{tag} NO [UNAVAILABLE] Temporary failure, please try again later.\r\n")
+                    .into_bytes()
+            }
+        }
+    }
+
+    /// Every byte the client sent after the login command, to forward upstream.
+    pub fn into_pipelined(self) -> Vec<u8> {
+        self.framer.into_unconsumed()
+    }
+
+    pub fn next_action(&mut self) -> Option<Action> {
+        if matches!(self.state, State::Done) {
+            return None;
+        }
+        loop {
+            let fragment = self.framer.progress()?;
+            if let FragmentInfo::Line {
+                announcement: Some(announcement),
+                end,
+                ..
+            } = fragment
+            {
+                let room = (self.options.max_message as usize).saturating_sub(end);
+                let fits = (announcement.length as usize) <= room;
+                match (announcement.mode, fits) {
+                    (LiteralMode::Sync, true) => {
+                        return Some(Action::Send(b"+ Ready for literal data\r\n".to_vec()));
+                    }
+                    (LiteralMode::Sync, false) => {
+                        // The client waits for "+": refusing now keeps us in sync.
+                        let tag = self.tag_or_star();
+                        self.framer.skip_message();
+                        return Some(self.bad(&tag, "Literal too large"));
+                    }
+                    (LiteralMode::NonSync, false) => {
+                        // RFC 7888 §4: the bytes are already on their way.
+                        self.state = State::Done;
+                        return Some(Action::Close(
+                            b"* BYE [TOOBIG] Literal too large\r\n".to_vec(),
+                        ));
+                    }
+                    (LiteralMode::NonSync, true) => {}
+                }
+            }
+            if self.framer.is_message_complete() {
+                return Some(self.complete_message());
+            }
+        }
+    }
+
+    fn tag_or_star(&self) -> String {
+        self.framer
+            .fragmentizer()
+            .decode_tag()
+            .map_or_else(|| "*".to_owned(), |t| t.inner().to_owned())
+    }
+
+    fn bad(&mut self, tag: &str, text: &str) -> Action {
+        self.bad_commands += 1;
+        if self.bad_commands >= self.options.max_bad_commands {
+            self.state = State::Done;
+            return Action::Close(
+                format!("{tag} BAD {text}\r\n* BYE Too many invalid commands\r\n").into_bytes(),
+            );
+        }
+        Action::Send(format!("{tag} BAD {text}\r\n").into_bytes())
+    }
+
+    fn complete_message(&mut self) -> Action {
+        match std::mem::replace(&mut self.state, State::Commands) {
+            State::Sasl {
+                tag,
+                mechanism,
+                exchange,
+            } => {
+                let line = strip_line_ending(self.framer.message()).to_vec();
+                if self.framer.is_too_long() {
+                    return self.bad(&tag, "Authentication line too long");
+                }
+                self.sasl_step(tag, mechanism, exchange.step(&line))
+            }
+            State::Commands | State::Done => self.command(),
+        }
+    }
+
+    fn sasl_step(&mut self, tag: String, mechanism: Mechanism, step: Step) -> Action {
+        match step {
+            Step::Challenge(exchange, prompt) => {
+                self.state = State::Sasl {
+                    tag,
+                    mechanism,
+                    exchange,
+                };
+                Action::Send(format!("+ {}\r\n", sasl::encode(prompt)).into_bytes())
+            }
+            Step::Done(credentials) => {
+                self.state = State::Done;
+                Action::Login {
+                    tag,
+                    credentials,
+                    method: LoginMethod::Authenticate(mechanism),
+                }
+            }
+            Step::Failed(SaslError::Cancelled) => {
+                Action::Send(format!("{tag} BAD Authentication cancelled\r\n").into_bytes())
+            }
+            Step::Failed(SaslError::BadBase64) => self.bad(&tag, "Invalid base64"),
+            Step::Failed(SaslError::AuthzidMismatch) => Action::Send(
+                format!("{tag} NO [AUTHENTICATIONFAILED] {REFUSAL_TEXT}\r\n").into_bytes(),
+            ),
+            Step::Failed(SaslError::Malformed) => {
+                self.bad(&tag, "Malformed authentication data")
+            }
+        }
+    }
+
+    fn command(&mut self) -> Action {
+        if self.framer.is_too_long() {
+            return self.bad("*", "Command line too long");
+        }
+        let tag = self.tag_or_star();
+        let command = match self.framer.fragmentizer().decode_message(&CommandCodec::default()) {
+            Ok(command) => command,
+            Err(_) => return self.bad(&tag, "Invalid command"),
+        };
+        let tag = command.tag.inner().to_owned();
+        match command.body {
+            CommandBody::Capability => Action::Send(
+                format!("* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n", self.capabilities())
+                    .into_bytes(),
+            ),
+            CommandBody::Noop => Action::Send(format!("{tag} OK NOOP completed\r\n").into_bytes()),
+            CommandBody::Logout => {
+                self.state = State::Done;
+                Action::Close(
+                    format!("* BYE postern logging out\r\n{tag} OK LOGOUT completed\r\n")
+                        .into_bytes(),
+                )
+            }
+            CommandBody::Id { .. } => Action::Send(
+                format!("* ID (\"name\" \"postern\")\r\n{tag} OK ID completed\r\n").into_bytes(),
+            ),
+            CommandBody::StartTLS if self.options.tls_active => {
+                self.bad(&tag, "TLS is already active")
+            }
+            CommandBody::StartTLS if !self.options.starttls_available => {
+                self.bad(&tag, "STARTTLS is not available")
+            }
+            CommandBody::StartTLS => {
+                self.state = State::Done;
+                Action::StartTls(format!("{tag} OK Begin TLS negotiation now\r\n").into_bytes())
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. }
+                if !self.auth_allowed() =>
+            {
+                Action::Send(
+                    format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the TLS port first\r\n")
+                        .into_bytes(),
+                )
+            }
+            CommandBody::Login { username, password } => {
+                match Credentials::new(username.as_ref(), password.declassify().as_ref()) {
+                    Ok(credentials) => {
+                        self.state = State::Done;
+                        Action::Login {
+                            tag,
+                            credentials,
+                            method: LoginMethod::Login,
+                        }
+                    }
+                    Err(_) => self.bad(&tag, "Invalid user name or password syntax"),
+                }
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                let mechanism = match mechanism {
+                    AuthMechanism::Plain => Mechanism::Plain,
+                    AuthMechanism::Login => Mechanism::Login,
+                    _ => {
+                        return Action::Send(
+                            format!("{tag} NO Unsupported authentication mechanism\r\n")
+                                .into_bytes(),
+                        );
+                    }
+                };
+                let step = SaslExchange::start_decoded(
+                    mechanism,
+                    initial_response.as_ref().map(|ir| ir.declassify().as_ref()),
+                );
+                self.sasl_step(tag, mechanism, step)
+            }
+            _ => self.bad(&tag, "Log in first"),
+        }
+    }
+}
+
+fn strip_line_ending(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests;
