@@ -5,4 +5,8 @@
 //! what to write and what to do next; the drivers in `crate::session` own the
 //! sockets. That keeps every parser unit-testable at any chunk size and fuzzable.
 
+pub mod line;
 pub mod sasl;
+
+#[cfg(test)]
+mod testing;
