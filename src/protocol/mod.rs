@@ -6,6 +6,7 @@
 //! sockets. That keeps every parser unit-testable at any chunk size and fuzzable.
 
 pub mod line;
+pub mod pop3;
 pub mod sasl;
 
 #[cfg(test)]
