@@ -8,6 +8,7 @@
 pub mod line;
 pub mod pop3;
 pub mod sasl;
+pub mod smtp;
 
 #[cfg(test)]
 mod testing;
