@@ -90,7 +90,9 @@ pub enum Action {
     /// Decide this login (policy, then upstream). On refusal call `login_failed`;
     /// on success call `into_pipelined`.
     Login {
+        /// What the client presented, shape-checked (`Credentials::new`).
         credentials: Credentials,
+        /// How it presented them.
         method: LoginMethod,
     },
 }

@@ -347,6 +347,7 @@ mod tests {
         stls_when_tls_active,
         temporary_failure,
         quit,
+        oversized_line,
     );
 
     #[test]

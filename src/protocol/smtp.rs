@@ -203,7 +203,13 @@ impl SmtpPreAuth {
     /// RFC 5321 §4.1.1.1; the EHLO reply format is §4.2.1.
     fn hello(&mut self, extended: bool, arg: &[u8]) -> Action {
         let name = match std::str::from_utf8(arg.trim_ascii()) {
-            Ok(name) if !name.is_empty() && !name.contains(char::is_whitespace) => name,
+            // The name is passed on upstream (XCLIENT HELO=): no spaces or controls.
+            Ok(name)
+                if !name.is_empty()
+                    && !name.contains(|c: char| c.is_whitespace() || c.is_control()) =>
+            {
+                name
+            }
             _ => {
                 let verb = if extended { "EHLO" } else { "HELO" };
                 return self.bad(format!("501 5.5.4 Syntax: {verb} hostname\r\n").as_bytes());
@@ -398,6 +404,7 @@ mod tests {
         starttls_when_tls_active,
         mail_rcpt_data_bdat_before_auth,
         noop_rset_help_quit,
+        oversized_line,
     );
 
     #[test]
