@@ -6,4 +6,10 @@
 //! sockets. That keeps every parser unit-testable at any chunk size and fuzzable.
 
 pub mod imap;
+pub mod line;
+pub mod pop3;
 pub mod sasl;
+pub mod smtp;
+
+#[cfg(test)]
+mod testing;
