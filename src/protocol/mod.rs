@@ -10,6 +10,7 @@ pub mod line;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
+pub mod upstream;
 
 #[cfg(test)]
 mod testing;

@@ -136,7 +136,11 @@ impl ImapPreAuth {
     }
 
     pub fn greeting(&self) -> Vec<u8> {
-        format!("* OK [CAPABILITY {}] postern ready\r\n", self.capabilities()).into_bytes()
+        format!(
+            "* OK [CAPABILITY {}] postern ready\r\n",
+            self.capabilities()
+        )
+        .into_bytes()
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -264,9 +268,7 @@ impl ImapPreAuth {
             Step::Failed(SaslError::AuthzidMismatch) => Action::Send(
                 format!("{tag} NO [AUTHENTICATIONFAILED] {REFUSAL_TEXT}\r\n").into_bytes(),
             ),
-            Step::Failed(SaslError::Malformed) => {
-                self.bad(&tag, "Malformed authentication data")
-            }
+            Step::Failed(SaslError::Malformed) => self.bad(&tag, "Malformed authentication data"),
         }
     }
 
@@ -275,15 +277,22 @@ impl ImapPreAuth {
             return self.bad("*", "Command line too long");
         }
         let tag = self.tag_or_star();
-        let command = match self.framer.fragmentizer().decode_message(&CommandCodec::default()) {
+        let command = match self
+            .framer
+            .fragmentizer()
+            .decode_message(&CommandCodec::default())
+        {
             Ok(command) => command,
             Err(_) => return self.bad(&tag, "Invalid command"),
         };
         let tag = command.tag.inner().to_owned();
         match command.body {
             CommandBody::Capability => Action::Send(
-                format!("* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n", self.capabilities())
-                    .into_bytes(),
+                format!(
+                    "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
+                    self.capabilities()
+                )
+                .into_bytes(),
             ),
             CommandBody::Noop => Action::Send(format!("{tag} OK NOOP completed\r\n").into_bytes()),
             CommandBody::Logout => {

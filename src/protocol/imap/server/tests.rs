@@ -70,7 +70,8 @@ fn parse(text: &str) -> Transcript {
                 let words: Vec<&str> = rest.split(' ').collect();
                 match words.as_slice() {
                     ["login", user, pass @ .., answer] => {
-                        t.expected.push(Token::Login((*user).to_owned(), pass.join(" ")));
+                        t.expected
+                            .push(Token::Login((*user).to_owned(), pass.join(" ")));
                         t.answers.push(match *answer {
                             "ok" => LoginFailureOrOk::Ok,
                             "refuse" => LoginFailureOrOk::Fail(LoginFailure::Refused),
@@ -153,7 +154,11 @@ fn show(tokens: &[Token]) -> String {
         .iter()
         .map(|t| match t {
             Token::Out(b) | Token::Pipelined(b) => {
-                format!("{:?}: {}", std::mem::discriminant(t), String::from_utf8_lossy(b))
+                format!(
+                    "{:?}: {}",
+                    std::mem::discriminant(t),
+                    String::from_utf8_lossy(b)
+                )
             }
             other => format!("{other:?}\n"),
         })
@@ -241,6 +246,10 @@ fn nul_bytes_in_literals_never_reach_a_login() {
         let Some(Action::Send(reply)) = &action else {
             panic!("{action:?}")
         };
-        assert!(reply.starts_with(b"a BAD "), "{}", String::from_utf8_lossy(reply));
+        assert!(
+            reply.starts_with(b"a BAD "),
+            "{}",
+            String::from_utf8_lossy(reply)
+        );
     }
 }
