@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod net;
 pub mod policy;
 pub mod protocol;
 pub mod secret;

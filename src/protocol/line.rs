@@ -62,6 +62,8 @@ impl Options {
 pub enum LoginMethod {
     /// POP3 `USER` + `PASS` (RFC 1939 §7). Never produced by SMTP.
     User,
+    /// IMAP `LOGIN` (RFC 9051 §6.2.3).
+    LoginCommand,
     /// A SASL exchange (POP3 `AUTH`, SMTP `AUTH`).
     Sasl(Mechanism),
 }
@@ -71,6 +73,7 @@ impl LoginMethod {
     pub fn name(self) -> &'static str {
         match self {
             Self::User => "USER",
+            Self::LoginCommand => "LOGIN",
             Self::Sasl(mechanism) => mechanism.name(),
         }
     }

@@ -12,78 +12,8 @@ use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::LiteralMode;
 
 use super::framer::Framer;
+pub use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
 use crate::protocol::sasl::{self, Credentials, Mechanism, SaslError, SaslExchange, Step};
-
-/// Per-connection settings of the core.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// The connection is already protected by TLS.
-    pub tls_active: bool,
-    /// STARTTLS can be offered (a certificate is loaded).
-    pub starttls_available: bool,
-    /// Accept LOGIN/AUTHENTICATE without TLS.
-    pub allow_plaintext_auth: bool,
-    /// Largest command (line plus literals) accepted before login.
-    pub max_message: u32,
-    /// Invalid commands tolerated before the connection is closed.
-    pub max_bad_commands: u32,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            tls_active: false,
-            starttls_available: true,
-            allow_plaintext_auth: false,
-            max_message: 8192,
-            max_bad_commands: 3,
-        }
-    }
-}
-
-/// How the client logged in (for logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginMethod {
-    Login,
-    Authenticate(Mechanism),
-}
-
-impl LoginMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Login => "LOGIN",
-            Self::Authenticate(Mechanism::Plain) => "AUTHENTICATE PLAIN",
-            Self::Authenticate(Mechanism::Login) => "AUTHENTICATE LOGIN",
-        }
-    }
-}
-
-/// What the driver does next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Write these bytes to the client.
-    Send(Vec<u8>),
-    /// Write these bytes, then close the connection.
-    Close(Vec<u8>),
-    /// Write these bytes, discard everything buffered, start TLS and continue
-    /// with a new core whose `tls_active` is set (RFC 9051 §6.2.1).
-    StartTls(Vec<u8>),
-    /// The client presented credentials under this tag.
-    Login {
-        tag: String,
-        credentials: Credentials,
-        method: LoginMethod,
-    },
-}
-
-/// Why a login the driver handled did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginFailure {
-    /// The policy or the upstream refused; one wording for every cause.
-    Refused,
-    /// Database or upstream unavailable: try again later.
-    Temporary,
-}
 
 /// The wording of every refusal, whatever its cause (no oracle).
 pub const REFUSAL_TEXT: &str = "Authentication failed. If 2-Step Authentication is on for your account, sign in with an application password.";
@@ -105,20 +35,28 @@ pub struct ImapPreAuth {
     framer: Framer,
     state: State,
     bad_commands: u32,
+    /// The tag of the login handed to the driver.
+    login_tag: String,
 }
 
 impl ImapPreAuth {
     pub fn new(options: Options) -> Self {
         Self {
-            framer: Framer::new(options.max_message),
+            framer: Framer::new(u32::try_from(options.max_line).unwrap_or(u32::MAX)),
             options,
             state: State::Commands,
             bad_commands: 0,
+            login_tag: String::new(),
         }
     }
 
     fn auth_allowed(&self) -> bool {
-        self.options.tls_active || self.options.allow_plaintext_auth
+        self.options.auth_allowed()
+    }
+
+    /// The client's tag of the pending login; postern reuses it upstream.
+    pub fn login_tag(&self) -> &str {
+        &self.login_tag
     }
 
     /// The capability list for the current state (RFC 9051 §7.2.2).
@@ -150,8 +88,9 @@ impl ImapPreAuth {
     }
 
     /// The reply for a login the driver could not complete; the client may retry.
-    pub fn login_failed(&mut self, tag: &str, failure: LoginFailure) -> Vec<u8> {
+    pub fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
         self.state = State::Commands;
+        let tag = &self.login_tag;
         match failure {
             LoginFailure::Refused => {
                 format!("{tag} NO [AUTHENTICATIONFAILED] {REFUSAL_TEXT}\r\n").into_bytes()
@@ -180,7 +119,7 @@ impl ImapPreAuth {
                 ..
             } = fragment
             {
-                let room = (self.options.max_message as usize).saturating_sub(end);
+                let room = self.options.max_line.saturating_sub(end);
                 let fits = (announcement.length as usize) <= room;
                 match (announcement.mode, fits) {
                     (LiteralMode::Sync, true) => {
@@ -255,10 +194,10 @@ impl ImapPreAuth {
             }
             Step::Done(credentials) => {
                 self.state = State::Done;
+                self.login_tag = tag;
                 Action::Login {
-                    tag,
                     credentials,
-                    method: LoginMethod::Authenticate(mechanism),
+                    method: LoginMethod::Sasl(mechanism),
                 }
             }
             Step::Failed(SaslError::Cancelled) => {
@@ -327,10 +266,10 @@ impl ImapPreAuth {
                 match Credentials::new(username.as_ref(), password.declassify().as_ref()) {
                     Ok(credentials) => {
                         self.state = State::Done;
+                        self.login_tag = tag;
                         Action::Login {
-                            tag,
                             credentials,
-                            method: LoginMethod::Login,
+                            method: LoginMethod::LoginCommand,
                         }
                     }
                     Err(_) => self.bad(&tag, "Invalid user name or password syntax"),

@@ -62,7 +62,7 @@ fn parse(text: &str) -> Transcript {
                     "tls" => t.options.tls_active = on,
                     "plaintext" => t.options.allow_plaintext_auth = on,
                     "starttls" => t.options.starttls_available = on,
-                    "max_message" => t.options.max_message = value.parse().unwrap(),
+                    "max_message" => t.options.max_line = value.parse().unwrap(),
                     other => panic!("unknown option {other}"),
                 }
             }
@@ -95,7 +95,7 @@ fn parse(text: &str) -> Transcript {
 }
 
 fn run(t: &Transcript, chunk: usize) -> Vec<Token> {
-    let mut core = ImapPreAuth::new(t.options);
+    let mut core = ImapPreAuth::new(t.options.clone());
     let mut tokens = Vec::new();
     let mut answers = t.answers.iter();
     let mut chunks = t.input.chunks(chunk);
@@ -117,9 +117,7 @@ fn run(t: &Transcript, chunk: usize) -> Vec<Token> {
                 assert_eq!(core.next_action(), None);
                 return tokens;
             }
-            Some(Action::Login {
-                tag, credentials, ..
-            }) => {
+            Some(Action::Login { credentials, .. }) => {
                 tokens.push(Token::Login(
                     credentials.username.clone(),
                     credentials.password.expose().clone(),
@@ -136,7 +134,7 @@ fn run(t: &Transcript, chunk: usize) -> Vec<Token> {
                         return tokens;
                     }
                     LoginFailureOrOk::Fail(f) => {
-                        let reply = core.login_failed(&tag, *f);
+                        let reply = core.login_failed(*f);
                         push_out(&mut tokens, &reply);
                     }
                 }

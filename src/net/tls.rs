@@ -1,0 +1,191 @@
+//! TLS on both sides: the certificate postern presents (loaded from PEM, or a
+//! self-signed pair generated at first start) and the verifying connector for
+//! upstream servers. rustls on the `ring` provider only.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {message}")]
+    Pem { path: String, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0} names no certificate")]
+    Empty(String),
+    #[error("invalid upstream TLS name {0:?}")]
+    ServerName(String),
+}
+
+/// Installs the `ring` provider as the process default (once; later calls no-op).
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Generates a self-signed pair for `localhost`/127.0.0.1/::1 if neither file
+/// exists. Returns whether it did (the caller warns).
+pub fn ensure_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
+    if cert.exists() || key.exists() {
+        return Ok(false);
+    }
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    for (path, text, private) in [
+        (cert, generated.cert.pem(), false),
+        (key, generated.signing_key.serialize_pem(), true),
+    ] {
+        let write = |source| TlsError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(write)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        use std::io::Write;
+        options
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(write)?;
+    }
+    Ok(true)
+}
+
+fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |e: rustls::pki_types::pem::Error| TlsError::Pem {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(pem)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem)?;
+    if chain.is_empty() {
+        return Err(TlsError::Empty(path.display().to_string()));
+    }
+    Ok(chain)
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = load_chain(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// The server side, reloadable in place (SIGHUP) without touching live sessions:
+/// each handshake takes the configuration current at that moment.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl ServerTls {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            config: Arc::new(RwLock::new(server_config(cert, key)?)),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Re-reads the certificate and key; on error the old pair stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = server_config(&self.cert, &self.key)?;
+        if let Ok(mut current) = self.config.write() {
+            *current = fresh;
+        }
+        Ok(())
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = match self.config.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        TlsAcceptor::from(config)
+    }
+}
+
+/// Verifying connector for upstream TLS: the CA file if given, else system roots.
+pub fn upstream_connector(ca_file: &str) -> Result<TlsConnector, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_file.is_empty() {
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+    } else {
+        for cert in load_chain(Path::new(ca_file))? {
+            roots.add(cert)?;
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The name to verify an upstream certificate against.
+pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pair_loads_and_is_not_overwritten() {
+        install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c/p.crt"), dir.path().join("c/p.key"));
+        assert!(ensure_certificate(&cert, &key).unwrap());
+        let before = std::fs::read(&cert).unwrap();
+        assert!(!ensure_certificate(&cert, &key).unwrap());
+        assert_eq!(std::fs::read(&cert).unwrap(), before);
+        let tls = ServerTls::load(&cert, &key).unwrap();
+        tls.reload().unwrap();
+        assert!(upstream_connector(cert.to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_missing_key_is_a_clear_error() {
+        install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("p.crt"), dir.path().join("p.key"));
+        ensure_certificate(&cert, &key).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        let err = ServerTls::load(&cert, &key).err().unwrap().to_string();
+        assert!(err.contains("p.key"), "{err}");
+    }
+}
