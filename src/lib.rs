@@ -4,7 +4,10 @@
 
 pub mod config;
 pub mod credentials;
+pub mod gate;
 pub mod net;
 pub mod policy;
 pub mod protocol;
+pub mod registry;
 pub mod secret;
+pub mod session;

@@ -1,0 +1,190 @@
+//! The login gate: turns what a client presented into a decision and, when the
+//! login may proceed, the credentials postern presents upstream.
+//!
+//! It classifies the credential (one of the user's app passwords, found by keyed
+//! hash and verified with at most one Argon2 run, or else a primary password), reads
+//! the domain and user state, and asks [`crate::policy::decide_mail_login`]. It
+//! never asks the upstream whether a primary password is right before refusing,
+//! so a refusal is no password oracle. Any store failure fails closed with a
+//! temporary error.
+
+use std::net::IpAddr;
+
+use crate::credentials::{AppPasswordVerifier, CanonicalAppPassword, InstanceKey};
+use crate::policy::{self, Credential, Decision, Protocol, Refusal, UpstreamLogin};
+use crate::protocol::sasl::Credentials;
+use crate::protocol::upstream::UpstreamCredentials;
+use crate::secret::Secret;
+use crate::store::{Store, normalize_address};
+
+/// The master account postern uses for app-password logins.
+#[derive(Clone, Debug)]
+pub struct MasterAccount {
+    pub user: String,
+    pub password: Secret<String>,
+}
+
+/// Which credential a session was opened with (kept for re-checks and listings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionCredential {
+    Primary,
+    AppPassword(i64),
+}
+
+impl std::fmt::Display for SessionCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Primary => f.write_str("primary"),
+            Self::AppPassword(id) => write!(f, "app-password:{id}"),
+        }
+    }
+}
+
+/// The gate's answer.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Log in upstream with these credentials.
+    Proceed {
+        /// The user's normalised address (or the name as typed when it is not an
+        /// address: such users belong to no domain postern knows).
+        user: String,
+        credential: SessionCredential,
+        upstream: UpstreamCredentials,
+    },
+    /// Refused by policy; the reason is for the log only.
+    Refuse { user: String, reason: Refusal },
+    /// The store or the configuration failed: try again later.
+    Unavailable { user: String, detail: String },
+}
+
+#[derive(Clone)]
+pub struct Gate {
+    store: Store,
+    key: InstanceKey,
+    verifier: AppPasswordVerifier,
+    master: Option<MasterAccount>,
+}
+
+impl Gate {
+    pub fn new(
+        store: Store,
+        key: InstanceKey,
+        verifier: AppPasswordVerifier,
+        master: Option<MasterAccount>,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            verifier,
+            master,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Decides a mail login.
+    pub async fn check(&self, presented: &Credentials, protocol: Protocol, now: i64) -> Verdict {
+        let Ok(address) = normalize_address(&presented.username) else {
+            // Not local@domain: no domain postern knows, so it behaves as Disabled
+            // and no app password can exist for it.
+            return Self::passthrough(presented, presented.username.clone());
+        };
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+        let (domain, user) = match self.store.login_context(&address, &domain).await {
+            Ok(context) => context,
+            Err(err) => {
+                return Verdict::Unavailable {
+                    user: address,
+                    detail: format!("store: {err}"),
+                };
+            }
+        };
+
+        let mut credential = Credential::Primary;
+        let mut app_password_id = None;
+        if let Some(candidate) = CanonicalAppPassword::parse(presented.password.expose()) {
+            let lookup = candidate.lookup_key(&self.key, &address);
+            match self.store.app_password_by_lookup(user.id, &lookup).await {
+                Ok(Some(record)) => match self.verifier.verify(record.id, &candidate, &record.hash).await {
+                    Ok(true) => {
+                        credential = Credential::AppPassword {
+                            scopes: record.scopes,
+                            expires_at: record.expires_at,
+                        };
+                        app_password_id = Some(record.id);
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        return Verdict::Unavailable {
+                            user: address,
+                            detail: err.to_string(),
+                        };
+                    }
+                },
+                Ok(None) => {}
+                Err(err) => {
+                    return Verdict::Unavailable {
+                        user: address,
+                        detail: format!("store: {err}"),
+                    };
+                }
+            }
+        }
+
+        let domain_policy = domain.as_ref().map(|d| d.policy());
+        match policy::decide_mail_login(domain_policy.as_ref(), user.state(), credential, protocol, now)
+        {
+            Decision::Refuse(reason) => Verdict::Refuse {
+                user: address,
+                reason,
+            },
+            Decision::Allow(UpstreamLogin::Passthrough) => Self::passthrough(presented, address),
+            Decision::Allow(UpstreamLogin::Master) => {
+                let Some(master) = &self.master else {
+                    return Verdict::Unavailable {
+                        user: address,
+                        detail: "upstream_auth has no master password configured".into(),
+                    };
+                };
+                let id = app_password_id.unwrap_or_default();
+                Verdict::Proceed {
+                    upstream: UpstreamCredentials {
+                        authzid: address.clone(),
+                        authcid: master.user.clone(),
+                        password: master.password.clone(),
+                    },
+                    user: address,
+                    credential: SessionCredential::AppPassword(id),
+                }
+            }
+        }
+    }
+
+    fn passthrough(presented: &Credentials, user: String) -> Verdict {
+        Verdict::Proceed {
+            user,
+            credential: SessionCredential::Primary,
+            upstream: UpstreamCredentials {
+                authzid: String::new(),
+                authcid: presented.username.clone(),
+                password: presented.password.clone(),
+            },
+        }
+    }
+
+    /// Records a successful app-password login (best effort: a failure is logged,
+    /// the session goes on).
+    pub async fn record_use(&self, credential: SessionCredential, ip: IpAddr, protocol: Protocol, now: i64) {
+        if let SessionCredential::AppPassword(id) = credential {
+            if let Err(err) = self
+                .store
+                .record_app_password_use(id, now, &ip.to_string(), protocol)
+                .await
+            {
+                tracing::warn!(error = %err, "could not record app password use");
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The one session loop: pre-login, login, relay.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info, warn};
+
+use super::{ClientCore, ProtocolHandler, SharedContext, UpstreamCore};
+use crate::config::UpstreamTls;
+use crate::gate::{SessionCredential, Verdict};
+use crate::net::stream::MaybeTls;
+use crate::net::tls;
+use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
+use crate::protocol::sasl::Credentials;
+use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
+
+/// Read buffer for the pre-login phase and the upstream login.
+const READ_CHUNK: usize = 4096;
+
+/// A logged-in session, ready to relay.
+struct Established {
+    client: MaybeTls,
+    upstream: MaybeTls,
+    user: String,
+    credential: SessionCredential,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn handle_connection<H: ProtocolHandler>(
+    ctx: SharedContext,
+    handler: Arc<H>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+) {
+    let _ = tcp.set_nodelay(true);
+    let protocol = handler.protocol();
+    let client = if implicit_tls {
+        match timeout(ctx.handshake_timeout, ctx.tls.acceptor().accept(tcp)).await {
+            Ok(Ok(stream)) => MaybeTls::ServerTls(Box::new(stream)),
+            Ok(Err(err)) => {
+                debug!(%protocol, client = %peer.ip(), error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%protocol, client = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        MaybeTls::Plain(tcp)
+    };
+    let deadline = Instant::now() + Duration::from_secs(ctx.limits.prelogin_timeout_secs);
+    match pre_login(&ctx, &*handler, client, peer, deadline).await {
+        Ok(Some(established)) => relay(&ctx, &*handler, established, peer).await,
+        Ok(None) => {}
+        Err(err) => debug!(%protocol, client = %peer.ip(), error = %err, "connection ended before login"),
+    }
+}
+
+fn core_options(ctx: &SharedContext, tls_active: bool) -> Options {
+    Options {
+        tls_active,
+        starttls_available: true,
+        allow_plaintext_auth: ctx.settings.allow_plaintext_auth,
+        max_line: ctx.limits.max_line_bytes,
+        max_bad_commands: ctx.limits.max_bad_commands,
+    }
+}
+
+async fn pre_login<H: ProtocolHandler>(
+    ctx: &SharedContext,
+    handler: &H,
+    mut client: MaybeTls,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> io::Result<Option<Established>> {
+    let mut core = handler.client_core(core_options(ctx, client.is_tls()));
+    client.write_all(&core.greeting()).await?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        while let Some(action) = core.next_action() {
+            match action {
+                Action::Send(bytes) => client.write_all(&bytes).await?,
+                Action::Close(bytes) => {
+                    client.write_all(&bytes).await?;
+                    let _ = client.shutdown().await;
+                    return Ok(None);
+                }
+                Action::StartTls(bytes) => {
+                    client.write_all(&bytes).await?;
+                    client.flush().await?;
+                    let MaybeTls::Plain(tcp) = client else {
+                        return Ok(None);
+                    };
+                    let accepted = timeout(ctx.handshake_timeout, ctx.tls.acceptor().accept(tcp))
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                    client = MaybeTls::ServerTls(Box::new(accepted));
+                    // The old core and whatever it had buffered in clear are dropped
+                    // here: nothing sent before the handshake is executed after it.
+                    core = handler.client_core(core_options(ctx, true));
+                }
+                Action::Login {
+                    credentials,
+                    method,
+                } => match login(ctx, handler, &core, &credentials, method, peer).await {
+                    Ok(LoggedIn {
+                        mut upstream,
+                        reply,
+                        leftover,
+                        user,
+                        credential,
+                    }) => {
+                        client.write_all(&reply).await?;
+                        client.write_all(&leftover).await?;
+                        let pipelined = core.into_pipelined();
+                        upstream.write_all(&pipelined).await?;
+                        return Ok(Some(Established {
+                            client,
+                            upstream,
+                            user,
+                            credential,
+                        }));
+                    }
+                    Err(failure) => {
+                        let reply = core.login_failed(failure);
+                        client.write_all(&reply).await?;
+                    }
+                },
+            }
+        }
+        let n = match timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(read) => read?,
+            Err(_) => {
+                let _ = client.write_all(&handler.timeout_goodbye()).await;
+                let _ = client.shutdown().await;
+                return Ok(None);
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        core.feed(&buf[..n]);
+    }
+}
+
+struct LoggedIn {
+    upstream: MaybeTls,
+    reply: Vec<u8>,
+    leftover: Vec<u8>,
+    user: String,
+    credential: SessionCredential,
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The gate, then the upstream login. Logs one line per attempt.
+async fn login<H: ProtocolHandler>(
+    ctx: &SharedContext,
+    handler: &H,
+    core: &H::Client,
+    credentials: &Credentials,
+    method: LoginMethod,
+    peer: SocketAddr,
+) -> Result<LoggedIn, LoginFailure> {
+    let protocol = handler.protocol();
+    let ip = peer.ip();
+    let method = method.name();
+    let (user, credential, upstream) = match ctx.gate.check(credentials, protocol, unix_now()).await {
+        Verdict::Refuse { user, reason } => {
+            info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
+            return Err(LoginFailure::Refused);
+        }
+        Verdict::Unavailable { user, detail } => {
+            warn!(target: "postern::login", %protocol, %user, client = %ip, method, result = "unavailable", reason = %detail);
+            return Err(LoginFailure::Temporary);
+        }
+        Verdict::Proceed {
+            user,
+            credential,
+            upstream,
+        } => (user, credential, upstream),
+    };
+    let request = UpstreamRequest {
+        credentials: upstream,
+        client: peer,
+        starttls: ctx.settings.upstream_tls == UpstreamTls::Starttls,
+    };
+    let upstream_core = handler.upstream_core(core, request);
+    let limit = Duration::from_secs(ctx.settings.upstream_timeout_secs);
+    let outcome = match timeout(limit, upstream_login(ctx, upstream_core)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(err)) => UpstreamOutcome::Failed(format!("upstream: {err}")),
+        Err(_) => UpstreamOutcome::Failed("upstream login timed out".into()),
+    };
+    match outcome {
+        UpstreamOutcome::LoggedIn {
+            stream,
+            reply,
+            leftover,
+        } => {
+            info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
+            let gate = ctx.gate.clone();
+            tokio::spawn(async move { gate.record_use(credential, ip, protocol, unix_now()).await });
+            Ok(LoggedIn {
+                upstream: stream,
+                reply,
+                leftover,
+                user,
+                credential,
+            })
+        }
+        UpstreamOutcome::Refused(detail) => {
+            info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "refused", reason = "upstream-refused", upstream = %detail);
+            Err(LoginFailure::Refused)
+        }
+        UpstreamOutcome::Failed(detail) => {
+            warn!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "unavailable", reason = %detail);
+            Err(LoginFailure::Temporary)
+        }
+    }
+}
+
+enum UpstreamOutcome {
+    LoggedIn {
+        stream: MaybeTls,
+        reply: Vec<u8>,
+        leftover: Vec<u8>,
+    },
+    Refused(String),
+    Failed(String),
+}
+
+/// Connects upstream and drives the upstream-login core to its end.
+async fn upstream_login<U: UpstreamCore>(
+    ctx: &SharedContext,
+    mut core: U,
+) -> io::Result<UpstreamOutcome> {
+    let settings = &ctx.settings;
+    let tcp = TcpStream::connect(settings.upstream.as_str()).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = || {
+        tls::server_name(&settings.upstream_tls_name)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))
+    };
+    let mut stream = match settings.upstream_tls {
+        UpstreamTls::Implicit => {
+            MaybeTls::ClientTls(Box::new(ctx.upstream_tls.connect(name()?, tcp).await?))
+        }
+        UpstreamTls::None | UpstreamTls::Starttls => MaybeTls::Plain(tcp),
+    };
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        while let Some(step) = core.next_step() {
+            match step {
+                UpstreamStep::Send(bytes) => stream.write_all(&bytes).await?,
+                UpstreamStep::StartTls => {
+                    let MaybeTls::Plain(tcp) = stream else {
+                        return Ok(UpstreamOutcome::Failed("STARTTLS inside TLS".into()));
+                    };
+                    stream = MaybeTls::ClientTls(Box::new(ctx.upstream_tls.connect(name()?, tcp).await?));
+                }
+                UpstreamStep::LoggedIn {
+                    client_reply,
+                    leftover,
+                } => {
+                    return Ok(UpstreamOutcome::LoggedIn {
+                        stream,
+                        reply: client_reply,
+                        leftover,
+                    });
+                }
+                UpstreamStep::Refused { detail } => return Ok(UpstreamOutcome::Refused(detail)),
+                UpstreamStep::Failed { detail } => return Ok(UpstreamOutcome::Failed(detail)),
+            }
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(UpstreamOutcome::Failed("upstream closed the connection".into()));
+        }
+        core.feed(&buf[..n]);
+    }
+}
+
+enum RelayEnd {
+    Closed(io::Result<(u64, u64)>),
+    Killed(String),
+}
+
+/// Relays bytes both ways until either side closes or the session is killed.
+async fn relay<H: ProtocolHandler>(
+    ctx: &SharedContext,
+    handler: &H,
+    established: Established,
+    peer: SocketAddr,
+) {
+    let Established {
+        mut client,
+        mut upstream,
+        user,
+        credential,
+    } = established;
+    let protocol = handler.protocol();
+    let mut handle = ctx
+        .registry
+        .register(user.clone(), protocol, credential, peer, unix_now());
+    let end = tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => RelayEnd::Closed(result),
+        reason = handle.killed() => RelayEnd::Killed(reason),
+    };
+    match end {
+        RelayEnd::Closed(Ok((up, down))) => {
+            debug!(%protocol, %user, client = %peer.ip(), bytes_up = up, bytes_down = down, "session closed");
+        }
+        RelayEnd::Closed(Err(err)) => {
+            debug!(%protocol, %user, client = %peer.ip(), error = %err, "session ended");
+        }
+        RelayEnd::Killed(reason) => {
+            let _ = client.write_all(&handler.goodbye(&reason)).await;
+            let _ = client.shutdown().await;
+            let _ = upstream.shutdown().await;
+            info!(%protocol, %user, client = %peer.ip(), %credential, reason = %reason, "session dropped");
+        }
+    }
+}

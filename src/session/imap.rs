@@ -1,0 +1,63 @@
+//! IMAP's plug-in for the session driver.
+
+use crate::policy::Protocol;
+use crate::protocol::imap::server::ImapPreAuth;
+use crate::protocol::imap::upstream::ImapUpstreamLogin;
+use crate::protocol::line::{Action, LoginFailure, Options};
+use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
+
+use super::{ClientCore, ProtocolHandler, UpstreamCore};
+
+pub struct Imap;
+
+impl ClientCore for ImapPreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        ImapPreAuth::greeting(self)
+    }
+    fn feed(&mut self, bytes: &[u8]) {
+        ImapPreAuth::feed(self, bytes)
+    }
+    fn next_action(&mut self) -> Option<Action> {
+        ImapPreAuth::next_action(self)
+    }
+    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
+        ImapPreAuth::login_failed(self, failure)
+    }
+    fn into_pipelined(self) -> Vec<u8> {
+        ImapPreAuth::into_pipelined(self)
+    }
+}
+
+impl UpstreamCore for ImapUpstreamLogin {
+    fn feed(&mut self, bytes: &[u8]) {
+        ImapUpstreamLogin::feed(self, bytes)
+    }
+    fn next_step(&mut self) -> Option<UpstreamStep> {
+        ImapUpstreamLogin::next_step(self)
+    }
+}
+
+impl ProtocolHandler for Imap {
+    type Client = ImapPreAuth;
+    type Upstream = ImapUpstreamLogin;
+
+    fn protocol(&self) -> Protocol {
+        Protocol::Imap
+    }
+
+    fn client_core(&self, options: Options) -> ImapPreAuth {
+        ImapPreAuth::new(options)
+    }
+
+    fn upstream_core(&self, client: &ImapPreAuth, request: UpstreamRequest) -> ImapUpstreamLogin {
+        ImapUpstreamLogin::new(request, client.login_tag())
+    }
+
+    fn goodbye(&self, reason: &str) -> Vec<u8> {
+        format!("* BYE [ALERT] {reason}\r\n").into_bytes()
+    }
+
+    fn timeout_goodbye(&self) -> Vec<u8> {
+        b"* BYE Autologout; too long without logging in\r\n".to_vec()
+    }
+}

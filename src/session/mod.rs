@@ -1,0 +1,68 @@
+//! Session drivers: the async loops that own the sockets and drive the protocol
+//! cores of `crate::protocol`.
+//!
+//! One generic driver serves all three protocols: pre-login (greeting, commands,
+//! STARTTLS as a change of stream type), the login (gate, then upstream login),
+//! and the relay (bytes both ways until either side closes or the session is
+//! killed). Each protocol plugs in through [`ProtocolHandler`].
+
+mod driver;
+pub mod imap;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_rustls::TlsConnector;
+
+pub use driver::handle_connection;
+
+use crate::config::{LimitsConfig, ProtocolSettings};
+use crate::gate::Gate;
+use crate::net::tls::ServerTls;
+use crate::policy::Protocol;
+use crate::protocol::line::{Action, LoginFailure, Options};
+use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
+use crate::registry::SessionRegistry;
+
+/// A client-facing pre-login core.
+pub trait ClientCore: Send {
+    fn greeting(&self) -> Vec<u8>;
+    fn feed(&mut self, bytes: &[u8]);
+    fn next_action(&mut self) -> Option<Action>;
+    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8>;
+    fn into_pipelined(self) -> Vec<u8>;
+}
+
+/// An upstream-login core.
+pub trait UpstreamCore: Send {
+    fn feed(&mut self, bytes: &[u8]);
+    fn next_step(&mut self) -> Option<UpstreamStep>;
+}
+
+/// What makes a protocol: its cores and its words for the end of a session.
+pub trait ProtocolHandler: Send + Sync + 'static {
+    type Client: ClientCore;
+    type Upstream: UpstreamCore;
+
+    fn protocol(&self) -> Protocol;
+    fn client_core(&self, options: Options) -> Self::Client;
+    /// Called once the client presented credentials.
+    fn upstream_core(&self, client: &Self::Client, request: UpstreamRequest) -> Self::Upstream;
+    /// Sent when a session is ended by postern (kill, policy change, shutdown).
+    fn goodbye(&self, reason: &str) -> Vec<u8>;
+    /// Sent when the client took too long to log in.
+    fn timeout_goodbye(&self) -> Vec<u8>;
+}
+
+/// Everything a session of one protocol needs, shared by its listeners.
+pub struct Context {
+    pub settings: ProtocolSettings,
+    pub limits: LimitsConfig,
+    pub gate: Gate,
+    pub tls: ServerTls,
+    pub upstream_tls: TlsConnector,
+    pub registry: SessionRegistry,
+    pub handshake_timeout: Duration,
+}
+
+pub type SharedContext = Arc<Context>;
