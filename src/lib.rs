@@ -5,3 +5,4 @@
 pub mod policy;
 pub mod protocol;
 pub mod secret;
+pub mod store;
