@@ -144,6 +144,22 @@ async fn sqlite_file_and_folder_are_created_and_reopened() {
 }
 
 #[tokio::test]
+async fn sqlite_in_memory_works_for_demos() {
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    assert!(store.add_domain("demo.test", "system").await.unwrap());
+    let user = store.ensure_user("demo@demo.test").await.unwrap();
+    store
+        .create_app_password(user.id, new_app_password("demo", "ff66"), "system")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_users("demo.test").await.unwrap()[0].app_passwords,
+        1
+    );
+    store.close().await;
+}
+
+#[tokio::test]
 async fn two_processes_write_the_same_sqlite_file_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("postern.db").display());
@@ -1073,7 +1089,10 @@ async fn postgres_notifies_each_event() {
             continue;
         }
         let mut listener = sqlx::postgres::PgListener::connect(&base).await.unwrap();
-        listener.listen("postern_events").await.unwrap();
+        listener
+            .listen(postern::store::NOTIFY_CHANNEL)
+            .await
+            .unwrap();
         let id = s
             .append_event(EventKind::SessionKill, None, Some("vic@example.org"), None)
             .await

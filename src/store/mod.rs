@@ -30,7 +30,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
 pub use audit::{AuditFilter, AuditRecord};
 pub use domains::DomainRecord;
-pub use events::{EventKind, EventRecord};
+pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
 pub use sessions::SessionRow;
 pub use users::{UserRecord, UserSummary, normalize_address};
@@ -78,7 +78,9 @@ pub enum StoreError {
 /// The database behind a [`Store`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// A local file (the default); one node.
     Sqlite,
+    /// A shared server; several nodes.
     Postgres,
 }
 
