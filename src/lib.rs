@@ -11,3 +11,4 @@ pub mod protocol;
 pub mod registry;
 pub mod secret;
 pub mod session;
+pub mod store;

@@ -1,0 +1,117 @@
+//! The audit log: who changed what, and login results. Rows are only ever appended;
+//! changes append theirs inside their own transaction (see [`insert_audit`]).
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{Store, StoreError, unix_now};
+
+/// One audit row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Who: "cli", "system", "sysadmin:NAME", "user:ADDRESS".
+    pub actor: String,
+    /// What, e.g. "domain.status", "app_password.revoke", "login".
+    pub action: String,
+    /// The object: a domain, an address, a system administrator's name.
+    pub target: String,
+    /// Free text; never a secret.
+    pub detail: String,
+    /// The client's address, when the change came over the network.
+    pub ip: Option<String>,
+}
+
+/// Which audit rows [`Store::list_audit`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only rows about this user (as target) or by this user (as actor `user:ADDRESS`).
+    pub user: Option<String>,
+    /// Only rows at or after this Unix time.
+    pub since: Option<i64>,
+    /// At most this many rows.
+    pub limit: i64,
+}
+
+impl Default for AuditFilter {
+    fn default() -> Self {
+        AuditFilter {
+            user: None,
+            since: None,
+            limit: 100,
+        }
+    }
+}
+
+/// Appends an audit row on `conn`, typically inside the caller's transaction.
+pub(crate) async fn insert_audit(
+    conn: &mut AnyConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+    ip: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, detail, ip) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(unix_now())
+    .bind(actor)
+    .bind(action)
+    .bind(target)
+    .bind(detail)
+    .bind(ip)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn audit_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        detail: row.try_get("detail")?,
+        ip: row.try_get("ip")?,
+    })
+}
+
+impl Store {
+    /// Appends an audit row on its own, for events that change nothing else (a login
+    /// result, an impersonation).
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+        ip: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_audit(&mut conn, actor, action, target, detail, ip).await
+    }
+
+    /// Audit rows matching `filter`, newest first.
+    pub async fn list_audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let user = filter.user.map(|u| u.trim().to_lowercase());
+        let as_actor = user.as_ref().map(|u| format!("user:{u}"));
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail, ip FROM audit_log \
+             WHERE (CAST($1 AS TEXT) IS NULL OR target = $1 OR actor = $2) \
+               AND (CAST($3 AS BIGINT) IS NULL OR at >= $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(user)
+        .bind(as_actor)
+        .bind(filter.since)
+        .bind(filter.limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+}

@@ -1,0 +1,199 @@
+//! Domains: the system administrator's feature switch and the domain administrator's
+//! status and grace period. A domain missing here behaves as Disabled.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::audit::insert_audit;
+use super::events::{EventKind, insert_event};
+use super::users::{ensure_user_in, normalize_address};
+use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
+use crate::policy::{DomainPolicy, DomainStatus};
+
+/// A domain as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainRecord {
+    /// Lower-cased.
+    pub name: String,
+    /// The system administrator's switch.
+    pub feature: bool,
+    /// The domain administrator's choice; applies once `feature` is on.
+    pub status: DomainStatus,
+    /// End of the Forced enrollment grace period (Unix seconds).
+    pub grace_until: Option<i64>,
+    pub created_at: i64,
+}
+
+impl DomainRecord {
+    /// What the policy function needs.
+    pub fn policy(&self) -> DomainPolicy {
+        DomainPolicy {
+            feature: self.feature,
+            status: self.status,
+            grace_until: self.grace_until,
+        }
+    }
+}
+
+/// Decodes `name, feature, status, grace_until, created_at`.
+pub(crate) fn domain_from_row(row: &AnyRow) -> Result<DomainRecord, StoreError> {
+    Ok(DomainRecord {
+        name: row.try_get("name")?,
+        feature: get_flag(row, "feature")?,
+        status: get_parsed(row, "status")?,
+        grace_until: row.try_get("grace_until")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Adds a domain (feature off, status disabled). Returns false, and changes and
+    /// audits nothing, if it is already known.
+    pub async fn add_domain(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let name = normalize_domain(name)?;
+        let mut tx = self.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO domains (name, feature, status, grace_until, created_at) \
+             VALUES ($1, 0, 'disabled', NULL, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&name)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if created {
+            insert_audit(&mut tx, actor, "domain.add", &name, "", None).await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// The domain, if known.
+    pub async fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
+        let name = normalize_domain(name)?;
+        let row = sqlx::query(
+            "SELECT name, feature, status, grace_until, created_at FROM domains WHERE name = $1",
+        )
+        .bind(&name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// Every known domain, sorted by name.
+    pub async fn list_domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, feature, status, grace_until, created_at FROM domains ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(domain_from_row).collect()
+    }
+
+    /// Turns the 2-Step feature on or off for a known domain.
+    pub async fn set_domain_feature(
+        &self,
+        name: &str,
+        on: bool,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let name = normalize_domain(name)?;
+        let mut tx = self.begin().await?;
+        let changed = sqlx::query("UPDATE domains SET feature = $2 WHERE name = $1")
+            .bind(&name)
+            .bind(i64::from(on))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::UnknownDomain(name));
+        }
+        let detail = if on { "on" } else { "off" };
+        insert_audit(&mut tx, actor, "domain.feature", &name, detail, None).await?;
+        insert_event(
+            &mut tx,
+            self.backend,
+            EventKind::DomainFeature,
+            Some(&name),
+            None,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets a known domain's status; `grace_until: None` clears the grace period.
+    /// Allowed while the feature is off (it applies once it is turned on).
+    pub async fn set_domain_status(
+        &self,
+        name: &str,
+        status: DomainStatus,
+        grace_until: Option<i64>,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let name = normalize_domain(name)?;
+        let mut tx = self.begin().await?;
+        let changed =
+            sqlx::query("UPDATE domains SET status = $2, grace_until = $3 WHERE name = $1")
+                .bind(&name)
+                .bind(status.as_str())
+                .bind(grace_until)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::UnknownDomain(name));
+        }
+        let detail = match grace_until {
+            Some(until) => format!("{status} grace_until={until}"),
+            None => status.to_string(),
+        };
+        insert_audit(&mut tx, actor, "domain.status", &name, &detail, None).await?;
+        insert_event(
+            &mut tx,
+            self.backend,
+            EventKind::DomainStatus,
+            Some(&name),
+            None,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Makes `address` (created if new) an administrator of the known `domain`; the
+    /// address must belong to that domain.
+    pub async fn set_domain_admin(
+        &self,
+        domain: &str,
+        address: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let domain = normalize_domain(domain)?;
+        let address = normalize_address(address)?;
+        if address.rsplit_once('@').map(|(_, d)| d) != Some(domain.as_str()) {
+            return Err(StoreError::InvalidAddress(format!(
+                "{address} is not an address of {domain}"
+            )));
+        }
+        let mut tx = self.begin().await?;
+        let known: Option<String> = sqlx::query_scalar("SELECT name FROM domains WHERE name = $1")
+            .bind(&domain)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::UnknownDomain(domain));
+        }
+        let user = ensure_user_in(&mut tx, &address).await?;
+        sqlx::query("UPDATE users SET domain_admin = 1 WHERE id = $1")
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, actor, "domain.admin", &address, &domain, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! Persistent state: the sqlx pool, the migrations runner, and one submodule per table
+//! family (domains, users, second factors, app passwords, system administrators, the
+//! audit log, the event log and the live-session table).
+//!
+//! The store owns SQL and nothing else: it does not decide whether a login is allowed
+//! (that is [`crate::policy`]), hash passwords or talk to the network. Every change
+//! made on behalf of someone writes its `audit_log` row, and where the change can make
+//! a live session's credential unacceptable its `events` row, in the same transaction
+//! as the change, so the audit trail and the event log never disagree with the data.
+//!
+//! One code path serves SQLite and PostgreSQL through sqlx's `Any` driver: every
+//! integer column is a 64-bit integer on both (booleans are 0/1), placeholders are
+//! `$1, $2, ...`, and the two migration folders describe the same schema.
+
+mod app_passwords;
+mod audit;
+mod domains;
+mod events;
+mod factors;
+mod sessions;
+mod sysadmins;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
+pub use audit::{AuditFilter, AuditRecord};
+pub use domains::DomainRecord;
+pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
+pub use factors::{FactorKind, SecondFactorRecord};
+pub use sessions::SessionRow;
+pub use users::{UserRecord, UserSummary, normalize_address};
+
+/// Migrations for each backend; the right one is picked at runtime by [`Store::connect`].
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A domain setting was changed for a domain postern does not know.
+    #[error("unknown domain {0:?}: add it first with `postern admin domain add {0}`")]
+    UnknownDomain(String),
+    /// A user id or address that has no record.
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    /// The user already has [`MAX_APP_PASSWORDS`] app passwords.
+    #[error(
+        "too many app passwords: a user may have at most {MAX_APP_PASSWORDS}; revoke one first"
+    )]
+    TooManyAppPasswords,
+    /// The record named by id does not exist (or belongs to another user).
+    #[error("not found")]
+    NotFound,
+    /// An address or domain name that is not well formed; the text says why.
+    #[error("invalid address: {0}")]
+    InvalidAddress(String),
+    /// A stored value that cannot be decoded (e.g. an unknown scope or status).
+    #[error("stored {what} is invalid: {detail}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// The parse error.
+        detail: String,
+    },
+}
+
+/// The database behind a [`Store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A local file (the default); one node.
+    Sqlite,
+    /// A shared server; several nodes.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a connection URL names, if it is one postern supports.
+    pub fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone (it wraps a connection pool).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path`, `sqlite:path`, `postgres://...`) and brings
+    /// the schema up to date. A SQLite file and its folder are created if missing.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url).ok_or_else(|| {
+            sqlx::Error::Configuration(
+                format!("unsupported database URL {url:?}: expected sqlite: or postgres:").into(),
+            )
+        })?;
+        let (pool, migrator) = match backend {
+            Backend::Sqlite => (connect_sqlite(url).await?, &SQLITE_MIGRATOR),
+            Backend::Postgres => (
+                AnyPoolOptions::new()
+                    .max_connections(10)
+                    .connect(url)
+                    .await?,
+                &POSTGRES_MIGRATOR,
+            ),
+        };
+        migrator.run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every pooled connection; further calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`) so that a read-then-write transaction waits for another
+    /// process's writer instead of failing with SQLITE_BUSY half-way.
+    async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+}
+
+async fn connect_sqlite(url: &str) -> Result<AnyPool, StoreError> {
+    let (path, query) = match url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        Some(rest) => rest.split_once('?').unwrap_or((rest, "")),
+        None => (url, ""),
+    };
+    let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
+    let mut url = url.to_owned();
+    if !in_memory {
+        if let Some(parent) = std::path::Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+        }
+        if !query.split('&').any(|kv| kv.starts_with("mode=")) {
+            url.push(if query.is_empty() && !url.ends_with('?') {
+                '?'
+            } else {
+                '&'
+            });
+            url.push_str("mode=rwc");
+        }
+    }
+    let mut options = AnyPoolOptions::new()
+        .max_connections(if in_memory { 1 } else { 5 })
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // `serve` and `admin` share the file: a writer waits up to 5 s for the
+                // other one. Set first, as switching to WAL may itself have to wait.
+                sqlx::query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA foreign_keys = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        });
+    if in_memory {
+        // Every connection to `:memory:` is a new, empty database: keep the one forever.
+        options = options.idle_timeout(None).max_lifetime(None);
+    }
+    Ok(options
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await?)
+}
+
+/// Current Unix time in seconds, for `created_at`/`at` columns.
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A 0/1 integer column as a bool.
+fn get_flag(row: &AnyRow, column: &str) -> Result<bool, StoreError> {
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+/// A text column parsed with `FromStr`; a bad value is [`StoreError::Corrupt`].
+fn get_parsed<T>(row: &AnyRow, column: &'static str) -> Result<T, StoreError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text: String = row.try_get(column)?;
+    text.parse().map_err(|e: T::Err| StoreError::Corrupt {
+        what: column,
+        detail: format!("{text:?}: {e}"),
+    })
+}
+
+/// Lower-cases and checks a domain name (no '@', no whitespace, not empty).
+fn normalize_domain(name: &str) -> Result<String, StoreError> {
+    let name = name.trim().to_lowercase();
+    if name.is_empty()
+        || name.len() > 253
+        || name.contains('@')
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(StoreError::InvalidAddress(format!(
+            "{name:?} is not a domain name"
+        )));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(
+            Backend::from_url("sqlite://data/x.db"),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::from_url("postgres://h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(Backend::from_url("mysql://h/db"), None);
+    }
+
+    #[test]
+    fn domain_names_are_lower_cased_and_checked() {
+        assert_eq!(normalize_domain(" Example.ORG ").unwrap(), "example.org");
+        assert!(normalize_domain("").is_err());
+        assert!(normalize_domain("a@b").is_err());
+        assert!(normalize_domain("a b").is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! Users: mailbox addresses postern has seen, their disabled and domain-administrator
+//! flags, and the derived "enrolled" state (a confirmed second factor exists). The
+//! primary password is never stored: the upstream server checks it.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::audit::insert_audit;
+use super::domains::DomainRecord;
+use super::events::{EventKind, insert_event};
+use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
+use crate::policy::UserState;
+
+/// Longest address accepted, in bytes.
+const MAX_ADDRESS_LEN: usize = 256;
+
+/// The user columns plus the derived `enrolled`, for a `users u` query.
+macro_rules! user_columns {
+    () => {
+        "u.id, u.address, u.domain, u.disabled, u.domain_admin, u.created_at, \
+         CAST(CASE WHEN EXISTS (SELECT 1 FROM second_factors f \
+                                WHERE f.user_id = u.id AND f.confirmed = 1) \
+              THEN 1 ELSE 0 END AS BIGINT) AS enrolled"
+    };
+}
+
+/// A user as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: i64,
+    /// `local@domain`, lower-cased.
+    pub address: String,
+    /// The part after '@'; need not be a known domain.
+    pub domain: String,
+    pub disabled: bool,
+    pub domain_admin: bool,
+    /// A confirmed second factor exists.
+    pub enrolled: bool,
+    pub created_at: i64,
+}
+
+impl UserRecord {
+    /// What the policy function needs.
+    pub fn state(&self) -> UserState {
+        UserState {
+            enrolled: self.enrolled,
+            disabled: self.disabled,
+        }
+    }
+}
+
+/// One line of `postern admin user list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSummary {
+    pub address: String,
+    pub enrolled: bool,
+    pub disabled: bool,
+    pub domain_admin: bool,
+    /// How many app passwords the user has.
+    pub app_passwords: i64,
+    /// The latest use of any of them.
+    pub last_used_at: Option<i64>,
+}
+
+/// Trims and lower-cases `local@domain`: exactly one '@', both parts non-empty, no
+/// whitespace or control characters, at most 256 bytes.
+pub fn normalize_address(address: &str) -> Result<String, StoreError> {
+    let address = address.trim().to_lowercase();
+    let bad = |why: &str| StoreError::InvalidAddress(format!("{address:?} {why}"));
+    if address.len() > MAX_ADDRESS_LEN {
+        return Err(bad("is longer than 256 bytes"));
+    }
+    if address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("contains whitespace or control characters"));
+    }
+    match address.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+        {
+            Ok(address)
+        }
+        _ => Err(bad("is not local@domain")),
+    }
+}
+
+fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        address: row.try_get("address")?,
+        domain: row.try_get("domain")?,
+        disabled: get_flag(row, "disabled")?,
+        domain_admin: get_flag(row, "domain_admin")?,
+        enrolled: get_flag(row, "enrolled")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Creates the user on first sight and returns the record; `address` must already be
+/// normalised. Safe against a concurrent creation of the same user.
+pub(crate) async fn ensure_user_in(
+    conn: &mut AnyConnection,
+    address: &str,
+) -> Result<UserRecord, StoreError> {
+    insert_user(conn, address).await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users u WHERE u.address = $1"
+    ))
+    .bind(address)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => user_from_row(&row),
+        None => Err(StoreError::UnknownUser(address.to_owned())),
+    }
+}
+
+async fn insert_user(conn: &mut AnyConnection, address: &str) -> Result<(), StoreError> {
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+    sqlx::query(
+        "INSERT INTO users (address, domain, disabled, domain_admin, created_at) \
+         VALUES ($1, $2, 0, 0, $3) ON CONFLICT (address) DO NOTHING",
+    )
+    .bind(address)
+    .bind(domain)
+    .bind(unix_now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The address of user `id`, or [`StoreError::UnknownUser`].
+pub(crate) async fn address_of(conn: &mut AnyConnection, id: i64) -> Result<String, StoreError> {
+    sqlx::query_scalar("SELECT address FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::UnknownUser(format!("#{id}")))
+}
+
+impl Store {
+    /// The user's record, created on first sight.
+    pub async fn ensure_user(&self, address: &str) -> Result<UserRecord, StoreError> {
+        let address = normalize_address(address)?;
+        let mut conn = self.pool.acquire().await?;
+        ensure_user_in(&mut conn, &address).await
+    }
+
+    /// The user's record, if postern has seen the address.
+    pub async fn user(&self, address: &str) -> Result<Option<UserRecord>, StoreError> {
+        let address = normalize_address(address)?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users u WHERE u.address = $1"
+        ))
+        .bind(&address)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// The user with this id, if any.
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users u WHERE u.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// What a mail login needs: the domain's record (None if unknown) and the user's
+    /// (created on first sight). One round trip for a user seen before.
+    pub async fn login_context(
+        &self,
+        address: &str,
+        domain: &str,
+    ) -> Result<(Option<DomainRecord>, UserRecord), StoreError> {
+        let address = normalize_address(address)?;
+        let domain = normalize_domain(domain)?;
+        let mut conn = self.pool.acquire().await?;
+        for _ in 0..2 {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                user_columns!(),
+                ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
+                 d.grace_until AS d_grace_until, d.created_at AS d_created_at \
+                 FROM users u LEFT JOIN domains d ON d.name = $2 WHERE u.address = $1"
+            ))
+            .bind(&address)
+            .bind(&domain)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                let user = user_from_row(&row)?;
+                let domain = match row.try_get::<Option<String>, _>("d_name")? {
+                    None => None,
+                    Some(name) => Some(DomainRecord {
+                        name,
+                        feature: get_flag(&row, "d_feature")?,
+                        status: get_parsed(&row, "d_status")?,
+                        grace_until: row.try_get("d_grace_until")?,
+                        created_at: row.try_get("d_created_at")?,
+                    }),
+                };
+                return Ok((domain, user));
+            }
+            insert_user(&mut conn, &address).await?;
+        }
+        Err(StoreError::UnknownUser(address))
+    }
+
+    /// The users of `domain` with their app-password counts, sorted by address.
+    pub async fn list_users(&self, domain: &str) -> Result<Vec<UserSummary>, StoreError> {
+        let domain = normalize_domain(domain)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", CAST((SELECT COUNT(*) FROM app_passwords a WHERE a.user_id = u.id) AS BIGINT) \
+                 AS app_passwords, \
+               (SELECT MAX(a.last_used_at) FROM app_passwords a WHERE a.user_id = u.id) \
+                 AS last_used_at \
+             FROM users u WHERE u.domain = $1 ORDER BY u.address"
+        ))
+        .bind(&domain)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let user = user_from_row(row)?;
+                Ok(UserSummary {
+                    address: user.address,
+                    enrolled: user.enrolled,
+                    disabled: user.disabled,
+                    domain_admin: user.domain_admin,
+                    app_passwords: row.try_get("app_passwords")?,
+                    last_used_at: row.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Disables or re-enables a user (created if new). A disabled user's mail logins
+    /// are refused whatever the credential.
+    pub async fn set_user_disabled(
+        &self,
+        address: &str,
+        disabled: bool,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let address = normalize_address(address)?;
+        let mut tx = self.begin().await?;
+        let user = ensure_user_in(&mut tx, &address).await?;
+        sqlx::query("UPDATE users SET disabled = $2 WHERE id = $1")
+            .bind(user.id)
+            .bind(i64::from(disabled))
+            .execute(&mut *tx)
+            .await?;
+        let (action, kind) = if disabled {
+            ("user.disable", EventKind::UserDisabled)
+        } else {
+            ("user.enable", EventKind::UserEnabled)
+        };
+        insert_audit(&mut tx, actor, action, &address, "", None).await?;
+        insert_event(&mut tx, self.backend, kind, None, Some(&address), None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a user's second factors, backup codes and app passwords (created if
+    /// new): the user is no longer enrolled and every app password stops working.
+    pub async fn reset_user(&self, address: &str, actor: &str) -> Result<(), StoreError> {
+        let address = normalize_address(address)?;
+        let mut tx = self.begin().await?;
+        let user = ensure_user_in(&mut tx, &address).await?;
+        let factors = sqlx::query("DELETE FROM second_factors WHERE user_id = $1")
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM backup_codes WHERE user_id = $1")
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?;
+        let app_passwords = sqlx::query("DELETE FROM app_passwords WHERE user_id = $1")
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let detail = format!("second_factors={factors} app_passwords={app_passwords}");
+        insert_audit(&mut tx, actor, "user.reset", &address, &detail, None).await?;
+        insert_event(
+            &mut tx,
+            self.backend,
+            EventKind::UserReset,
+            None,
+            Some(&address),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_trimmed_lower_cased_and_checked() {
+        assert_eq!(
+            normalize_address("  Alice@Example.ORG\n").unwrap(),
+            "alice@example.org"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.org",
+            "alice@",
+            "a@b@c",
+            "al ice@x.org",
+            "al\u{0}ice@x.org",
+        ] {
+            assert!(normalize_address(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}@x.org", "a".repeat(251));
+        assert_eq!(long.len(), 257);
+        assert!(normalize_address(&long).is_err());
+        assert!(normalize_address(&long[1..]).is_ok());
+    }
+}

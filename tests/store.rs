@@ -1,0 +1,1111 @@
+//! The store, as the CLI, the web UI and the gateway use it. Every test runs on a
+//! fresh SQLite file, and again on PostgreSQL (in a schema of its own) when
+//! `POSTERN_TEST_DATABASE_URL` names a server.
+
+use postern::policy::{DomainStatus, Protocol, Scopes};
+use postern::store::{
+    AuditFilter, Backend, EventKind, EventRecord, FactorKind, MAX_APP_PASSWORDS, NewAppPassword,
+    SessionRow, Store, StoreError,
+};
+use sqlx::{AssertSqlSafe, Connection};
+
+/// One database under test.
+struct TestDb {
+    store: Store,
+    /// The URL the store was opened with, for tests that reach past the store.
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    /// (server URL, schema) to drop at the end, on PostgreSQL.
+    pg_schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some((base, schema)) = self.pg_schema {
+            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+            sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Runs SQL straight on the database, to plant data the store would not write.
+    async fn raw(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.url).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// A fresh SQLite store, plus a fresh PostgreSQL one if configured.
+async fn test_dbs() -> Vec<TestDb> {
+    let mut dbs = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("postern.db").display());
+    dbs.push(TestDb {
+        store: Store::connect(&url).await.unwrap(),
+        url,
+        _dir: Some(dir),
+        pg_schema: None,
+    });
+    if let Ok(base) = std::env::var("POSTERN_TEST_DATABASE_URL")
+        && !base.is_empty()
+    {
+        let schema = format!("t_{:016x}", rand::random::<u64>());
+        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let store = Store::connect(&url).await.unwrap();
+        assert_eq!(store.backend(), Backend::Postgres);
+        dbs.push(TestDb {
+            store,
+            url,
+            _dir: None,
+            pg_schema: Some((base, schema)),
+        });
+    }
+    dbs
+}
+
+/// Runs the body once per database; failures name the backend.
+macro_rules! on_each_db {
+    (|$s:ident, $db:ident| $body:block) => {
+        for $db in test_dbs().await {
+            eprintln!("backend: {:?}", $db.store.backend());
+            let $s: &Store = &$db.store;
+            $body
+            $db.finish().await;
+        }
+    };
+    (|$s:ident| $body:block) => {
+        on_each_db!(|$s, db| $body)
+    };
+}
+
+async fn events(s: &Store) -> Vec<EventRecord> {
+    s.events_after(0, 1000).await.unwrap()
+}
+
+async fn audit_actions(s: &Store, target: &str) -> Vec<String> {
+    s.list_audit(AuditFilter {
+        user: None,
+        since: None,
+        limit: 1000,
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .filter(|r| r.target == target)
+    .map(|r| r.action)
+    .collect()
+}
+
+fn new_app_password(name: &str, lookup: &str) -> NewAppPassword {
+    NewAppPassword {
+        name: name.into(),
+        lookup: lookup.into(),
+        hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$hash-of-{lookup}"),
+        scopes: Scopes::ALL,
+        expires_at: None,
+    }
+}
+
+#[tokio::test]
+async fn sqlite_file_and_folder_are_created_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/sub/postern.db");
+    let url = format!("sqlite://{}", path.display());
+    let first = Store::connect(&url).await.unwrap();
+    assert_eq!(first.backend(), Backend::Sqlite);
+    assert!(path.exists());
+    assert!(first.add_domain("example.org", "cli").await.unwrap());
+    // A second process (`postern admin` while `serve` runs) opens the same file.
+    let second = Store::connect(&url).await.unwrap();
+    assert!(!second.add_domain("example.org", "cli").await.unwrap());
+    assert_eq!(second.list_domains().await.unwrap().len(), 1);
+    // WAL lets `serve` read while `admin` writes.
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    first.close().await;
+    second.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_works_for_demos() {
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    assert!(store.add_domain("demo.test", "system").await.unwrap());
+    let user = store.ensure_user("demo@demo.test").await.unwrap();
+    store
+        .create_app_password(user.id, new_app_password("demo", "ff66"), "system")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_users("demo.test").await.unwrap()[0].app_passwords,
+        1
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn two_processes_write_the_same_sqlite_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("postern.db").display());
+    let serve = Store::connect(&url).await.unwrap();
+    let admin = Store::connect(&url).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 {
+            serve.clone()
+        } else {
+            admin.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let address = format!("u{}@example.org", i % 5);
+            store.set_user_disabled(&address, i % 3 == 0, "cli").await?;
+            let user = store.ensure_user(&address).await?;
+            store
+                .create_app_password(user.id, new_app_password("phone", &format!("l{i}")), "cli")
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let users = serve.list_users("example.org").await.unwrap();
+    assert_eq!(users.len(), 5);
+    assert_eq!(users.iter().map(|u| u.app_passwords).sum::<i64>(), 20);
+    assert_eq!(serve.events_after(0, 100).await.unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn domain_add_is_idempotent() {
+    on_each_db!(|s| {
+        assert!(s.add_domain(" Example.ORG ", "cli").await.unwrap());
+        let before = s.domain("example.org").await.unwrap().unwrap();
+        s.set_domain_status("example.org", DomainStatus::Enabled, None, "cli")
+            .await
+            .unwrap();
+        assert!(!s.add_domain("example.org", "sysadmin:admin").await.unwrap());
+        let after = s.domain("EXAMPLE.org").await.unwrap().unwrap();
+        assert_eq!(after.name, "example.org");
+        assert_eq!(
+            after.status,
+            DomainStatus::Enabled,
+            "a re-add changes nothing"
+        );
+        assert_eq!(after.created_at, before.created_at);
+        assert!(!after.feature);
+        assert_eq!(s.list_domains().await.unwrap().len(), 1);
+        assert_eq!(
+            audit_actions(s, "example.org").await,
+            ["domain.status", "domain.add"],
+            "one audit row for the add, none for the re-add"
+        );
+        assert_eq!(s.domain("unknown.org").await.unwrap(), None);
+    });
+}
+
+#[tokio::test]
+async fn unknown_domain_errors_name_domain_add() {
+    on_each_db!(|s| {
+        let err = s
+            .set_domain_feature("nowhere.org", true, "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnknownDomain(ref d) if d == "nowhere.org"));
+        assert!(
+            err.to_string()
+                .contains("postern admin domain add nowhere.org"),
+            "{err}"
+        );
+        let err = s
+            .set_domain_status("Nowhere.org", DomainStatus::Forced, None, "cli")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("domain add"), "{err}");
+        let err = s
+            .set_domain_admin("nowhere.org", "a@nowhere.org", "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnknownDomain(_)), "{err}");
+        assert!(events(s).await.is_empty());
+        assert!(s.list_domains().await.unwrap().is_empty());
+    });
+}
+
+#[tokio::test]
+async fn domain_feature_status_and_grace() {
+    on_each_db!(|s| {
+        for name in ["b.org", "a.org", "c.org"] {
+            s.add_domain(name, "cli").await.unwrap();
+        }
+        let names: Vec<String> = s
+            .list_domains()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, ["a.org", "b.org", "c.org"]);
+
+        // Status may be set while the feature is off; it applies once it is on.
+        s.set_domain_status("a.org", DomainStatus::Forced, Some(1_900_000_000), "cli")
+            .await
+            .unwrap();
+        let a = s.domain("a.org").await.unwrap().unwrap();
+        assert_eq!(a.status, DomainStatus::Forced);
+        assert_eq!(a.grace_until, Some(1_900_000_000));
+        assert_eq!(a.policy().effective_status(), DomainStatus::Disabled);
+
+        s.set_domain_feature("a.org", true, "sysadmin:admin")
+            .await
+            .unwrap();
+        let a = s.domain("a.org").await.unwrap().unwrap();
+        assert!(a.feature);
+        assert_eq!(a.policy().effective_status(), DomainStatus::Forced);
+
+        // Setting the status without grace clears it.
+        s.set_domain_status("a.org", DomainStatus::Forced, None, "cli")
+            .await
+            .unwrap();
+        assert_eq!(s.domain("a.org").await.unwrap().unwrap().grace_until, None);
+
+        s.set_domain_feature("a.org", false, "cli").await.unwrap();
+        assert!(!s.domain("a.org").await.unwrap().unwrap().feature);
+
+        let kinds: Vec<(EventKind, Option<String>)> = events(s)
+            .await
+            .into_iter()
+            .map(|e| (e.kind, e.domain))
+            .collect();
+        let a = Some("a.org".to_owned());
+        assert_eq!(
+            kinds,
+            [
+                (EventKind::DomainStatus, a.clone()),
+                (EventKind::DomainFeature, a.clone()),
+                (EventKind::DomainStatus, a.clone()),
+                (EventKind::DomainFeature, a),
+            ]
+        );
+        let audit = s
+            .list_audit(AuditFilter {
+                user: None,
+                since: None,
+                limit: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].action, "domain.feature");
+        assert_eq!(audit[0].detail, "off");
+        assert_eq!(audit[0].actor, "cli");
+    });
+}
+
+#[tokio::test]
+async fn domain_admin_must_belong_to_the_domain() {
+    on_each_db!(|s| {
+        s.add_domain("example.org", "cli").await.unwrap();
+        let err = s
+            .set_domain_admin("example.org", "boss@other.org", "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidAddress(_)), "{err}");
+        assert_eq!(s.user("boss@other.org").await.unwrap(), None);
+
+        s.set_domain_admin("example.org", "Boss@Example.org", "sysadmin:admin")
+            .await
+            .unwrap();
+        let boss = s.user("boss@example.org").await.unwrap().unwrap();
+        assert!(boss.domain_admin);
+        let users = s.list_users("example.org").await.unwrap();
+        assert_eq!(users.len(), 1);
+        assert!(users[0].domain_admin);
+        assert_eq!(audit_actions(s, "boss@example.org").await, ["domain.admin"]);
+    });
+}
+
+#[tokio::test]
+async fn users_are_created_on_first_sight_and_normalised() {
+    on_each_db!(|s| {
+        assert_eq!(s.user("alice@example.org").await.unwrap(), None);
+        let alice = s.ensure_user("  Alice@Example.ORG ").await.unwrap();
+        assert_eq!(alice.address, "alice@example.org");
+        assert_eq!(alice.domain, "example.org");
+        assert!(!alice.enrolled && !alice.disabled && !alice.domain_admin);
+        assert!(alice.created_at > 1_700_000_000);
+        let again = s.ensure_user("alice@example.org").await.unwrap();
+        assert_eq!(again, alice);
+        assert_eq!(s.user_by_id(alice.id).await.unwrap(), Some(alice.clone()));
+        assert_eq!(s.user_by_id(alice.id + 1000).await.unwrap(), None);
+        for bad in ["alice", "a@b@c", "a b@c.org", "@c.org", "a@"] {
+            let err = s.ensure_user(bad).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidAddress(_)), "{bad}: {err}");
+        }
+        // Creating a user on sight is not an administrative change.
+        assert!(audit_actions(s, "alice@example.org").await.is_empty());
+    });
+}
+
+#[tokio::test]
+async fn concurrent_first_sight_creates_one_user() {
+    on_each_db!(|s| {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.ensure_user("race@example.org").await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await.unwrap().unwrap().id);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1);
+    });
+}
+
+#[tokio::test]
+async fn login_context_reads_domain_and_user() {
+    on_each_db!(|s| {
+        let (domain, user) = s
+            .login_context("Carol@Unknown.org", "unknown.org")
+            .await
+            .unwrap();
+        assert_eq!(domain, None, "unknown domains behave as Disabled");
+        assert_eq!(user.address, "carol@unknown.org");
+        assert_eq!(s.user("carol@unknown.org").await.unwrap(), Some(user));
+
+        s.add_domain("example.org", "cli").await.unwrap();
+        s.set_domain_feature("example.org", true, "cli")
+            .await
+            .unwrap();
+        s.set_domain_status("example.org", DomainStatus::Forced, Some(42), "cli")
+            .await
+            .unwrap();
+        let dave = s.ensure_user("dave@example.org").await.unwrap();
+        s.set_user_disabled("dave@example.org", true, "cli")
+            .await
+            .unwrap();
+        let (domain, user) = s
+            .login_context("dave@example.org", "example.org")
+            .await
+            .unwrap();
+        let domain = domain.unwrap();
+        assert_eq!(domain.name, "example.org");
+        assert_eq!(domain.policy().effective_status(), DomainStatus::Forced);
+        assert_eq!(domain.grace_until, Some(42));
+        assert_eq!(user.id, dave.id);
+        assert!(user.state().disabled);
+        assert!(!user.state().enrolled);
+    });
+}
+
+#[tokio::test]
+async fn disabling_a_user_is_audited_and_announced() {
+    on_each_db!(|s| {
+        s.set_user_disabled("Eve@example.org", true, "sysadmin:admin")
+            .await
+            .unwrap();
+        assert!(s.user("eve@example.org").await.unwrap().unwrap().disabled);
+        s.set_user_disabled("eve@example.org", false, "cli")
+            .await
+            .unwrap();
+        assert!(!s.user("eve@example.org").await.unwrap().unwrap().disabled);
+        let got: Vec<(EventKind, Option<String>)> = events(s)
+            .await
+            .into_iter()
+            .map(|e| (e.kind, e.user_address))
+            .collect();
+        let eve = Some("eve@example.org".to_owned());
+        assert_eq!(
+            got,
+            [
+                (EventKind::UserDisabled, eve.clone()),
+                (EventKind::UserEnabled, eve)
+            ]
+        );
+        assert_eq!(
+            audit_actions(s, "eve@example.org").await,
+            ["user.enable", "user.disable"]
+        );
+    });
+}
+
+#[tokio::test]
+async fn list_users_counts_app_passwords_and_last_use() {
+    on_each_db!(|s| {
+        let zed = s.ensure_user("zed@example.org").await.unwrap();
+        let amy = s.ensure_user("amy@example.org").await.unwrap();
+        s.ensure_user("other@elsewhere.org").await.unwrap();
+        let a1 = s
+            .create_app_password(zed.id, new_app_password("phone", "l1"), "cli")
+            .await
+            .unwrap();
+        let a2 = s
+            .create_app_password(zed.id, new_app_password("laptop", "l2"), "cli")
+            .await
+            .unwrap();
+        s.record_app_password_use(a1, 1_800_000_000, "192.0.2.1", Protocol::Imap)
+            .await
+            .unwrap();
+        s.record_app_password_use(a2, 1_800_000_500, "192.0.2.2", Protocol::Smtp)
+            .await
+            .unwrap();
+        let f = s
+            .add_second_factor(amy.id, FactorKind::Totp, "JBSWY3DPEHPK3PXP", true, "cli")
+            .await
+            .unwrap();
+        assert!(f > 0);
+        s.set_user_disabled("zed@example.org", true, "cli")
+            .await
+            .unwrap();
+
+        let users = s.list_users("Example.org").await.unwrap();
+        let summary: Vec<_> = users
+            .iter()
+            .map(|u| {
+                (
+                    u.address.as_str(),
+                    u.enrolled,
+                    u.disabled,
+                    u.app_passwords,
+                    u.last_used_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("amy@example.org", true, false, 0, None),
+                ("zed@example.org", false, true, 2, Some(1_800_000_500)),
+            ]
+        );
+        assert!(s.list_users("nobody.org").await.unwrap().is_empty());
+    });
+}
+
+#[tokio::test]
+async fn enrolled_flips_after_confirm() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("fay@example.org").await.unwrap();
+        let other = s.ensure_user("gus@example.org").await.unwrap();
+        let totp = s
+            .add_second_factor(
+                user.id,
+                FactorKind::Totp,
+                "JBSWY3DPEHPK3PXP",
+                false,
+                "user:fay@example.org",
+            )
+            .await
+            .unwrap();
+        assert!(!s.user_by_id(user.id).await.unwrap().unwrap().enrolled);
+        assert!(
+            events(s).await.is_empty(),
+            "an unconfirmed factor changes nothing"
+        );
+
+        let err = s
+            .confirm_second_factor(other.id, totp, "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound), "{err}");
+
+        s.confirm_second_factor(user.id, totp, "user:fay@example.org")
+            .await
+            .unwrap();
+        assert!(s.user("fay@example.org").await.unwrap().unwrap().enrolled);
+        let got = events(s).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, EventKind::UserEnrolled);
+        assert_eq!(got[0].user_address.as_deref(), Some("fay@example.org"));
+
+        // A second factor for an already enrolled user announces nothing new.
+        let email = s
+            .add_second_factor(user.id, FactorKind::Email, "fay@home.example", false, "cli")
+            .await
+            .unwrap();
+        s.confirm_second_factor(user.id, email, "cli")
+            .await
+            .unwrap();
+        assert_eq!(events(s).await.len(), 1);
+
+        let factors = s.second_factors(user.id).await.unwrap();
+        assert_eq!(factors.len(), 2);
+        assert_eq!(factors[0].id, totp);
+        assert_eq!(factors[0].kind, FactorKind::Totp);
+        assert_eq!(factors[0].secret.expose(), "JBSWY3DPEHPK3PXP");
+        assert_eq!(format!("{:?}", factors[0].secret), "REDACTED");
+        assert!(factors.iter().all(|f| f.confirmed));
+        assert_eq!(factors[1].kind, FactorKind::Email);
+
+        s.remove_second_factor(user.id, totp, "cli").await.unwrap();
+        assert!(s.user("fay@example.org").await.unwrap().unwrap().enrolled);
+        s.remove_second_factor(user.id, email, "cli").await.unwrap();
+        assert!(!s.user("fay@example.org").await.unwrap().unwrap().enrolled);
+        let err = s
+            .remove_second_factor(user.id, email, "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound));
+        let err = s
+            .add_second_factor(9999, FactorKind::Totp, "X", false, "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnknownUser(_)), "{err}");
+        assert_eq!(
+            audit_actions(s, "fay@example.org").await,
+            [
+                "second_factor.remove",
+                "second_factor.remove",
+                "second_factor.confirm",
+                "second_factor.add",
+                "second_factor.confirm",
+                "second_factor.add",
+            ]
+        );
+    });
+}
+
+#[tokio::test]
+async fn provisioned_totp_enrolls_at_once() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("hal@example.org").await.unwrap();
+        s.add_second_factor(user.id, FactorKind::Totp, "JBSWY3DPEHPK3PXP", true, "cli")
+            .await
+            .unwrap();
+        assert!(s.user_by_id(user.id).await.unwrap().unwrap().enrolled);
+        let got = events(s).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, EventKind::UserEnrolled);
+    });
+}
+
+#[tokio::test]
+async fn totp_step_is_accepted_once() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("ida@example.org").await.unwrap();
+        let f = s
+            .add_second_factor(user.id, FactorKind::Totp, "JBSWY3DPEHPK3PXP", true, "cli")
+            .await
+            .unwrap();
+        assert!(s.use_totp_step(f, 1000).await.unwrap());
+        assert!(!s.use_totp_step(f, 1000).await.unwrap(), "replay");
+        assert!(!s.use_totp_step(f, 999).await.unwrap(), "older step");
+        assert!(s.use_totp_step(f, 1001).await.unwrap());
+        assert_eq!(
+            s.second_factors(user.id).await.unwrap()[0].last_used_step,
+            Some(1001)
+        );
+        assert!(
+            !s.use_totp_step(f + 100, 5).await.unwrap(),
+            "unknown factor"
+        );
+    });
+}
+
+#[tokio::test]
+async fn backup_code_is_used_once() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("jo@example.org").await.unwrap();
+        let hashes: Vec<String> = (0..10).map(|i| format!("hash-{i}")).collect();
+        s.replace_backup_codes(user.id, &hashes, "user:jo@example.org")
+            .await
+            .unwrap();
+        let codes = s.backup_code_hashes(user.id).await.unwrap();
+        assert_eq!(codes.len(), 10);
+        assert_eq!(codes[3].1, "hash-3");
+        assert!(s.use_backup_code(codes[3].0).await.unwrap());
+        assert!(!s.use_backup_code(codes[3].0).await.unwrap());
+        let left = s.backup_code_hashes(user.id).await.unwrap();
+        assert_eq!(left.len(), 9);
+        assert!(left.iter().all(|(_, h)| h != "hash-3"));
+
+        s.replace_backup_codes(user.id, &["fresh".to_owned()], "cli")
+            .await
+            .unwrap();
+        let codes = s.backup_code_hashes(user.id).await.unwrap();
+        assert_eq!(codes.len(), 1);
+        assert_eq!(codes[0].1, "fresh");
+        assert_eq!(
+            audit_actions(s, "jo@example.org").await,
+            ["backup_codes.replace", "backup_codes.replace"]
+        );
+    });
+}
+
+#[tokio::test]
+async fn app_passwords_are_stored_listed_and_used() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("kim@example.org").await.unwrap();
+        let other = s.ensure_user("lou@example.org").await.unwrap();
+        let imap_pop: Scopes = "imap,pop3".parse().unwrap();
+        let first = s
+            .create_app_password(
+                user.id,
+                NewAppPassword {
+                    scopes: imap_pop,
+                    expires_at: Some(1_900_000_000),
+                    ..new_app_password("Phone", "aa11")
+                },
+                "user:kim@example.org",
+            )
+            .await
+            .unwrap();
+        let second = s
+            .create_app_password(user.id, new_app_password("Laptop", "bb22"), "cli")
+            .await
+            .unwrap();
+        assert!(second > first);
+
+        let found = s
+            .app_password_by_lookup(user.id, "aa11")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.id, first);
+        assert_eq!(found.user_id, user.id);
+        assert_eq!(found.name, "Phone");
+        assert_eq!(found.scopes, imap_pop);
+        assert_eq!(found.expires_at, Some(1_900_000_000));
+        assert!(found.hash.starts_with("$argon2id$"));
+        assert_eq!(found.last_used_at, None);
+        assert_eq!(
+            s.app_password_by_lookup(other.id, "aa11").await.unwrap(),
+            None
+        );
+        assert_eq!(s.app_password(other.id, first).await.unwrap(), None);
+        assert_eq!(s.app_password(user.id, first).await.unwrap(), Some(found));
+
+        // The same lookup value cannot be stored twice for one user.
+        assert!(
+            s.create_app_password(user.id, new_app_password("dup", "aa11"), "cli")
+                .await
+                .is_err()
+        );
+
+        s.record_app_password_use(second, 1_800_000_000, "2001:db8::1", Protocol::Pop3)
+            .await
+            .unwrap();
+        let list = s.list_app_passwords(user.id).await.unwrap();
+        assert_eq!(
+            list.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [first, second]
+        );
+        assert_eq!(list[1].scopes, Scopes::ALL);
+        assert_eq!(list[1].last_used_at, Some(1_800_000_000));
+        assert_eq!(list[1].last_used_ip.as_deref(), Some("2001:db8::1"));
+        assert_eq!(list[1].last_used_protocol.as_deref(), Some("pop3"));
+
+        let audit = audit_actions(s, "kim@example.org").await;
+        assert_eq!(audit, ["app_password.create", "app_password.create"]);
+        assert!(events(s).await.is_empty(), "creating one ends no session");
+        let err = s
+            .create_app_password(9999, new_app_password("x", "x"), "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnknownUser(_)), "{err}");
+    });
+}
+
+#[tokio::test]
+async fn the_41st_app_password_is_refused() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("max@example.org").await.unwrap();
+        for i in 0..MAX_APP_PASSWORDS {
+            s.create_app_password(user.id, new_app_password("d", &format!("l{i}")), "cli")
+                .await
+                .unwrap();
+        }
+        let err = s
+            .create_app_password(user.id, new_app_password("d", "one-more"), "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TooManyAppPasswords), "{err}");
+        assert!(err.to_string().contains("40"), "{err}");
+        assert_eq!(s.list_app_passwords(user.id).await.unwrap().len(), 40);
+        // Revoking one makes room again.
+        let first = s.list_app_passwords(user.id).await.unwrap()[0].id;
+        s.revoke_app_password(user.id, first, "cli").await.unwrap();
+        s.create_app_password(user.id, new_app_password("d", "one-more"), "cli")
+            .await
+            .unwrap();
+    });
+}
+
+#[tokio::test]
+async fn racing_creations_never_pass_the_limit() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("ray@example.org").await.unwrap();
+        for i in 0..MAX_APP_PASSWORDS - 3 {
+            s.create_app_password(user.id, new_app_password("d", &format!("l{i}")), "cli")
+                .await
+                .unwrap();
+        }
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.create_app_password(user.id, new_app_password("d", &format!("r{i}")), "cli")
+                        .await
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(StoreError::TooManyAppPasswords) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(created, 3);
+        assert_eq!(
+            s.list_app_passwords(user.id).await.unwrap().len() as i64,
+            MAX_APP_PASSWORDS
+        );
+    });
+}
+
+#[tokio::test]
+async fn revoke_appends_an_event_with_the_id() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("ned@example.org").await.unwrap();
+        let other = s.ensure_user("oz@example.org").await.unwrap();
+        let id = s
+            .create_app_password(user.id, new_app_password("phone", "cc33"), "cli")
+            .await
+            .unwrap();
+        let err = s
+            .revoke_app_password(other.id, id, "cli")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound), "{err}");
+        assert!(events(s).await.is_empty());
+
+        s.revoke_app_password(user.id, id, "user:ned@example.org")
+            .await
+            .unwrap();
+        assert_eq!(s.app_password(user.id, id).await.unwrap(), None);
+        assert_eq!(
+            s.app_password_by_lookup(user.id, "cc33").await.unwrap(),
+            None
+        );
+        let got = events(s).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, EventKind::AppPasswordRevoked);
+        assert_eq!(got[0].user_address.as_deref(), Some("ned@example.org"));
+        assert_eq!(got[0].app_password_id, Some(id));
+        assert_eq!(got[0].domain, None);
+        let err = s.revoke_app_password(user.id, id, "cli").await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound));
+
+        let audit = s
+            .list_audit(AuditFilter {
+                user: Some("ned@example.org".into()),
+                since: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit[0].action, "app_password.revoke");
+        assert_eq!(audit[0].actor, "user:ned@example.org");
+        assert_eq!(audit[0].detail, format!("id={id}"));
+    });
+}
+
+#[tokio::test]
+async fn reset_removes_second_factors_backup_codes_and_app_passwords() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("pat@example.org").await.unwrap();
+        let keep = s.ensure_user("quin@example.org").await.unwrap();
+        for u in [&user, &keep] {
+            s.add_second_factor(u.id, FactorKind::Totp, "JBSWY3DPEHPK3PXP", true, "cli")
+                .await
+                .unwrap();
+            s.replace_backup_codes(u.id, &["h1".into(), "h2".into()], "cli")
+                .await
+                .unwrap();
+            s.create_app_password(u.id, new_app_password("phone", "dd44"), "cli")
+                .await
+                .unwrap();
+        }
+        let before = s.last_event_id().await.unwrap();
+        s.reset_user("PAT@example.org", "user:boss@example.org")
+            .await
+            .unwrap();
+
+        let pat = s.user("pat@example.org").await.unwrap().unwrap();
+        assert!(!pat.enrolled);
+        assert!(s.second_factors(pat.id).await.unwrap().is_empty());
+        assert!(s.backup_code_hashes(pat.id).await.unwrap().is_empty());
+        assert!(s.list_app_passwords(pat.id).await.unwrap().is_empty());
+        assert_eq!(
+            s.app_password_by_lookup(pat.id, "dd44").await.unwrap(),
+            None
+        );
+
+        // The other user keeps everything.
+        assert!(s.user_by_id(keep.id).await.unwrap().unwrap().enrolled);
+        assert_eq!(s.list_app_passwords(keep.id).await.unwrap().len(), 1);
+        assert_eq!(s.backup_code_hashes(keep.id).await.unwrap().len(), 2);
+
+        let got = s.events_after(before, 10).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, EventKind::UserReset);
+        assert_eq!(got[0].user_address.as_deref(), Some("pat@example.org"));
+        assert_eq!(audit_actions(s, "pat@example.org").await[0], "user.reset");
+
+        // Resetting someone never seen creates them and succeeds.
+        s.reset_user("new@example.org", "cli").await.unwrap();
+        assert!(s.user("new@example.org").await.unwrap().is_some());
+    });
+}
+
+#[tokio::test]
+async fn events_ascend_and_resume_after_an_id() {
+    on_each_db!(|s| {
+        assert_eq!(s.last_event_id().await.unwrap(), 0);
+        assert!(s.events_after(0, 10).await.unwrap().is_empty());
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let user = format!("u{i}@example.org");
+            ids.push(
+                s.append_event(EventKind::SessionKill, None, Some(&user), None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        s.add_domain("example.org", "cli").await.unwrap();
+        s.set_domain_feature("example.org", true, "cli")
+            .await
+            .unwrap();
+        let all = s.events_after(0, 100).await.unwrap();
+        assert_eq!(all.len(), 6);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(all[..5].iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+        assert_eq!(all[2].user_address.as_deref(), Some("u2@example.org"));
+        assert_eq!(all[5].kind, EventKind::DomainFeature);
+        assert_eq!(all[5].domain.as_deref(), Some("example.org"));
+        assert_eq!(s.last_event_id().await.unwrap(), all[5].id);
+
+        let rest = s.events_after(ids[2], 100).await.unwrap();
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[0].id, ids[3]);
+        let limited = s.events_after(0, 2).await.unwrap();
+        assert_eq!(limited.len(), 2);
+        assert_eq!(limited[1].id, ids[1]);
+        assert!(s.events_after(all[5].id, 10).await.unwrap().is_empty());
+
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+        }
+        assert!("nonsense".parse::<EventKind>().is_err());
+    });
+}
+
+#[tokio::test]
+async fn audit_rows_filter_by_user_and_time_newest_first() {
+    on_each_db!(|s| {
+        s.audit(
+            "user:rae@example.org",
+            "login",
+            "rae@example.org",
+            "imap ok",
+            Some("192.0.2.7"),
+        )
+        .await
+        .unwrap();
+        s.audit("system", "login", "sam@example.org", "pop3 refused", None)
+            .await
+            .unwrap();
+        s.set_user_disabled("rae@example.org", true, "sysadmin:admin")
+            .await
+            .unwrap();
+        s.add_domain("example.org", "user:rae@example.org")
+            .await
+            .unwrap();
+
+        let rae = s
+            .list_audit(AuditFilter {
+                user: Some("Rae@example.org".into()),
+                since: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let actions: Vec<&str> = rae.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["domain.add", "user.disable", "login"]);
+        assert_eq!(rae[2].ip.as_deref(), Some("192.0.2.7"));
+        assert_eq!(rae[2].detail, "imap ok");
+        assert!(rae[0].id > rae[1].id && rae[1].id > rae[2].id);
+
+        let all = s.list_audit(AuditFilter::default()).await.unwrap();
+        assert_eq!(all.len(), 4);
+        let future = s
+            .list_audit(AuditFilter {
+                user: None,
+                since: Some(all[0].at + 3600),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert!(future.is_empty());
+        let recent = s
+            .list_audit(AuditFilter {
+                user: None,
+                since: Some(all[0].at - 3600),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0], all[0]);
+    });
+}
+
+#[tokio::test]
+async fn sysadmins_are_added_and_replaced() {
+    on_each_db!(|s| {
+        assert_eq!(s.sysadmin_count().await.unwrap(), 0);
+        assert_eq!(s.sysadmin_hash("admin").await.unwrap(), None);
+        s.add_sysadmin("admin", "$argon2id$first", "system")
+            .await
+            .unwrap();
+        assert_eq!(s.sysadmin_count().await.unwrap(), 1);
+        s.add_sysadmin("admin", "$argon2id$second", "cli")
+            .await
+            .unwrap();
+        assert_eq!(s.sysadmin_count().await.unwrap(), 1);
+        assert_eq!(
+            s.sysadmin_hash("admin").await.unwrap().as_deref(),
+            Some("$argon2id$second")
+        );
+        let audit = s.list_audit(AuditFilter::default()).await.unwrap();
+        assert_eq!(audit.len(), 2);
+        assert!(audit.iter().all(|r| r.action == "sysadmin.add"
+            && r.target == "admin"
+            && !r.detail.contains("argon2")));
+    });
+}
+
+#[tokio::test]
+async fn sessions_of_all_nodes_are_listed_and_removed() {
+    on_each_db!(|s| {
+        let row = |id: &str, node: &str, at: i64| SessionRow {
+            id: id.into(),
+            node: node.into(),
+            user_address: "tia@example.org".into(),
+            protocol: Protocol::Imap,
+            credential: "app-password:7".into(),
+            client_ip: "192.0.2.9".into(),
+            started_at: at,
+        };
+        s.register_session(&row("s2", "node-a", 20)).await.unwrap();
+        s.register_session(&row("s1", "node-a", 10)).await.unwrap();
+        s.register_session(&SessionRow {
+            protocol: Protocol::Smtp,
+            credential: "primary".into(),
+            ..row("s3", "node-b", 30)
+        })
+        .await
+        .unwrap();
+        let listed = s.list_sessions().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["s1", "s2", "s3"]
+        );
+        assert_eq!(listed[0], row("s1", "node-a", 10));
+        assert_eq!(listed[2].protocol, Protocol::Smtp);
+
+        s.unregister_session("s2").await.unwrap();
+        s.unregister_session("never").await.unwrap();
+        assert_eq!(s.list_sessions().await.unwrap().len(), 2);
+        assert_eq!(s.remove_node_sessions("node-a").await.unwrap(), 1);
+        let left = s.list_sessions().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].node, "node-b");
+    });
+}
+
+#[tokio::test]
+async fn bad_stored_values_are_errors_not_panics() {
+    on_each_db!(|s, db| {
+        let user = s.ensure_user("uma@example.org").await.unwrap();
+        s.create_app_password(user.id, new_app_password("phone", "ee55"), "cli")
+            .await
+            .unwrap();
+        s.register_session(&SessionRow {
+            id: "s".into(),
+            node: "n".into(),
+            user_address: "uma@example.org".into(),
+            protocol: Protocol::Pop3,
+            credential: "primary".into(),
+            client_ip: "192.0.2.1".into(),
+            started_at: 1,
+        })
+        .await
+        .unwrap();
+        db.raw("UPDATE app_passwords SET scopes = 'imap,ftp'").await;
+        db.raw("UPDATE sessions SET protocol = 'gopher'").await;
+        let err = s.list_app_passwords(user.id).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt { what: "scopes", .. }),
+            "{err}"
+        );
+        assert!(s.app_password_by_lookup(user.id, "ee55").await.is_err());
+        assert!(matches!(
+            s.list_sessions().await.unwrap_err(),
+            StoreError::Corrupt { .. }
+        ));
+    });
+}
+
+#[tokio::test]
+async fn postgres_notifies_each_event() {
+    let Ok(base) = std::env::var("POSTERN_TEST_DATABASE_URL") else {
+        return;
+    };
+    if base.is_empty() {
+        return;
+    }
+    on_each_db!(|s| {
+        if s.backend() != Backend::Postgres {
+            continue;
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&base).await.unwrap();
+        listener
+            .listen(postern::store::NOTIFY_CHANNEL)
+            .await
+            .unwrap();
+        let id = s
+            .append_event(EventKind::SessionKill, None, Some("vic@example.org"), None)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let note = tokio::time::timeout_at(deadline, listener.recv())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            if note.payload() == id.to_string() {
+                break;
+            }
+        }
+    });
+}
