@@ -2,6 +2,8 @@
 //! submission servers.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod gate;

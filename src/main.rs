@@ -1,1 +1,38 @@
-fn main() {}
+//! The binary edge: parse the command line, set up logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use postern::cli::{Cli, Command};
+use postern::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("postern: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let config = Config::load(&cli.config)?;
+        match cli.command {
+            Command::Serve => {
+                postern::app::init_logging(&config);
+                postern::app::serve(config).await
+            }
+            Command::Demo => Err(anyhow::anyhow!("`postern demo` is not built yet")),
+            Command::Admin(command) => {
+                postern::cli::admin::run(&config, command, cli.json, &mut std::io::stdout()).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("postern: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
