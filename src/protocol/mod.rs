@@ -8,6 +8,7 @@
 pub mod imap;
 pub mod line;
 pub mod pop3;
+pub mod pop3_upstream;
 pub mod sasl;
 pub mod smtp;
 pub mod upstream;
