@@ -11,6 +11,7 @@ pub mod pop3;
 pub mod pop3_upstream;
 pub mod sasl;
 pub mod smtp;
+pub mod smtp_upstream;
 pub mod upstream;
 
 #[cfg(test)]
