@@ -1,6 +1,251 @@
-//! placeholder
-use crate::config::Config;
-pub fn init_logging(_config: &Config) {}
-pub async fn serve(_config: Config) -> anyhow::Result<()> {
+//! `postern serve`: builds the store, keys, TLS, gate and registry, binds every
+//! configured listener, and runs until SIGTERM/SIGINT. SIGHUP reloads the TLS
+//! certificate without touching live sessions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, ProtocolSettings};
+use crate::credentials::{AppPasswordVerifier, InstanceKey};
+use crate::gate::{Gate, MasterAccount};
+use crate::net::limiter::ConnectionLimiter;
+use crate::net::tls::{self, ServerTls};
+use crate::policy::Protocol;
+use crate::registry::SessionRegistry;
+use crate::session::{self, Context, ProtocolHandler, SharedContext};
+use crate::store::Store;
+
+/// Sets up `tracing` as configured (`RUST_LOG` wins over `log.level`).
+pub fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(config.log.level.clone().unwrap_or_else(|| "info".into()))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Shared state built once at start.
+pub struct Runtime {
+    pub store: Store,
+    pub gate: Gate,
+    pub tls: ServerTls,
+    pub registry: SessionRegistry,
+    pub limiter: ConnectionLimiter,
+}
+
+impl Runtime {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        tls::install_provider();
+        let store = Store::connect(&config.store.url)
+            .await
+            .with_context(|| format!("opening the store {}", redact_url(&config.store.url)))?;
+        let key = InstanceKey::load_or_create(&config.secrets.key_file)?;
+        if tls::ensure_certificate(&config.tls.cert, &config.tls.key)? {
+            warn!(
+                cert = %config.tls.cert.display(),
+                "generated a self-signed certificate; clients will warn until you install a real one"
+            );
+        }
+        let server_tls = ServerTls::load(&config.tls.cert, &config.tls.key)?;
+        let master = config.master_password()?.map(|password| MasterAccount {
+            user: config.upstream_auth.master_user.clone(),
+            password,
+        });
+        if master.is_none() {
+            warn!("upstream_auth has no master password: app-password logins will fail");
+        }
+        let verifier = AppPasswordVerifier::new(key.clone(), config.limits.argon2_parallelism);
+        Ok(Self {
+            gate: Gate::new(store.clone(), key, verifier, master),
+            store,
+            tls: server_tls,
+            registry: SessionRegistry::default(),
+            limiter: ConnectionLimiter::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            ),
+        })
+    }
+
+    fn context(
+        &self,
+        config: &Config,
+        settings: ProtocolSettings,
+    ) -> anyhow::Result<SharedContext> {
+        Ok(Arc::new(Context {
+            settings,
+            limits: config.limits.clone(),
+            gate: self.gate.clone(),
+            tls: self.tls.clone(),
+            upstream_tls: tls::upstream_connector(&config.upstream_auth.ca_file)?,
+            registry: self.registry.clone(),
+            handshake_timeout: Duration::from_secs(config.tls.handshake_timeout_secs),
+        }))
+    }
+
+    /// Binds every listener of every configured protocol and spawns its accept loop.
+    pub async fn bind_all(&self, config: &Config) -> anyhow::Result<Vec<Bound>> {
+        let mut bound = Vec::new();
+        for protocol in Protocol::ALL {
+            let Some(settings) = config.protocol(protocol).transpose()? else {
+                continue;
+            };
+            let ctx = self.context(config, settings)?;
+            match protocol {
+                Protocol::Imap => {
+                    bound.extend(self.bind(&ctx, Arc::new(session::imap::Imap)).await?)
+                }
+                Protocol::Pop3 | Protocol::Smtp => {
+                    warn!(%protocol, "this build has no {protocol} gateway yet; section ignored");
+                }
+            }
+        }
+        Ok(bound)
+    }
+
+    async fn bind<H: ProtocolHandler>(
+        &self,
+        ctx: &SharedContext,
+        handler: Arc<H>,
+    ) -> anyhow::Result<Vec<Bound>> {
+        let protocol = handler.protocol();
+        let mut bound = Vec::new();
+        let plain = ctx.settings.listen.iter().map(|a| (*a, false));
+        let implicit = ctx.settings.listen_tls.iter().map(|a| (*a, true));
+        for (addr, implicit_tls) in plain.chain(implicit) {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {protocol} listener {addr}"))?;
+            let local = listener.local_addr()?;
+            info!(
+                %protocol,
+                listen = %local,
+                tls = if implicit_tls { "implicit" } else { "starttls" },
+                upstream = %ctx.settings.upstream,
+                "listening"
+            );
+            bound.push(Bound {
+                protocol,
+                implicit_tls,
+                addr: local,
+            });
+            tokio::spawn(accept_loop(
+                listener,
+                ctx.clone(),
+                handler.clone(),
+                implicit_tls,
+                self.limiter.clone(),
+            ));
+        }
+        Ok(bound)
+    }
+}
+
+/// A listening socket, as bound (port 0 in the config becomes the real port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    pub protocol: Protocol,
+    pub implicit_tls: bool,
+    pub addr: SocketAddr,
+}
+
+async fn accept_loop<H: ProtocolHandler>(
+    listener: TcpListener,
+    ctx: SharedContext,
+    handler: Arc<H>,
+    implicit_tls: bool,
+    limiter: ConnectionLimiter,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                error!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limiter.try_acquire(peer.ip()) else {
+            warn!(protocol = %handler.protocol(), client = %peer.ip(), "connection limit reached; closing");
+            continue;
+        };
+        let (ctx, handler) = (ctx.clone(), handler.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            session::handle_connection(ctx, handler, tcp, peer, implicit_tls).await;
+        });
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Runs the gateway until a termination signal.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = Runtime::build(&config).await?;
+    runtime.bind_all(&config).await?;
+    wait_for_shutdown(&runtime).await?;
+    let dropped = runtime
+        .registry
+        .kill_where("postern is shutting down", |_| true);
+    info!(sessions = dropped, "shutting down");
+    runtime.store.close().await;
     Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_shutdown(runtime: &Runtime) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = hup.recv() => match runtime.tls.reload() {
+                Ok(()) => info!("reloaded the TLS certificate"),
+                Err(err) => error!(error = %err, "TLS reload failed; keeping the old certificate"),
+            },
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_shutdown(_runtime: &Runtime) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redact_url("postgres://postern:s3cret@db/postern"),
+            "postgres://…@db/postern"
+        );
+        assert_eq!(
+            super::redact_url("sqlite://data/p.db"),
+            "sqlite://data/p.db"
+        );
+    }
 }

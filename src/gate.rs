@@ -107,7 +107,11 @@ impl Gate {
         if let Some(candidate) = CanonicalAppPassword::parse(presented.password.expose()) {
             let lookup = candidate.lookup_key(&self.key, &address);
             match self.store.app_password_by_lookup(user.id, &lookup).await {
-                Ok(Some(record)) => match self.verifier.verify(record.id, &candidate, &record.hash).await {
+                Ok(Some(record)) => match self
+                    .verifier
+                    .verify(record.id, &candidate, &record.hash)
+                    .await
+                {
                     Ok(true) => {
                         credential = Credential::AppPassword {
                             scopes: record.scopes,
@@ -134,8 +138,13 @@ impl Gate {
         }
 
         let domain_policy = domain.as_ref().map(|d| d.policy());
-        match policy::decide_mail_login(domain_policy.as_ref(), user.state(), credential, protocol, now)
-        {
+        match policy::decide_mail_login(
+            domain_policy.as_ref(),
+            user.state(),
+            credential,
+            protocol,
+            now,
+        ) {
             Decision::Refuse(reason) => Verdict::Refuse {
                 user: address,
                 reason,
@@ -176,7 +185,13 @@ impl Gate {
 
     /// Records a successful app-password login (best effort: a failure is logged,
     /// the session goes on).
-    pub async fn record_use(&self, credential: SessionCredential, ip: IpAddr, protocol: Protocol, now: i64) {
+    pub async fn record_use(
+        &self,
+        credential: SessionCredential,
+        ip: IpAddr,
+        protocol: Protocol,
+        now: i64,
+    ) {
         if let SessionCredential::AppPassword(id) = credential {
             if let Err(err) = self
                 .store

@@ -145,8 +145,20 @@ mod tests {
     async fn entries_leave_on_drop_and_kills_reach_the_session() {
         let registry = SessionRegistry::default();
         let client = "127.0.0.1:1000".parse().unwrap();
-        let mut a = registry.register("a@x".into(), Protocol::Imap, SessionCredential::Primary, client, 0);
-        let b = registry.register("b@x".into(), Protocol::Pop3, SessionCredential::AppPassword(4), client, 0);
+        let mut a = registry.register(
+            "a@x".into(),
+            Protocol::Imap,
+            SessionCredential::Primary,
+            client,
+            0,
+        );
+        let b = registry.register(
+            "b@x".into(),
+            Protocol::Pop3,
+            SessionCredential::AppPassword(4),
+            client,
+            0,
+        );
         assert_eq!(registry.len(), 2);
         assert_eq!(registry.kill_where("forced", |s| s.user == "a@x"), 1);
         assert_eq!(a.killed().await, "forced");

@@ -8,10 +8,19 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "postern", version, about = "2-Step Authentication gateway for IMAP, POP3 and SMTP submission")]
+#[command(
+    name = "postern",
+    version,
+    about = "2-Step Authentication gateway for IMAP, POP3 and SMTP submission"
+)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "POSTERN_CONFIG", default_value = "config/postern.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "POSTERN_CONFIG",
+        default_value = "config/postern.toml"
+    )]
     pub config: PathBuf,
     /// Print listings and results as JSON.
     #[arg(long, global = true)]

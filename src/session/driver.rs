@@ -59,7 +59,9 @@ pub async fn handle_connection<H: ProtocolHandler>(
     match pre_login(&ctx, &*handler, client, peer, deadline).await {
         Ok(Some(established)) => relay(&ctx, &*handler, established, peer).await,
         Ok(None) => {}
-        Err(err) => debug!(%protocol, client = %peer.ip(), error = %err, "connection ended before login"),
+        Err(err) => {
+            debug!(%protocol, client = %peer.ip(), error = %err, "connection ended before login")
+        }
     }
 }
 
@@ -100,7 +102,9 @@ async fn pre_login<H: ProtocolHandler>(
                     };
                     let accepted = timeout(ctx.handshake_timeout, ctx.tls.acceptor().accept(tcp))
                         .await
-                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                        })??;
                     client = MaybeTls::ServerTls(Box::new(accepted));
                     // The old core and whatever it had buffered in clear are dropped
                     // here: nothing sent before the handshake is executed after it.
@@ -174,7 +178,8 @@ async fn login<H: ProtocolHandler>(
     let protocol = handler.protocol();
     let ip = peer.ip();
     let method = method.name();
-    let (user, credential, upstream) = match ctx.gate.check(credentials, protocol, unix_now()).await {
+    let (user, credential, upstream) = match ctx.gate.check(credentials, protocol, unix_now()).await
+    {
         Verdict::Refuse { user, reason } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
             return Err(LoginFailure::Refused);
@@ -209,7 +214,9 @@ async fn login<H: ProtocolHandler>(
         } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
             let gate = ctx.gate.clone();
-            tokio::spawn(async move { gate.record_use(credential, ip, protocol, unix_now()).await });
+            tokio::spawn(
+                async move { gate.record_use(credential, ip, protocol, unix_now()).await },
+            );
             Ok(LoggedIn {
                 upstream: stream,
                 reply,
@@ -266,7 +273,9 @@ async fn upstream_login<U: UpstreamCore>(
                     let MaybeTls::Plain(tcp) = stream else {
                         return Ok(UpstreamOutcome::Failed("STARTTLS inside TLS".into()));
                     };
-                    stream = MaybeTls::ClientTls(Box::new(ctx.upstream_tls.connect(name()?, tcp).await?));
+                    stream = MaybeTls::ClientTls(Box::new(
+                        ctx.upstream_tls.connect(name()?, tcp).await?,
+                    ));
                 }
                 UpstreamStep::LoggedIn {
                     client_reply,
@@ -284,7 +293,9 @@ async fn upstream_login<U: UpstreamCore>(
         }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
-            return Ok(UpstreamOutcome::Failed("upstream closed the connection".into()));
+            return Ok(UpstreamOutcome::Failed(
+                "upstream closed the connection".into(),
+            ));
         }
         core.feed(&buf[..n]);
     }

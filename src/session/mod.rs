@@ -25,7 +25,7 @@ use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 use crate::registry::SessionRegistry;
 
 /// A client-facing pre-login core.
-pub trait ClientCore: Send {
+pub trait ClientCore: Send + Sync {
     fn greeting(&self) -> Vec<u8>;
     fn feed(&mut self, bytes: &[u8]);
     fn next_action(&mut self) -> Option<Action>;
