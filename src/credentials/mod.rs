@@ -5,10 +5,12 @@
 //! knows them.
 
 pub mod app_password;
+pub mod issue;
 pub mod key;
 pub mod totp;
 pub mod verifier;
 
 pub use app_password::{AppPassword, CanonicalAppPassword};
+pub use issue::{IssuedAppPassword, issue_app_password};
 pub use key::InstanceKey;
 pub use verifier::AppPasswordVerifier;
