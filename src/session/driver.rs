@@ -57,7 +57,14 @@ pub async fn handle_connection<H: ProtocolHandler>(
     };
     let deadline = Instant::now() + Duration::from_secs(ctx.limits.prelogin_timeout_secs);
     match pre_login(&ctx, &*handler, client, peer, deadline).await {
-        Ok(Some(established)) => relay(&ctx, &*handler, established, peer).await,
+        Ok(Some(established)) => {
+            // After the client has its answer, before relaying: last use is
+            // recorded off the reply's critical path, yet before any later command.
+            ctx.gate
+                .record_use(established.credential, peer.ip(), protocol, unix_now())
+                .await;
+            relay(&ctx, &*handler, established, peer).await
+        }
         Ok(None) => {}
         Err(err) => {
             debug!(%protocol, client = %peer.ip(), error = %err, "connection ended before login")
