@@ -19,12 +19,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::Config;
-use crate::credentials::{AppPassword, InstanceKey, totp};
+use crate::credentials::{InstanceKey, IssuedAppPassword, issue_app_password, totp};
 use crate::policy::{DomainStatus, Protocol, Scopes};
 use crate::secret::Secret;
 use crate::store::{
-    AppPasswordRecord, DomainRecord, EventKind, FactorKind, NewAppPassword, SessionRow, Store,
-    StoreError, UserSummary, normalize_address,
+    AppPasswordRecord, DomainRecord, EventKind, FactorKind, SessionRow, Store, StoreError,
+    UserSummary, normalize_address,
 };
 
 /// Seconds in a day, for `--grace-days` and `--expires-days`.
@@ -349,25 +349,19 @@ impl Admin<'_> {
             bail!("--name: name the device the app password is for");
         }
         let key = InstanceKey::load_or_create(&self.config.secrets.key_file)?;
-        let record = self.store.ensure_user(user).await?;
-        let password = AppPassword::generate();
-        let canonical = password.canonical();
-        let lookup = canonical.lookup_key(&key, &record.address);
-        let hash = tokio::task::spawn_blocking(move || canonical.hash())
-            .await?
-            .map_err(|err| anyhow!("cannot hash the app password: {err}"))?;
+        let address = normalize_address(user)?;
         let scopes = scope.unwrap_or(Scopes::ALL);
-        let new = NewAppPassword {
-            name: name.to_owned(),
-            lookup,
-            hash,
+        let expires_at = expires_days.map(|n| now() + n * DAY);
+        let IssuedAppPassword { id, password } = issue_app_password(
+            self.store,
+            &key,
+            &address,
+            name,
             scopes,
-            expires_at: expires_days.map(|n| now() + n * DAY),
-        };
-        let id = self
-            .store
-            .create_app_password(record.id, new, &self.actor)
-            .await?;
+            expires_at,
+            &self.actor,
+        )
+        .await?;
         let shown = password.display();
         if self.json {
             write_json(
@@ -376,10 +370,7 @@ impl Admin<'_> {
             )
         } else {
             writeln!(out, "{}", shown.expose())?;
-            eprintln!(
-                "app password {id} {name:?} for {} ({scopes}); it is shown only once",
-                record.address
-            );
+            eprintln!("app password {id} {name:?} for {address} ({scopes}); it is shown only once");
             Ok(())
         }
     }
