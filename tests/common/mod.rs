@@ -62,6 +62,7 @@ master_password = "masterpw"
         let config = Config::parse(&text).expect("test config");
         let runtime = Runtime::build(&config).await.expect("runtime");
         let bound = runtime.bind_all(&config).await.expect("bind");
+        runtime.start_rechecks(&config);
         let key = InstanceKey::load_or_create(&config.secrets.key_file).expect("key");
         Gateway {
             runtime,
