@@ -275,3 +275,61 @@ async fn three_bad_commands_close_and_nul_bytes_never_reach_upstream() {
     assert!(client.closed().await);
     assert_eq!(fake.refused() + fake.logins().len(), 0);
 }
+
+#[tokio::test]
+async fn the_upstream_can_be_reached_over_starttls_or_implicit_tls_and_is_verified() {
+    use common::fake_imap::FakeTls;
+    let dir = tempfile::tempdir().unwrap();
+    for (tls, mode) in [
+        (FakeTls::Starttls, "starttls"),
+        (FakeTls::Implicit, "implicit"),
+    ] {
+        let fake = FakeImap::start_with(&[(ALICE, "alice-primary")], tls, dir.path()).await;
+        let ca = fake.ca_file.clone().unwrap();
+        let gateway = Gateway::start(
+            fake.addr,
+            &format!("allow_plaintext_auth = true\nupstream_tls = \"{mode}\"\nupstream_tls_name = \"localhost\""),
+            &format!("ca_file = \"{}\"", ca.display()),
+        )
+        .await;
+        gateway.enroll(ALICE).await;
+        gateway.domain("example.test", DomainStatus::Enabled).await;
+        let (_, password) = gateway.app_password(ALICE, "imap", None).await;
+        let (reply, mut client) = login(&gateway, ALICE, &password).await;
+        assert!(reply.starts_with("a OK"), "{mode}: {reply}");
+        client.send(b"b NOOP\r\n").await;
+        client.until("b OK").await;
+        assert_eq!(fake.logins(), vec![format!("{ALICE} via proxy")], "{mode}");
+
+        // Against a certificate postern does not trust, nothing is sent.
+        let untrusted = Gateway::start(
+            fake.addr,
+            &format!("allow_plaintext_auth = true\nupstream_tls = \"{mode}\"\nupstream_tls_name = \"localhost\""),
+            &format!("ca_file = \"{}\"", gateway.cert_path().display()),
+        )
+        .await;
+        let (reply, _) = login(&untrusted, ALICE, "alice-primary").await;
+        assert!(reply.starts_with("a NO [UNAVAILABLE]"), "{mode}: {reply}");
+        assert_eq!(fake.logins().len(), 1, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_dies_mid_login_is_a_temporary_failure() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream
+                .write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] ready\r\n")
+                .await;
+            // Read the login, then vanish without answering.
+            let mut buf = [0u8; 512];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+        }
+    });
+    let gateway = Gateway::start_imap(addr, "allow_plaintext_auth = true").await;
+    let (reply, _) = login(&gateway, ALICE, "alice-primary").await;
+    assert!(reply.starts_with("a NO [UNAVAILABLE]"), "{reply}");
+}

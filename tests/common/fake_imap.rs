@@ -4,11 +4,25 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// How the fake upstream offers TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FakeTls {
+    None,
+    /// Plain greeting, then `STARTTLS`; nothing is accepted before it.
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+}
 
 pub const MESSAGE: &[u8] = b"From: a@example.test\r\nSubject: hi\r\n\r\nbody line\r\n";
 
@@ -28,11 +42,37 @@ pub struct Seen {
 pub struct FakeImap {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
+    /// The fake's self-signed certificate (PEM), when it speaks TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A self-signed certificate for localhost/127.0.0.1 written under `dir`.
+fn tls_acceptor(dir: &Path) -> (TlsAcceptor, PathBuf) {
+    postern::net::tls::install_provider();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("cert");
+    let ca = dir.join("fake-upstream.pem");
+    std::fs::write(&ca, generated.cert.pem()).expect("write cert");
+    let key = PrivateKeyDer::from_pem_slice(generated.signing_key.serialize_pem().as_bytes())
+        .expect("key");
+    let chain = vec![CertificateDer::from(generated.cert.der().to_vec())];
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    (TlsAcceptor::from(Arc::new(config)), ca)
 }
 
 impl FakeImap {
     /// `users`: address → primary password.
     pub async fn start(users: &[(&str, &str)]) -> FakeImap {
+        Self::start_with(users, FakeTls::None, Path::new("")).await
+    }
+
+    /// Like [`FakeImap::start`], speaking TLS as `tls` says; the certificate is
+    /// written under `dir` (see `ca_file`).
+    pub async fn start_with(users: &[(&str, &str)], tls: FakeTls, dir: &Path) -> FakeImap {
         let users: Arc<HashMap<String, String>> = Arc::new(
             users
                 .iter()
@@ -42,15 +82,23 @@ impl FakeImap {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let (acceptor, ca_file) = match tls {
+            FakeTls::None => (None, None),
+            _ => {
+                let (acceptor, ca) = tls_acceptor(dir);
+                (Some(acceptor), Some(ca))
+            }
+        };
         let fake = FakeImap {
             addr,
             seen: seen.clone(),
+            ca_file,
         };
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (users, seen) = (users.clone(), seen.clone());
+                let (users, seen, acceptor) = (users.clone(), seen.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, users, seen).await;
+                    let _ = accept(stream, tls, acceptor, users, seen).await;
                 });
             }
         });
@@ -93,16 +141,59 @@ fn check(users: &HashMap<String, String>, plain: &[u8]) -> Option<String> {
     None
 }
 
-async fn serve(
-    stream: tokio::net::TcpStream,
+const GREETING: &[u8] = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] fake ready\r\n";
+
+async fn accept(
+    mut stream: TcpStream,
+    tls: FakeTls,
+    acceptor: Option<TlsAcceptor>,
     users: Arc<HashMap<String, String>>,
     seen: Arc<Mutex<Seen>>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let acceptor = || acceptor.clone().ok_or(std::io::ErrorKind::InvalidInput);
+    match tls {
+        FakeTls::None => serve(stream, true, users, seen).await,
+        FakeTls::Implicit => serve(acceptor()?.accept(stream).await?, true, users, seen).await,
+        FakeTls::Starttls => {
+            stream
+                .write_all(b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] fake ready\r\n")
+                .await?;
+            // Byte by byte, so nothing sent after STARTTLS is read in clear.
+            let mut line = Vec::new();
+            while !line.ends_with(b"\n") {
+                let mut byte = [0u8];
+                if stream.read(&mut byte).await? == 0 {
+                    return Ok(());
+                }
+                line.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&line);
+            let tag = text.split(' ').next().unwrap_or("*").to_owned();
+            if !text.to_ascii_uppercase().contains("STARTTLS") {
+                stream
+                    .write_all(format!("{tag} BAD STARTTLS first\r\n").as_bytes())
+                    .await?;
+                return Ok(());
+            }
+            stream
+                .write_all(format!("{tag} OK Begin TLS\r\n").as_bytes())
+                .await?;
+            serve(acceptor()?.accept(stream).await?, false, users, seen).await
+        }
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    greet: bool,
+    users: Arc<HashMap<String, String>>,
+    seen: Arc<Mutex<Seen>>,
+) -> std::io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
-    write
-        .write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] fake ready\r\n")
-        .await?;
+    if greet {
+        write.write_all(GREETING).await?;
+    }
     let mut logged_in = false;
     let mut line = String::new();
     loop {
@@ -124,7 +215,13 @@ async fn serve(
                 format!("* ID NIL\r\n{tag} OK ID completed\r\n")
             }
             "AUTHENTICATE" if !logged_in => {
-                let encoded = rest.strip_prefix("PLAIN ").unwrap_or("").trim().to_owned();
+                let mut encoded = rest.strip_prefix("PLAIN").unwrap_or("").trim().to_owned();
+                if encoded.is_empty() {
+                    write.write_all(b"+ \r\n").await?;
+                    let mut response = String::new();
+                    read.read_line(&mut response).await?;
+                    encoded = response.trim().to_owned();
+                }
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(encoded.as_bytes())
                     .unwrap_or_default();

@@ -33,6 +33,11 @@ impl Gateway {
     /// Starts postern with `[imap]` pointed at `upstream`. `extra` is appended to
     /// the `[imap]` section.
     pub async fn start_imap(upstream: SocketAddr, extra: &str) -> Gateway {
+        Self::start(upstream, extra, "").await
+    }
+
+    /// `imap_extra` goes into `[imap]`, `auth_extra` into `[upstream_auth]`.
+    pub async fn start(upstream: SocketAddr, imap_extra: &str, auth_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = |name: &str| dir.path().join(name).display().to_string();
         let text = format!(
@@ -49,10 +54,11 @@ listen = ["127.0.0.1:0"]
 listen_tls = ["127.0.0.1:0"]
 upstream = "{upstream}"
 upstream_timeout_secs = 5
-{extra}
+{imap_extra}
 [upstream_auth]
 master_user = "proxy"
 master_password = "masterpw"
+{auth_extra}
 "#,
             db = path("p.db"),
             key = path("k"),
