@@ -192,14 +192,13 @@ impl Gate {
         protocol: Protocol,
         now: i64,
     ) {
-        if let SessionCredential::AppPassword(id) = credential {
-            if let Err(err) = self
+        if let SessionCredential::AppPassword(id) = credential
+            && let Err(err) = self
                 .store
                 .record_app_password_use(id, now, &ip.to_string(), protocol)
                 .await
-            {
-                tracing::warn!(error = %err, "could not record app password use");
-            }
+        {
+            tracing::warn!(error = %err, "could not record app password use");
         }
     }
 }

@@ -49,12 +49,12 @@ impl ConnectionLimiter {
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        if let Ok(mut per_ip) = self.per_ip.lock() {
-            if let Some(count) = per_ip.get_mut(&self.ip) {
-                *count -= 1;
-                if *count == 0 {
-                    per_ip.remove(&self.ip);
-                }
+        if let Ok(mut per_ip) = self.per_ip.lock()
+            && let Some(count) = per_ip.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
             }
         }
     }
