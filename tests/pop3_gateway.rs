@@ -21,8 +21,11 @@ async fn connect(postern: &Postern) -> Client {
 async fn not_enrolled_primary_password_passes_through() {
     let (postern, log) = setup().await;
     let mut c = connect(&postern).await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, ALICE_PRIMARY)))
-        .await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
     assert_eq!(c.line().await, "+OK fake logged in");
     c.send("STAT\r\n").await;
     assert_eq!(c.line().await, "+OK STAT");
@@ -49,8 +52,11 @@ async fn enrolled_primary_refused_and_nothing_reaches_the_upstream() {
         .await;
     assert!(c.line().await.starts_with("+OK"));
     assert!(c.line().await.starts_with("-ERR [AUTH] "));
-    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, ALICE_PRIMARY)))
-        .await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
     assert!(c.line().await.starts_with("-ERR [AUTH] "));
     settle().await;
     assert!(log.all().is_empty(), "{:?}", log.all());
@@ -114,8 +120,11 @@ async fn upstream_down_is_temporary() {
     let down = closed_port().await;
     let postern = Postern::start(Protocol::Pop3, down, "allow_plaintext_auth = true").await;
     let mut c = connect(&postern).await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, ALICE_PRIMARY)))
-        .await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
     assert!(c.line().await.starts_with("-ERR [SYS/TEMP] "));
 }
 
@@ -134,13 +143,24 @@ async fn commands_before_login_are_not_forwarded() {
 async fn killed_session_gets_err_auth() {
     let (postern, _log) = setup().await;
     let mut c = connect(&postern).await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, ALICE_PRIMARY)))
-        .await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
     assert_eq!(c.line().await, "+OK fake logged in");
-    let killed = postern
-        .runtime
-        .registry
-        .kill_where("your session was ended", |_| true);
+    // The relay registers the session right after the login reply.
+    let mut killed = 0;
+    for _ in 0..50 {
+        killed = postern
+            .runtime
+            .registry
+            .kill_where("your session was ended", |_| true);
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
     assert_eq!(killed, 1);
     assert_eq!(c.line().await, "-ERR [AUTH] your session was ended");
     assert!(c.closed().await);

@@ -82,7 +82,10 @@ master_password = "masterpw"
         let store = self.store();
         let domain = user.split('@').nth(1).unwrap();
         store.add_domain(domain, "test").await.unwrap();
-        store.set_domain_feature(domain, true, "test").await.unwrap();
+        store
+            .set_domain_feature(domain, true, "test")
+            .await
+            .unwrap();
         store
             .set_domain_status(domain, DomainStatus::Enabled, None, "test")
             .await
@@ -267,10 +270,8 @@ pub async fn fake_smtp() -> (SocketAddr, Log) {
             let reply: String = if upper.starts_with("EHLO") {
                 "250-fake.test\r\n250-PIPELINING\r\n250-SIZE 31337\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250-XCLIENT LOGIN ADDR PORT NAME HELO\r\n250 ENHANCEDSTATUSCODES\r\n".into()
             } else if upper.starts_with("XCLIENT") {
-                if let Some(login) = line.split(' ').find_map(|a| a.strip_prefix("LOGIN=")) {
-                    if login == ALICE {
-                        logged_in = true;
-                    }
+                if line.split(' ').any(|a| a == format!("LOGIN={ALICE}")) {
+                    logged_in = true;
                 }
                 "220 fake.test ESMTP again\r\n".into()
             } else if !logged_in && upper.starts_with("AUTH PLAIN") {
