@@ -17,9 +17,10 @@ use crate::gate::{Gate, MasterAccount};
 use crate::net::limiter::ConnectionLimiter;
 use crate::net::tls::{self, ServerTls};
 use crate::policy::Protocol;
+use crate::recheck::Rechecker;
 use crate::registry::SessionRegistry;
 use crate::session::{self, Context, ProtocolHandler, SharedContext};
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 /// Sets up `tracing` as configured (`RUST_LOG` wins over `log.level`).
 pub fn init_logging(config: &Config) {
@@ -66,15 +67,19 @@ impl Runtime {
             warn!("upstream_auth has no master password: app-password logins will fail");
         }
         let verifier = AppPasswordVerifier::new(key.clone(), config.limits.argon2_parallelism);
+        let node = node_name(config);
+        if let Err(err) = store.remove_node_sessions(&node).await {
+            warn!(error = %err, "could not clear this node's stale sessions");
+        }
         Ok(Self {
             gate: Gate::new(store.clone(), key, verifier, master),
-            store,
             tls: server_tls,
-            registry: SessionRegistry::default(),
+            registry: SessionRegistry::new(node, Some(store.clone())),
             limiter: ConnectionLimiter::new(
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
             ),
+            store,
         })
     }
 
@@ -92,6 +97,14 @@ impl Runtime {
             registry: self.registry.clone(),
             handshake_timeout: Duration::from_secs(config.tls.handshake_timeout_secs),
         }))
+    }
+
+    /// Starts tailing the event log so live sessions follow every change.
+    pub fn start_rechecks(&self, config: &Config) -> tokio::task::JoinHandle<()> {
+        let rechecker = Rechecker::new(self.gate.clone(), self.registry.clone());
+        let postgres =
+            (self.store.backend() == Backend::Postgres).then(|| config.store.url.clone());
+        tokio::spawn(rechecker.run(postgres))
     }
 
     /// Binds every listener of every configured protocol and spawns its accept loop.
@@ -196,6 +209,17 @@ async fn accept_loop<H: ProtocolHandler>(
     }
 }
 
+/// This node's name in the shared sessions table.
+pub fn node_name(config: &Config) -> String {
+    config.node.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "postern".into())
+    })
+}
+
 /// A database URL without its password, for logs.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -210,6 +234,7 @@ fn redact_url(url: &str) -> String {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = Runtime::build(&config).await?;
     runtime.bind_all(&config).await?;
+    runtime.start_rechecks(&config);
     wait_for_shutdown(&runtime).await?;
     let dropped = runtime
         .registry

@@ -40,6 +40,13 @@ impl std::fmt::Display for SessionCredential {
     }
 }
 
+/// The outcome of re-checking a live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    Keep { allowed_until: Option<i64> },
+    Drop(Refusal),
+}
+
 /// The gate's answer.
 #[derive(Debug)]
 pub enum Verdict {
@@ -50,6 +57,8 @@ pub enum Verdict {
         user: String,
         credential: SessionCredential,
         upstream: UpstreamCredentials,
+        /// When the session must be re-checked without any stored change.
+        allowed_until: Option<i64>,
     },
     /// Refused by policy; the reason is for the log only.
     Refuse { user: String, reason: Refusal },
@@ -89,7 +98,7 @@ impl Gate {
         let Ok(address) = normalize_address(&presented.username) else {
             // Not local@domain: no domain postern knows, so it behaves as Disabled
             // and no app password can exist for it.
-            return Self::passthrough(presented, presented.username.clone());
+            return Self::passthrough(presented, presented.username.clone(), None);
         };
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
         let (domain, user) = match self.store.login_context(&address, &domain).await {
@@ -138,6 +147,7 @@ impl Gate {
         }
 
         let domain_policy = domain.as_ref().map(|d| d.policy());
+        let allowed_until = policy::allowed_until(domain_policy.as_ref(), user.state(), credential);
         match policy::decide_mail_login(
             domain_policy.as_ref(),
             user.state(),
@@ -149,7 +159,9 @@ impl Gate {
                 user: address,
                 reason,
             },
-            Decision::Allow(UpstreamLogin::Passthrough) => Self::passthrough(presented, address),
+            Decision::Allow(UpstreamLogin::Passthrough) => {
+                Self::passthrough(presented, address, allowed_until)
+            }
             Decision::Allow(UpstreamLogin::Master) => {
                 let Some(master) = &self.master else {
                     return Verdict::Unavailable {
@@ -166,13 +178,15 @@ impl Gate {
                     },
                     user: address,
                     credential: SessionCredential::AppPassword(id),
+                    allowed_until,
                 }
             }
         }
     }
 
-    fn passthrough(presented: &Credentials, user: String) -> Verdict {
+    fn passthrough(presented: &Credentials, user: String, allowed_until: Option<i64>) -> Verdict {
         Verdict::Proceed {
+            allowed_until,
             user,
             credential: SessionCredential::Primary,
             upstream: UpstreamCredentials {
@@ -181,6 +195,55 @@ impl Gate {
                 password: presented.password.clone(),
             },
         }
+    }
+
+    /// Re-runs the policy for a live session after a change. A store error keeps it (live sessions survive a
+    /// database outage; the caller retries on the next event).
+    pub async fn recheck(
+        &self,
+        user: &str,
+        protocol: Protocol,
+        credential: SessionCredential,
+        now: i64,
+    ) -> Result<Recheck, crate::store::StoreError> {
+        let Some(record) = self.store.user(user).await.ok().flatten() else {
+            // Not an address postern tracks: it behaves as an unknown domain.
+            return Ok(Recheck::Keep {
+                allowed_until: None,
+            });
+        };
+        let domain = self.store.domain(&record.domain).await?;
+        let credential = match credential {
+            SessionCredential::Primary => Credential::Primary,
+            SessionCredential::AppPassword(id) => {
+                match self.store.app_password(record.id, id).await? {
+                    Some(app) => Credential::AppPassword {
+                        scopes: app.scopes,
+                        expires_at: app.expires_at,
+                    },
+                    None => Credential::RevokedAppPassword,
+                }
+            }
+        };
+        let policy = domain.as_ref().map(|d| d.policy());
+        Ok(
+            match policy::decide_mail_login(
+                policy.as_ref(),
+                record.state(),
+                credential,
+                protocol,
+                now,
+            ) {
+                Decision::Refuse(reason) => Recheck::Drop(reason),
+                Decision::Allow(_) => Recheck::Keep {
+                    allowed_until: policy::allowed_until(
+                        policy.as_ref(),
+                        record.state(),
+                        credential,
+                    ),
+                },
+            },
+        )
     }
 
     /// Records a successful app-password login (best effort: a failure is logged,

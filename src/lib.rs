@@ -10,6 +10,7 @@ pub mod gate;
 pub mod net;
 pub mod policy;
 pub mod protocol;
+pub mod recheck;
 pub mod registry;
 pub mod secret;
 pub mod session;

@@ -192,6 +192,9 @@ pub enum Credential {
         scopes: Scopes,
         expires_at: Option<i64>,
     },
+    /// A live session's app password that no longer exists (revoked, or removed
+    /// by a reset). Never produced at login: there it is simply not found.
+    RevokedAppPassword,
 }
 
 /// How postern logs in upstream when a login is allowed.
@@ -214,6 +217,7 @@ pub enum Refusal {
     EnrollmentRequired,
     OutOfScope,
     Expired,
+    Revoked,
 }
 
 impl Refusal {
@@ -225,6 +229,24 @@ impl Refusal {
             Self::EnrollmentRequired => "enrollment-required",
             Self::OutOfScope => "app-password-out-of-scope",
             Self::Expired => "app-password-expired",
+            Self::Revoked => "app-password-revoked",
+        }
+    }
+
+    /// What a person is told when a live session ends for this reason
+    /// (IMAP `* BYE [ALERT]`, POP3 `-ERR [AUTH]`, SMTP `421 4.7.0`).
+    pub fn session_message(self) -> &'static str {
+        match self {
+            Self::UserDisabled => "Your account has been disabled.",
+            Self::AppPasswordRequired => {
+                "2-Step Authentication is on for your account: sign in with an application password."
+            }
+            Self::EnrollmentRequired => {
+                "Your domain now requires 2-Step Authentication: set it up on the web, then use an application password."
+            }
+            Self::OutOfScope => "This application password is not allowed for this protocol.",
+            Self::Expired => "This application password has expired.",
+            Self::Revoked => "This application password was revoked.",
         }
     }
 }
@@ -249,6 +271,7 @@ pub fn decide_mail_login(
     }
     let status = domain.map_or(DomainStatus::Disabled, DomainPolicy::effective_status);
     match credential {
+        Credential::RevokedAppPassword => Decision::Refuse(Refusal::Revoked),
         Credential::AppPassword { scopes, expires_at } => {
             if expires_at.is_some_and(|at| at <= now) {
                 Decision::Refuse(Refusal::Expired)
@@ -276,6 +299,26 @@ pub fn decide_mail_login(
                 }
             }
         },
+    }
+}
+
+/// Until when an allowed mail login stays allowed without any stored change:
+/// the app password's expiry, or the end of a Forced domain's grace period for a
+/// primary password. Live sessions are re-checked at that time.
+pub fn allowed_until(
+    domain: Option<&DomainPolicy>,
+    user: UserState,
+    credential: Credential,
+) -> Option<i64> {
+    match credential {
+        Credential::AppPassword { expires_at, .. } => expires_at,
+        Credential::RevokedAppPassword => None,
+        Credential::Primary => {
+            let domain = domain?;
+            (domain.effective_status() == DomainStatus::Forced && !user.enrolled)
+                .then_some(domain.grace_until)
+                .flatten()
+        }
     }
 }
 
@@ -465,6 +508,35 @@ mod tests {
     }
 
     #[test]
+    fn allowed_until_names_the_next_time_based_change() {
+        let grace = DomainPolicy {
+            grace_until: Some(NOW + 50),
+            ..domain(true, Forced)
+        };
+        assert_eq!(
+            allowed_until(Some(&grace), user(false), Credential::Primary),
+            Some(NOW + 50)
+        );
+        assert_eq!(
+            allowed_until(Some(&grace), user(true), Credential::Primary),
+            None
+        );
+        assert_eq!(
+            allowed_until(
+                Some(&domain(true, Enabled)),
+                user(false),
+                Credential::Primary
+            ),
+            None
+        );
+        let expiring = Credential::AppPassword {
+            scopes: Scopes::ALL,
+            expires_at: Some(NOW + 9),
+        };
+        assert_eq!(allowed_until(None, user(true), expiring), Some(NOW + 9));
+    }
+
+    #[test]
     fn app_password_scope_and_expiry() {
         let d = domain(true, Enabled);
         let imap_only = Credential::AppPassword {
@@ -512,6 +584,26 @@ mod tests {
                     Decision::Refuse(Refusal::UserDisabled)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_revoked_app_password_ends_its_session_whatever_the_domain() {
+        for d in [
+            None,
+            Some(domain(true, Enabled)),
+            Some(domain(false, Disabled)),
+        ] {
+            assert_eq!(
+                decide_mail_login(
+                    d.as_ref(),
+                    user(false),
+                    Credential::RevokedAppPassword,
+                    Protocol::Imap,
+                    NOW
+                ),
+                Decision::Refuse(Refusal::Revoked)
+            );
         }
     }
 

@@ -1,9 +1,11 @@
 //! Live authenticated sessions of this node, each with a kill handle.
 //!
 //! A session registers after its upstream login and gets a [`SessionHandle`];
-//! dropping the handle (however the session ends) removes the entry. Killing a
-//! session and shutting down use the same path: the entry's watch channel
-//! carries the reason, and the session's relay loop says goodbye and closes.
+//! dropping the handle (however the session ends) removes the entry here and its
+//! row in the shared `sessions` table (so `postern admin session list` sees every
+//! node). Killing a session and shutting down use the same path: the entry's
+//! watch channel carries the reason, and the session's relay loop says goodbye
+//! and closes both sides.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,17 +16,37 @@ use tokio::sync::watch;
 
 use crate::gate::SessionCredential;
 use crate::policy::Protocol;
+use crate::store::{SessionRow, Store};
 
-/// What the registry knows about a session.
+/// What a session tells the registry when it starts.
 #[derive(Clone, Debug)]
-pub struct SessionInfo {
-    pub id: u64,
+pub struct NewSession {
     pub user: String,
     pub protocol: Protocol,
     pub credential: SessionCredential,
     pub client: SocketAddr,
     /// Unix seconds.
     pub started_at: i64,
+    /// Re-check at this time even without a stored change (expiry, grace end).
+    pub allowed_until: Option<i64>,
+}
+
+/// A live session as listed.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub session: NewSession,
+}
+
+impl SessionInfo {
+    /// The domain part of the user's address, lower-case ("" if none).
+    pub fn domain(&self) -> String {
+        self.session
+            .user
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
 }
 
 struct Entry {
@@ -32,15 +54,19 @@ struct Entry {
     kill: watch::Sender<Option<String>>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SessionRegistry {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
+    node: String,
+    /// Mirrors sessions into the shared table; `None` in unit tests.
+    store: Option<Store>,
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, Entry>>,
+    /// Tells `wait_empty` that a session left.
+    left: watch::Sender<usize>,
 }
 
 /// Held by a live session; removes its entry on drop.
@@ -51,24 +77,46 @@ pub struct SessionHandle {
 }
 
 impl SessionRegistry {
-    pub fn register(
-        &self,
-        user: String,
-        protocol: Protocol,
-        credential: SessionCredential,
-        client: SocketAddr,
-        started_at: i64,
-    ) -> SessionHandle {
+    pub fn new(node: String, store: Option<Store>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                node,
+                store,
+                next_id: AtomicU64::new(0),
+                sessions: Mutex::new(HashMap::new()),
+                left: watch::channel(0).0,
+            }),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    fn row_id(&self, id: u64) -> String {
+        format!("{}-{}-{id}", self.inner.node, std::process::id())
+    }
+
+    pub fn register(&self, session: NewSession) -> SessionHandle {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (kill, killed) = watch::channel(None);
-        let info = SessionInfo {
-            id,
-            user,
-            protocol,
-            credential,
-            client,
-            started_at,
-        };
+        if let Some(store) = self.inner.store.clone() {
+            let row = SessionRow {
+                id: self.row_id(id),
+                node: self.inner.node.clone(),
+                user_address: session.user.clone(),
+                protocol: session.protocol,
+                credential: session.credential.to_string(),
+                client_ip: session.client.ip().to_string(),
+                started_at: session.started_at,
+            };
+            tokio::spawn(async move {
+                if let Err(err) = store.register_session(&row).await {
+                    tracing::debug!(error = %err, "could not list the session in the store");
+                }
+            });
+        }
+        let info = SessionInfo { id, session };
         if let Ok(mut sessions) = self.inner.sessions.lock() {
             sessions.insert(id, Entry { info, kill });
         }
@@ -96,6 +144,19 @@ impl SessionRegistry {
         self.len() == 0
     }
 
+    /// Ends one session; false if it is already gone.
+    pub fn kill(&self, id: u64, reason: &str) -> bool {
+        self.inner
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.get(&id)
+                    .map(|e| e.kill.send(Some(reason.to_owned())).is_ok())
+            })
+            .unwrap_or(false)
+    }
+
     /// Ends every session matching `filter` with `reason`; returns how many.
     pub fn kill_where(&self, reason: &str, filter: impl Fn(&SessionInfo) -> bool) -> usize {
         let Ok(sessions) = self.inner.sessions.lock() else {
@@ -107,6 +168,25 @@ impl SessionRegistry {
             count += 1;
         }
         count
+    }
+
+    /// Sets when a session is next re-checked without a stored change.
+    pub fn set_allowed_until(&self, id: u64, allowed_until: Option<i64>) {
+        if let Ok(mut sessions) = self.inner.sessions.lock()
+            && let Some(entry) = sessions.get_mut(&id)
+        {
+            entry.info.session.allowed_until = allowed_until;
+        }
+    }
+
+    /// Resolves once no session is left (graceful shutdown).
+    pub async fn wait_empty(&self) {
+        let mut left = self.inner.left.subscribe();
+        while !self.is_empty() {
+            if left.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -131,8 +211,21 @@ impl SessionHandle {
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        if let Ok(mut sessions) = self.registry.inner.sessions.lock() {
-            sessions.remove(&self.id);
+        let inner = &self.registry.inner;
+        let remaining = inner.sessions.lock().map(|mut s| {
+            s.remove(&self.id);
+            s.len()
+        });
+        if let Ok(remaining) = remaining {
+            inner.left.send_replace(remaining);
+        }
+        if let Some(store) = inner.store.clone()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let row = self.registry.row_id(self.id);
+            runtime.spawn(async move {
+                let _ = store.unregister_session(&row).await;
+            });
         }
     }
 }
@@ -141,30 +234,35 @@ impl Drop for SessionHandle {
 mod tests {
     use super::*;
 
+    fn session(user: &str, credential: SessionCredential) -> NewSession {
+        NewSession {
+            user: user.into(),
+            protocol: Protocol::Imap,
+            credential,
+            client: "127.0.0.1:1000".parse().unwrap(),
+            started_at: 0,
+            allowed_until: None,
+        }
+    }
+
     #[tokio::test]
     async fn entries_leave_on_drop_and_kills_reach_the_session() {
-        let registry = SessionRegistry::default();
-        let client = "127.0.0.1:1000".parse().unwrap();
-        let mut a = registry.register(
-            "a@x".into(),
-            Protocol::Imap,
-            SessionCredential::Primary,
-            client,
-            0,
-        );
-        let b = registry.register(
-            "b@x".into(),
-            Protocol::Pop3,
-            SessionCredential::AppPassword(4),
-            client,
-            0,
-        );
+        let registry = SessionRegistry::new("n1".into(), None);
+        let mut a = registry.register(session("a@x", SessionCredential::Primary));
+        let b = registry.register(session("b@x", SessionCredential::AppPassword(4)));
         assert_eq!(registry.len(), 2);
-        assert_eq!(registry.kill_where("forced", |s| s.user == "a@x"), 1);
+        assert_eq!(
+            registry.kill_where("forced", |s| s.session.user == "a@x"),
+            1
+        );
         assert_eq!(a.killed().await, "forced");
+        assert!(registry.kill(b.id(), "revoked"));
         drop(b);
         assert_eq!(registry.list().len(), 1);
+        let waiting = registry.clone();
+        let waiter = tokio::spawn(async move { waiting.wait_empty().await });
         drop(a);
+        waiter.await.unwrap();
         assert!(registry.is_empty());
     }
 }

@@ -18,6 +18,7 @@ use crate::net::tls;
 use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
+use crate::registry::NewSession;
 
 /// Read buffer for the pre-login phase and the upstream login.
 const READ_CHUNK: usize = 4096;
@@ -28,6 +29,7 @@ struct Established {
     upstream: MaybeTls,
     user: String,
     credential: SessionCredential,
+    allowed_until: Option<i64>,
 }
 
 /// Serves one accepted connection until it ends.
@@ -57,7 +59,14 @@ pub async fn handle_connection<H: ProtocolHandler>(
     };
     let deadline = Instant::now() + Duration::from_secs(ctx.limits.prelogin_timeout_secs);
     match pre_login(&ctx, &*handler, client, peer, deadline).await {
-        Ok(Some(established)) => relay(&ctx, &*handler, established, peer).await,
+        Ok(Some(established)) => {
+            // After the client has its answer, before relaying: last use is
+            // recorded off the reply's critical path, yet before any later command.
+            ctx.gate
+                .record_use(established.credential, peer.ip(), protocol, unix_now())
+                .await;
+            relay(&ctx, &*handler, established, peer).await
+        }
         Ok(None) => {}
         Err(err) => {
             debug!(%protocol, client = %peer.ip(), error = %err, "connection ended before login")
@@ -122,6 +131,7 @@ async fn pre_login<H: ProtocolHandler>(
                         leftover,
                         user,
                         credential,
+                        allowed_until,
                     }) => {
                         client.write_all(&reply).await?;
                         client.write_all(&leftover).await?;
@@ -132,6 +142,7 @@ async fn pre_login<H: ProtocolHandler>(
                             upstream,
                             user,
                             credential,
+                            allowed_until,
                         }));
                     }
                     Err(failure) => {
@@ -162,6 +173,7 @@ struct LoggedIn {
     leftover: Vec<u8>,
     user: String,
     credential: SessionCredential,
+    allowed_until: Option<i64>,
 }
 
 fn unix_now() -> i64 {
@@ -180,8 +192,8 @@ async fn login<H: ProtocolHandler>(
     let protocol = handler.protocol();
     let ip = peer.ip();
     let method = method.name();
-    let (user, credential, upstream) = match ctx.gate.check(credentials, protocol, unix_now()).await
-    {
+    let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
+    let (user, credential, upstream, allowed_until) = match verdict {
         Verdict::Refuse { user, reason } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
             return Err(LoginFailure::Refused);
@@ -194,7 +206,8 @@ async fn login<H: ProtocolHandler>(
             user,
             credential,
             upstream,
-        } => (user, credential, upstream),
+            allowed_until,
+        } => (user, credential, upstream, allowed_until),
     };
     let request = UpstreamRequest {
         credentials: upstream,
@@ -225,6 +238,7 @@ async fn login<H: ProtocolHandler>(
                 leftover,
                 user,
                 credential,
+                allowed_until,
             })
         }
         UpstreamOutcome::Refused(detail) => {
@@ -320,11 +334,17 @@ async fn relay<H: ProtocolHandler>(
         mut upstream,
         user,
         credential,
+        allowed_until,
     } = established;
     let protocol = handler.protocol();
-    let mut handle = ctx
-        .registry
-        .register(user.clone(), protocol, credential, peer, unix_now());
+    let mut handle = ctx.registry.register(NewSession {
+        user: user.clone(),
+        protocol,
+        credential,
+        client: peer,
+        started_at: unix_now(),
+        allowed_until,
+    });
     let end = tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => RelayEnd::Closed(result),
         reason = handle.killed() => RelayEnd::Killed(reason),

@@ -1,0 +1,216 @@
+//! Re-checks live sessions whenever the stored state changes, on every node.
+//!
+//! Every change that can make a credential unacceptable appends a row to the
+//! event log (in the same transaction as the change, whichever process made it:
+//! `serve`, the web UI or `postern admin`). Each node tails that log — PostgreSQL:
+//! `LISTEN` plus a catch-up read; SQLite: a short poll — and re-runs the one
+//! policy function ([`crate::gate::Gate::recheck`]) on the sessions the event
+//! concerns. Time-based changes (an app password expiring, a grace period ending)
+//! have no event: each session carries its `allowed_until`, swept every second.
+
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use crate::gate::{Gate, Recheck, SessionCredential};
+use crate::registry::{SessionInfo, SessionRegistry};
+use crate::store::{EventKind, EventRecord, NOTIFY_CHANNEL, Store};
+
+/// How often SQLite's event log is polled, and deadlines are swept.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Events read per catch-up query.
+const BATCH: i64 = 500;
+
+/// The message a session killed by an administrator sees.
+pub const KILLED_BY_ADMIN: &str = "Your session was ended by an administrator.";
+
+#[derive(Clone)]
+pub struct Rechecker {
+    gate: Gate,
+    registry: SessionRegistry,
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Rechecker {
+    pub fn new(gate: Gate, registry: SessionRegistry) -> Self {
+        Self { gate, registry }
+    }
+
+    fn store(&self) -> &Store {
+        self.gate.store()
+    }
+
+    /// Applies one event to the live sessions it concerns.
+    pub async fn handle_event(&self, event: &EventRecord) {
+        let user = event.user_address.as_deref().map(str::to_ascii_lowercase);
+        let same_user = |s: &SessionInfo| {
+            user.as_deref()
+                .is_some_and(|u| s.session.user.eq_ignore_ascii_case(u))
+        };
+        let concerned: Vec<SessionInfo> = match event.kind {
+            EventKind::SessionKill => {
+                let killed = self.registry.kill_where(KILLED_BY_ADMIN, same_user);
+                if killed > 0 {
+                    info!(
+                        user = user.as_deref().unwrap_or(""),
+                        sessions = killed,
+                        "sessions killed by an administrator"
+                    );
+                }
+                return;
+            }
+            EventKind::DomainFeature | EventKind::DomainStatus => {
+                let domain = event.domain.as_deref().unwrap_or("").to_ascii_lowercase();
+                self.registry
+                    .list()
+                    .into_iter()
+                    .filter(|s| s.domain() == domain)
+                    .collect()
+            }
+            EventKind::UserEnrolled
+            | EventKind::UserReset
+            | EventKind::UserDisabled
+            | EventKind::UserEnabled => {
+                self.registry.list().into_iter().filter(same_user).collect()
+            }
+            EventKind::AppPasswordRevoked => {
+                let id = event.app_password_id;
+                self.registry
+                    .list()
+                    .into_iter()
+                    .filter(|s| {
+                        matches!(s.session.credential, SessionCredential::AppPassword(a) if Some(a) == id)
+                    })
+                    .collect()
+            }
+        };
+        self.recheck(concerned).await;
+    }
+
+    /// Re-runs the policy on these sessions and ends those no longer allowed.
+    pub async fn recheck(&self, sessions: Vec<SessionInfo>) {
+        let now = unix_now();
+        for info in sessions {
+            let s = &info.session;
+            match self
+                .gate
+                .recheck(&s.user, s.protocol, s.credential, now)
+                .await
+            {
+                Ok(Recheck::Drop(reason)) => {
+                    if self.registry.kill(info.id, reason.session_message()) {
+                        info!(
+                            protocol = %s.protocol,
+                            user = %s.user,
+                            client = %s.client.ip(),
+                            credential = %s.credential,
+                            reason = reason.as_str(),
+                            "session no longer allowed; dropping"
+                        );
+                    }
+                }
+                Ok(Recheck::Keep { allowed_until }) => {
+                    self.registry.set_allowed_until(info.id, allowed_until)
+                }
+                // Live sessions survive a database outage; the next event or
+                // sweep tries again.
+                Err(err) => warn!(user = %s.user, error = %err, "re-check failed; session kept"),
+            }
+        }
+    }
+
+    /// Re-checks sessions whose `allowed_until` has passed.
+    pub async fn sweep_deadlines(&self) {
+        let now = unix_now();
+        let due: Vec<SessionInfo> = self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|s| s.session.allowed_until.is_some_and(|t| t <= now))
+            .collect();
+        if !due.is_empty() {
+            self.recheck(due).await;
+        }
+    }
+
+    /// Reads and applies every event after `last`; returns the new position.
+    async fn catch_up(&self, mut last: i64) -> i64 {
+        loop {
+            match self.store().events_after(last, BATCH).await {
+                Ok(events) => {
+                    let done = (events.len() as i64) < BATCH;
+                    for event in &events {
+                        debug!(id = event.id, kind = %event.kind, "event");
+                        self.handle_event(event).await;
+                        last = event.id;
+                    }
+                    if done {
+                        return last;
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %err, "cannot read the event log");
+                    return last;
+                }
+            }
+        }
+    }
+
+    /// Tails the event log until the task is dropped. `postgres_url` enables
+    /// LISTEN/NOTIFY; without it the log is polled.
+    pub async fn run(self, postgres_url: Option<String>) {
+        let mut last = match self.store().last_event_id().await {
+            Ok(id) => id,
+            Err(err) => {
+                warn!(error = %err, "cannot read the event log position; starting from 0");
+                0
+            }
+        };
+        let mut listener = match postgres_url {
+            Some(url) => match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
+                    Ok(()) => Some(listener),
+                    Err(err) => {
+                        warn!(error = %err, "LISTEN failed; polling the event log instead");
+                        None
+                    }
+                },
+                Err(err) => {
+                    warn!(error = %err, "cannot open a LISTEN connection; polling the event log instead");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_sweep = tokio::time::Instant::now();
+        loop {
+            last = self.catch_up(last).await;
+            if since_sweep.elapsed() >= Duration::from_secs(1) {
+                self.sweep_deadlines().await;
+                since_sweep = tokio::time::Instant::now();
+            }
+            match listener.as_mut() {
+                // A notification, or the tick (for the deadline sweep and in case
+                // a notification was lost while reconnecting).
+                Some(listener) => {
+                    tokio::select! {
+                        received = listener.try_recv() => {
+                            if let Err(err) = received {
+                                warn!(error = %err, "LISTEN connection lost; reconnecting");
+                            }
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
+        }
+    }
+}

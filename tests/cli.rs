@@ -1,0 +1,386 @@
+//! `postern admin ...` as a script or an operator sees it: the real binary, a fresh
+//! SQLite file and key per test, exit codes, stdout (text and `--json`) and stderr.
+//! The store is opened directly only to plant data (40 app passwords, a live
+//! session) or to look at what has no listing (system administrators, events).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use postern::policy::{Protocol, Scopes};
+use postern::store::{EventKind, NewAppPassword, SessionRow, Store};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env::with_extra("")
+    }
+
+    /// A minimal config, plus `extra` appended to the `[store]` section.
+    fn with_extra(extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("postern.toml");
+        let text = format!(
+            "[store]\nurl = \"sqlite://{}\"\n{extra}\n[secrets]\nkey_file = \"{}\"\n",
+            dir.path().join("p.db").display(),
+            dir.path().join("k").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Env { dir, config }
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("p.db").display())
+    }
+
+    /// `postern --config C <args>` with `stdin` written to its standard input.
+    fn spawn(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("POSTERN_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs `args` (after `--config C`); asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.spawn(args, "");
+        assert!(
+            out.status.success(),
+            "postern {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+    }
+
+    /// Runs `args`; asserts a non-zero exit and an empty stdout; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.spawn(args, "");
+        assert!(!out.status.success(), "postern {args:?} succeeded");
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Opens the store directly (closed by the caller before the next spawn).
+    fn with_store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = Store::connect(&self.url()).await.unwrap();
+            let result = f(&store).await;
+            store.close().await;
+            result
+        })
+    }
+}
+
+/// Seconds between an RFC 3339 time and now + `offset`.
+fn seconds_from(text: &Value, offset: i64) -> i64 {
+    let at = OffsetDateTime::parse(text.as_str().unwrap(), &Rfc3339).unwrap();
+    (at.unix_timestamp() - OffsetDateTime::now_utc().unix_timestamp() - offset).abs()
+}
+
+#[test]
+fn domains_flags_anywhere_and_json_shape() {
+    let env = Env::new();
+    let config = env.config.to_str().unwrap();
+    assert!(
+        env.ok(&["admin", "domain", "add", "Example.ORG"])
+            .contains("added")
+    );
+    // --config after the subcommand too (the helper also passes one first).
+    let again = env.ok(&["admin", "domain", "add", "example.org", "--config", config]);
+    assert!(again.contains("already known"), "{again}");
+    env.ok(&["admin", "domain", "feature", "example.org", "on"]);
+    env.ok(&[
+        "admin",
+        "domain",
+        "status",
+        "example.org",
+        "forced",
+        "--grace-days",
+        "7",
+    ]);
+
+    let before = env.json(&["--json", "admin", "domain", "list"]);
+    let after = env.json(&["admin", "domain", "list", "--json"]);
+    assert_eq!(before, after);
+    let list = after.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let domain = &list[0];
+    let keys: Vec<&str> = domain
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(keys.len(), 4, "{domain}");
+    assert_eq!(domain["domain"], "example.org");
+    assert_eq!(domain["feature"], true);
+    assert_eq!(domain["status"], "forced");
+    assert!(seconds_from(&domain["grace_until"], 7 * 86_400) < 300);
+
+    // Without --grace-days the grace period is cleared.
+    env.ok(&["admin", "domain", "status", "example.org", "enabled"]);
+    env.ok(&["admin", "domain", "add", "other.example"]);
+    let list = env.json(&["admin", "domain", "list", "--json"]);
+    assert_eq!(
+        list,
+        json!([
+            {"domain": "example.org", "feature": true, "status": "enabled", "grace_until": null},
+            {"domain": "other.example", "feature": false, "status": "disabled", "grace_until": null},
+        ])
+    );
+
+    let text = env.ok(&["admin", "domain", "list"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("DOMAIN"), "{text}");
+    let words: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(words, ["example.org", "on", "enabled", "-"]);
+}
+
+#[test]
+fn settings_of_an_unknown_domain_name_domain_add() {
+    let env = Env::new();
+    let err = env.fails(&["admin", "domain", "feature", "nowhere.example", "on"]);
+    assert!(err.contains("domain add"), "{err}");
+    let err = env.fails(&["admin", "domain", "status", "nowhere.example", "forced"]);
+    assert!(err.contains("domain add"), "{err}");
+    let err = env.fails(&["admin", "domain", "feature", "nowhere.example", "maybe"]);
+    assert!(err.contains("maybe"), "{err}");
+}
+
+#[test]
+fn user_list_after_enroll_disable_and_admin() {
+    let env = Env::new();
+    env.ok(&["admin", "domain", "add", "example.org"]);
+    env.ok(&[
+        "admin",
+        "user",
+        "enroll-totp",
+        "Alice@Example.org",
+        "--secret",
+        SECRET,
+    ]);
+    env.ok(&["admin", "user", "disable", "bob@example.org"]);
+    env.ok(&[
+        "admin",
+        "domain",
+        "admin",
+        "example.org",
+        "carol@example.org",
+    ]);
+    let err = env.fails(&[
+        "admin",
+        "user",
+        "enroll-totp",
+        "dave@example.org",
+        "--secret",
+        "not base32!",
+    ]);
+    assert!(err.contains("--secret"), "{err}");
+
+    let users = env.json(&["admin", "user", "list", "example.org", "--json"]);
+    assert_eq!(
+        users,
+        json!([
+            {"user": "alice@example.org", "enrolled": true, "disabled": false,
+             "domain_admin": false, "app_passwords": 0},
+            {"user": "bob@example.org", "enrolled": false, "disabled": true,
+             "domain_admin": false, "app_passwords": 0},
+            {"user": "carol@example.org", "enrolled": false, "disabled": false,
+             "domain_admin": true, "app_passwords": 0},
+        ])
+    );
+    env.ok(&["admin", "user", "enable", "bob@example.org"]);
+    let text = env.ok(&["admin", "user", "list", "example.org"]);
+    assert!(text.starts_with("USER"), "{text}");
+    let bob: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(bob, ["bob@example.org", "no", "no", "no", "0"]);
+}
+
+#[test]
+fn app_password_create_list_revoke_and_reset() {
+    let env = Env::new();
+    let user = "alice@example.org";
+    env.ok(&["admin", "user", "enroll-totp", user, "--secret", SECRET]);
+
+    let text = env.ok(&["admin", "app-password", "create", user, "--name", "phone"]);
+    let first = text.lines().next().unwrap();
+    assert_eq!(first.len(), 19, "{text}");
+    for (i, c) in first.chars().enumerate() {
+        if i % 5 == 4 {
+            assert_eq!(c, '-', "{first}");
+        } else {
+            assert!(c.is_ascii_lowercase() || c.is_ascii_digit(), "{first}");
+        }
+    }
+
+    let created = env.json(&[
+        "--json",
+        "admin",
+        "app-password",
+        "create",
+        user,
+        "--name",
+        "laptop",
+        "--scope",
+        "imap,smtp",
+        "--expires-days",
+        "30",
+    ]);
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(created["password"].as_str().unwrap().len(), 19);
+    assert_eq!(created.as_object().unwrap().len(), 2);
+
+    let list = env.json(&["admin", "app-password", "list", user, "--json"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "phone");
+    assert_eq!(list[0]["scopes"], json!(["imap", "pop3", "smtp"]));
+    assert_eq!(list[0]["expires_at"], Value::Null);
+    let laptop = &list[1];
+    assert_eq!(laptop["id"], id);
+    assert_eq!(laptop["scopes"], json!(["imap", "smtp"]));
+    assert!(seconds_from(&laptop["created_at"], 0) < 300);
+    assert!(seconds_from(&laptop["expires_at"], 30 * 86_400) < 300);
+    for key in ["last_used_at", "last_used_ip", "last_used_protocol"] {
+        assert_eq!(laptop[key], Value::Null, "{key}");
+    }
+    assert_eq!(laptop.as_object().unwrap().len(), 8);
+
+    let id = id.to_string();
+    env.ok(&["admin", "app-password", "revoke", user, &id]);
+    let err = env.fails(&["admin", "app-password", "revoke", user, &id]);
+    assert!(err.contains("no app password"), "{err}");
+    let list = env.json(&["admin", "app-password", "list", user, "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    env.ok(&["admin", "user", "reset", user]);
+    let list = env.json(&["admin", "app-password", "list", user, "--json"]);
+    assert_eq!(list, json!([]));
+    let users = env.json(&["admin", "user", "list", "example.org", "--json"]);
+    assert_eq!(users[0]["enrolled"], false);
+    assert_eq!(users[0]["app_passwords"], 0);
+}
+
+#[test]
+fn the_forty_first_app_password_is_refused() {
+    let env = Env::new();
+    // Forty planted directly: forty Argon2 hashes in a debug build are slow.
+    env.with_store(async |store| {
+        let user = store.ensure_user("alice@example.org").await.unwrap();
+        for i in 0..40 {
+            let new = NewAppPassword {
+                name: format!("device {i}"),
+                lookup: format!("lookup-{i}"),
+                hash: "$argon2id$planted".into(),
+                scopes: Scopes::ALL,
+                expires_at: None,
+            };
+            store
+                .create_app_password(user.id, new, "test")
+                .await
+                .unwrap();
+        }
+    });
+    let err = env.fails(&[
+        "admin",
+        "app-password",
+        "create",
+        "alice@example.org",
+        "--name",
+        "one too many",
+    ]);
+    assert!(err.contains("at most 40"), "{err}");
+}
+
+#[test]
+fn sysadmin_add_reads_the_password_from_stdin() {
+    let env = Env::new();
+    let out = env.spawn(
+        &["admin", "sysadmin", "add", "root"],
+        "correct horse\nignored\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.spawn(&["admin", "sysadmin", "add", "empty"], "\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty password"));
+
+    let (root, empty) = env.with_store(async |store| {
+        (
+            store.sysadmin_hash("root").await.unwrap(),
+            store.sysadmin_hash("empty").await.unwrap(),
+        )
+    });
+    assert!(root.unwrap().starts_with("$argon2id$"));
+    assert_eq!(empty, None);
+}
+
+#[test]
+fn sessions_are_listed_and_a_kill_is_recorded() {
+    let env = Env::new();
+    assert_eq!(env.json(&["admin", "session", "list", "--json"]), json!([]));
+    env.with_store(async |store| {
+        let session = SessionRow {
+            id: "node1-7".into(),
+            node: "node1".into(),
+            user_address: "alice@example.org".into(),
+            protocol: Protocol::Imap,
+            credential: "app-password:3".into(),
+            client_ip: "192.0.2.7".into(),
+            started_at: 1_700_000_000,
+        };
+        store.register_session(&session).await.unwrap();
+    });
+    let list = env.json(&["admin", "session", "list", "--json"]);
+    assert_eq!(
+        list,
+        json!([{"id": "node1-7", "user": "alice@example.org", "protocol": "imap",
+                "credential": "app-password:3", "client_ip": "192.0.2.7",
+                "node": "node1", "started_at": "2023-11-14T22:13:20Z"}])
+    );
+
+    let text = env.ok(&["admin", "session", "kill", "Alice@example.org"]);
+    assert!(text.contains("kill requested"), "{text}");
+    let events = env.with_store(async |store| store.events_after(0, 100).await.unwrap());
+    let kill = events.last().unwrap();
+    assert_eq!(kill.kind, EventKind::SessionKill);
+    assert_eq!(kill.user_address.as_deref(), Some("alice@example.org"));
+}
+
+#[test]
+fn a_bad_config_key_is_named() {
+    let env = Env::with_extra("bogus_key = 1");
+    let err = env.fails(&["admin", "domain", "list"]);
+    assert!(err.contains("bogus_key"), "{err}");
+}

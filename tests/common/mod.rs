@@ -1,0 +1,225 @@
+//! Test harness: postern started in-process on ephemeral loopback ports in front
+//! of a scripted fake upstream, and small line-oriented clients.
+#![allow(dead_code)]
+
+pub mod fake_imap;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern::app::{Bound, Runtime};
+use postern::config::Config;
+use postern::credentials::{InstanceKey, issue_app_password};
+use postern::policy::{DomainStatus, Protocol, Scopes};
+use postern::store::{FactorKind, Store};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Every read in a test waits at most this long: a hang fails, it never blocks CI.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Gateway {
+    pub runtime: Runtime,
+    pub bound: Vec<Bound>,
+    pub config: Config,
+    pub key: InstanceKey,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts postern with `[imap]` pointed at `upstream`. `extra` is appended to
+    /// the `[imap]` section.
+    pub async fn start_imap(upstream: SocketAddr, extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let text = format!(
+            r#"
+[store]
+url = "sqlite://{db}"
+[secrets]
+key_file = "{key}"
+[tls]
+cert = "{cert}"
+key = "{tlskey}"
+[imap]
+listen = ["127.0.0.1:0"]
+listen_tls = ["127.0.0.1:0"]
+upstream = "{upstream}"
+upstream_timeout_secs = 5
+{extra}
+[upstream_auth]
+master_user = "proxy"
+master_password = "masterpw"
+"#,
+            db = path("p.db"),
+            key = path("k"),
+            cert = path("c.crt"),
+            tlskey = path("c.key"),
+        );
+        let config = Config::parse(&text).expect("test config");
+        let runtime = Runtime::build(&config).await.expect("runtime");
+        let bound = runtime.bind_all(&config).await.expect("bind");
+        runtime.start_rechecks(&config);
+        let key = InstanceKey::load_or_create(&config.secrets.key_file).expect("key");
+        Gateway {
+            runtime,
+            bound,
+            config,
+            key,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self, protocol: Protocol, implicit_tls: bool) -> SocketAddr {
+        self.bound
+            .iter()
+            .find(|b| b.protocol == protocol && b.implicit_tls == implicit_tls)
+            .expect("listener")
+            .addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.runtime.store
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.config.tls.cert.clone()
+    }
+
+    /// A domain with the feature on and this status.
+    pub async fn domain(&self, domain: &str, status: DomainStatus) {
+        let store = self.store();
+        store.add_domain(domain, "test").await.expect("domain add");
+        store
+            .set_domain_feature(domain, true, "test")
+            .await
+            .expect("feature");
+        store
+            .set_domain_status(domain, status, None, "test")
+            .await
+            .expect("status");
+    }
+
+    /// Enrolls the user with a confirmed TOTP factor.
+    pub async fn enroll(&self, user: &str) {
+        let record = self.store().ensure_user(user).await.expect("user");
+        self.store()
+            .add_second_factor(
+                record.id,
+                FactorKind::Totp,
+                "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+                true,
+                "test",
+            )
+            .await
+            .expect("enroll");
+    }
+
+    /// Issues an app password; returns its id and its shown form.
+    pub async fn app_password(
+        &self,
+        user: &str,
+        scopes: &str,
+        expires_at: Option<i64>,
+    ) -> (i64, String) {
+        let scopes: Scopes = scopes.parse().expect("scopes");
+        let issued = issue_app_password(
+            self.store(),
+            &self.key,
+            user,
+            "test device",
+            scopes,
+            expires_at,
+            "test",
+        )
+        .await
+        .expect("issue");
+        (issued.id, issued.password.display().expose().clone())
+    }
+}
+
+/// A line-oriented client over any stream.
+pub struct LineClient<S> {
+    stream: BufReader<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.expect("write");
+    }
+
+    /// One line including CRLF, or "" at end of stream.
+    pub async fn line(&mut self) -> String {
+        let mut line = Vec::new();
+        tokio::time::timeout(IO_TIMEOUT, self.stream.read_until(b'\n', &mut line))
+            .await
+            .expect("read timed out")
+            .expect("read");
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
+    /// Lines up to and including the first starting with `prefix`.
+    pub async fn until(&mut self, prefix: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().await;
+            assert!(!line.is_empty(), "closed before {prefix:?}; got {lines:?}");
+            let done = line.starts_with(prefix);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// True when the server closed the connection (after any remaining lines).
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            if self.line().await.is_empty() {
+                return true;
+            }
+        }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream.into_inner()
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> LineClient<TcpStream> {
+    LineClient::new(TcpStream::connect(addr).await.expect("connect"))
+}
+
+/// A TLS client trusting exactly the gateway's (generated) certificate.
+pub fn tls_connector(cert: &std::path::Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    postern::net::tls::install_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert).expect("pem") {
+        roots.add(cert.expect("cert")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+pub async fn tls_upgrade(
+    stream: TcpStream,
+    cert: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_connector(cert)
+        .connect(ServerName::try_from("localhost").expect("name"), stream)
+        .await
+        .expect("TLS handshake")
+}

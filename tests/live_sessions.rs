@@ -1,0 +1,127 @@
+//! Live sessions end when their credential stops being acceptable, and only those.
+
+mod common;
+
+use common::fake_imap::FakeImap;
+use common::{Gateway, LineClient, connect};
+use postern::policy::{DomainStatus, Protocol};
+use postern::store::EventKind;
+use tokio::net::TcpStream;
+
+const ALICE: &str = "alice@example.test";
+const BOB: &str = "bob@example.test";
+
+async fn setup() -> (FakeImap, Gateway) {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
+    let gateway = Gateway::start_imap(fake.addr, "allow_plaintext_auth = true").await;
+    gateway.domain("example.test", DomainStatus::Enabled).await;
+    (fake, gateway)
+}
+
+async fn session(gateway: &Gateway, user: &str, password: &str) -> LineClient<TcpStream> {
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client
+        .send(format!("a LOGIN \"{user}\" \"{password}\"\r\n").as_bytes())
+        .await;
+    let reply = client.until("a ").await.concat();
+    assert!(reply.starts_with("a OK"), "{reply}");
+    // A round trip through the relay: the session is registered by now.
+    client.send(b"b NOOP\r\n").await;
+    client.until("b OK").await;
+    client
+}
+
+/// The next line is a BYE carrying `why`, then the connection closes.
+async fn dropped_with(client: &mut LineClient<TcpStream>, why: &str) {
+    let line = client.line().await;
+    assert!(
+        line.starts_with("* BYE [ALERT] ") && line.contains(why),
+        "{line:?}"
+    );
+    assert!(client.closed().await);
+}
+
+async fn still_alive(client: &mut LineClient<TcpStream>) {
+    client.send(b"z NOOP\r\n").await;
+    assert_eq!(client.line().await, "z OK NOOP completed\r\n");
+}
+
+#[tokio::test]
+async fn forcing_the_domain_drops_primary_password_sessions_only() {
+    let (_fake, gateway) = setup().await;
+    gateway.enroll(BOB).await;
+    let (_, bobs) = gateway.app_password(BOB, "imap", None).await;
+    let mut alice = session(&gateway, ALICE, "alice-primary").await;
+    let mut bob = session(&gateway, BOB, &bobs).await;
+
+    gateway
+        .store()
+        .set_domain_status("example.test", DomainStatus::Forced, None, "test")
+        .await
+        .unwrap();
+    dropped_with(&mut alice, "requires 2-Step Authentication").await;
+    still_alive(&mut bob).await;
+}
+
+#[tokio::test]
+async fn revoking_one_app_password_drops_only_its_sessions() {
+    let (_fake, gateway) = setup().await;
+    gateway.enroll(ALICE).await;
+    let (phone_id, phone) = gateway.app_password(ALICE, "imap", None).await;
+    let (_, laptop) = gateway.app_password(ALICE, "imap", None).await;
+    let mut on_phone = session(&gateway, ALICE, &phone).await;
+    let mut on_laptop = session(&gateway, ALICE, &laptop).await;
+
+    let user = gateway.store().ensure_user(ALICE).await.unwrap();
+    gateway
+        .store()
+        .revoke_app_password(user.id, phone_id, "test")
+        .await
+        .unwrap();
+    dropped_with(&mut on_phone, "revoked").await;
+    still_alive(&mut on_laptop).await;
+}
+
+#[tokio::test]
+async fn enrolling_disabling_and_killing_end_sessions() {
+    let (_fake, gateway) = setup().await;
+    let mut alice = session(&gateway, ALICE, "alice-primary").await;
+    let mut bob = session(&gateway, BOB, "bob-primary").await;
+    // Enrolling makes the primary password unacceptable for mail.
+    gateway.enroll(ALICE).await;
+    dropped_with(&mut alice, "application password").await;
+    still_alive(&mut bob).await;
+
+    gateway
+        .store()
+        .set_user_disabled(BOB, true, "test")
+        .await
+        .unwrap();
+    dropped_with(&mut bob, "disabled").await;
+
+    let mut bob_again = {
+        gateway
+            .store()
+            .set_user_disabled(BOB, false, "test")
+            .await
+            .unwrap();
+        session(&gateway, BOB, "bob-primary").await
+    };
+    gateway
+        .store()
+        .append_event(EventKind::SessionKill, None, Some(BOB), None)
+        .await
+        .unwrap();
+    dropped_with(&mut bob_again, "administrator").await;
+}
+
+#[tokio::test]
+async fn an_expiring_app_password_ends_its_session_when_it_expires() {
+    let (_fake, gateway) = setup().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (_, short) = gateway.app_password(ALICE, "imap", Some(now + 2)).await;
+    let mut client = session(&gateway, ALICE, &short).await;
+    // No stored change happens: the sweep notices the expiry by itself.
+    dropped_with(&mut client, "expired").await;
+}
