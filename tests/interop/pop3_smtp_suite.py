@@ -11,6 +11,8 @@ Environment:
   POSTERN_BIN, POSTERN_CONFIG   the binary and its config (for `postern admin ...`)
   POSTERN_POP3 / POSTERN_POP3S  default 127.0.0.1:11110 / 127.0.0.1:11995
   POSTERN_SMTP / POSTERN_SMTPS  default 127.0.0.1:11587 / 127.0.0.1:11465
+                                (test_smtp_xclient_mode starts a second postern on
+                                127.0.0.1:11588 with upstream_login = "xclient")
   POSTERN_CA_FILE               PEM to verify postern's certificate (optional)
   DOVECOT_DIR                   the Dovecot instance (Maildirs under mail/)
   KNOWN_MESSAGE                 the file in alice's INBOX
@@ -31,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import socket
+import tomllib
 import traceback
 import uuid
 
@@ -419,6 +423,71 @@ def test_smtp_curl():
         check_delivered(CAROL, msg, token)
 
 
+def test_smtp_xclient_mode():
+    """A second postern with [smtp] upstream_login = "xclient" (same database):
+    app password -> Postfix XCLIENT LOGIN= (no password upstream), message
+    delivered; a wrong primary password of a not-enrolled user still goes to
+    Postfix's AUTH and is refused."""
+    with open(CONFIG, "rb") as f:
+        cfg = tomllib.load(f)
+    port = "127.0.0.1:11588"
+    q = json.dumps
+    text = "\n".join([
+        "[store]", "url = " + q(cfg["store"]["url"]),
+        "[secrets]", "key_file = " + q(cfg["secrets"]["key_file"]),
+        "[tls]", "cert = " + q(cfg["tls"]["cert"]), "key = " + q(cfg["tls"]["key"]),
+        "[smtp]", "listen = [%s]" % q(port), "listen_tls = []",
+        "upstream = " + q(cfg["smtp"]["upstream"]), "upstream_login = \"xclient\"",
+        "[upstream_auth]", "mode = \"master\"",
+        "master_user = " + q(cfg["upstream_auth"]["master_user"]),
+        "master_password = " + q(cfg["upstream_auth"]["master_password"]), ""])
+    path = os.path.join(os.path.dirname(CONFIG), "postern-xclient.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    log = open(os.path.join(os.path.dirname(CONFIG), "postern-xclient.log"), "wb")
+    proc = subprocess.Popen([BIN, "serve", "--config", path], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:
+            assert proc.poll() is None, "postern (xclient) exited early"
+            try:
+                socket.create_connection(hostport(port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "postern (xclient) did not listen"
+                time.sleep(0.1)
+        pw = app_password(ALICE, "smtp")
+        token = uuid.uuid4().hex
+        msg = message(ALICE, CAROL, token)
+        s = smtplib.SMTP(*hostport(port), timeout=TIMEOUT)
+        s.starttls(context=tls_context())
+        s.login(ALICE, pw)
+        s.sendmail(ALICE, [CAROL], msg)
+        s.quit()
+        check_delivered(CAROL, msg, token)
+        s = smtplib.SMTP(*hostport(port), timeout=TIMEOUT)
+        s.starttls(context=tls_context())
+        try:
+            s.login(CAROL, "not-carols-password")
+            raise AssertionError("wrong primary password accepted in xclient mode")
+        except smtplib.SMTPAuthenticationError as e:
+            assert e.smtp_code == 535, e
+        s.close()
+        s = smtplib.SMTP(*hostport(port), timeout=TIMEOUT)
+        s.starttls(context=tls_context())
+        s.login(CAROL, primary(CAROL))
+        s.quit()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 TESTS = [
     test_setup,
     test_pop3_capa_before_stls,
@@ -435,6 +504,7 @@ TESTS = [
     test_smtp_imap_only_app_password_refused,
     test_smtp_swaks,
     test_smtp_curl,
+    test_smtp_xclient_mode,
 ]
 
 
