@@ -119,8 +119,15 @@ impl Runtime {
                 Protocol::Imap => {
                     bound.extend(self.bind(&ctx, Arc::new(session::imap::Imap)).await?)
                 }
-                Protocol::Pop3 | Protocol::Smtp => {
-                    warn!(%protocol, "this build has no {protocol} gateway yet; section ignored");
+                Protocol::Pop3 => {
+                    bound.extend(self.bind(&ctx, Arc::new(session::pop3::Pop3)).await?)
+                }
+                Protocol::Smtp => {
+                    let handler = session::smtp::Smtp::new(
+                        ctx.settings.hostname.clone(),
+                        ctx.settings.upstream_login,
+                    );
+                    bound.extend(self.bind(&ctx, Arc::new(handler)).await?)
                 }
             }
         }

@@ -196,6 +196,8 @@ pub struct ProtocolConfig {
     pub upstream_login: Option<SmtpUpstreamLogin>,
     /// Seconds to connect and log in upstream.
     pub upstream_timeout_secs: Option<u64>,
+    /// SMTP only: postern's name in its greeting and EHLO reply.
+    pub hostname: Option<String>,
 }
 
 /// A protocol section with every default applied.
@@ -210,6 +212,8 @@ pub struct ProtocolSettings {
     pub allow_plaintext_auth: bool,
     pub upstream_login: SmtpUpstreamLogin,
     pub upstream_timeout_secs: u64,
+    /// Name in the SMTP greeting and EHLO reply (the machine's name by default).
+    pub hostname: String,
 }
 
 impl ProtocolConfig {
@@ -223,6 +227,21 @@ impl ProtocolConfig {
         if protocol != Protocol::Smtp && self.upstream_login.is_some() {
             return Err(ConfigError::Invalid(format!(
                 "{section}.upstream_login: only the [smtp] section has this key"
+            )));
+        }
+        if protocol != Protocol::Smtp && self.hostname.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "{section}.hostname: only the [smtp] section has this key"
+            )));
+        }
+        if let Some(name) = &self.hostname
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b)))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{section}.hostname: {name:?} is not a host name"
             )));
         }
         let upstream = self.upstream.clone().unwrap_or_else(|| upstream.into());
@@ -245,8 +264,24 @@ impl ProtocolConfig {
             allow_plaintext_auth: self.allow_plaintext_auth.unwrap_or(false),
             upstream_login: self.upstream_login.unwrap_or(SmtpUpstreamLogin::Auth),
             upstream_timeout_secs: self.upstream_timeout_secs.unwrap_or(10),
+            hostname: self.hostname.clone().unwrap_or_else(machine_name),
         })
     }
+}
+
+/// This machine's name (from the kernel), or `postern` if it has none usable.
+pub fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        })
+        .unwrap_or_else(|| "postern".into())
 }
 
 /// The host part of `host:port` or `[v6]:port`, if the port is a number.
@@ -559,6 +594,11 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_the_key() {
+        let err = Config::parse("[pop3]\nhostname = \"mx\"\n").unwrap_err();
+        assert!(err.to_string().contains("pop3.hostname"), "{err}");
+        let config = Config::parse("[smtp]\nhostname = \"mail.example.org\"\n").unwrap();
+        let smtp = config.protocol(Protocol::Smtp).unwrap().unwrap();
+        assert_eq!(smtp.hostname, "mail.example.org");
         let err = Config::parse("[imap]\nupstream_login = \"xclient\"\n").unwrap_err();
         assert!(err.to_string().contains("imap.upstream_login"), "{err}");
         let err = Config::parse("[imap]\nupstream = \"nohost\"\n").unwrap_err();

@@ -91,6 +91,7 @@ async fn pre_login<H: ProtocolHandler>(
     peer: SocketAddr,
     deadline: Instant,
 ) -> io::Result<Option<Established>> {
+    handler.prepare(ctx).await;
     let mut core = handler.client_core(core_options(ctx, client.is_tls()));
     client.write_all(&core.greeting()).await?;
     let mut buf = vec![0u8; READ_CHUNK];
@@ -117,6 +118,7 @@ async fn pre_login<H: ProtocolHandler>(
                     client = MaybeTls::ServerTls(Box::new(accepted));
                     // The old core and whatever it had buffered in clear are dropped
                     // here: nothing sent before the handshake is executed after it.
+                    handler.prepare(ctx).await;
                     core = handler.client_core(core_options(ctx, true));
                 }
                 Action::Login {

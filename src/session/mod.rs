@@ -8,6 +8,8 @@
 
 mod driver;
 pub mod imap;
+pub mod pop3;
+pub mod smtp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,11 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     type Upstream: UpstreamCore;
 
     fn protocol(&self) -> Protocol;
+    /// Async work before each client core is made (e.g. learning what the
+    /// upstream offers); called by the driver before every `client_core`.
+    fn prepare(&self, _ctx: &Context) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     fn client_core(&self, options: Options) -> Self::Client;
     /// Called once the client presented credentials.
     fn upstream_core(&self, client: &Self::Client, request: UpstreamRequest) -> Self::Upstream;

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Real-server interop run: real Dovecot behind postern, driven by real IMAP clients.
+# Real-server interop run: real Dovecot and Postfix behind postern, driven by real
+# IMAP, POP3 and SMTP clients.
 #
 #   bash tests/interop/run.sh
 #
 # Builds postern (`cargo build --release`) unless POSTERN_BIN is set, installs and
-# starts a private Dovecot (tests/interop/dovecot.sh), proves the harness with
-# dovecot_selfcheck.py, writes target/interop/postern.toml (fresh SQLite database
-# each run), starts `postern serve`, runs imap_suite.py, and always stops both.
-# Exit status: the suite's. Everything lands under target/interop/.
+# starts a private Dovecot (tests/interop/dovecot.sh) and Postfix submission server
+# (tests/interop/postfix.sh), proves the harness with dovecot_selfcheck.py, writes
+# target/interop/postern.toml (fresh SQLite database each run), starts `postern
+# serve`, runs imap_suite.py then pop3_smtp_suite.py, and always stops everything.
+# Exit status: non-zero if either suite failed. Everything lands under target/interop/.
 #
 # Ports: Dovecot IMAP 127.0.0.1:14143 (STARTTLS) / 14993 (TLS), POP3 14110 / 14995;
+#        Postfix submission 127.0.0.1:14587 (STARTTLS, Dovecot SASL, XCLIENT);
 #        postern IMAP 127.0.0.1:11143 (STARTTLS, plaintext auth off) / 11993 (TLS),
+#        POP3 11110 / 11995, submission 11587 / 11465 (same choices),
 #        web 127.0.0.1:18080.
 set -euo pipefail
 
@@ -19,10 +23,15 @@ cd "$ROOT"
 HERE=tests/interop
 OUT=$ROOT/target/interop
 DOVECOT_DIR=$OUT/dovecot
+POSTFIX_DIR=$OUT/postfix
 CONFIG=$OUT/postern.toml
 POSTERN_LOG=$OUT/postern.log
 POSTERN_IMAP=127.0.0.1:11143
 POSTERN_IMAPS=127.0.0.1:11993
+POSTERN_POP3=127.0.0.1:11110
+POSTERN_POP3S=127.0.0.1:11995
+POSTERN_SMTP=127.0.0.1:11587
+POSTERN_SMTPS=127.0.0.1:11465
 POSTERN_PID=""
 
 log() { echo "== run.sh: $*"; }
@@ -50,7 +59,12 @@ cleanup() {
             echo "---- tail of $DOVECOT_DIR/dovecot.log ----"
             tail -n 40 "$DOVECOT_DIR/dovecot.log"
         fi
+        if [ -f "$POSTFIX_DIR/postfix.log" ]; then
+            echo "---- tail of $POSTFIX_DIR/postfix.log ----"
+            tail -n 40 "$POSTFIX_DIR/postfix.log"
+        fi
     fi
+    bash "$HERE/postfix.sh" stop "$POSTFIX_DIR"
     bash "$HERE/dovecot.sh" stop "$DOVECOT_DIR"
     exit "$rc"
 }
@@ -72,10 +86,15 @@ log "install and start Dovecot"
 bash "$HERE/dovecot.sh" install
 bash "$HERE/dovecot.sh" start "$DOVECOT_DIR"
 
+log "install and start Postfix (submission, Dovecot SASL)"
+bash "$HERE/postfix.sh" install
+bash "$HERE/postfix.sh" start "$POSTFIX_DIR" "$DOVECOT_DIR"
+
 log "harness self-check against Dovecot directly"
 DOVECOT_DIR=$DOVECOT_DIR python3 "$HERE/dovecot_selfcheck.py"
 
-for p in $POSTERN_IMAP $POSTERN_IMAPS 127.0.0.1:18080; do
+ALL_PORTS="$POSTERN_IMAP $POSTERN_IMAPS $POSTERN_POP3 $POSTERN_POP3S $POSTERN_SMTP $POSTERN_SMTPS"
+for p in $ALL_PORTS 127.0.0.1:18080; do
     if port_open "$p"; then echo "$p is already in use (a postern left running?)" >&2; exit 1; fi
 done
 
@@ -108,6 +127,22 @@ upstream = "127.0.0.1:14143"
 upstream_tls = "none"
 allow_plaintext_auth = false
 
+[pop3]
+listen = ["$POSTERN_POP3"]
+listen_tls = ["$POSTERN_POP3S"]
+upstream = "127.0.0.1:14110"
+upstream_tls = "none"
+allow_plaintext_auth = false
+
+[smtp]
+listen = ["$POSTERN_SMTP"]
+listen_tls = ["$POSTERN_SMTPS"]
+upstream = "127.0.0.1:14587"
+upstream_tls = "none"
+allow_plaintext_auth = false
+upstream_login = "auth"
+hostname = "postern.example.test"
+
 [upstream_auth]
 mode = "master"
 master_user = "proxy"
@@ -125,10 +160,12 @@ for _ in $(seq 1 600); do   # at most ~60 s (first start runs migrations)
         echo "postern serve exited early" >&2
         exit 1
     fi
-    if port_open "$POSTERN_IMAP" && port_open "$POSTERN_IMAPS"; then up=1; break; fi
+    up=1
+    for p in $ALL_PORTS; do port_open "$p" || { up=0; break; }; done
+    [ "$up" -eq 1 ] && break
     sleep 0.1
 done
-[ "$up" -eq 1 ] || { echo "postern IMAP ports did not open within 60 s" >&2; exit 1; }
+[ "$up" -eq 1 ] || { echo "postern ports did not open within 60 s" >&2; exit 1; }
 
 log "IMAP suite"
 set +e
@@ -136,6 +173,16 @@ POSTERN_BIN=$POSTERN_BIN POSTERN_CONFIG=$CONFIG \
 POSTERN_IMAP=$POSTERN_IMAP POSTERN_IMAPS=$POSTERN_IMAPS \
 POSTERN_CA_FILE=$OUT/postern-tls.crt KNOWN_MESSAGE=$DOVECOT_DIR/known-message.eml \
     python3 "$HERE/imap_suite.py"
-status=$?
+imap_status=$?
+
+log "POP3 and SMTP suite"
+POSTERN_BIN=$POSTERN_BIN POSTERN_CONFIG=$CONFIG \
+POSTERN_POP3=$POSTERN_POP3 POSTERN_POP3S=$POSTERN_POP3S \
+POSTERN_SMTP=$POSTERN_SMTP POSTERN_SMTPS=$POSTERN_SMTPS \
+POSTERN_CA_FILE=$OUT/postern-tls.crt DOVECOT_DIR=$DOVECOT_DIR \
+KNOWN_MESSAGE=$DOVECOT_DIR/known-message.eml \
+    python3 "$HERE/pop3_smtp_suite.py"
+mail_status=$?
 set -e
-exit "$status"
+log "IMAP suite exit $imap_status, POP3/SMTP suite exit $mail_status"
+[ "$imap_status" -eq 0 ] && [ "$mail_status" -eq 0 ]

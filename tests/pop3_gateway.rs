@@ -1,0 +1,167 @@
+//! POP3 through the 2-step gate, against a fake upstream in this process.
+
+mod mail_fakes;
+
+use mail_fakes::*;
+use postern::policy::Protocol;
+
+async fn setup() -> (Postern, Log) {
+    let (upstream, log) = fake_pop3().await;
+    let postern = Postern::start(Protocol::Pop3, upstream, "allow_plaintext_auth = true").await;
+    (postern, log)
+}
+
+async fn connect(postern: &Postern) -> Client {
+    let mut c = Client::connect(postern.plain_addr()).await;
+    assert!(c.line().await.starts_with("+OK"));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_enrolled_primary_password_passes_through() {
+    let (postern, log) = setup().await;
+    let mut c = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert_eq!(c.line().await, "+OK fake logged in");
+    c.send("STAT\r\n").await;
+    assert_eq!(c.line().await, "+OK STAT");
+    assert_eq!(
+        log.logins(),
+        vec![(String::new(), ALICE.into(), ALICE_PRIMARY.into())]
+    );
+
+    // USER/PASS is passed on as the same SASL PLAIN login.
+    let mut c = connect(&postern).await;
+    c.send(&format!("USER {ALICE}\r\n")).await;
+    assert!(c.line().await.starts_with("+OK"));
+    c.send(&format!("PASS {ALICE_PRIMARY}\r\n")).await;
+    assert_eq!(c.line().await, "+OK fake logged in");
+    assert_eq!(log.logins().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_primary_refused_and_nothing_reaches_the_upstream() {
+    let (postern, log) = setup().await;
+    postern.enroll(ALICE).await;
+    let mut c = connect(&postern).await;
+    c.send(&format!("USER {ALICE}\r\nPASS {ALICE_PRIMARY}\r\n"))
+        .await;
+    assert!(c.line().await.starts_with("+OK"));
+    assert!(c.line().await.starts_with("-ERR [AUTH] "));
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("-ERR [AUTH] "));
+    settle().await;
+    assert!(log.all().is_empty(), "{:?}", log.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_password_logs_in_as_master() {
+    let (postern, log) = setup().await;
+    postern.enroll(ALICE).await;
+    let password = postern.app_password(ALICE, "pop3").await;
+    let mut c = connect(&postern).await;
+    c.send(&format!("USER {ALICE}\r\nPASS {password}\r\n"))
+        .await;
+    assert!(c.line().await.starts_with("+OK"));
+    assert_eq!(c.line().await, "+OK fake logged in");
+    assert_eq!(
+        log.logins(),
+        vec![(ALICE.into(), "proxy".into(), "masterpw".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_only_app_password_refused() {
+    let (postern, log) = setup().await;
+    postern.enroll(ALICE).await;
+    let password = postern.app_password(ALICE, "imap").await;
+    let mut c = connect(&postern).await;
+    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, &password)))
+        .await;
+    assert!(c.line().await.starts_with("-ERR [AUTH] "));
+    settle().await;
+    assert!(log.logins().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_reach_the_upstream_once_in_order() {
+    let (postern, log) = setup().await;
+    let mut c = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\nSTAT\r\nLIST\r\nUIDL 1\r\nQUIT\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert_eq!(c.line().await, "+OK fake logged in");
+    assert_eq!(c.line().await, "+OK STAT");
+    assert_eq!(c.line().await, "+OK LIST");
+    assert_eq!(c.line().await, "+OK UIDL 1");
+    assert_eq!(c.line().await, "+OK bye");
+    let commands = log.commands();
+    let after: Vec<&str> = commands
+        .iter()
+        .skip_while(|c| !c.starts_with("AUTH"))
+        .skip(1)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(after, ["STAT", "LIST", "UIDL 1", "QUIT"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_temporary() {
+    let down = closed_port().await;
+    let postern = Postern::start(Protocol::Pop3, down, "allow_plaintext_auth = true").await;
+    let mut c = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("-ERR [SYS/TEMP] "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_before_login_are_not_forwarded() {
+    let (postern, log) = setup().await;
+    let mut c = connect(&postern).await;
+    c.send("STAT\r\nRETR 1\r\n").await;
+    assert!(c.line().await.starts_with("-ERR"));
+    assert!(c.line().await.starts_with("-ERR"));
+    settle().await;
+    assert!(log.all().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_session_gets_err_auth() {
+    let (postern, _log) = setup().await;
+    let mut c = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert_eq!(c.line().await, "+OK fake logged in");
+    // The relay registers the session right after the login reply.
+    let mut killed = 0;
+    for _ in 0..50 {
+        killed = postern
+            .runtime
+            .registry
+            .kill_where("your session was ended", |_| true);
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    assert_eq!(killed, 1);
+    assert_eq!(c.line().await, "-ERR [AUTH] your session was ended");
+    assert!(c.closed().await);
+}

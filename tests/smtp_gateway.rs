@@ -1,0 +1,255 @@
+//! SMTP submission through the 2-step gate, against a fake upstream in this process.
+
+mod mail_fakes;
+
+use mail_fakes::*;
+use postern::policy::Protocol;
+
+async fn setup(extra: &str) -> (Postern, Log) {
+    let (upstream, log) = fake_smtp().await;
+    let extra = format!("allow_plaintext_auth = true\nhostname = \"gw.test\"\n{extra}");
+    let postern = Postern::start(Protocol::Smtp, upstream, &extra).await;
+    (postern, log)
+}
+
+/// Connected, greeted and EHLO'd; returns the EHLO reply too.
+async fn connect(postern: &Postern) -> (Client, Vec<String>) {
+    let mut c = Client::connect(postern.plain_addr()).await;
+    assert_eq!(c.line().await, "220 gw.test ESMTP postern");
+    c.send("EHLO client.test\r\n").await;
+    let ehlo = c.reply().await;
+    assert!(ehlo.last().unwrap().starts_with("250 "), "{ehlo:?}");
+    (c, ehlo)
+}
+
+/// Mail transaction commands the upstream saw.
+fn mail_commands(log: &Log) -> Vec<String> {
+    log.commands()
+        .into_iter()
+        .filter(|c| {
+            let u = c.to_ascii_uppercase();
+            u.starts_with("MAIL") || u.starts_with("RCPT") || u == "DATA" || u.starts_with("BDAT")
+        })
+        .collect()
+}
+
+/// Kills every session once the one expected is registered (the relay
+/// registers it right after the login reply).
+async fn kill_all(postern: &Postern, reason: &str) -> usize {
+    for _ in 0..50 {
+        let killed = postern.runtime.registry.kill_where(reason, |_| true);
+        if killed > 0 {
+            return killed;
+        }
+        settle_briefly().await;
+    }
+    0
+}
+
+async fn settle_briefly() {
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ehlo_offers_the_upstreams_extensions_and_postern_auth() {
+    let (postern, _log) = setup("").await;
+    let (_c, ehlo) = connect(&postern).await;
+    let has = |word: &str| ehlo.iter().any(|l| l[4..].starts_with(word));
+    assert!(has("SIZE 31337"), "{ehlo:?}");
+    assert!(
+        has("PIPELINING") && has("8BITMIME") && has("STARTTLS"),
+        "{ehlo:?}"
+    );
+    assert!(has("AUTH PLAIN LOGIN"), "{ehlo:?}");
+    assert!(!has("XCLIENT"), "{ehlo:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_enrolled_primary_password_passes_through() {
+    let (postern, log) = setup("").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert_eq!(c.line().await, "235 2.7.0 fake accepted");
+    assert_eq!(
+        log.logins(),
+        vec![(String::new(), ALICE.into(), ALICE_PRIMARY.into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_primary_refused_and_no_login_reaches_the_upstream() {
+    let (postern, log) = setup("").await;
+    postern.enroll(ALICE).await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("535 5.7.8 "));
+    c.send("MAIL FROM:<alice@example.test>\r\n").await;
+    assert!(c.line().await.starts_with("530 5.7.0 "));
+    settle().await;
+    assert!(log.logins().is_empty());
+    assert!(!log.has_command("AUTH") && !log.has_command("XCLIENT LOGIN"));
+    assert!(mail_commands(&log).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_password_logs_in_as_master() {
+    let (postern, log) = setup("").await;
+    postern.enroll(ALICE).await;
+    let password = postern.app_password(ALICE, "smtp").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, &password)))
+        .await;
+    assert_eq!(c.line().await, "235 2.7.0 fake accepted");
+    assert_eq!(
+        log.logins(),
+        vec![(ALICE.into(), "proxy".into(), "masterpw".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_only_app_password_refused() {
+    let (postern, log) = setup("").await;
+    postern.enroll(ALICE).await;
+    let password = postern.app_password(ALICE, "imap,pop3").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, &password)))
+        .await;
+    assert!(c.line().await.starts_with("535 5.7.8 "));
+    settle().await;
+    assert!(log.logins().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xclient_mode_uses_xclient_login_for_app_passwords_only() {
+    let (postern, log) = setup("upstream_login = \"xclient\"").await;
+    postern.enroll(ALICE).await;
+    let password = postern.app_password(ALICE, "smtp").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, &password)))
+        .await;
+    assert!(c.line().await.starts_with("235 "));
+    c.send("MAIL FROM:<alice@example.test>\r\n").await;
+    assert_eq!(c.line().await, "250 2.0.0 MAIL FROM:<alice@example.test>");
+    assert!(
+        log.commands()
+            .iter()
+            .any(|l| l.starts_with(&format!("XCLIENT LOGIN={ALICE} "))),
+        "{:?}",
+        log.commands()
+    );
+    assert!(log.logins().is_empty(), "no password went upstream");
+    assert!(!log.has_command("AUTH"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xclient_mode_still_verifies_primary_passwords_with_auth() {
+    let (postern, log) = setup("upstream_login = \"xclient\"").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!("AUTH PLAIN {}\r\n", plain("", ALICE, "wrong")))
+        .await;
+    assert!(c.line().await.starts_with("535 5.7.8 "));
+    assert_eq!(
+        log.logins(),
+        vec![(String::new(), ALICE.into(), "wrong".into())]
+    );
+    assert!(!log.has_command("XCLIENT LOGIN"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_and_message_bytes_reach_the_upstream_unchanged() {
+    let (postern, log) = setup("").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert_eq!(c.line().await, "235 2.7.0 fake accepted");
+    assert_eq!(c.line().await, "250 2.0.0 MAIL FROM:<alice@example.test>");
+    assert_eq!(c.line().await, "250 2.0.0 RCPT TO:<bob@example.test>");
+    assert_eq!(c.line().await, "354 go ahead");
+    // Bare LF, a lone CR, dot-stuffed lines (a lone `.` line is sent as `..`)
+    // and 8-bit bytes: the relay must pass all of it on unchanged.
+    let message: &[u8] = b"Subject: bytes\r\n\r\nbare LF here\nthen CR alone\r more\r\n..a stuffed dot line\r\n..\r\n\x00\xff binary-ish\r\nlast line\r\n";
+    c.send_raw(message).await;
+    c.send("..\r\n.\r\nQUIT\r\n").await;
+    assert_eq!(c.line().await, "250 2.0.0 queued");
+    assert_eq!(c.line().await, "221 2.0.0 bye");
+    let data: Vec<Vec<u8>> = log
+        .all()
+        .into_iter()
+        .filter_map(|s| match s {
+            Seen::Data(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data, vec![[message, b"..\r\n"].concat()]);
+    let mail = mail_commands(&log);
+    assert_eq!(
+        mail,
+        [
+            "MAIL FROM:<alice@example.test>",
+            "RCPT TO:<bob@example.test>",
+            "DATA"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_temporary_and_ehlo_uses_defaults() {
+    let down = closed_port().await;
+    let postern = Postern::start(
+        Protocol::Smtp,
+        down,
+        "allow_plaintext_auth = true\nhostname = \"gw.test\"",
+    )
+    .await;
+    let (mut c, ehlo) = connect(&postern).await;
+    assert!(ehlo.iter().any(|l| l.ends_with("PIPELINING")), "{ehlo:?}");
+    assert!(!ehlo.iter().any(|l| l[4..].starts_with("SIZE")), "{ehlo:?}");
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("454 4.7.0 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_before_auth_is_refused_and_nothing_forwarded() {
+    let (postern, log) = setup("").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send("MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        .await;
+    assert!(c.line().await.starts_with("530 5.7.0 "));
+    assert!(c.line().await.starts_with("530 5.7.0 "));
+    // The third bad command ends the connection.
+    assert!(c.line().await.starts_with("421 4.7.0 "));
+    assert!(c.closed().await);
+    settle().await;
+    assert!(mail_commands(&log).is_empty());
+    assert!(log.logins().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_session_gets_421() {
+    let (postern, _log) = setup("").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("235 "));
+    assert_eq!(kill_all(&postern, "your app password was revoked").await, 1);
+    assert_eq!(c.line().await, "421 4.7.0 your app password was revoked");
+    assert!(c.closed().await);
+}
