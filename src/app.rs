@@ -15,6 +15,7 @@ use crate::config::{Config, LogFormat, ProtocolSettings};
 use crate::credentials::{AppPasswordVerifier, InstanceKey};
 use crate::gate::{Gate, MasterAccount};
 use crate::net::limiter::ConnectionLimiter;
+use crate::net::proxy::{self, TrustedProxies};
 use crate::net::tls::{self, ServerTls};
 use crate::policy::Protocol;
 use crate::recheck::Rechecker;
@@ -43,6 +44,9 @@ pub struct Runtime {
     pub tls: ServerTls,
     pub registry: SessionRegistry,
     pub limiter: ConnectionLimiter,
+    pub proxies: TrustedProxies,
+    /// Accept loops, stopped first on shutdown.
+    listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Runtime {
@@ -79,8 +83,44 @@ impl Runtime {
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
             ),
+            proxies: TrustedProxies::new(config.proxy_protocol.trusted_proxies.clone()),
+            listeners: std::sync::Mutex::default(),
             store,
         })
+    }
+
+    /// Graceful shutdown: close the listeners, let live sessions finish for up to
+    /// `drain`, then end the rest with a goodbye.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.stop_accepting();
+        info!(
+            sessions = self.registry.len(),
+            drain_secs = drain.as_secs(),
+            "shutting down: listeners closed, letting sessions finish"
+        );
+        if tokio::time::timeout(drain, self.registry.wait_empty())
+            .await
+            .is_err()
+        {
+            let dropped = self
+                .registry
+                .kill_where("postern is shutting down; please reconnect.", |_| true);
+            info!(
+                sessions = dropped,
+                "drain time over; ending the remaining sessions"
+            );
+            // Each session writes its goodbye and closes; give them a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.registry.wait_empty()).await;
+        }
+    }
+
+    /// Closes every listening socket; live sessions go on.
+    pub fn stop_accepting(&self) {
+        if let Ok(mut listeners) = self.listeners.lock() {
+            for handle in listeners.drain(..) {
+                handle.abort();
+            }
+        }
     }
 
     fn context(
@@ -160,13 +200,17 @@ impl Runtime {
                 implicit_tls,
                 addr: local,
             });
-            tokio::spawn(accept_loop(
+            let handle = tokio::spawn(accept_loop(
                 listener,
                 ctx.clone(),
                 handler.clone(),
                 implicit_tls,
                 self.limiter.clone(),
+                self.proxies.clone(),
             ));
+            if let Ok(mut listeners) = self.listeners.lock() {
+                listeners.push(handle);
+            }
         }
         Ok(bound)
     }
@@ -186,9 +230,11 @@ async fn accept_loop<H: ProtocolHandler>(
     handler: Arc<H>,
     implicit_tls: bool,
     limiter: ConnectionLimiter,
+    proxies: TrustedProxies,
 ) {
+    let protocol = handler.protocol();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (mut tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -197,14 +243,33 @@ async fn accept_loop<H: ProtocolHandler>(
                 continue;
             }
         };
-        let Some(permit) = limiter.try_acquire(peer.ip()) else {
-            warn!(protocol = %handler.protocol(), client = %peer.ip(), "connection limit reached; closing");
-            continue;
-        };
-        let (ctx, handler) = (ctx.clone(), handler.clone());
+        let (ctx, handler, limiter, proxies) = (
+            ctx.clone(),
+            handler.clone(),
+            limiter.clone(),
+            proxies.clone(),
+        );
         tokio::spawn(async move {
-            let _permit = permit;
-            session::handle_connection(ctx, handler, tcp, peer, implicit_tls).await;
+            let client = match proxy::client_address(
+                &mut tcp,
+                peer,
+                &proxies,
+                ctx.handshake_timeout,
+            )
+            .await
+            {
+                Ok(client) => client,
+                Err(err) => {
+                    warn!(%protocol, proxy = %peer.ip(), error = %err, "PROXY header refused; closing");
+                    return;
+                }
+            };
+            // Limits apply to the real client, not to a load balancer in front.
+            let Some(_permit) = limiter.try_acquire(client.ip()) else {
+                warn!(%protocol, client = %client.ip(), "connection limit reached; closing");
+                return;
+            };
+            session::handle_connection(ctx, handler, tcp, client, implicit_tls).await;
         });
     }
 }
@@ -236,10 +301,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     runtime.bind_all(&config).await?;
     runtime.start_rechecks(&config);
     wait_for_shutdown(&runtime).await?;
-    let dropped = runtime
-        .registry
-        .kill_where("postern is shutting down", |_| true);
-    info!(sessions = dropped, "shutting down");
+    runtime
+        .shutdown(Duration::from_secs(config.limits.drain_secs))
+        .await;
     runtime.store.close().await;
     Ok(())
 }

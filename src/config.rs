@@ -366,6 +366,9 @@ pub struct LimitsConfig {
     /// Argon2 verifications running at once (others queue).
     #[serde(default = "default_argon2")]
     pub argon2_parallelism: usize,
+    /// Seconds SIGTERM lets live sessions finish before saying goodbye.
+    #[serde(default = "default_drain")]
+    pub drain_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -379,6 +382,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: default_per_ip(),
             max_connections: default_total(),
             argon2_parallelism: default_argon2(),
+            drain_secs: default_drain(),
         }
     }
 }
@@ -400,6 +404,9 @@ fn default_per_ip() -> usize {
 }
 fn default_total() -> usize {
     20_000
+}
+fn default_drain() -> u64 {
+    30
 }
 fn default_argon2() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -126,3 +126,34 @@ async fn an_expiring_app_password_ends_its_session_when_it_expires() {
     // No stored change happens: the sweep notices the expiry by itself.
     dropped_with(&mut client, "expired").await;
 }
+
+#[tokio::test]
+async fn shutdown_closes_listeners_lets_sessions_finish_then_says_goodbye() {
+    let (_fake, gateway) = setup().await;
+    let mut finishing = session(&gateway, ALICE, "alice-primary").await;
+    let mut lingering = session(&gateway, BOB, "bob-primary").await;
+    let addr = gateway.addr(Protocol::Imap, false);
+    let runtime = &gateway.runtime;
+    let shutdown = runtime.shutdown(std::time::Duration::from_secs(2));
+    let client_side = async {
+        // New connections are refused once the listeners are closed.
+        let mut refused = false;
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(refused, "listener still open");
+        // A session that finishes during the drain does so normally.
+        still_alive(&mut finishing).await;
+        finishing.send(b"q LOGOUT\r\n").await;
+        let bye = finishing.until("q OK").await.concat();
+        assert!(!bye.contains("shutting down"), "{bye}");
+        // One still open at the end of the drain gets a goodbye.
+        dropped_with(&mut lingering, "shutting down").await;
+    };
+    tokio::join!(shutdown, client_side);
+    assert!(runtime.registry.is_empty());
+}

@@ -2,5 +2,6 @@
 //! that changes from plain to TLS on STARTTLS.
 
 pub mod limiter;
+pub mod proxy;
 pub mod stream;
 pub mod tls;

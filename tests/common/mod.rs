@@ -163,13 +163,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
         self.stream.get_mut().write_all(bytes).await.expect("write");
     }
 
-    /// One line including CRLF, or "" at end of stream.
+    /// One line including CRLF, or "" at end of stream (a reset counts as the
+    /// end: a server closing with unread input resets the connection).
     pub async fn line(&mut self) -> String {
         let mut line = Vec::new();
-        tokio::time::timeout(IO_TIMEOUT, self.stream.read_until(b'\n', &mut line))
+        match tokio::time::timeout(IO_TIMEOUT, self.stream.read_until(b'\n', &mut line))
             .await
             .expect("read timed out")
-            .expect("read");
+        {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => line.clear(),
+            Err(err) => panic!("read: {err}"),
+        }
         String::from_utf8_lossy(&line).into_owned()
     }
 
