@@ -97,10 +97,12 @@ impl SessionRegistry {
         format!("{}-{}-{id}", self.inner.node, std::process::id())
     }
 
-    pub fn register(&self, session: NewSession) -> SessionHandle {
+    /// Registers a session; its row in the shared table is written before this
+    /// returns, so `session list` on any node shows it once the session relays.
+    pub async fn register(&self, session: NewSession) -> SessionHandle {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (kill, killed) = watch::channel(None);
-        if let Some(store) = self.inner.store.clone() {
+        if let Some(store) = &self.inner.store {
             let row = SessionRow {
                 id: self.row_id(id),
                 node: self.inner.node.clone(),
@@ -110,11 +112,9 @@ impl SessionRegistry {
                 client_ip: session.client.ip().to_string(),
                 started_at: session.started_at,
             };
-            tokio::spawn(async move {
-                if let Err(err) = store.register_session(&row).await {
-                    tracing::debug!(error = %err, "could not list the session in the store");
-                }
-            });
+            if let Err(err) = store.register_session(&row).await {
+                tracing::debug!(error = %err, "could not list the session in the store");
+            }
         }
         let info = SessionInfo { id, session };
         if let Ok(mut sessions) = self.inner.sessions.lock() {
@@ -248,8 +248,12 @@ mod tests {
     #[tokio::test]
     async fn entries_leave_on_drop_and_kills_reach_the_session() {
         let registry = SessionRegistry::new("n1".into(), None);
-        let mut a = registry.register(session("a@x", SessionCredential::Primary));
-        let b = registry.register(session("b@x", SessionCredential::AppPassword(4)));
+        let mut a = registry
+            .register(session("a@x", SessionCredential::Primary))
+            .await;
+        let b = registry
+            .register(session("b@x", SessionCredential::AppPassword(4)))
+            .await;
         assert_eq!(registry.len(), 2);
         assert_eq!(
             registry.kill_where("forced", |s| s.session.user == "a@x"),

@@ -337,14 +337,17 @@ async fn relay<H: ProtocolHandler>(
         allowed_until,
     } = established;
     let protocol = handler.protocol();
-    let mut handle = ctx.registry.register(NewSession {
-        user: user.clone(),
-        protocol,
-        credential,
-        client: peer,
-        started_at: unix_now(),
-        allowed_until,
-    });
+    let mut handle = ctx
+        .registry
+        .register(NewSession {
+            user: user.clone(),
+            protocol,
+            credential,
+            client: peer,
+            started_at: unix_now(),
+            allowed_until,
+        })
+        .await;
     let end = tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => RelayEnd::Closed(result),
         reason = handle.killed() => RelayEnd::Killed(reason),

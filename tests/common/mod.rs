@@ -38,12 +38,23 @@ impl Gateway {
 
     /// `imap_extra` goes into `[imap]`, `auth_extra` into `[upstream_auth]`.
     pub async fn start(upstream: SocketAddr, imap_extra: &str, auth_extra: &str) -> Gateway {
+        Self::start_on(upstream, imap_extra, auth_extra, None).await
+    }
+
+    /// Like [`Gateway::start`] on the given store URL (SQLite in a temporary
+    /// folder when `None`).
+    pub async fn start_on(
+        upstream: SocketAddr,
+        imap_extra: &str,
+        auth_extra: &str,
+        store_url: Option<&str>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = |name: &str| dir.path().join(name).display().to_string();
         let text = format!(
             r#"
 [store]
-url = "sqlite://{db}"
+url = "{db}"
 [secrets]
 key_file = "{key}"
 [tls]
@@ -60,7 +71,7 @@ master_user = "proxy"
 master_password = "masterpw"
 {auth_extra}
 "#,
-            db = path("p.db"),
+            db = store_url.map_or_else(|| format!("sqlite://{}", path("p.db")), str::to_owned),
             key = path("k"),
             cert = path("c.crt"),
             tlskey = path("c.key"),
