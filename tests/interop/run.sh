@@ -183,6 +183,16 @@ POSTERN_CA_FILE=$OUT/postern-tls.crt DOVECOT_DIR=$DOVECOT_DIR \
 KNOWN_MESSAGE=$DOVECOT_DIR/known-message.eml \
     python3 "$HERE/pop3_smtp_suite.py"
 mail_status=$?
+
+log "live-session suite"
+PYTHONPATH=$HERE POSTERN_BIN=$POSTERN_BIN POSTERN_CONFIG=$CONFIG \
+POSTERN_IMAPS=$POSTERN_IMAPS \
+POSTERN_POP3=$POSTERN_POP3 POSTERN_POP3S=$POSTERN_POP3S \
+POSTERN_SMTP=$POSTERN_SMTP POSTERN_SMTPS=$POSTERN_SMTPS \
+POSTERN_CA_FILE=$OUT/postern-tls.crt DOVECOT_DIR=$DOVECOT_DIR \
+KNOWN_MESSAGE=$DOVECOT_DIR/known-message.eml \
+    python3 "$HERE/live_suite.py"
+live_status=$?
 set -e
-log "IMAP suite exit $imap_status, POP3/SMTP suite exit $mail_status"
-[ "$imap_status" -eq 0 ] && [ "$mail_status" -eq 0 ]
+log "IMAP suite exit $imap_status, POP3/SMTP suite exit $mail_status, live-session suite exit $live_status"
+[ "$imap_status" -eq 0 ] && [ "$mail_status" -eq 0 ] && [ "$live_status" -eq 0 ]
