@@ -8,6 +8,7 @@
 
 mod driver;
 pub mod imap;
+mod primary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio_rustls::TlsConnector;
 
 pub use driver::handle_connection;
+pub use primary::{PrimaryCheckError, verify_primary_password};
 
 use crate::config::{LimitsConfig, ProtocolSettings};
 use crate::gate::Gate;
