@@ -57,8 +57,9 @@ pub struct Inner {
     pub attempts: Attempts,
     /// `public_url` is https: cookies get `Secure`.
     pub secure_cookies: bool,
-    /// What mail clients should connect to, for the set-up instructions.
-    pub mail_host: String,
+    /// What mail clients should connect to, for the set-up instructions (the
+    /// host of `public_url`; else the host the browser used).
+    pub mail_host: Option<String>,
     /// `(protocol, port, "SSL/TLS" | "STARTTLS")` as configured.
     pub mail_ports: Vec<(Protocol, u16, &'static str)>,
 }
@@ -83,15 +84,15 @@ impl WebState {
             .map(|(_, rest)| rest)
             .and_then(|rest| rest.split(['/', ':']).next())
             .filter(|host| !host.is_empty())
-            .unwrap_or("the host name of this page")
-            .to_owned();
+            .map(str::to_owned);
         let mut mail_ports = Vec::new();
         for protocol in Protocol::ALL {
             if let Some(settings) = config.protocol(protocol).transpose()? {
-                if let Some(addr) = settings.listen_tls.first() {
+                // Port 0 (tests) says nothing a user could type.
+                if let Some(addr) = settings.listen_tls.first().filter(|a| a.port() != 0) {
                     mail_ports.push((protocol, addr.port(), "SSL/TLS"));
                 }
-                if let Some(addr) = settings.listen.first() {
+                if let Some(addr) = settings.listen.first().filter(|a| a.port() != 0) {
                     mail_ports.push((protocol, addr.port(), "STARTTLS"));
                 }
             }

@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::extract::{Form, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -309,8 +309,21 @@ pub struct CreateForm {
 pub async fn create_app_password(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
+    headers: HeaderMap,
     Form(form): Form<CreateForm>,
 ) -> Response {
+    let host = state
+        .mail_host
+        .clone()
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(name, _)| Some(name)))
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "this server's name".to_owned());
     let user = match require_user(&current) {
         Ok(user) => user,
         Err(redirect) => return redirect.into_response(),
@@ -378,7 +391,7 @@ pub async fn create_app_password(
             }
             div.card {
                 h2 { "Setting up the app" }
-                p { "Everywhere: server " strong { (state.mail_host) } ", user name " strong { (user.address) } ", password: the application password above." }
+                p { "Everywhere: server " strong { (host) } ", user name " strong { (user.address) } ", password: the application password above." }
                 @if !ports.is_empty() { ul { @for line in &ports { li { (line) } } } }
                 h3 { "Thunderbird" }
                 p { "Account Settings → Server Settings: set the server, the user name and the security as above; when asked for a password, paste the application password and tick “Use Password Manager”." }

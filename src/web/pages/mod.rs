@@ -21,6 +21,7 @@ pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/", get(home))
         .route("/style.css", get(stylesheet))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login::form).post(login::password))
         .route("/login/code", get(login::code_form).post(login::code))
         .route("/login/enroll", get(login::enroll_form).post(login::enroll))
