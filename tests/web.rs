@@ -734,3 +734,29 @@ async fn the_json_api_logs_in_and_creates_an_app_password() {
     assert!(list.body.contains("\"name\":\"phone\""), "{}", list.body);
     assert!(list.body.contains("\"scopes\":[\"imap\"]"), "{}", list.body);
 }
+
+#[tokio::test]
+async fn cookies_are_secure_behind_an_https_public_url() {
+    let w = world().await;
+    let mut config = w.gateway.config.clone();
+    config.web.public_url = Some("https://mail.example.test".into());
+    let state = WebState::from_runtime(&w.gateway.runtime, &config).expect("state");
+    assert_eq!(state.mail_host.as_deref(), Some("mail.example.test"));
+    let mut browser = Browser::new(&router(state));
+    let page = browser.get("/login").await;
+    let cookie = page.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn a_first_start_creates_one_system_administrator_only_once() {
+    let w = world().await;
+    let store = w.gateway.store();
+    assert_eq!(store.sysadmin_count().await.unwrap(), 0);
+    postern::web::ops::ensure_first_sysadmin(store).await;
+    let hash = store.sysadmin_hash("admin").await.unwrap().expect("admin");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    postern::web::ops::ensure_first_sysadmin(store).await;
+    assert_eq!(store.sysadmin_count().await.unwrap(), 1);
+    assert_eq!(store.sysadmin_hash("admin").await.unwrap(), Some(hash));
+}
