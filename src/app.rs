@@ -300,6 +300,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = Runtime::build(&config).await?;
     runtime.bind_all(&config).await?;
     runtime.start_rechecks(&config);
+    crate::web::spawn(&runtime, &config).await?;
     wait_for_shutdown(&runtime).await?;
     runtime
         .shutdown(Duration::from_secs(config.limits.drain_secs))

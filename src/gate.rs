@@ -93,6 +93,11 @@ impl Gate {
         &self.store
     }
 
+    /// The instance key (keyed hashes, cookies, backup codes).
+    pub fn key(&self) -> &InstanceKey {
+        &self.key
+    }
+
     /// Decides a mail login.
     pub async fn check(&self, presented: &Credentials, protocol: Protocol, now: i64) -> Verdict {
         let Ok(address) = normalize_address(&presented.username) else {

@@ -15,3 +15,4 @@ pub mod registry;
 pub mod secret;
 pub mod session;
 pub mod store;
+pub mod web;

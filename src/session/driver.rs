@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use super::{ClientCore, ProtocolHandler, SharedContext, UpstreamCore};
-use crate::config::UpstreamTls;
+use crate::config::{ProtocolSettings, UpstreamTls};
 use crate::gate::{SessionCredential, Verdict};
 use crate::net::stream::MaybeTls;
 use crate::net::tls;
@@ -216,7 +217,12 @@ async fn login<H: ProtocolHandler>(
     };
     let upstream_core = handler.upstream_core(core, request);
     let limit = Duration::from_secs(ctx.settings.upstream_timeout_secs);
-    let outcome = match timeout(limit, upstream_login(ctx, upstream_core)).await {
+    let outcome = match timeout(
+        limit,
+        upstream_login(&ctx.settings, &ctx.upstream_tls, upstream_core),
+    )
+    .await
+    {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(err)) => UpstreamOutcome::Failed(format!("upstream: {err}")),
         Err(_) => UpstreamOutcome::Failed("upstream login timed out".into()),
@@ -252,7 +258,7 @@ async fn login<H: ProtocolHandler>(
     }
 }
 
-enum UpstreamOutcome {
+pub(super) enum UpstreamOutcome {
     LoggedIn {
         stream: MaybeTls,
         reply: Vec<u8>,
@@ -262,12 +268,13 @@ enum UpstreamOutcome {
     Failed(String),
 }
 
-/// Connects upstream and drives the upstream-login core to its end.
-async fn upstream_login<U: UpstreamCore>(
-    ctx: &SharedContext,
+/// Connects upstream and drives the upstream-login core to its end. Shared by
+/// mail sessions and the web login's primary-password check.
+pub(super) async fn upstream_login<U: UpstreamCore>(
+    settings: &ProtocolSettings,
+    connector: &TlsConnector,
     mut core: U,
 ) -> io::Result<UpstreamOutcome> {
-    let settings = &ctx.settings;
     let tcp = TcpStream::connect(settings.upstream.as_str()).await?;
     let _ = tcp.set_nodelay(true);
     let name = || {
@@ -276,7 +283,7 @@ async fn upstream_login<U: UpstreamCore>(
     };
     let mut stream = match settings.upstream_tls {
         UpstreamTls::Implicit => {
-            MaybeTls::ClientTls(Box::new(ctx.upstream_tls.connect(name()?, tcp).await?))
+            MaybeTls::ClientTls(Box::new(connector.connect(name()?, tcp).await?))
         }
         UpstreamTls::None | UpstreamTls::Starttls => MaybeTls::Plain(tcp),
     };
@@ -289,9 +296,7 @@ async fn upstream_login<U: UpstreamCore>(
                     let MaybeTls::Plain(tcp) = stream else {
                         return Ok(UpstreamOutcome::Failed("STARTTLS inside TLS".into()));
                     };
-                    stream = MaybeTls::ClientTls(Box::new(
-                        ctx.upstream_tls.connect(name()?, tcp).await?,
-                    ));
+                    stream = MaybeTls::ClientTls(Box::new(connector.connect(name()?, tcp).await?));
                 }
                 UpstreamStep::LoggedIn {
                     client_reply,

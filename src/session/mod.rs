@@ -10,6 +10,7 @@ mod driver;
 pub mod imap;
 pub mod pop3;
 pub mod smtp;
+mod primary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio_rustls::TlsConnector;
 
 pub use driver::handle_connection;
+pub use primary::{PrimaryCheckError, verify_primary_password};
 
 use crate::config::{LimitsConfig, ProtocolSettings};
 use crate::gate::Gate;

@@ -1,0 +1,596 @@
+//! The JSON API under `/api/v1` (documented in `docs/openapi.yaml`): the same
+//! actions as the pages, through the same `ops`. Authentication is the session
+//! cookie; every mutation carries the session's token in `X-CSRF-Token` (get it,
+//! and a session, from `GET /api/v1/session`).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::ops::{self, CodeOutcome, PasswordOutcome, WebError};
+use super::pages::admin_parse_since;
+use super::session::{Auth, WebSession};
+use super::{Current, SessionCookie, WebState, with_cookie};
+use crate::policy::{DomainStatus, Protocol};
+use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord};
+
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/session", get(session))
+        .route("/login", post(login))
+        .route("/login/code", post(login_code))
+        .route("/login/enroll", post(enroll_confirm))
+        .route("/logout", post(logout))
+        .route("/account/two-step", get(two_step))
+        .route("/account/two-step/totp", post(totp_start))
+        .route("/account/two-step/totp/confirm", post(enroll_confirm))
+        .route("/account/two-step/backup-codes", post(backup_codes))
+        .route("/account/two-step/off", post(two_step_off))
+        .route(
+            "/account/app-passwords",
+            get(list_app_passwords).post(create_app_password),
+        )
+        .route("/account/app-passwords/{id}", delete(revoke_app_password))
+        .route("/domain", get(domain))
+        .route("/domain/two-step", post(domain_status))
+        .route("/domain/users/{address}/reset", post(domain_reset))
+        .route("/admin/login", post(admin_login))
+        .route("/admin/domains", get(admin_domains).post(admin_add_domain))
+        .route("/admin/domains/{name}/feature", post(admin_feature))
+        .route("/admin/domains/{name}/admins", post(admin_add_admin))
+        .route("/admin/impersonate", post(admin_impersonate))
+        .route("/admin/audit", get(admin_audit))
+}
+
+/// An error as `{"error": "..."}` with its status.
+pub struct ApiError(StatusCode, String);
+
+impl From<WebError> for ApiError {
+    fn from(err: WebError) -> Self {
+        ApiError(err.status(), err.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        WebError::from(err).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn unauthorized() -> ApiError {
+    ApiError(StatusCode::UNAUTHORIZED, "sign in first".into())
+}
+
+fn live(current: &Current) -> Result<(String, WebSession), ApiError> {
+    current.session.clone().ok_or_else(unauthorized)
+}
+
+/// The logged-in user: `(address, actor)`.
+fn user(current: &Current) -> Result<(String, String), ApiError> {
+    match live(current)?.1.auth {
+        Auth::User {
+            address,
+            impersonator,
+        } => {
+            let actor = ops::user_actor(&address, impersonator.as_deref());
+            Ok((address, actor))
+        }
+        _ => Err(unauthorized()),
+    }
+}
+
+fn sysadmin(current: &Current) -> Result<(String, String), ApiError> {
+    match live(current)?.1.auth {
+        Auth::Sysadmin { name } => {
+            let actor = format!("sysadmin:{name}");
+            Ok((name, actor))
+        }
+        _ => Err(unauthorized()),
+    }
+}
+
+fn describe(auth: &Auth) -> serde_json::Value {
+    match auth {
+        Auth::Anonymous => json!({ "state": "anonymous" }),
+        Auth::SecondStep { address } => json!({ "state": "second_step", "address": address }),
+        Auth::MustEnroll { address } => json!({ "state": "must_enroll", "address": address }),
+        Auth::User {
+            address,
+            impersonator,
+        } => json!({ "state": "user", "address": address, "impersonator": impersonator }),
+        Auth::Sysadmin { name } => json!({ "state": "sysadmin", "name": name }),
+    }
+}
+
+/// The session (started if there is none) and its CSRF token.
+async fn session(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    match &current.session {
+        Some((_, s)) => {
+            Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })).into_response()
+        }
+        None => {
+            let (id, s) = state.sessions.create(Auth::Anonymous);
+            with_cookie(
+                SessionCookie::Set(id),
+                Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })),
+            )
+        }
+    }
+}
+
+/// A rotated session: new cookie, and the new token in the body.
+fn rotated(state: &WebState, old: &str, auth: Auth) -> Response {
+    let (id, s) = state.sessions.rotate(old, auth);
+    with_cookie(
+        SessionCookie::Set(id),
+        Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })),
+    )
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    address: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<LoginBody>,
+) -> ApiResult {
+    let (id, _) = live(&current)?;
+    match ops::password_step(&state, &body.address, &body.password, current.client).await? {
+        PasswordOutcome::Wrong => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong address or password".into(),
+        )),
+        PasswordOutcome::Next(auth) => Ok(rotated(&state, &id, auth)),
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeBody {
+    code: String,
+}
+
+async fn login_code(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<CodeBody>,
+) -> ApiResult {
+    let (id, session) = live(&current)?;
+    let Auth::SecondStep { address } = session.auth else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no second step pending".into(),
+        ));
+    };
+    let ip = current.ip_string();
+    match ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await? {
+        CodeOutcome::Accepted => Ok(rotated(
+            &state,
+            &id,
+            Auth::User {
+                address,
+                impersonator: None,
+            },
+        )),
+        CodeOutcome::Replayed => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "code already used".into(),
+        )),
+        CodeOutcome::Locked => Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong codes; wait 15 minutes".into(),
+        )),
+        CodeOutcome::Wrong => Err(ApiError(StatusCode::UNAUTHORIZED, "wrong code".into())),
+    }
+}
+
+async fn logout(State(state): State<WebState>, Extension(current): Extension<Current>) -> Response {
+    if let Some((id, _)) = &current.session {
+        state.sessions.remove(id);
+    }
+    with_cookie(SessionCookie::Clear, StatusCode::NO_CONTENT)
+}
+
+/// The enrolling address: a logged-in user, or a forced enrollment pending.
+fn enrolling(current: &Current) -> Result<(String, String, bool), ApiError> {
+    let (_, session) = live(current)?;
+    match session.auth {
+        Auth::MustEnroll { address } => {
+            let actor = ops::user_actor(&address, None);
+            Ok((address, actor, true))
+        }
+        Auth::User {
+            address,
+            impersonator,
+        } => {
+            let actor = ops::user_actor(&address, impersonator.as_deref());
+            Ok((address, actor, false))
+        }
+        _ => Err(unauthorized()),
+    }
+}
+
+async fn two_step(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (address, _) = user(&current)?;
+    let (domain, record) = ops::user_context(&state, &address).await?;
+    Ok(Json(json!({
+        "enrolled": record.enrolled,
+        "domain_status": ops::effective_status(domain.as_ref()),
+    }))
+    .into_response())
+}
+
+async fn totp_start(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (address, actor, _) = enrolling(&current)?;
+    let pending = ops::pending_totp(&state, &address, &actor).await?;
+    Ok(Json(json!({ "secret": pending.secret, "otpauth_url": pending.otpauth })).into_response())
+}
+
+async fn enroll_confirm(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<CodeBody>,
+) -> ApiResult {
+    let (address, actor, forced) = enrolling(&current)?;
+    if !ops::confirm_totp(&state, &address, &body.code, &actor).await? {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong code".into()));
+    }
+    match (forced, &current.session) {
+        (true, Some((id, _))) => Ok(rotated(
+            &state,
+            id,
+            Auth::User {
+                address,
+                impersonator: None,
+            },
+        )),
+        _ => Ok(Json(json!({ "enrolled": true })).into_response()),
+    }
+}
+
+async fn backup_codes(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (address, actor) = user(&current)?;
+    let codes = ops::new_backup_codes(&state, &address, &actor).await?;
+    Ok(Json(json!({ "codes": codes })).into_response())
+}
+
+async fn two_step_off(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (address, actor) = user(&current)?;
+    ops::turn_off(&state, &address, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Serialize)]
+struct AppPasswordJson {
+    id: i64,
+    name: String,
+    scopes: Vec<&'static str>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    last_used_ip: Option<String>,
+    last_used_protocol: Option<String>,
+}
+
+impl From<AppPasswordRecord> for AppPasswordJson {
+    fn from(r: AppPasswordRecord) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            scopes: r.scopes.protocols().map(Protocol::as_str).collect(),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            last_used_at: r.last_used_at,
+            last_used_ip: r.last_used_ip,
+            last_used_protocol: r.last_used_protocol,
+        }
+    }
+}
+
+async fn list_app_passwords(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (address, _) = user(&current)?;
+    let list: Vec<AppPasswordJson> = ops::app_passwords(&state, &address)
+        .await?
+        .into_iter()
+        .map(AppPasswordJson::from)
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    scopes: Option<Vec<Protocol>>,
+    #[serde(default)]
+    expires_days: Option<u32>,
+}
+
+async fn create_app_password(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<CreateBody>,
+) -> ApiResult {
+    let (address, actor) = user(&current)?;
+    let scopes = match &body.scopes {
+        None => crate::policy::Scopes::ALL,
+        Some(list) => ops::scopes_from(
+            list.contains(&Protocol::Imap),
+            list.contains(&Protocol::Pop3),
+            list.contains(&Protocol::Smtp),
+        )?,
+    };
+    let issued = ops::create_app_password(
+        &state,
+        &address,
+        &body.name,
+        scopes,
+        body.expires_days,
+        &actor,
+    )
+    .await?;
+    let password = issued.password.display();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": issued.id, "password": password.expose() })),
+    )
+        .into_response())
+}
+
+async fn revoke_app_password(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    let (address, actor) = user(&current)?;
+    ops::revoke_app_password(&state, &address, id, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn domain_json(d: &DomainRecord) -> serde_json::Value {
+    json!({
+        "domain": d.name,
+        "feature": d.feature,
+        "status": d.status,
+        "effective_status": d.policy().effective_status(),
+        "grace_until": d.grace_until,
+    })
+}
+
+async fn domain_admin(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
+    let (address, actor) = user(current)?;
+    let domain = ops::administered_domain(state, &address).await?;
+    Ok((domain, actor))
+}
+
+async fn domain(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (domain, _) = domain_admin(&state, &current).await?;
+    let overview = ops::domain_overview(&state, &domain).await?;
+    let users: Vec<serde_json::Value> = overview
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "user": u.address, "enrolled": u.enrolled, "disabled": u.disabled,
+                "domain_admin": u.domain_admin, "app_passwords": u.app_passwords,
+                "last_used_at": u.last_used_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "domain": domain_json(&overview.domain),
+        "primary_sessions": overview.primary_sessions,
+        "users": users,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    status: DomainStatus,
+    #[serde(default)]
+    grace_days: Option<u32>,
+}
+
+async fn domain_status(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<StatusBody>,
+) -> ApiResult {
+    let (domain, actor) = domain_admin(&state, &current).await?;
+    ops::set_domain_status(&state, &domain, body.status, body.grace_days, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn domain_reset(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(address): Path<String>,
+) -> ApiResult {
+    let (domain, actor) = domain_admin(&state, &current).await?;
+    ops::reset_user(&state, &domain, &address, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct AdminLoginBody {
+    name: String,
+    password: String,
+}
+
+async fn admin_login(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<AdminLoginBody>,
+) -> ApiResult {
+    let (id, _) = live(&current)?;
+    let ip = current.ip_string();
+    if ops::sysadmin_login(&state, &body.name, &body.password, ip.as_deref()).await? {
+        Ok(rotated(
+            &state,
+            &id,
+            Auth::Sysadmin {
+                name: body.name.trim().to_owned(),
+            },
+        ))
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong name or password".into(),
+        ))
+    }
+}
+
+async fn admin_domains(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    sysadmin(&current)?;
+    let list: Vec<serde_json::Value> = state
+        .store
+        .list_domains()
+        .await?
+        .iter()
+        .map(domain_json)
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+struct DomainBody {
+    domain: String,
+}
+
+async fn admin_add_domain(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<DomainBody>,
+) -> ApiResult {
+    let (_, actor) = sysadmin(&current)?;
+    let added = state.store.add_domain(&body.domain, &actor).await?;
+    Ok(Json(json!({ "added": added })).into_response())
+}
+
+#[derive(Deserialize)]
+struct FeatureBody {
+    on: bool,
+}
+
+async fn admin_feature(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(name): Path<String>,
+    Json(body): Json<FeatureBody>,
+) -> ApiResult {
+    let (_, actor) = sysadmin(&current)?;
+    state
+        .store
+        .set_domain_feature(&name, body.on, &actor)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct AddressBody {
+    address: String,
+}
+
+async fn admin_add_admin(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(name): Path<String>,
+    Json(body): Json<AddressBody>,
+) -> ApiResult {
+    let (_, actor) = sysadmin(&current)?;
+    state
+        .store
+        .set_domain_admin(&name, &body.address, &actor)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn admin_impersonate(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<AddressBody>,
+) -> ApiResult {
+    let (name, _) = sysadmin(&current)?;
+    let (id, _) = live(&current)?;
+    let ip = current.ip_string();
+    let address = ops::impersonate(&state, &name, &body.address, ip.as_deref()).await?;
+    Ok(rotated(
+        &state,
+        &id,
+        Auth::User {
+            address,
+            impersonator: Some(name),
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    user: Option<String>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn admin_audit(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult {
+    sysadmin(&current)?;
+    let filter = AuditFilter {
+        user: query.user.filter(|u| !u.trim().is_empty()),
+        since: admin_parse_since(query.since.as_deref())?,
+        limit: query.limit.unwrap_or(500).clamp(1, 5000),
+    };
+    let rows: Vec<serde_json::Value> = state
+        .store
+        .list_audit(filter)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({ "id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
+                    "target": r.target, "detail": r.detail, "ip": r.ip })
+        })
+        .collect();
+    Ok(Json(rows).into_response())
+}

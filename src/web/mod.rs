@@ -1,0 +1,290 @@
+//! The web UI and JSON API: user login with the second step, account pages
+//! (2-Step Authentication, application passwords), the domain administrator's
+//! card, the system administrator's console, `/healthz`.
+//!
+//! It talks to the store (and, for the primary password only, to the upstream
+//! IMAP server through `crate::session`); it never decides mail logins itself:
+//! `crate::policy` does, and `crate::recheck` drops sessions after the changes
+//! made here, through the store's event log.
+
+pub mod api;
+pub mod attempts;
+pub mod csrf;
+pub mod ops;
+pub mod pages;
+pub mod session;
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Deref;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsConnector;
+use tracing::{error, info, warn};
+
+use crate::app::Runtime;
+use crate::config::{Config, ProtocolSettings};
+use crate::credentials::InstanceKey;
+use crate::net::tls;
+use crate::policy::Protocol;
+use crate::store::Store;
+use attempts::Attempts;
+use session::{SessionStore, WebSession};
+
+/// Largest form or JSON body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct WebState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub key: InstanceKey,
+    /// Where primary passwords are checked; `None`: no `[imap]` section, so no
+    /// user can log in to the web UI (system administrators still can).
+    pub imap: Option<ProtocolSettings>,
+    pub connector: TlsConnector,
+    pub sessions: SessionStore,
+    pub attempts: Attempts,
+    /// `public_url` is https: cookies get `Secure`.
+    pub secure_cookies: bool,
+    /// What mail clients should connect to, for the set-up instructions (the
+    /// host of `public_url`; else the host the browser used).
+    pub mail_host: Option<String>,
+    /// `(protocol, port, "SSL/TLS" | "STARTTLS")` as configured.
+    pub mail_ports: Vec<(Protocol, u16, &'static str)>,
+}
+
+impl Deref for WebState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl WebState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// The state for a running gateway.
+    pub fn from_runtime(runtime: &Runtime, config: &Config) -> anyhow::Result<Self> {
+        let public_url = config.web.public_url.as_deref().unwrap_or("");
+        let mail_host = public_url
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .filter(|host| !host.is_empty())
+            .map(str::to_owned);
+        let mut mail_ports = Vec::new();
+        for protocol in Protocol::ALL {
+            if let Some(settings) = config.protocol(protocol).transpose()? {
+                // Port 0 (tests) says nothing a user could type.
+                if let Some(addr) = settings.listen_tls.first().filter(|a| a.port() != 0) {
+                    mail_ports.push((protocol, addr.port(), "SSL/TLS"));
+                }
+                if let Some(addr) = settings.listen.first().filter(|a| a.port() != 0) {
+                    mail_ports.push((protocol, addr.port(), "STARTTLS"));
+                }
+            }
+        }
+        Ok(Self::new(Inner {
+            store: runtime.store.clone(),
+            key: runtime.gate.key().clone(),
+            imap: config.protocol(Protocol::Imap).transpose()?,
+            connector: tls::upstream_connector(&config.upstream_auth.ca_file)?,
+            sessions: SessionStore::default(),
+            attempts: Attempts::default(),
+            secure_cookies: public_url.starts_with("https://"),
+            mail_host,
+            mail_ports,
+        }))
+    }
+}
+
+/// What the guard middleware learned about a request, for the handlers.
+#[derive(Clone, Debug)]
+pub struct Current {
+    /// The session named by the cookie, if it is live.
+    pub session: Option<(String, WebSession)>,
+    pub client: Option<SocketAddr>,
+}
+
+impl Current {
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.client.map(|c| c.ip())
+    }
+
+    pub fn ip_string(&self) -> Option<String> {
+        self.ip().map(|ip| ip.to_string())
+    }
+}
+
+/// Put on a response by a handler that started, replaced or ended the session.
+#[derive(Clone, Debug)]
+pub enum SessionCookie {
+    Set(String),
+    Clear,
+}
+
+/// Attaches a session change to a response.
+pub fn with_cookie(cookie: SessionCookie, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(cookie);
+    response
+}
+
+/// Every route.
+pub fn router(state: WebState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(pages::routes())
+        .nest("/api/v1", api::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<WebState>) -> Response {
+    match state.store.sysadmin_count().await {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(err) => {
+            warn!(error = %err, "healthz: the store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == session::COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn forbidden(why: &'static str) -> Response {
+    (StatusCode::FORBIDDEN, why).into_response()
+}
+
+/// Sessions, CSRF and the security headers, around every route.
+async fn guard(State(state): State<WebState>, request: Request, next: Next) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let session =
+        session_cookie(request.headers()).and_then(|id| state.sessions.get(&id).map(|s| (id, s)));
+    let mut request = request;
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let Some((_, live)) = &session else {
+            return secure(forbidden("no session: reload the page"), true);
+        };
+        let header_token = request
+            .headers()
+            .get(csrf::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let presented = match header_token {
+            Some(token) => Some(token),
+            None => {
+                let is_form = request
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+                if !is_form {
+                    None
+                } else {
+                    let (parts, body) = request.into_parts();
+                    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+                        return secure(
+                            (StatusCode::PAYLOAD_TOO_LARGE, "form too large").into_response(),
+                            true,
+                        );
+                    };
+                    let token = csrf::form_token(&bytes);
+                    request = Request::from_parts(parts, Body::from(bytes));
+                    token
+                }
+            }
+        };
+        if !csrf::matches(presented.as_deref(), &live.csrf) {
+            return secure(
+                forbidden("missing or wrong CSRF token: reload the page"),
+                true,
+            );
+        }
+    }
+    let cacheable = request.uri().path() == "/style.css";
+    request.extensions_mut().insert(Current { session, client });
+    let mut response = next.run(request).await;
+    if let Some(change) = response.extensions().get::<SessionCookie>().cloned() {
+        let flags = if state.secure_cookies {
+            "; Path=/; HttpOnly; SameSite=Strict; Secure"
+        } else {
+            "; Path=/; HttpOnly; SameSite=Strict"
+        };
+        let value = match change {
+            SessionCookie::Set(id) => format!("{}={id}{flags}", session::COOKIE),
+            SessionCookie::Clear => format!("{}={flags}; Max-Age=0", session::COOKIE),
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    secure(response, !cacheable)
+}
+
+/// The headers every response carries.
+fn secure(mut response: Response, no_store: bool) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if no_store {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// Called once by `serve`: the first-start administrator, then the listener.
+pub async fn spawn(runtime: &Runtime, config: &Config) -> anyhow::Result<SocketAddr> {
+    ops::ensure_first_sysadmin(&runtime.store).await;
+    let state = WebState::from_runtime(runtime, config)?;
+    let listener = TcpListener::bind(config.web.listen)
+        .await
+        .with_context(|| format!("binding the web listener {}", config.web.listen))?;
+    let local = listener.local_addr()?;
+    info!(listen = %local, "web UI and API listening");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            error!(error = %err, "the web listener stopped");
+        }
+    });
+    Ok(local)
+}

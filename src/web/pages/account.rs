@@ -1,0 +1,424 @@
+//! Account pages of a logged-in user: overview, 2-Step Authentication, and
+//! application passwords.
+
+use axum::Extension;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::login::enroll_card;
+use super::{UserSession, error_page, fmt_time, page, post_button, require_user, user_nav};
+use crate::policy::{DomainStatus, Protocol};
+use crate::store::FactorKind;
+use crate::web::ops::{self, WebError};
+use crate::web::{Current, WebState};
+
+async fn chrome(
+    state: &WebState,
+    user: &UserSession,
+) -> Result<(Markup, bool, DomainStatus, bool), WebError> {
+    let (domain, record) = ops::user_context(state, &user.address).await?;
+    let status = ops::effective_status(domain.as_ref());
+    Ok((
+        user_nav(user, record.domain_admin),
+        record.enrolled,
+        status,
+        record.domain_admin,
+    ))
+}
+
+fn status_text(status: DomainStatus) -> &'static str {
+    match status {
+        DomainStatus::Disabled => "not available for your domain",
+        DomainStatus::Enabled => "available: you may turn it on",
+        DomainStatus::Forced => "required by your domain",
+    }
+}
+
+pub async fn overview(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let (nav, enrolled, status, domain_admin) = match chrome(&state, &user).await {
+        Ok(c) => c,
+        Err(err) => return error_page(&err),
+    };
+    page(
+        "Account",
+        nav,
+        html! {
+            div.card {
+                h2 { (user.address) }
+                p { "2-Step Authentication: "
+                    @if enrolled { span.ok { "on" } } @else { "off" }
+                    " (" (status_text(status)) ")." }
+                p { a href="/account/two-step" { "Manage 2-Step Authentication" } }
+                p { a href="/account/app-passwords" { "Application passwords for mail apps" } }
+                @if domain_admin { p { a href="/domain" { "Domain settings" } } }
+            }
+        },
+    )
+    .into_response()
+}
+
+fn backup_codes_card(csrf: &str) -> Markup {
+    html! {
+        div.card {
+            h2 { "Backup codes" }
+            p { "Ten single-use codes for when your phone is not at hand. Creating new ones voids the old ones." }
+            (post_button("/account/two-step/backup-codes", csrf, "Create backup codes", ""))
+        }
+    }
+}
+
+async fn two_step_page(state: &WebState, user: &UserSession, error: Option<&str>) -> Response {
+    let (nav, enrolled, status, _) = match chrome(state, user).await {
+        Ok(c) => c,
+        Err(err) => return error_page(&err),
+    };
+    let body = if enrolled {
+        let factors = match ops::user_context(state, &user.address).await {
+            Ok((_, record)) => state
+                .store
+                .second_factors(record.id)
+                .await
+                .unwrap_or_default(),
+            Err(err) => return error_page(&err),
+        };
+        html! {
+            div.card {
+                p.ok { "2-Step Authentication is on." }
+                ul {
+                    @for f in factors.iter().filter(|f| f.confirmed) {
+                        li { @if f.kind == FactorKind::Totp { "Authenticator app" } @else { "Recovery e-mail" }
+                             span.muted { ", added " (fmt_time(Some(f.created_at))) } }
+                    }
+                }
+                p.muted { "Mail apps now need an " a href="/account/app-passwords" { "application password" } "." }
+            }
+            (backup_codes_card(&user.csrf))
+            @if status != DomainStatus::Forced {
+                div.card {
+                    h2 { "Turn off" }
+                    p { "Removes your authenticator app and backup codes." }
+                    (post_button("/account/two-step/off", &user.csrf, "Turn off 2-Step Authentication", "danger"))
+                }
+            }
+        }
+    } else if status == DomainStatus::Disabled {
+        html! { div.card { p { "Your administrator has not turned on 2-Step Authentication for your domain." } } }
+    } else {
+        match ops::pending_totp(state, &user.address, &user.actor()).await {
+            Ok(pending) => html! {
+                p { "2-Step Authentication is off. Once it is on, signing in here needs a code from your phone, and mail apps use application passwords." }
+                (enroll_card(&user.csrf, "/account/two-step/confirm", &pending, error))
+            },
+            Err(err) => return error_page(&err),
+        }
+    };
+    let status_code = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (status_code, page("2-Step Authentication", nav, body)).into_response()
+}
+
+pub async fn two_step(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    match require_user(&current) {
+        Ok(user) => two_step_page(&state, &user, None).await,
+        Err(redirect) => redirect.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    code: String,
+}
+
+pub async fn confirm(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    match ops::confirm_totp(&state, &user.address, &form.code, &user.actor()).await {
+        Ok(true) => Redirect::to("/account/two-step").into_response(),
+        Ok(false) => {
+            two_step_page(
+                &state,
+                &user,
+                Some("That code is not right; try the next one."),
+            )
+            .await
+        }
+        Err(err) => error_page(&err),
+    }
+}
+
+pub async fn backup_codes(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let codes = match ops::new_backup_codes(&state, &user.address, &user.actor()).await {
+        Ok(codes) => codes,
+        Err(err) => return error_page(&err),
+    };
+    let (nav, ..) = match chrome(&state, &user).await {
+        Ok(c) => c,
+        Err(err) => return error_page(&err),
+    };
+    page(
+        "Backup codes",
+        nav,
+        html! {
+            div.card {
+                p { "Write these down or print them now: they are shown only once. Each works once." }
+                ul.codes { @for code in &codes { li { (code) } } }
+                p { a href="/account/two-step" { "Done" } }
+            }
+        },
+    )
+    .into_response()
+}
+
+pub async fn off(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    match ops::turn_off(&state, &user.address, &user.actor()).await {
+        Ok(()) => Redirect::to("/account/two-step").into_response(),
+        Err(err) => error_page(&err),
+    }
+}
+
+fn create_form(csrf: &str, error: Option<&str>) -> Markup {
+    html! {
+        div.card {
+            h2 { "New application password" }
+            @if let Some(error) = error { p.error role="alert" { (error) } }
+            form method="post" action="/account/app-passwords" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="name" { "Device or app name" }
+                input #name type="text" name="name" maxlength="64" placeholder="Thunderbird at home" required;
+                fieldset {
+                    legend { "May be used for" }
+                    label.check { input type="checkbox" name="imap" value="on" checked; "IMAP (read mail)" }
+                    label.check { input type="checkbox" name="pop3" value="on" checked; "POP3 (download mail)" }
+                    label.check { input type="checkbox" name="smtp" value="on" checked; "SMTP (send mail)" }
+                }
+                label for="expires_days" { "Expires after (days, empty: never)" }
+                input #expires_days type="number" name="expires_days" min="1" max="3650";
+                button type="submit" { "Create" }
+            }
+        }
+    }
+}
+
+async fn list_page(state: &WebState, user: &UserSession, error: Option<&str>) -> Response {
+    let (nav, ..) = match chrome(state, user).await {
+        Ok(c) => c,
+        Err(err) => return error_page(&err),
+    };
+    let list = match ops::app_passwords(state, &user.address).await {
+        Ok(list) => list,
+        Err(err) => return error_page(&err),
+    };
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        page(
+            "Application passwords",
+            nav,
+            html! {
+                p { "Mail apps (Thunderbird, Apple Mail, Outlook, phones) sign in with an application password instead of your password. Create one per device; revoke it when the device is lost." }
+                (create_form(&user.csrf, error))
+                div.card.table {
+                    h2 { "Your application passwords" }
+                    @if list.is_empty() { p.muted { "None yet." } } @else {
+                        table {
+                            thead { tr { th { "Name" } th { "Scopes" } th { "Created" } th { "Expires" } th { "Last used" } th {} } }
+                            tbody {
+                                @for p in &list {
+                                    tr {
+                                        td { (p.name) }
+                                        td { (p.scopes) }
+                                        td { (fmt_time(Some(p.created_at))) }
+                                        td { (fmt_time(p.expires_at).replace("never", "—")) }
+                                        td {
+                                            (fmt_time(p.last_used_at))
+                                            @if let Some(ip) = &p.last_used_ip { br; span.muted { (ip) } }
+                                            @if let Some(proto) = &p.last_used_protocol { " " span.muted { (proto.to_uppercase()) } }
+                                        }
+                                        td { (post_button(&format!("/account/app-passwords/{}/revoke", p.id), &user.csrf, "Revoke", "danger small")) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ),
+    )
+        .into_response()
+}
+
+pub async fn app_passwords(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    match require_user(&current) {
+        Ok(user) => list_page(&state, &user, None).await,
+        Err(redirect) => redirect.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CreateForm {
+    name: String,
+    imap: Option<String>,
+    pop3: Option<String>,
+    smtp: Option<String>,
+    expires_days: Option<String>,
+}
+
+pub async fn create_app_password(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    headers: HeaderMap,
+    Form(form): Form<CreateForm>,
+) -> Response {
+    let host = state
+        .mail_host
+        .clone()
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(name, _)| Some(name)))
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "this server's name".to_owned());
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let scopes = match ops::scopes_from(
+        form.imap.is_some(),
+        form.pop3.is_some(),
+        form.smtp.is_some(),
+    ) {
+        Ok(scopes) => scopes,
+        Err(err) => return list_page(&state, &user, Some(&err.to_string())).await,
+    };
+    let expires_days = match form
+        .expires_days
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => None,
+        Some(text) => match text.parse::<u32>() {
+            Ok(days) => Some(days),
+            Err(_) => return list_page(&state, &user, Some("expiry: a number of days")).await,
+        },
+    };
+    let issued = match ops::create_app_password(
+        &state,
+        &user.address,
+        &form.name,
+        scopes,
+        expires_days,
+        &user.actor(),
+    )
+    .await
+    {
+        Ok(issued) => issued,
+        Err(WebError::BadRequest(msg)) => return list_page(&state, &user, Some(&msg)).await,
+        Err(err) => return error_page(&err),
+    };
+    let (nav, ..) = match chrome(&state, &user).await {
+        Ok(c) => c,
+        Err(err) => return error_page(&err),
+    };
+    let password = issued.password.display();
+    let ports: Vec<String> = state
+        .mail_ports
+        .iter()
+        .filter(|(p, ..)| scopes.contains(*p))
+        .map(|(p, port, security)| {
+            let name = match p {
+                Protocol::Imap => "IMAP",
+                Protocol::Pop3 => "POP3",
+                Protocol::Smtp => "SMTP",
+            };
+            format!("{name}: port {port}, {security}")
+        })
+        .collect();
+    page(
+        "Your new application password",
+        nav,
+        html! {
+            div.card {
+                p { "For " strong { (form.name.trim()) } " (" (scopes) "). It is shown only this once: type it into the app now." }
+                p { span.secret { (password.expose()) } }
+                p.muted { "Spaces, dashes and capital letters do not matter." }
+            }
+            div.card {
+                h2 { "Setting up the app" }
+                p { "Everywhere: server " strong { (host) } ", user name " strong { (user.address) } ", password: the application password above." }
+                @if !ports.is_empty() { ul { @for line in &ports { li { (line) } } } }
+                h3 { "Thunderbird" }
+                p { "Account Settings → Server Settings: set the server, the user name and the security as above; when asked for a password, paste the application password and tick “Use Password Manager”." }
+                h3 { "Apple Mail (macOS, iPhone, iPad)" }
+                p { "Settings → Mail → Accounts → Add Account → Other → Add Mail Account: your address, and the application password as the password. Then set the incoming and outgoing server to the host above." }
+                h3 { "Outlook" }
+                p { "File → Add Account → Advanced options → Let me set up my account manually → IMAP (or POP): the servers and ports above, then the application password." }
+                h3 { "Android and other phones" }
+                p { "Add an “Other” / IMAP account, choose manual setup, and enter the server, your address as user name, and the application password." }
+                p { a href="/account/app-passwords" { "Done" } }
+            }
+        },
+    )
+    .into_response()
+}
+
+pub async fn revoke_app_password(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(id): Path<i64>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    match ops::revoke_app_password(&state, &user.address, id, &user.actor()).await {
+        Ok(()) => Redirect::to("/account/app-passwords").into_response(),
+        Err(err) => error_page(&err),
+    }
+}

@@ -1,0 +1,561 @@
+//! The domain administrator's Domain Settings card and the system
+//! administrator's console (domains, the feature switch, domain administrators,
+//! impersonation, the audit log).
+
+use axum::Extension;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::{
+    AdminSession, UserSession, admin_nav, error_page, fmt_time, page, require_sysadmin,
+    require_user, user_nav,
+};
+use crate::policy::DomainStatus;
+use crate::store::AuditFilter;
+use crate::web::ops::{self, WebError};
+use crate::web::session::Auth;
+use crate::web::{Current, SessionCookie, WebState, with_cookie};
+
+async fn domain_admin(
+    state: &WebState,
+    current: &Current,
+) -> Result<(UserSession, String), Box<Response>> {
+    let user = require_user(current).map_err(|r| Box::new(r.into_response()))?;
+    let domain = ops::administered_domain(state, &user.address)
+        .await
+        .map_err(|err| Box::new(error_page(&err)))?;
+    Ok((user, domain))
+}
+
+pub async fn domain(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let (user, domain) = match domain_admin(&state, &current).await {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let overview = match ops::domain_overview(&state, &domain).await {
+        Ok(overview) => overview,
+        Err(err) => return error_page(&err),
+    };
+    let d = &overview.domain;
+    let status_label = |s: DomainStatus| match s {
+        DomainStatus::Disabled => "Disabled",
+        DomainStatus::Enabled => "Enabled",
+        DomainStatus::Forced => "Forced",
+    };
+    page(
+        &format!("Domain settings: {}", d.name),
+        user_nav(&user, true),
+        html! {
+            div.card {
+                h2 { "2-Step Authentication" }
+                @if !d.feature {
+                    p.muted { "The system administrator has not turned on 2-Step Authentication for this domain, so it is Disabled. Your choice below is kept and applies once it is turned on." }
+                } @else {
+                    p { "Effective status: " strong { (status_label(d.policy().effective_status())) } }
+                }
+                form method="post" action="/domain/two-step" {
+                    input type="hidden" name="csrf" value=(user.csrf);
+                    label for="status" { "Status" }
+                    select #status name="status" disabled[!d.feature] {
+                        @for s in [DomainStatus::Disabled, DomainStatus::Enabled, DomainStatus::Forced] {
+                            option value=(s.as_str()) selected[d.status == s] { (status_label(s)) }
+                        }
+                    }
+                    label for="grace_days" { "Enrollment grace period for Forced (days, empty: none)" }
+                    input #grace_days type="number" name="grace_days" min="1" max="365" disabled[!d.feature];
+                    @if let Some(until) = d.grace_until { p.muted { "Current grace period ends " (fmt_time(Some(until))) "." } }
+                    p.warning {
+                        strong { "Forcing 2-Step Authentication disconnects third-party clients and devices" }
+                        " that sign in with a password; users must set up 2-Step Authentication and create application passwords. Tell your users before you force it. "
+                        "Right now " strong { (overview.primary_sessions) } " mail session(s) of this domain use a password and would be dropped for users who are not enrolled."
+                    }
+                    @if d.feature { button type="submit" { "Save" } }
+                }
+            }
+            div.card.table {
+                h2 { "Users" }
+                table {
+                    thead { tr { th { "Address" } th { "2-Step" } th { "App passwords" } th { "Last activity" } th {} } }
+                    tbody {
+                        @for u in &overview.users {
+                            tr {
+                                td { (u.address) @if u.domain_admin { " " span.muted { "(admin)" } } @if u.disabled { " " span.error { "disabled" } } }
+                                td { @if u.enrolled { span.ok { "enrolled" } } @else { "not enrolled" } }
+                                td { (u.app_passwords) }
+                                td { (fmt_time(u.last_used_at)) }
+                                td {
+                                    form.inline method="post" action="/domain/users/reset" {
+                                        input type="hidden" name="csrf" value=(user.csrf);
+                                        input type="hidden" name="address" value=(u.address);
+                                        button.danger.small type="submit" title="Removes the user's second factors, backup codes and application passwords" { "Reset 2-Step" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct StatusForm {
+    status: String,
+    grace_days: Option<String>,
+}
+
+fn parse_days(text: Option<&str>) -> Result<Option<u32>, WebError> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| WebError::BadRequest("days: a whole number".into())),
+    }
+}
+
+pub async fn domain_status(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<StatusForm>,
+) -> Response {
+    let (user, domain) = match domain_admin(&state, &current).await {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let status = match form.status.parse::<DomainStatus>() {
+        Ok(status) => status,
+        Err(msg) => return error_page(&WebError::BadRequest(msg)),
+    };
+    let days = match parse_days(form.grace_days.as_deref()) {
+        Ok(days) => days,
+        Err(err) => return error_page(&err),
+    };
+    match ops::set_domain_status(&state, &domain, status, days, &user.actor()).await {
+        Ok(()) => Redirect::to("/domain").into_response(),
+        Err(err) => error_page(&err),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AddressForm {
+    address: String,
+}
+
+pub async fn domain_reset(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    let (user, domain) = match domain_admin(&state, &current).await {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    match ops::reset_user(&state, &domain, &form.address, &user.actor()).await {
+        Ok(()) => Redirect::to("/domain").into_response(),
+        Err(err) => error_page(&err),
+    }
+}
+
+fn login_page(csrf: &str, error: Option<&str>) -> Markup {
+    page(
+        "System administrator",
+        html! {},
+        html! {
+            div.card {
+                @if let Some(error) = error { p.error role="alert" { (error) } }
+                form method="post" action="/admin/login" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="name" { "Name" }
+                    input #name type="text" name="name" autocomplete="username" required autofocus;
+                    label for="password" { "Password" }
+                    input #password type="password" name="password" autocomplete="current-password" required;
+                    button type="submit" { "Sign in" }
+                }
+            }
+        },
+    )
+}
+
+pub async fn login_form(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    match &current.session {
+        Some((_, s)) if matches!(s.auth, Auth::Sysadmin { .. }) => {
+            Redirect::to("/admin").into_response()
+        }
+        Some((_, s)) => login_page(&s.csrf, None).into_response(),
+        None => {
+            let (id, session) = state.sessions.create(Auth::Anonymous);
+            with_cookie(SessionCookie::Set(id), login_page(&session.csrf, None))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AdminLoginForm {
+    name: String,
+    password: String,
+}
+
+pub async fn login(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<AdminLoginForm>,
+) -> Response {
+    let Some((id, session)) = &current.session else {
+        return Redirect::to("/admin/login").into_response();
+    };
+    let ip = current.ip_string();
+    match ops::sysadmin_login(&state, &form.name, &form.password, ip.as_deref()).await {
+        Ok(true) => {
+            let (new_id, _) = state.sessions.rotate(
+                id,
+                Auth::Sysadmin {
+                    name: form.name.trim().to_owned(),
+                },
+            );
+            with_cookie(SessionCookie::Set(new_id), Redirect::to("/admin"))
+        }
+        Ok(false) => (
+            StatusCode::UNAUTHORIZED,
+            login_page(&session.csrf, Some("Wrong name or password.")),
+        )
+            .into_response(),
+        Err(WebError::Forbidden(msg)) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            login_page(&session.csrf, Some(&msg)),
+        )
+            .into_response(),
+        Err(err) => error_page(&err),
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "On" } else { "Off" }
+}
+
+pub async fn console(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let admin = match require_sysadmin(&current) {
+        Ok(admin) => admin,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let domains = match state.store.list_domains().await {
+        Ok(domains) => domains,
+        Err(err) => return error_page(&err.into()),
+    };
+    page(
+        "Domains",
+        admin_nav(&admin),
+        html! {
+            div.card.table {
+                table {
+                    thead { tr { th { "Domain" } th { "2-Step feature" } th { "Domain status" } th {} } }
+                    tbody {
+                        @for d in &domains {
+                            tr {
+                                td { a href=(format!("/admin/domains/{}", d.name)) { (d.name) } }
+                                td { (on_off(d.feature)) }
+                                td { (d.status.as_str()) }
+                                td { a href=(format!("/admin/domains/{}", d.name)) { "Manage" } }
+                            }
+                        }
+                    }
+                }
+                @if domains.is_empty() { p.muted { "No domains yet." } }
+            }
+            div.card {
+                h2 { "Add a domain" }
+                form method="post" action="/admin/domains" {
+                    input type="hidden" name="csrf" value=(admin.csrf);
+                    label for="domain" { "Domain" }
+                    input #domain type="text" name="domain" placeholder="example.com" required;
+                    button type="submit" { "Add" }
+                }
+            }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct DomainForm {
+    domain: String,
+}
+
+pub async fn add_domain(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<DomainForm>,
+) -> Response {
+    let admin = match require_sysadmin(&current) {
+        Ok(admin) => admin,
+        Err(redirect) => return redirect.into_response(),
+    };
+    match state
+        .store
+        .add_domain(&form.domain, &admin_actor(&admin))
+        .await
+    {
+        Ok(_) => Redirect::to("/admin").into_response(),
+        Err(err) => error_page(&err.into()),
+    }
+}
+
+fn admin_actor(admin: &AdminSession) -> String {
+    format!("sysadmin:{}", admin.name)
+}
+
+pub async fn domain_detail(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(name): Path<String>,
+) -> Response {
+    let admin = match require_sysadmin(&current) {
+        Ok(admin) => admin,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let domain = match state.store.domain(&name).await {
+        Ok(Some(domain)) => domain,
+        Ok(None) => return error_page(&WebError::NotFound),
+        Err(err) => return error_page(&err.into()),
+    };
+    let admins = match ops::domain_admins(&state, &domain.name).await {
+        Ok(admins) => admins,
+        Err(err) => return error_page(&err),
+    };
+    let base = format!("/admin/domains/{}", domain.name);
+    page(
+        &domain.name,
+        admin_nav(&admin),
+        html! {
+            div.card {
+                h2 { "Features" }
+                p { "2-Step Authentication: " strong { (on_off(domain.feature)) } }
+                p.muted { "While it is on, the domain administrator chooses Disabled, Enabled or Forced (now: " (domain.status.as_str()) ")." }
+                form method="post" action=(format!("{base}/feature")) {
+                    input type="hidden" name="csrf" value=(admin.csrf);
+                    input type="hidden" name="on" value=(if domain.feature { "off" } else { "on" });
+                    button type="submit" class=(if domain.feature { "danger" } else { "" }) {
+                        @if domain.feature { "Turn 2-Step Authentication off" } @else { "Turn 2-Step Authentication on" }
+                    }
+                }
+            }
+            div.card {
+                h2 { "Domain administrators" }
+                @if admins.is_empty() { p.muted { "None." } }
+                ul {
+                    @for a in &admins {
+                        li {
+                            (a) " "
+                            form.inline method="post" action="/admin/impersonate" {
+                                input type="hidden" name="csrf" value=(admin.csrf);
+                                input type="hidden" name="address" value=(a);
+                                button.small type="submit" { "Impersonate" }
+                            }
+                        }
+                    }
+                }
+                form method="post" action=(format!("{base}/admins")) {
+                    input type="hidden" name="csrf" value=(admin.csrf);
+                    label for="address" { "Make a user of this domain an administrator" }
+                    input #address type="email" name="address" placeholder=(format!("someone@{}", domain.name)) required;
+                    button type="submit" { "Add administrator" }
+                }
+            }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct FeatureForm {
+    on: String,
+}
+
+pub async fn feature(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(name): Path<String>,
+    Form(form): Form<FeatureForm>,
+) -> Response {
+    let admin = match require_sysadmin(&current) {
+        Ok(admin) => admin,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let on = match form.on.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => return error_page(&WebError::BadRequest("on or off".into())),
+    };
+    match state
+        .store
+        .set_domain_feature(&name, on, &admin_actor(&admin))
+        .await
+    {
+        Ok(()) => Redirect::to(&format!("/admin/domains/{name}")).into_response(),
+        Err(err) => error_page(&err.into()),
+    }
+}
+
+pub async fn add_admin(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Path(name): Path<String>,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    let admin = match require_sysadmin(&current) {
+        Ok(admin) => admin,
+        Err(redirect) => return redirect.into_response(),
+    };
+    match state
+        .store
+        .set_domain_admin(&name, &form.address, &admin_actor(&admin))
+        .await
+    {
+        Ok(()) => Redirect::to(&format!("/admin/domains/{name}")).into_response(),
+        Err(err) => error_page(&err.into()),
+    }
+}
+
+pub async fn impersonate(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    let admin = match require_sysadmin(&current) {
+        Ok(admin) => admin,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let ip = current.ip_string();
+    match ops::impersonate(&state, &admin.name, &form.address, ip.as_deref()).await {
+        Ok(address) => {
+            let (new_id, _) = state.sessions.rotate(
+                &admin.id,
+                Auth::User {
+                    address,
+                    impersonator: Some(admin.name),
+                },
+            );
+            with_cookie(SessionCookie::Set(new_id), Redirect::to("/domain"))
+        }
+        Err(err) => error_page(&err),
+    }
+}
+
+pub async fn stop_impersonating(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let Some(name) = user.impersonator else {
+        return Redirect::to("/account").into_response();
+    };
+    let ip = current.ip_string();
+    if let Err(err) = state
+        .store
+        .audit(
+            &format!("sysadmin:{name}"),
+            "impersonate.stop",
+            &user.address,
+            "web",
+            ip.as_deref(),
+        )
+        .await
+    {
+        return error_page(&err.into());
+    }
+    let (new_id, _) = state.sessions.rotate(&user.id, Auth::Sysadmin { name });
+    with_cookie(SessionCookie::Set(new_id), Redirect::to("/admin"))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    user: Option<String>,
+    since: Option<String>,
+}
+
+/// `YYYY-MM-DD` (UTC midnight) as Unix seconds.
+pub fn parse_since(text: Option<&str>) -> Result<Option<i64>, WebError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text, &format)
+        .map(|d| Some(d.midnight().assume_utc().unix_timestamp()))
+        .map_err(|_| WebError::BadRequest("since: a date like 2026-01-31".into()))
+}
+
+pub async fn audit(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Query(query): Query<AuditQuery>,
+) -> Response {
+    let admin = match require_sysadmin(&current) {
+        Ok(admin) => admin,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let since = match parse_since(query.since.as_deref()) {
+        Ok(since) => since,
+        Err(err) => return error_page(&err),
+    };
+    let user = query.user.clone().filter(|u| !u.trim().is_empty());
+    let filter = AuditFilter {
+        user: user.clone(),
+        since,
+        limit: 500,
+    };
+    let rows = match state.store.list_audit(filter).await {
+        Ok(rows) => rows,
+        Err(err) => return error_page(&err.into()),
+    };
+    page(
+        "Audit log",
+        admin_nav(&admin),
+        html! {
+            div.card {
+                form method="get" action="/admin/audit" {
+                    label for="user" { "User (address)" }
+                    input #user type="text" name="user" value=(user.unwrap_or_default());
+                    label for="since" { "Since (date)" }
+                    input #since type="date" name="since" value=(query.since.unwrap_or_default());
+                    button type="submit" { "Filter" }
+                }
+            }
+            div.card.table {
+                table {
+                    thead { tr { th { "Time" } th { "Actor" } th { "Action" } th { "Target" } th { "Detail" } th { "IP" } } }
+                    tbody {
+                        @for r in &rows {
+                            tr {
+                                td { (fmt_time(Some(r.at))) }
+                                td { (r.actor) }
+                                td { (r.action) }
+                                td { (r.target) }
+                                td { (r.detail) }
+                                td { (r.ip.clone().unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+                @if rows.is_empty() { p.muted { "Nothing matches." } }
+            }
+        },
+    )
+    .into_response()
+}

@@ -1,0 +1,272 @@
+//! Server-rendered HTML (maud): no script at all, one stylesheet route, forms that
+//! POST with the session's CSRF token.
+
+mod account;
+mod admin;
+pub use admin::parse_since as admin_parse_since;
+mod login;
+
+use axum::Extension;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::ops::WebError;
+use super::session::Auth;
+use super::{Current, WebState};
+
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/style.css", get(stylesheet))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/login", get(login::form).post(login::password))
+        .route("/login/code", get(login::code_form).post(login::code))
+        .route("/login/enroll", get(login::enroll_form).post(login::enroll))
+        .route("/logout", post(login::logout))
+        .route("/account", get(account::overview))
+        .route("/account/two-step", get(account::two_step))
+        .route("/account/two-step/confirm", post(account::confirm))
+        .route(
+            "/account/two-step/backup-codes",
+            post(account::backup_codes),
+        )
+        .route("/account/two-step/off", post(account::off))
+        .route(
+            "/account/app-passwords",
+            get(account::app_passwords).post(account::create_app_password),
+        )
+        .route(
+            "/account/app-passwords/{id}/revoke",
+            post(account::revoke_app_password),
+        )
+        .route("/domain", get(admin::domain))
+        .route("/domain/two-step", post(admin::domain_status))
+        .route("/domain/users/reset", post(admin::domain_reset))
+        .route("/admin", get(admin::console))
+        .route("/admin/login", get(admin::login_form).post(admin::login))
+        .route("/admin/domains", post(admin::add_domain))
+        .route("/admin/domains/{name}", get(admin::domain_detail))
+        .route("/admin/domains/{name}/feature", post(admin::feature))
+        .route("/admin/domains/{name}/admins", post(admin::add_admin))
+        .route("/admin/impersonate", post(admin::impersonate))
+        .route("/admin/impersonate/stop", post(admin::stop_impersonating))
+        .route("/admin/audit", get(admin::audit))
+}
+
+const CSS: &str = include_str!("style.css");
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+async fn home(Extension(current): Extension<Current>) -> Redirect {
+    match current.session.map(|(_, s)| s.auth) {
+        Some(Auth::User { .. }) => Redirect::to("/account"),
+        Some(Auth::Sysadmin { .. }) => Redirect::to("/admin"),
+        Some(Auth::SecondStep { .. }) => Redirect::to("/login/code"),
+        Some(Auth::MustEnroll { .. }) => Redirect::to("/login/enroll"),
+        Some(Auth::Anonymous) | None => Redirect::to("/login"),
+    }
+}
+
+/// A logged-in mail user (possibly impersonated).
+pub struct UserSession {
+    pub id: String,
+    pub csrf: String,
+    pub address: String,
+    pub impersonator: Option<String>,
+}
+
+impl UserSession {
+    pub fn actor(&self) -> String {
+        super::ops::user_actor(&self.address, self.impersonator.as_deref())
+    }
+}
+
+/// The user of this request, or where to send a browser that is not one: a
+/// half-logged-in session goes back to its pending step and nowhere else.
+pub fn require_user(current: &Current) -> Result<UserSession, Redirect> {
+    match &current.session {
+        Some((
+            id,
+            session @ super::session::WebSession {
+                auth:
+                    Auth::User {
+                        address,
+                        impersonator,
+                    },
+                ..
+            },
+        )) => Ok(UserSession {
+            id: id.clone(),
+            csrf: session.csrf.clone(),
+            address: address.clone(),
+            impersonator: impersonator.clone(),
+        }),
+        Some((_, s)) if matches!(s.auth, Auth::SecondStep { .. }) => {
+            Err(Redirect::to("/login/code"))
+        }
+        Some((_, s)) if matches!(s.auth, Auth::MustEnroll { .. }) => {
+            Err(Redirect::to("/login/enroll"))
+        }
+        _ => Err(Redirect::to("/login")),
+    }
+}
+
+/// A logged-in system administrator.
+pub struct AdminSession {
+    pub id: String,
+    pub csrf: String,
+    pub name: String,
+}
+
+pub fn require_sysadmin(current: &Current) -> Result<AdminSession, Redirect> {
+    match &current.session {
+        Some((id, session)) => match &session.auth {
+            Auth::Sysadmin { name } => Ok(AdminSession {
+                id: id.clone(),
+                csrf: session.csrf.clone(),
+                name: name.clone(),
+            }),
+            _ => Err(Redirect::to("/admin/login")),
+        },
+        None => Err(Redirect::to("/admin/login")),
+    }
+}
+
+/// The whole page around `body`.
+pub fn page(title: &str, nav: Markup, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · postern" }
+                link rel="stylesheet" href="/style.css";
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "postern" }
+                    (nav)
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// A POST button carrying the CSRF token.
+pub fn post_button(action: &str, csrf: &str, label: &str, class: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(action) {
+            input type="hidden" name="csrf" value=(csrf);
+            button class=(class) type="submit" { (label) }
+        }
+    }
+}
+
+/// Navigation for a mail user, with the impersonation banner.
+pub fn user_nav(user: &UserSession, domain_admin: bool) -> Markup {
+    html! {
+        nav {
+            a href="/account" { "Account" }
+            a href="/account/two-step" { "2-Step Authentication" }
+            a href="/account/app-passwords" { "Application passwords" }
+            @if domain_admin { a href="/domain" { "Domain settings" } }
+            (post_button("/logout", &user.csrf, "Sign out", "link"))
+        }
+        @if let Some(name) = &user.impersonator {
+            div.banner role="alert" {
+                "You are " strong { (name) } ", acting as " strong { (user.address) } ". "
+                (post_button("/admin/impersonate/stop", &user.csrf, "Stop impersonating", "link"))
+            }
+        }
+    }
+}
+
+pub fn admin_nav(admin: &AdminSession) -> Markup {
+    html! {
+        nav {
+            a href="/admin" { "Domains" }
+            a href="/admin/audit" { "Audit log" }
+            span.who { (admin.name) }
+            (post_button("/logout", &admin.csrf, "Sign out", "link"))
+        }
+    }
+}
+
+pub fn error_page(err: &WebError) -> Response {
+    let body = html! {
+        p.error { (err.to_string()) }
+        p { a href="/" { "Back" } }
+    };
+    (err.status(), page("Something went wrong", html! {}, body)).into_response()
+}
+
+/// Unix seconds as `2026-01-31 14:05 UTC`.
+pub fn fmt_time(at: Option<i64>) -> String {
+    let Some(at) = at else {
+        return "never".into();
+    };
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| at.to_string())
+}
+
+/// An inline SVG QR code (no script, no external image).
+pub fn qr_svg(data: &str) -> Markup {
+    use qrcode::QrCode;
+    use qrcode::render::svg;
+    match QrCode::new(data.as_bytes()) {
+        Ok(code) => {
+            let image = code
+                .render::<svg::Color>()
+                .min_dimensions(200, 200)
+                .dark_color(svg::Color("#000000"))
+                .light_color(svg::Color("#ffffff"))
+                .build();
+            let start = image.find("<svg").unwrap_or(0);
+            html! { div.qr { (PreEscaped(&image[start..])) } }
+        }
+        Err(_) => html! { p { "(The QR code could not be drawn; type the key below.)" } },
+    }
+}
+
+/// `ABCD EFGH ...`: easier to type into an app.
+pub fn grouped(secret: &str) -> String {
+    secret
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// 400/403 from a form, shown as a page.
+pub fn status_page(status: StatusCode, title: &str, message: &str) -> Response {
+    (
+        status,
+        page(
+            title,
+            html! {},
+            html! { p.error { (message) } p { a href="/" { "Back" } } },
+        ),
+    )
+        .into_response()
+}

@@ -1,0 +1,762 @@
+//! The web UI and API through the router, as a browser would use them: a fake IMAP
+//! upstream checks primary passwords, the store is a real SQLite file.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use common::fake_imap::FakeImap;
+use common::{Gateway, connect};
+use http_body_util::BodyExt;
+use postern::credentials::{CanonicalAppPassword, totp};
+use postern::policy::{DomainStatus, Protocol};
+use postern::store::{AuditFilter, FactorKind};
+use postern::web::{WebState, router};
+use tower::ServiceExt;
+
+const ALICE: &str = "alice@example.test";
+const BOB: &str = "bob@example.test";
+const DAVE: &str = "dave@forced.test";
+/// The secret `Gateway::enroll` provisions.
+const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+const CLIENT: &str = "192.0.2.7:50000";
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The CSRF token of the first form on the page.
+    fn csrf(&self) -> String {
+        between(&self.body, "name=\"csrf\" value=\"", "\"")
+    }
+
+    /// The text of the first `<span class="secret">`.
+    fn secret(&self) -> String {
+        between(&self.body, "<span class=\"secret\">", "</span>")
+    }
+}
+
+fn between(text: &str, start: &str, end: &str) -> String {
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} not in {text}"))
+        + start.len();
+    let len = text[from..].find(end).expect("end marker");
+    text[from..from + len].to_owned()
+}
+
+/// A cookie jar of one session cookie, in front of the router.
+struct Browser {
+    app: Router,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(app: &Router) -> Self {
+        Self {
+            app: app.clone(),
+            cookie: None,
+        }
+    }
+
+    async fn send(&mut self, mut request: Request<Body>) -> Page {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(CLIENT.parse::<SocketAddr>().expect("addr")));
+        if let Some(cookie) = &self.cookie {
+            request.headers_mut().insert(
+                header::COOKIE,
+                format!("postern_session={cookie}").parse().expect("cookie"),
+            );
+        }
+        let response = self.app.clone().oneshot(request).await.expect("response");
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(set) = headers.get(header::SET_COOKIE) {
+            let set = set.to_str().expect("ascii");
+            let value = between(set, "postern_session=", ";");
+            self.cookie = (!value.is_empty()).then_some(value);
+        }
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Page {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.send(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let body = serde_urlencoded::to_string(fields).expect("form");
+        self.send(
+            Request::post(path)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .expect("request"),
+        )
+        .await
+    }
+
+    async fn json(&mut self, method: &str, path: &str, csrf: Option<&str>, body: &str) -> Page {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = csrf {
+            request = request.header("x-csrf-token", token);
+        }
+        self.send(request.body(Body::from(body.to_owned())).expect("request"))
+            .await
+    }
+
+    /// Address and primary password on the login page.
+    async fn password_step(&mut self, address: &str, password: &str) -> Page {
+        let form = self.get("/login").await;
+        assert_eq!(form.status, StatusCode::OK);
+        let csrf = form.csrf();
+        self.post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("address", address),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+
+    /// Password, then a code on the second-step page.
+    async fn code_step(&mut self, code: &str) -> Page {
+        let form = self.get("/login/code").await;
+        assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+        let csrf = form.csrf();
+        self.post("/login/code", &[("csrf", &csrf), ("code", code)])
+            .await
+    }
+}
+
+struct World {
+    fake: FakeImap,
+    gateway: Gateway,
+    app: Router,
+}
+
+async fn world() -> World {
+    let fake = FakeImap::start(&[
+        (ALICE, "alice-primary"),
+        (BOB, "bob-primary"),
+        (DAVE, "dave-primary"),
+    ])
+    .await;
+    let gateway = Gateway::start_imap(fake.addr, "allow_plaintext_auth = true").await;
+    gateway.domain("example.test", DomainStatus::Enabled).await;
+    gateway.domain("forced.test", DomainStatus::Forced).await;
+    let state = WebState::from_runtime(&gateway.runtime, &gateway.config).expect("web state");
+    World {
+        app: router(state),
+        fake,
+        gateway,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A code for the step after the current one, so a test never collides with
+/// another use of the same step.
+fn code_now() -> String {
+    totp::code_at(SECRET, now()).expect("code")
+}
+
+#[tokio::test]
+async fn a_wrong_primary_password_is_refused_by_the_upstream() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(ALICE, "not-it").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.body.contains("Wrong address or password"));
+    assert_eq!(w.fake.refused(), 1);
+    // Not logged in.
+    assert_eq!(browser.get("/account").await.location(), "/login");
+}
+
+#[tokio::test]
+async fn an_enrolled_user_needs_a_totp_code_and_a_code_works_once() {
+    let w = world().await;
+    w.gateway.enroll(ALICE).await;
+    let mut browser = Browser::new(&w.app);
+    browser.get("/login").await;
+    let anonymous_cookie = browser.cookie.clone();
+    let page = browser.password_step(ALICE, "alice-primary").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/login/code");
+    // The upstream verified the password (and postern logged out again).
+    assert_eq!(w.fake.logins(), vec![ALICE]);
+    // The session id changed with the login step.
+    assert_ne!(browser.cookie, anonymous_cookie);
+
+    // Half logged in: nothing but the second step.
+    for path in [
+        "/account",
+        "/account/app-passwords",
+        "/account/two-step",
+        "/domain",
+    ] {
+        let page = browser.get(path).await;
+        assert_eq!(page.location(), "/login/code", "{path}");
+    }
+    let api = browser
+        .json("GET", "/api/v1/account/app-passwords", None, "")
+        .await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+
+    let code = code_now();
+    let before = browser.cookie.clone();
+    let page = browser.code_step(&code).await;
+    assert_eq!(page.location(), "/account", "{}", page.body);
+    assert_ne!(browser.cookie, before);
+    let account = browser.get("/account").await;
+    assert_eq!(account.status, StatusCode::OK);
+    assert!(account.body.contains(ALICE));
+
+    // Someone who saw the code cannot use it again.
+    let mut thief = Browser::new(&w.app);
+    thief.password_step(ALICE, "alice-primary").await;
+    let page = thief.code_step(&code).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.body.contains("already used"), "{}", page.body);
+    assert_eq!(thief.get("/account").await.location(), "/login/code");
+}
+
+#[tokio::test]
+async fn five_wrong_codes_lock_the_second_step() {
+    let w = world().await;
+    w.gateway.enroll(ALICE).await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    for _ in 0..5 {
+        let page = browser.code_step("000000").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    // Even the right code is refused now.
+    let page = browser.code_step(&code_now()).await;
+    assert!(page.body.contains("Too many wrong codes"), "{}", page.body);
+    assert_eq!(browser.get("/account").await.location(), "/login/code");
+}
+
+#[tokio::test]
+async fn a_backup_code_works_once_as_the_second_step() {
+    let w = world().await;
+    w.gateway.enroll(ALICE).await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    browser.code_step(&code_now()).await;
+    let page = browser.get("/account/two-step").await;
+    let csrf = page.csrf();
+    let codes = browser
+        .post("/account/two-step/backup-codes", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(codes.status, StatusCode::OK);
+    assert_eq!(codes.headers[header::CACHE_CONTROL], "no-store");
+    let first = between(&codes.body, "<ul class=\"codes\"><li>", "</li>");
+    assert_eq!(first.len(), 11, "{first}");
+
+    let mut phone_lost = Browser::new(&w.app);
+    phone_lost.password_step(ALICE, "alice-primary").await;
+    let page = phone_lost.code_step(&first.to_uppercase()).await;
+    assert_eq!(page.location(), "/account", "{}", page.body);
+
+    let mut again = Browser::new(&w.app);
+    again.password_step(ALICE, "alice-primary").await;
+    let page = again.code_step(&first).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_forced_user_must_enroll_before_anything_else() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(DAVE, "dave-primary").await;
+    assert_eq!(page.location(), "/login/enroll");
+    assert_eq!(browser.get("/account").await.location(), "/login/enroll");
+    assert_eq!(
+        browser.get("/account/app-passwords").await.location(),
+        "/login/enroll"
+    );
+
+    let page = browser.get("/login/enroll").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("<svg"), "QR code inline");
+    assert!(page.body.contains("otpauth") || page.body.contains("Key:"));
+    let secret: String = page.secret().split_whitespace().collect();
+    // The same pending secret on a reload: the QR code a user scanned stays valid.
+    let again: String = browser
+        .get("/login/enroll")
+        .await
+        .secret()
+        .split_whitespace()
+        .collect();
+    assert_eq!(secret, again);
+
+    let code = totp::code_at(&secret, now()).expect("code");
+    let page = browser
+        .post("/login/enroll", &[("csrf", &page.csrf()), ("code", &code)])
+        .await;
+    assert_eq!(page.location(), "/account/two-step", "{}", page.body);
+    let user = w.gateway.store().user(DAVE).await.unwrap().unwrap();
+    assert!(user.enrolled);
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn enrolling_from_the_account_page_needs_a_confirming_code() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(BOB, "bob-primary").await;
+    assert_eq!(page.location(), "/account");
+    let page = browser.get("/account/two-step").await;
+    let secret: String = page.secret().split_whitespace().collect();
+    let user = w.gateway.store().user(BOB).await.unwrap().unwrap();
+    let factors = w.gateway.store().second_factors(user.id).await.unwrap();
+    assert_eq!(factors.len(), 1);
+    assert_eq!(factors[0].kind, FactorKind::Totp);
+    assert!(!factors[0].confirmed, "not counted before a code");
+    assert!(!user.enrolled);
+
+    let wrong = browser
+        .post(
+            "/account/two-step/confirm",
+            &[("csrf", &page.csrf()), ("code", "123456")],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let code = totp::code_at(&secret, now()).expect("code");
+    let ok = browser
+        .post(
+            "/account/two-step/confirm",
+            &[("csrf", &page.csrf()), ("code", &code)],
+        )
+        .await;
+    assert_eq!(ok.location(), "/account/two-step");
+    assert!(w.gateway.store().user(BOB).await.unwrap().unwrap().enrolled);
+
+    // Enabled (not Forced): the user may turn it off again.
+    let page = browser.get("/account/two-step").await;
+    assert!(page.body.contains("Turn off"));
+    browser
+        .post("/account/two-step/off", &[("csrf", &page.csrf())])
+        .await;
+    assert!(!w.gateway.store().user(BOB).await.unwrap().unwrap().enrolled);
+}
+
+#[tokio::test]
+async fn posts_without_the_csrf_token_are_refused() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    // No session at all.
+    let page = browser
+        .post(
+            "/login",
+            &[("address", ALICE), ("password", "alice-primary")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    // A session, but no or a wrong token.
+    browser.get("/login").await;
+    let page = browser
+        .post(
+            "/login",
+            &[("address", ALICE), ("password", "alice-primary")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = browser
+        .post(
+            "/login",
+            &[
+                ("csrf", "0000"),
+                ("address", ALICE),
+                ("password", "alice-primary"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(w.fake.logins().is_empty(), "the upstream was never asked");
+
+    browser.password_step(ALICE, "alice-primary").await;
+    let page = browser
+        .post("/account/app-passwords", &[("name", "x"), ("imap", "on")])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = browser
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            None,
+            r#"{"name":"x"}"#,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let user = w.gateway.store().user(ALICE).await.unwrap().unwrap();
+    assert!(
+        w.gateway
+            .store()
+            .list_app_passwords(user.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_app_password_made_on_the_web_logs_in_to_imap_and_revoking_ends_it() {
+    let w = world().await;
+    w.gateway.enroll(ALICE).await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    browser.code_step(&code_now()).await;
+    let page = browser.get("/account/app-passwords").await;
+    let created = browser
+        .post(
+            "/account/app-passwords",
+            &[
+                ("csrf", &page.csrf()),
+                ("name", "Thunderbird"),
+                ("imap", "on"),
+                ("smtp", "on"),
+                ("expires_days", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert_eq!(created.headers[header::CACHE_CONTROL], "no-store");
+    assert!(created.body.contains("Thunderbird") && created.body.contains("Outlook"));
+    let password = created.secret();
+
+    let user = w.gateway.store().user(ALICE).await.unwrap().unwrap();
+    let canonical = CanonicalAppPassword::parse(&password).expect("app password form");
+    let record = w
+        .gateway
+        .store()
+        .app_password_by_lookup(user.id, &canonical.lookup_key(&w.gateway.key, ALICE))
+        .await
+        .unwrap()
+        .expect("stored under its keyed lookup");
+    assert_eq!(record.name, "Thunderbird");
+    assert_eq!(record.scopes.to_string(), "imap,smtp");
+    assert!(record.expires_at.is_some());
+
+    // A mail client uses it through the gateway.
+    let mut client = connect(w.gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client
+        .send(format!("a LOGIN \"{ALICE}\" \"{}\"\r\n", password.to_uppercase()).as_bytes())
+        .await;
+    let reply = client.until("a ").await.concat();
+    assert!(reply.starts_with("a OK"), "{reply}");
+    assert!(w.fake.logins().contains(&format!("{ALICE} via proxy")));
+
+    // It is listed, and revoking it drops the live session.
+    let list = browser.get("/account/app-passwords").await;
+    assert!(list.body.contains("Thunderbird"));
+    let revoke = browser
+        .post(
+            &format!("/account/app-passwords/{}/revoke", record.id),
+            &[("csrf", &list.csrf())],
+        )
+        .await;
+    assert_eq!(revoke.location(), "/account/app-passwords");
+    let bye = client.until("* BYE").await.concat();
+    assert!(bye.contains("BYE"), "{bye}");
+}
+
+async fn hash(password: &str) -> String {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .expect("hash")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_domain_administrator_forces_2_step_only_once_the_feature_is_on() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .set_domain_admin("example.test", ALICE, "test")
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    let page = browser.get("/domain").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("disconnects third-party clients"));
+    assert!(page.body.contains(BOB) || page.body.contains(ALICE));
+
+    let forced = browser
+        .post(
+            "/domain/two-step",
+            &[
+                ("csrf", &page.csrf()),
+                ("status", "forced"),
+                ("grace_days", ""),
+            ],
+        )
+        .await;
+    assert_eq!(forced.location(), "/domain");
+    let domain = store.domain("example.test").await.unwrap().unwrap();
+    assert_eq!(domain.status, DomainStatus::Forced);
+
+    store
+        .set_domain_feature("example.test", false, "test")
+        .await
+        .unwrap();
+    let page = browser.get("/domain").await;
+    assert!(page.body.contains("has not turned on"));
+    let refused = browser
+        .post(
+            "/domain/two-step",
+            &[("csrf", &page.csrf()), ("status", "enabled")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    // A user who is not an administrator gets nowhere.
+    let mut bob = Browser::new(&w.app);
+    bob.password_step(BOB, "bob-primary").await;
+    assert_eq!(bob.get("/domain").await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_system_administrator_switches_the_feature_and_impersonation_is_audited() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .add_sysadmin("root", &hash("root-secret").await, "test")
+        .await
+        .unwrap();
+    let mut admin = Browser::new(&w.app);
+    let form = admin.get("/admin/login").await;
+    let wrong = admin
+        .post(
+            "/admin/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", "root"),
+                ("password", "nope"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let ok = admin
+        .post(
+            "/admin/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", "root"),
+                ("password", "root-secret"),
+            ],
+        )
+        .await;
+    assert_eq!(ok.location(), "/admin");
+
+    let console = admin.get("/admin").await;
+    let csrf = console.csrf();
+    admin
+        .post("/admin/domains", &[("csrf", &csrf), ("domain", "new.test")])
+        .await;
+    assert!(!store.domain("new.test").await.unwrap().unwrap().feature);
+    admin
+        .post(
+            "/admin/domains/new.test/feature",
+            &[("csrf", &csrf), ("on", "on")],
+        )
+        .await;
+    assert!(store.domain("new.test").await.unwrap().unwrap().feature);
+    admin
+        .post(
+            "/admin/domains/new.test/admins",
+            &[("csrf", &csrf), ("address", "boss@new.test")],
+        )
+        .await;
+    let detail = admin.get("/admin/domains/new.test").await;
+    assert!(detail.body.contains("boss@new.test"));
+
+    let page = admin
+        .post(
+            "/admin/impersonate",
+            &[("csrf", &csrf), ("address", "boss@new.test")],
+        )
+        .await;
+    assert_eq!(page.location(), "/domain");
+    let domain_page = admin.get("/domain").await;
+    assert_eq!(domain_page.status, StatusCode::OK, "{}", domain_page.body);
+    assert!(domain_page.body.contains("acting as"));
+
+    let audit = store
+        .list_audit(AuditFilter {
+            user: Some("boss@new.test".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let row = audit
+        .iter()
+        .find(|r| r.action == "impersonate")
+        .expect("audited");
+    assert_eq!(row.actor, "sysadmin:root");
+    assert_eq!(row.ip.as_deref(), Some("192.0.2.7"));
+
+    // What the impersonator changes is attributed to them.
+    let forced = admin
+        .post(
+            "/domain/two-step",
+            &[("csrf", &domain_page.csrf()), ("status", "enabled")],
+        )
+        .await;
+    assert_eq!(forced.location(), "/domain");
+    let audit = store.list_audit(AuditFilter::default()).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.action == "domain.status" && r.actor.starts_with("sysadmin:root as"))
+    );
+
+    // A mail user is no system administrator.
+    let mut alice = Browser::new(&w.app);
+    alice.password_step(ALICE, "alice-primary").await;
+    assert_eq!(alice.get("/admin").await.location(), "/admin/login");
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_a_strict_cookie() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    let page = browser.get("/login").await;
+    assert_eq!(
+        page.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .take(2)
+            .collect::<Vec<_>>(),
+        vec!["default-src 'self'", " frame-ancestors 'none'"]
+    );
+    assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(page.headers[header::REFERRER_POLICY], "no-referrer");
+    assert_eq!(page.headers[header::CACHE_CONTROL], "no-store");
+    let cookie = page.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(!page.body.contains("<script"), "no script at all");
+    assert!(!page.body.contains("style="), "no inline style");
+
+    let css = browser.get("/style.css").await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert_eq!(css.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+
+    let health = browser.get("/healthz").await;
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (StatusCode::OK, "ok")
+    );
+    w.gateway.store().close().await;
+    let health = browser.get("/healthz").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_json_api_logs_in_and_creates_an_app_password() {
+    let w = world().await;
+    let mut client = Browser::new(&w.app);
+    let session = client.json("GET", "/api/v1/session", None, "").await;
+    let csrf = between(&session.body, "\"csrf\":\"", "\"");
+    let login = client
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some(&csrf),
+            &format!(r#"{{"address":"{BOB}","password":"bob-primary"}}"#),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    assert!(login.body.contains("\"state\":\"user\""));
+    // The token rotated with the session.
+    let csrf2 = between(&login.body, "\"csrf\":\"", "\"");
+    assert_ne!(csrf, csrf2);
+    let stale = client
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&csrf),
+            r#"{"name":"phone"}"#,
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::FORBIDDEN);
+    let created = client
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&csrf2),
+            r#"{"name":"phone","scopes":["imap"]}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let list = client
+        .json("GET", "/api/v1/account/app-passwords", None, "")
+        .await;
+    assert!(list.body.contains("\"name\":\"phone\""), "{}", list.body);
+    assert!(list.body.contains("\"scopes\":[\"imap\"]"), "{}", list.body);
+}
+
+#[tokio::test]
+async fn cookies_are_secure_behind_an_https_public_url() {
+    let w = world().await;
+    let mut config = w.gateway.config.clone();
+    config.web.public_url = Some("https://mail.example.test".into());
+    let state = WebState::from_runtime(&w.gateway.runtime, &config).expect("state");
+    assert_eq!(state.mail_host.as_deref(), Some("mail.example.test"));
+    let mut browser = Browser::new(&router(state));
+    let page = browser.get("/login").await;
+    let cookie = page.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn a_first_start_creates_one_system_administrator_only_once() {
+    let w = world().await;
+    let store = w.gateway.store();
+    assert_eq!(store.sysadmin_count().await.unwrap(), 0);
+    postern::web::ops::ensure_first_sysadmin(store).await;
+    let hash = store.sysadmin_hash("admin").await.unwrap().expect("admin");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    postern::web::ops::ensure_first_sysadmin(store).await;
+    assert_eq!(store.sysadmin_count().await.unwrap(), 1);
+    assert_eq!(store.sysadmin_hash("admin").await.unwrap(), Some(hash));
+}
