@@ -267,7 +267,7 @@ worker_processes auto;
 worker_rlimit_nofile $NOFILE;
 pid $OUT/nginx.pid;
 error_log $OUT/nginx-error.log warn;
-events { worker_connections 50000; }
+events { worker_connections $NOFILE; }
 mail {
     server_name localhost;
     auth_http 127.0.0.1:$AUTH_HTTP_PORT/auth;
