@@ -6,7 +6,8 @@
 #   tests/interop/dovecot.sh stop DIR      SIGTERM to the master, waits until it is gone
 #
 # Ports (all 127.0.0.1): IMAP 14143 (plain, STARTTLS), IMAPS 14993, POP3 14110 (STLS),
-# POP3S 14995. Master user: proxy / masterpw (SASL PLAIN authzid=user, or user*proxy).
+# POP3S 14995 (env DOVECOT_IMAP_PORT, DOVECOT_IMAPS_PORT, DOVECOT_POP3_PORT,
+# DOVECOT_POP3S_PORT move them; DOVECOT_EXTRA_CONF=FILE is appended to dovecot.conf). Master user: proxy / masterpw (SASL PLAIN authzid=user, or user*proxy).
 # Users: alice@example.test/alice-primary, bob@example.test/bob-primary,
 #        carol@example.test/carol-primary, dave@forced.test/dave-primary,
 #        erin@forced.test/erin-primary.
@@ -16,10 +17,11 @@
 set -euo pipefail
 
 PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d postfix swaks curl python3)
-IMAP_PORT=14143
-IMAPS_PORT=14993
-POP3_PORT=14110
-POP3S_PORT=14995
+# Ports may be moved (bench/run.sh does, to live beside an interop run).
+IMAP_PORT=${DOVECOT_IMAP_PORT:-14143}
+IMAPS_PORT=${DOVECOT_IMAPS_PORT:-14993}
+POP3_PORT=${DOVECOT_POP3_PORT:-14110}
+POP3S_PORT=${DOVECOT_POP3S_PORT:-14995}
 MAIL_USER=vmail
 
 die() { echo "dovecot.sh: $*" >&2; exit 1; }
@@ -222,6 +224,10 @@ protocol imap {
   mail_max_userip_connections = 10000
 }
 CONF
+    # Extra settings appended as they are (bench/run.sh: imap processes for 10,000 sessions).
+    if [ -n "${DOVECOT_EXTRA_CONF:-}" ]; then
+        cat "$DOVECOT_EXTRA_CONF" >> "$dir/dovecot.conf"
+    fi
 }
 
 master_pid() {
