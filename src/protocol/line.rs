@@ -182,11 +182,14 @@ impl LineReader {
 
     /// The next complete line, or `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Frame> {
-        if self.mode != Mode::Lines {
-            return None;
-        }
+        // Reported at once, even while the rest of that line is still being
+        // discarded: otherwise when the report comes, and how many overlong lines
+        // it stands for, would depend on how the input was split into reads.
         if std::mem::take(&mut self.overlong) {
             return Some(Frame::TooLong);
+        }
+        if self.mode != Mode::Lines {
+            return None;
         }
         let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
             self.cut_overlong();
@@ -302,6 +305,22 @@ mod tests {
                 ],
                 "chunk {chunk}"
             );
+        }
+    }
+
+    #[test]
+    fn unfinished_overlong_lines_are_each_reported_at_every_split() {
+        let mut input = vec![b'x'; 50];
+        input.extend_from_slice(b"\r\n");
+        input.extend(std::iter::repeat_n(b'y', 50));
+        for chunk in 1..=input.len() {
+            let mut reader = LineReader::new(10);
+            let mut got = Vec::new();
+            for part in input.chunks(chunk) {
+                reader.feed(part);
+                got.extend(frames(&mut reader));
+            }
+            assert_eq!(got, vec![Frame::TooLong, Frame::TooLong], "chunk {chunk}");
         }
     }
 

@@ -107,6 +107,13 @@ impl ImapPreAuth {
         self.framer.into_unconsumed()
     }
 
+    /// Bytes the core holds: the current message (capped at `max_line`) and
+    /// what the framer has not consumed yet (nothing once `next_action` returned
+    /// `None`, except while a login is pending).
+    pub fn buffered(&self) -> usize {
+        self.framer.message().len() + self.framer.unconsumed().len()
+    }
+
     pub fn next_action(&mut self) -> Option<Action> {
         if matches!(self.state, State::Done) {
             return None;
