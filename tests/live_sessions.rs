@@ -157,3 +157,25 @@ async fn shutdown_closes_listeners_lets_sessions_finish_then_says_goodbye() {
     tokio::join!(shutdown, client_side);
     assert!(runtime.registry.is_empty());
 }
+
+#[tokio::test]
+async fn an_idle_session_is_closed_after_the_idle_timeout() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let gateway = Gateway::start(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\nidle_timeout_secs = 1",
+    )
+    .await;
+    let mut busy = session(&gateway, ALICE, "alice-primary").await;
+    // Activity keeps a session open past the timeout…
+    let started = std::time::Instant::now();
+    let mut idle = session(&gateway, ALICE, "alice-primary").await;
+    while started.elapsed() < std::time::Duration::from_millis(1500) {
+        still_alive(&mut busy).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // …while silence ends it with a goodbye.
+    dropped_with(&mut idle, "Idle").await;
+    still_alive(&mut busy).await;
+}

@@ -11,6 +11,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
+use super::relay::Relay;
 use super::{ClientCore, ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
 use crate::gate::{SessionCredential, Verdict};
@@ -322,6 +323,9 @@ pub(super) async fn upstream_login<U: UpstreamCore>(
     }
 }
 
+/// What an idle session is told before it is closed.
+const IDLE_GOODBYE: &str = "Idle for too long; please reconnect.";
+
 enum RelayEnd {
     Closed(io::Result<(u64, u64)>),
     Killed(String),
@@ -353,9 +357,23 @@ async fn relay<H: ProtocolHandler>(
             allowed_until,
         })
         .await;
-    let end = tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => RelayEnd::Closed(result),
-        reason = handle.killed() => RelayEnd::Killed(reason),
+    let idle = Duration::from_secs(ctx.limits.idle_timeout_secs);
+    let end = {
+        let mut relay = Relay::new(&mut client, &mut upstream);
+        let mut deadline = Instant::now() + idle;
+        loop {
+            tokio::select! {
+                result = &mut relay => break RelayEnd::Closed(result),
+                reason = handle.killed() => break RelayEnd::Killed(reason),
+                _ = tokio::time::sleep_until(deadline), if !idle.is_zero() => {
+                    let quiet_since = Instant::from_std(relay.last_activity());
+                    if quiet_since.elapsed() >= idle {
+                        break RelayEnd::Killed(IDLE_GOODBYE.to_owned());
+                    }
+                    deadline = quiet_since + idle;
+                }
+            }
+        }
     };
     match end {
         RelayEnd::Closed(Ok((up, down))) => {

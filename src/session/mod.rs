@@ -9,8 +9,9 @@
 mod driver;
 pub mod imap;
 pub mod pop3;
-pub mod smtp;
 mod primary;
+pub mod relay;
+pub mod smtp;
 
 use std::sync::Arc;
 use std::time::Duration;
