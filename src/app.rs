@@ -17,6 +17,7 @@ use crate::gate::{Gate, MasterAccount};
 use crate::net::limiter::ConnectionLimiter;
 use crate::net::proxy::{self, TrustedProxies};
 use crate::net::tls::{self, ServerTls};
+use crate::penalty::Penalties;
 use crate::policy::Protocol;
 use crate::recheck::Rechecker;
 use crate::registry::SessionRegistry;
@@ -45,6 +46,7 @@ pub struct Runtime {
     pub registry: SessionRegistry,
     pub limiter: ConnectionLimiter,
     pub proxies: TrustedProxies,
+    pub penalties: Arc<Penalties>,
     /// Accept loops, stopped first on shutdown.
     listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -84,6 +86,7 @@ impl Runtime {
                 config.limits.max_connections_per_ip,
             ),
             proxies: TrustedProxies::new(config.proxy_protocol.trusted_proxies.clone()),
+            penalties: Arc::new(Penalties::new(config.limits.trusted_networks.clone())),
             listeners: std::sync::Mutex::default(),
             store,
         })
@@ -135,13 +138,18 @@ impl Runtime {
             tls: self.tls.clone(),
             upstream_tls: tls::upstream_connector(&config.upstream_auth.ca_file)?,
             registry: self.registry.clone(),
+            penalties: self.penalties.clone(),
             handshake_timeout: Duration::from_secs(config.tls.handshake_timeout_secs),
         }))
     }
 
     /// Starts tailing the event log so live sessions follow every change.
     pub fn start_rechecks(&self, config: &Config) -> tokio::task::JoinHandle<()> {
-        let rechecker = Rechecker::new(self.gate.clone(), self.registry.clone());
+        let rechecker = Rechecker::new(
+            self.gate.clone(),
+            self.registry.clone(),
+            self.penalties.clone(),
+        );
         let postgres =
             (self.store.backend() == Backend::Postgres).then(|| config.store.url.clone());
         tokio::spawn(rechecker.run(postgres))

@@ -251,6 +251,38 @@ impl Gate {
         )
     }
 
+    /// Appends a login result to the audit log, off the login's path (a slow or
+    /// failing store never delays or changes the answer).
+    pub fn audit_login(
+        &self,
+        user: &str,
+        protocol: Protocol,
+        ip: IpAddr,
+        result: &str,
+        detail: &str,
+    ) {
+        self.spawn_audit("login", user, format!("{protocol} {result} {detail}"), ip);
+    }
+
+    /// Appends a dropped session to the audit log.
+    pub fn audit_session_drop(&self, user: &str, protocol: Protocol, ip: IpAddr, reason: &str) {
+        self.spawn_audit("session-drop", user, format!("{protocol} {reason}"), ip);
+    }
+
+    fn spawn_audit(&self, action: &'static str, user: &str, detail: String, ip: IpAddr) {
+        let store = self.store.clone();
+        let target = user.to_owned();
+        tokio::spawn(async move {
+            let ip = ip.to_string();
+            if let Err(err) = store
+                .audit("mail-client", action, &target, &detail, Some(&ip))
+                .await
+            {
+                tracing::debug!(error = %err, "could not write the audit log");
+            }
+        });
+    }
+
     /// Records a successful app-password login (best effort: a failure is logged,
     /// the session goes on).
     pub async fn record_use(

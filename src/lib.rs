@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod gate;
 pub mod net;
+pub mod penalty;
 pub mod policy;
 pub mod protocol;
 pub mod recheck;

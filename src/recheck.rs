@@ -8,11 +8,13 @@
 //! concerns. Time-based changes (an app password expiring, a grace period ending)
 //! have no event: each session carries its `allowed_until`, swept every second.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use crate::gate::{Gate, Recheck, SessionCredential};
+use crate::penalty::Penalties;
 use crate::registry::{SessionInfo, SessionRegistry};
 use crate::store::{EventKind, EventRecord, NOTIFY_CHANNEL, Store};
 
@@ -28,6 +30,7 @@ pub const KILLED_BY_ADMIN: &str = "Your session was ended by an administrator.";
 pub struct Rechecker {
     gate: Gate,
     registry: SessionRegistry,
+    penalties: Arc<Penalties>,
 }
 
 fn unix_now() -> i64 {
@@ -35,8 +38,12 @@ fn unix_now() -> i64 {
 }
 
 impl Rechecker {
-    pub fn new(gate: Gate, registry: SessionRegistry) -> Self {
-        Self { gate, registry }
+    pub fn new(gate: Gate, registry: SessionRegistry, penalties: Arc<Penalties>) -> Self {
+        Self {
+            gate,
+            registry,
+            penalties,
+        }
     }
 
     fn store(&self) -> &Store {
@@ -74,6 +81,12 @@ impl Rechecker {
             | EventKind::UserReset
             | EventKind::UserDisabled
             | EventKind::UserEnabled => {
+                if matches!(event.kind, EventKind::UserEnabled | EventKind::UserReset)
+                    && let Some(user) = &user
+                {
+                    // An administrator's word clears a guessing block too.
+                    self.penalties.clear_account(user);
+                }
                 self.registry.list().into_iter().filter(same_user).collect()
             }
             EventKind::AppPasswordRevoked => {

@@ -194,14 +194,41 @@ async fn login<H: ProtocolHandler>(
     let protocol = handler.protocol();
     let ip = peer.ip();
     let method = method.name();
+    let delay = ctx.penalties.delay(ip);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let attempt = ctx.gate.key().mac(&[
+        b"login-attempt",
+        credentials.username.to_ascii_lowercase().as_bytes(),
+        credentials.password.expose().as_bytes(),
+    ]);
+    let refused = |user: &str, reason: &str| {
+        ctx.penalties.failed(ip, user, attempt);
+        ctx.gate.audit_login(user, protocol, ip, "refused", reason);
+        Err(LoginFailure::Refused)
+    };
+    if ctx.penalties.blocked(&credentials.username) {
+        info!(target: "postern::login", %protocol, user = %credentials.username, client = %ip, method, result = "refused", reason = "account-blocked");
+        ctx.gate.audit_login(
+            &credentials.username,
+            protocol,
+            ip,
+            "refused",
+            "account-blocked",
+        );
+        return Err(LoginFailure::Refused);
+    }
     let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
     let (user, credential, upstream, allowed_until) = match verdict {
         Verdict::Refuse { user, reason } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
-            return Err(LoginFailure::Refused);
+            return refused(&user, reason.as_str());
         }
         Verdict::Unavailable { user, detail } => {
             warn!(target: "postern::login", %protocol, %user, client = %ip, method, result = "unavailable", reason = %detail);
+            ctx.gate
+                .audit_login(&user, protocol, ip, "unavailable", &detail);
             return Err(LoginFailure::Temporary);
         }
         Verdict::Proceed {
@@ -235,6 +262,9 @@ async fn login<H: ProtocolHandler>(
             leftover,
         } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
+            ctx.penalties.succeeded(ip, &user);
+            ctx.gate
+                .audit_login(&user, protocol, ip, "ok", &credential.to_string());
             let gate = ctx.gate.clone();
             tokio::spawn(
                 async move { gate.record_use(credential, ip, protocol, unix_now()).await },
@@ -250,10 +280,12 @@ async fn login<H: ProtocolHandler>(
         }
         UpstreamOutcome::Refused(detail) => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "refused", reason = "upstream-refused", upstream = %detail);
-            Err(LoginFailure::Refused)
+            refused(&user, "upstream-refused")
         }
         UpstreamOutcome::Failed(detail) => {
             warn!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "unavailable", reason = %detail);
+            ctx.gate
+                .audit_login(&user, protocol, ip, "unavailable", &detail);
             Err(LoginFailure::Temporary)
         }
     }
@@ -387,6 +419,8 @@ async fn relay<H: ProtocolHandler>(
             let _ = client.shutdown().await;
             let _ = upstream.shutdown().await;
             info!(%protocol, %user, client = %peer.ip(), %credential, reason = %reason, "session dropped");
+            ctx.gate
+                .audit_session_drop(&user, protocol, peer.ip(), &reason);
         }
     }
 }

@@ -24,6 +24,7 @@ pub use primary::{PrimaryCheckError, verify_primary_password};
 use crate::config::{LimitsConfig, ProtocolSettings};
 use crate::gate::Gate;
 use crate::net::tls::ServerTls;
+use crate::penalty::Penalties;
 use crate::policy::Protocol;
 use crate::protocol::line::{Action, LoginFailure, Options};
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
@@ -72,6 +73,7 @@ pub struct Context {
     pub tls: ServerTls,
     pub upstream_tls: TlsConnector,
     pub registry: SessionRegistry,
+    pub penalties: Arc<Penalties>,
     pub handshake_timeout: Duration,
 }
 

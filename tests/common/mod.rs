@@ -70,7 +70,15 @@ upstream_timeout_secs = 5
 master_user = "proxy"
 master_password = "masterpw"
 {auth_extra}
+{limits}
 "#,
+            // Login penalties would slow every test that is refused twice from
+            // 127.0.0.1; tests of the penalties set their own [limits].
+            limits = if auth_extra.contains("[limits]") {
+                ""
+            } else {
+                "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]"
+            },
             db = store_url.map_or_else(|| format!("sqlite://{}", path("p.db")), str::to_owned),
             key = path("k"),
             cert = path("c.crt"),
