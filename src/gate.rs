@@ -8,6 +8,7 @@
 //! so a refusal is no password oracle. Any store failure fails closed with a
 //! temporary error.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::credentials::{AppPasswordVerifier, CanonicalAppPassword, InstanceKey};
@@ -72,7 +73,13 @@ pub struct Gate {
     key: InstanceKey,
     verifier: AppPasswordVerifier,
     master: Option<MasterAccount>,
+    /// Last use written per app password, so a device reconnecting every few
+    /// minutes costs one write per [`LAST_USE_RESOLUTION`], not one per login.
+    last_use: std::sync::Arc<std::sync::Mutex<HashMap<i64, (i64, IpAddr, Protocol)>>>,
 }
+
+/// How stale a recorded last use may be (same address and protocol).
+pub const LAST_USE_RESOLUTION: i64 = 60;
 
 impl Gate {
     pub fn new(
@@ -86,6 +93,7 @@ impl Gate {
             key,
             verifier,
             master,
+            last_use: Default::default(),
         }
     }
 
@@ -292,11 +300,24 @@ impl Gate {
         protocol: Protocol,
         now: i64,
     ) {
-        if let SessionCredential::AppPassword(id) = credential
-            && let Err(err) = self
-                .store
-                .record_app_password_use(id, now, &ip.to_string(), protocol)
-                .await
+        let SessionCredential::AppPassword(id) = credential else {
+            return;
+        };
+        if let Ok(mut recorded) = self.last_use.lock() {
+            if recorded.get(&id).is_some_and(|(at, last_ip, last_protocol)| {
+                now - at < LAST_USE_RESOLUTION && *last_ip == ip && *last_protocol == protocol
+            }) {
+                return;
+            }
+            if recorded.len() >= 100_000 {
+                recorded.clear();
+            }
+            recorded.insert(id, (now, ip, protocol));
+        }
+        if let Err(err) = self
+            .store
+            .record_app_password_use(id, now, &ip.to_string(), protocol)
+            .await
         {
             tracing::warn!(error = %err, "could not record app password use");
         }
