@@ -304,9 +304,12 @@ impl Gate {
             return;
         };
         if let Ok(mut recorded) = self.last_use.lock() {
-            if recorded.get(&id).is_some_and(|(at, last_ip, last_protocol)| {
-                now - at < LAST_USE_RESOLUTION && *last_ip == ip && *last_protocol == protocol
-            }) {
+            if recorded
+                .get(&id)
+                .is_some_and(|(at, last_ip, last_protocol)| {
+                    now - at < LAST_USE_RESOLUTION && *last_ip == ip && *last_protocol == protocol
+                })
+            {
                 return;
             }
             if recorded.len() >= 100_000 {

@@ -295,31 +295,12 @@ fn is_refusal(text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::upstream::UpstreamCredentials;
-    use crate::secret::Secret;
 
-    fn request(starttls: bool) -> UpstreamRequest {
-        UpstreamRequest {
-            credentials: UpstreamCredentials {
-                authzid: "alice@example.test".into(),
-                authcid: "proxy".into(),
-                password: Secret::from("masterpw"),
-            },
-            client: "192.0.2.7:50000".parse().unwrap(),
-            starttls,
-        }
-    }
-
-    const PLAIN: &str = "YWxpY2VAZXhhbXBsZS50ZXN0AHByb3h5AG1hc3RlcnB3";
+    use crate::protocol::upstream::fixtures::{
+        MASTER_PLAIN as PLAIN, master_request as request, sent,
+    };
 
     const DOVECOT_CAPA: &[u8] = b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\nSASL PLAIN\r\nXCLIENT\r\n.\r\n";
-
-    fn sent(step: Option<UpstreamStep>) -> String {
-        match step {
-            Some(UpstreamStep::Send(bytes)) => String::from_utf8(bytes).unwrap(),
-            other => panic!("{other:?}"),
-        }
-    }
 
     /// Feeds `bytes` in chunks of `chunk`, collecting every step.
     fn drive(core: &mut Pop3UpstreamLogin, bytes: &[u8], chunk: usize) -> Vec<UpstreamStep> {

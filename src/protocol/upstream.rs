@@ -83,3 +83,34 @@ pub fn log_safe(bytes: &[u8]) -> String {
         .trim_end_matches('?')
         .to_owned()
 }
+
+/// Shared test fixtures for the upstream-login cores.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{UpstreamCredentials, UpstreamRequest, UpstreamStep};
+    use crate::secret::Secret;
+
+    /// A master login for alice, from 192.0.2.7:50000.
+    pub fn master_request(starttls: bool) -> UpstreamRequest {
+        UpstreamRequest {
+            credentials: UpstreamCredentials {
+                authzid: "alice@example.test".into(),
+                authcid: "proxy".into(),
+                password: Secret::from("masterpw"),
+            },
+            client: "192.0.2.7:50000".parse().expect("address"),
+            starttls,
+        }
+    }
+
+    /// base64("alice@example.test\0proxy\0masterpw")
+    pub const MASTER_PLAIN: &str = "YWxpY2VAZXhhbXBsZS50ZXN0AHByb3h5AG1hc3RlcnB3";
+
+    /// The bytes of a `Send` step, as text.
+    pub fn sent(step: Option<UpstreamStep>) -> String {
+        match step {
+            Some(UpstreamStep::Send(bytes)) => String::from_utf8(bytes).expect("utf-8"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

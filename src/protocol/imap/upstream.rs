@@ -223,29 +223,10 @@ fn has_capability(greeting: &[u8], name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::upstream::UpstreamCredentials;
-    use crate::secret::Secret;
 
-    fn request(starttls: bool) -> UpstreamRequest {
-        UpstreamRequest {
-            credentials: UpstreamCredentials {
-                authzid: "alice@example.test".into(),
-                authcid: "proxy".into(),
-                password: Secret::from("masterpw"),
-            },
-            client: "192.0.2.7:50000".parse().unwrap(),
-            starttls,
-        }
-    }
-
-    const PLAIN: &str = "YWxpY2VAZXhhbXBsZS50ZXN0AHByb3h5AG1hc3RlcnB3";
-
-    fn sent(step: Option<UpstreamStep>) -> String {
-        match step {
-            Some(UpstreamStep::Send(bytes)) => String::from_utf8(bytes).unwrap(),
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::protocol::upstream::fixtures::{
+        MASTER_PLAIN as PLAIN, master_request as request, sent,
+    };
 
     #[test]
     fn sasl_ir_login_with_id_in_one_round_trip() {
