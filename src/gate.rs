@@ -75,8 +75,11 @@ pub struct Gate {
     master: Option<MasterAccount>,
     /// Last use written per app password, so a device reconnecting every few
     /// minutes costs one write per [`LAST_USE_RESOLUTION`], not one per login.
-    last_use: std::sync::Arc<std::sync::Mutex<HashMap<i64, (i64, IpAddr, Protocol)>>>,
+    last_use: std::sync::Arc<std::sync::Mutex<HashMap<i64, LastUse>>>,
 }
+
+/// When, from where and over what an app password was last recorded as used.
+type LastUse = (i64, IpAddr, Protocol);
 
 /// How stale a recorded last use may be (same address and protocol).
 pub const LAST_USE_RESOLUTION: i64 = 60;
