@@ -305,11 +305,14 @@ fn redact_url(url: &str) -> String {
 
 /// Runs the gateway until a termination signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP or SIGTERM during start-up (the first-run
+    // administrator password takes a moment to hash) waits instead of killing us.
+    let signals = Signals::install()?;
     let runtime = Runtime::build(&config).await?;
     runtime.bind_all(&config).await?;
     runtime.start_rechecks(&config);
     crate::web::spawn(&runtime, &config).await?;
-    wait_for_shutdown(&runtime).await?;
+    signals.wait_for_shutdown(&runtime).await;
     runtime
         .shutdown(Duration::from_secs(config.limits.drain_secs))
         .await;
@@ -317,27 +320,52 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signals `serve` acts on, registered before anything else starts.
 #[cfg(unix)]
-async fn wait_for_shutdown(runtime: &Runtime) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = hup.recv() => match runtime.tls.reload() {
-                Ok(()) => info!("reloaded the TLS certificate"),
-                Err(err) => error!(error = %err, "TLS reload failed; keeping the old certificate"),
-            },
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Reloads the certificate on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn wait_for_shutdown(mut self, runtime: &Runtime) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match runtime.tls.reload() {
+                    Ok(()) => info!("reloaded the TLS certificate"),
+                    Err(err) => error!(error = %err, "TLS reload failed; keeping the old certificate"),
+                },
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_shutdown(_runtime: &Runtime) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn wait_for_shutdown(self, _runtime: &Runtime) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,18 @@
-//! Several nodes on one PostgreSQL: a change made through `postern admin` (another
-//! process) drops the matching sessions held by every node. Runs when
-//! `POSTERN_TEST_DATABASE_URL` names a PostgreSQL database (`.ci/run` sets it).
+//! Several nodes on one PostgreSQL: two real `postern serve` processes (nodes `a`
+//! and `b`) share a fresh schema and one secrets key; `postern admin` (a third
+//! process) lists the sessions of both and a change made through it drops the
+//! matching sessions held by every node. Runs when `POSTERN_TEST_DATABASE_URL`
+//! names a PostgreSQL database (`.ci/run` sets it).
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
 use common::fake_imap::FakeImap;
-use common::{Gateway, LineClient, connect};
-use postern::policy::{DomainStatus, Protocol};
+use common::process::{ServeProcess, write_config};
+use common::{LineClient, connect};
+use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection};
 use tokio::net::TcpStream;
 
@@ -44,8 +50,34 @@ impl Schema {
     }
 }
 
-async fn session(gateway: &Gateway, user: &str, password: &str) -> LineClient<TcpStream> {
-    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+/// `postern --config CONFIG <args>`; asserts success; returns stdout.
+fn admin(config: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("POSTERN_CONFIG")
+        .output()
+        .expect("run postern admin");
+    assert!(
+        out.status.success(),
+        "postern {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// A node's config under `dir/name`: its own listeners, certificate and `[node]
+/// name`, the shared store and key.
+fn node_config(dir: &Path, name: &str, upstream: SocketAddr, url: &str, key: &Path) -> PathBuf {
+    let home = dir.join(name);
+    std::fs::create_dir(&home).expect("node dir");
+    let extra = format!("[node]\nname = \"{name}\"");
+    write_config(&home, upstream, Some(url), Some(key), "", &extra)
+}
+
+async fn session(addr: SocketAddr, user: &str, password: &str) -> LineClient<TcpStream> {
+    let mut client = connect(addr).await;
     client.line().await;
     client
         .send(format!("a LOGIN {user} {password}\r\nb NOOP\r\n").as_bytes())
@@ -62,23 +94,50 @@ async fn a_cli_change_on_one_node_drops_sessions_on_another() {
         return;
     };
     let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
-    let extra = "allow_plaintext_auth = true";
-    let node_a =
-        Gateway::start_on(fake.addr, extra, "[node]\nname = \"a\"", Some(&schema.url)).await;
-    let node_b =
-        Gateway::start_on(fake.addr, extra, "[node]\nname = \"b\"", Some(&schema.url)).await;
-    node_a.domain("example.test", DomainStatus::Enabled).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
 
-    let mut on_b = session(&node_b, ALICE, "alice-primary").await;
-    let mut also_on_a = session(&node_a, BOB, "bob-primary").await;
-    // Every node's sessions are listed from any node.
-    let mut listed: Vec<(String, String)> = node_a
-        .store()
-        .list_sessions()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| (s.node, s.user_address))
+    // The operator's CLI config: same store, same key. Running it first creates
+    // the tables and the key, so the nodes never race to make them.
+    let cli = dir.path().join("admin.toml");
+    std::fs::write(
+        &cli,
+        format!(
+            "[store]\nurl = \"{}\"\n[secrets]\nkey_file = \"{}\"\n",
+            schema.url,
+            key.display()
+        ),
+    )
+    .unwrap();
+    admin(&cli, &["admin", "domain", "add", "example.test"]);
+    admin(&cli, &["admin", "domain", "feature", "example.test", "on"]);
+    admin(
+        &cli,
+        &["admin", "domain", "status", "example.test", "enabled"],
+    );
+
+    let config_a = node_config(dir.path(), "a", fake.addr, &schema.url, &key);
+    let config_b = node_config(dir.path(), "b", fake.addr, &schema.url, &key);
+    let node_a = ServeProcess::start(&config_a, 2).await;
+    let node_b = ServeProcess::start(&config_b, 2).await;
+    assert_ne!(node_a.addr(false), node_b.addr(false));
+
+    let mut on_b = session(node_b.addr(false), ALICE, "alice-primary").await;
+    let mut also_on_a = session(node_a.addr(false), BOB, "bob-primary").await;
+
+    // Every node's sessions are listed, by a process that is neither node.
+    let listed: Value =
+        serde_json::from_str(&admin(&cli, &["admin", "session", "list", "--json"])).unwrap();
+    let mut listed: Vec<(String, String)> = listed
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|s| {
+            (
+                s["node"].as_str().unwrap().to_owned(),
+                s["user"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     listed.sort();
     assert_eq!(
@@ -86,31 +145,10 @@ async fn a_cli_change_on_one_node_drops_sessions_on_another() {
         vec![("a".into(), BOB.into()), ("b".into(), ALICE.into())]
     );
 
-    // Node A's operator, in another process.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("postern.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nurl = \"{}\"\n[secrets]\nkey_file = \"{}\"\n",
-            schema.url,
-            dir.path().join("k").display()
-        ),
-    )
-    .unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
-        .args([
-            "admin",
-            "domain",
-            "status",
-            "example.test",
-            "forced",
-            "--config",
-        ])
-        .arg(&config)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    admin(
+        &cli,
+        &["admin", "domain", "status", "example.test", "forced"],
+    );
 
     for client in [&mut on_b, &mut also_on_a] {
         let line = client.line().await;

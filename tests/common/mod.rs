@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_imap;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
