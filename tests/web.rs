@@ -773,7 +773,18 @@ async fn metrics_show_connections_logins_and_upstream_latency_after_a_login() {
     assert!(reply.starts_with("a OK"), "{reply}");
 
     let mut browser = Browser::new(&w.app);
-    let page = browser.get("/metrics").await;
+    // The session is registered (and counted active) just after the client has
+    // its reply: give it a moment.
+    let mut page = browser.get("/metrics").await;
+    for _ in 0..50 {
+        if page.body.lines().any(|l| {
+            l.starts_with("postern_sessions_active{protocol=\"imap\"}") && !l.ends_with(" 0")
+        }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        page = browser.get("/metrics").await;
+    }
     assert_eq!(page.status, StatusCode::OK);
     let content_type = page.headers.get(header::CONTENT_TYPE).unwrap();
     assert!(content_type.to_str().unwrap().starts_with("text/plain"));
