@@ -54,6 +54,7 @@ pub struct Runtime {
 impl Runtime {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         tls::install_provider();
+        crate::metrics::install();
         let store = Store::connect(&config.store.url)
             .await
             .with_context(|| format!("opening the store {}", redact_url(&config.store.url)))?;
@@ -108,6 +109,8 @@ impl Runtime {
             let dropped = self
                 .registry
                 .kill_where("postern is shutting down; please reconnect.", |_| true);
+            metrics::counter!(crate::metrics::SESSIONS_DROPPED, "reason" => "shutdown")
+                .increment(dropped as u64);
             info!(
                 sessions = dropped,
                 "drain time over; ending the remaining sessions"

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod metrics;
 pub mod net;
 pub mod penalty;
 pub mod policy;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::gate::{Gate, Recheck, SessionCredential};
+use crate::metrics as m;
 use crate::penalty::Penalties;
 use crate::registry::{SessionInfo, SessionRegistry};
 use crate::store::{EventKind, EventRecord, NOTIFY_CHANNEL, Store};
@@ -60,6 +61,8 @@ impl Rechecker {
         let concerned: Vec<SessionInfo> = match event.kind {
             EventKind::SessionKill => {
                 let killed = self.registry.kill_where(KILLED_BY_ADMIN, same_user);
+                metrics::counter!(m::SESSIONS_DROPPED, "reason" => "admin")
+                    .increment(killed as u64);
                 if killed > 0 {
                     info!(
                         user = user.as_deref().unwrap_or(""),
@@ -115,6 +118,8 @@ impl Rechecker {
             {
                 Ok(Recheck::Drop(reason)) => {
                     if self.registry.kill(info.id, reason.session_message()) {
+                        metrics::counter!(m::SESSIONS_DROPPED, "reason" => reason.as_str())
+                            .increment(1);
                         info!(
                             protocol = %s.protocol,
                             user = %s.user,
@@ -157,6 +162,8 @@ impl Rechecker {
                     let done = (events.len() as i64) < BATCH;
                     for event in &events {
                         debug!(id = event.id, kind = %event.kind, "event");
+                        metrics::gauge!(m::EVENT_LAG_SECONDS)
+                            .set((unix_now() - event.at).max(0) as f64);
                         self.handle_event(event).await;
                         last = event.id;
                     }

@@ -384,3 +384,78 @@ fn a_bad_config_key_is_named() {
     let err = env.fails(&["admin", "domain", "list"]);
     assert!(err.contains("bogus_key"), "{err}");
 }
+
+#[test]
+fn audit_lists_changes_and_logins_with_filters() {
+    let env = Env::new();
+    env.ok(&["admin", "domain", "add", "example.org"]);
+    env.ok(&["admin", "user", "disable", "alice@example.org"]);
+    env.with_store(async |store| {
+        store
+            .audit(
+                "user:bob@example.org",
+                "login",
+                "bob@example.org",
+                "imap refused bad-password",
+                Some("192.0.2.7"),
+            )
+            .await
+            .unwrap();
+    });
+
+    let all = env.json(&["admin", "audit", "--json"]);
+    let rows = all.as_array().unwrap();
+    assert!(rows.len() >= 3, "{all}");
+    let keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    // serde_json's map is sorted.
+    assert_eq!(keys, ["action", "actor", "at", "detail", "ip", "target"]);
+    // Newest first: the planted login row.
+    assert_eq!(rows[0]["action"], "login");
+    assert_eq!(rows[0]["ip"], "192.0.2.7");
+    assert!(seconds_from(&rows[0]["at"], 0) < 60);
+
+    let bob = env.json(&["admin", "audit", "--user", "Bob@Example.org", "--json"]);
+    assert_eq!(bob.as_array().unwrap().len(), 1, "{bob}");
+    let alice = env.json(&["admin", "audit", "--user", "alice@example.org", "--json"]);
+    assert!(
+        alice
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["target"] == "alice@example.org"),
+        "{alice}"
+    );
+    assert!(!alice.as_array().unwrap().is_empty());
+
+    let one = env.json(&["admin", "audit", "--limit", "1", "--json"]);
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    let recent = env.json(&["admin", "audit", "--since", "1h", "--json"]);
+    assert_eq!(recent.as_array().unwrap().len(), rows.len());
+    let future = env.json(&["admin", "audit", "--since", "2999-01-01", "--json"]);
+    assert_eq!(future, json!([]));
+    let old = env.json(&[
+        "admin",
+        "audit",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(old.as_array().unwrap().len(), rows.len());
+
+    let table = env.ok(&["admin", "audit", "--user", "bob@example.org"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("AT"), "{table}");
+    assert!(lines[1].contains("login") && lines[1].contains("192.0.2.7"));
+
+    assert!(
+        env.fails(&["admin", "audit", "--since", "soon"])
+            .contains("duration")
+    );
+    env.fails(&["admin", "audit", "--limit", "0"]);
+}

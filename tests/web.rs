@@ -760,3 +760,50 @@ async fn a_first_start_creates_one_system_administrator_only_once() {
     assert_eq!(store.sysadmin_count().await.unwrap(), 1);
     assert_eq!(store.sysadmin_hash("admin").await.unwrap(), Some(hash));
 }
+
+#[tokio::test]
+async fn metrics_show_connections_logins_and_upstream_latency_after_a_login() {
+    let w = world().await;
+    let mut client = connect(w.gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client
+        .send(format!("a LOGIN \"{ALICE}\" \"alice-primary\"\r\n").as_bytes())
+        .await;
+    let reply = client.until("a ").await.concat();
+    assert!(reply.starts_with("a OK"), "{reply}");
+
+    let mut browser = Browser::new(&w.app);
+    // The session is registered (and counted active) just after the client has
+    // its reply: give it a moment.
+    let mut page = browser.get("/metrics").await;
+    for _ in 0..50 {
+        if page.body.lines().any(|l| {
+            l.starts_with("postern_sessions_active{protocol=\"imap\"}") && !l.ends_with(" 0")
+        }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        page = browser.get("/metrics").await;
+    }
+    assert_eq!(page.status, StatusCode::OK);
+    let content_type = page.headers.get(header::CONTENT_TYPE).unwrap();
+    assert!(content_type.to_str().unwrap().starts_with("text/plain"));
+    let text = &page.body;
+    // Other tests in this process log in too: counts are at least one.
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} not in {text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("postern_connections_total{protocol=\"imap\"}") >= 1.0);
+    assert!(value("postern_logins_total{protocol=\"imap\",result=\"ok\"}") >= 1.0);
+    assert!(value("postern_upstream_login_seconds_count{protocol=\"imap\"}") >= 1.0);
+    assert!(text.contains("postern_upstream_login_seconds_bucket{protocol=\"imap\",le=\"0.1\"}"));
+    assert!(value("postern_sessions_active{protocol=\"imap\"}") >= 1.0);
+    assert!(text.contains("# TYPE postern_logins_total counter"));
+}

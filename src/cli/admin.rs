@@ -23,8 +23,8 @@ use crate::credentials::{InstanceKey, IssuedAppPassword, issue_app_password, tot
 use crate::policy::{DomainStatus, Protocol, Scopes};
 use crate::secret::Secret;
 use crate::store::{
-    AppPasswordRecord, DomainRecord, EventKind, FactorKind, SessionRow, Store, StoreError,
-    UserSummary, normalize_address,
+    AppPasswordRecord, AuditFilter, AuditRecord, DomainRecord, EventKind, FactorKind, SessionRow,
+    Store, StoreError, UserSummary, normalize_address,
 };
 
 /// Seconds in a day, for `--grace-days` and `--expires-days`.
@@ -49,6 +49,19 @@ pub enum AdminCommand {
     /// Live mail sessions on every node.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// The audit log, newest first: changes and login results.
+    Audit {
+        /// Only rows about this user (as target) or by this user (as actor).
+        #[arg(long, value_name = "ADDRESS")]
+        user: Option<String>,
+        /// Only rows at or after T: RFC 3339, YYYY-MM-DD (UTC), or a duration
+        /// back from now such as 30m, 24h, 7d.
+        #[arg(long, value_name = "T", value_parser = since)]
+        since: Option<i64>,
+        /// At most N rows.
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +155,40 @@ fn days(text: &str) -> Result<i64, String> {
     }
 }
 
+/// `--since`: an RFC 3339 time, a UTC date (`YYYY-MM-DD`), or a duration back from
+/// now (`90s`, `30m`, `24h`, `7d`, `2w`); as Unix seconds.
+fn since(text: &str) -> Result<i64, String> {
+    since_at(text, now())
+}
+
+fn since_at(text: &str, now: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(at.unix_timestamp());
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, &date_format) {
+        return Ok(date.midnight().assume_utc().unix_timestamp());
+    }
+    let unit = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (number, suffix) = text.split_at(unit);
+    let scale = match suffix {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => DAY,
+        "w" => 7 * DAY,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(n) if scale > 0 && (0..=MAX_DAYS * DAY / scale).contains(&n) => Ok(now - n * scale),
+        _ => Err(
+            "expected an RFC 3339 time, a date YYYY-MM-DD, or a duration such as 24h or 7d"
+                .to_owned(),
+        ),
+    }
+}
+
 /// Runs one admin command, writing its result to `out`.
 pub async fn run(
     config: &Config,
@@ -189,6 +236,13 @@ impl Admin<'_> {
             AdminCommand::User(command) => self.user(command, out).await,
             AdminCommand::AppPassword(command) => self.app_password(command, out).await,
             AdminCommand::Session(command) => self.session(command, out).await,
+            AdminCommand::Audit { user, since, limit } => {
+                let records = self
+                    .store
+                    .list_audit(AuditFilter { user, since, limit })
+                    .await?;
+                emit(out, self.json, &audit_rows(&records)?)
+            }
         }
     }
 
@@ -695,6 +749,46 @@ fn session_rows(sessions: &[SessionRow]) -> anyhow::Result<Vec<SessionListRow>> 
         .collect()
 }
 
+#[derive(Serialize)]
+struct AuditRow {
+    at: String,
+    actor: String,
+    action: String,
+    target: String,
+    detail: String,
+    ip: Option<String>,
+}
+
+impl Row for AuditRow {
+    const HEADERS: &'static [&'static str] = &["AT", "ACTOR", "ACTION", "TARGET", "IP", "DETAIL"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.at.clone(),
+            self.actor.clone(),
+            self.action.clone(),
+            self.target.clone(),
+            or_dash(self.ip.as_deref()),
+            self.detail.clone(),
+        ]
+    }
+}
+
+fn audit_rows(records: &[AuditRecord]) -> anyhow::Result<Vec<AuditRow>> {
+    records
+        .iter()
+        .map(|r| {
+            Ok(AuditRow {
+                at: rfc3339(r.at)?,
+                actor: r.actor.clone(),
+                action: r.action.clone(),
+                target: r.target.clone(),
+                detail: r.detail.clone(),
+                ip: r.ip.clone(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,6 +837,19 @@ mod tests {
         let column = lines[0].find("ENROLLED").unwrap();
         assert_eq!(lines[1].find("yes"), Some(column));
         assert_eq!(lines[2].find("no"), Some(column));
+    }
+
+    #[test]
+    fn since_takes_times_dates_and_durations() {
+        let now = 1_700_000_000;
+        assert_eq!(since_at("2024-01-02T03:04:05Z", now), Ok(1_704_164_645));
+        assert_eq!(since_at("2024-01-02", now), Ok(1_704_153_600));
+        assert_eq!(since_at("24h", now), Ok(now - 86_400));
+        assert_eq!(since_at("7d", now), Ok(now - 7 * 86_400));
+        assert_eq!(since_at("30m", now), Ok(now - 1_800));
+        for bad in ["", "h", "7", "-1d", "7y", "yesterday", "2024-13-01"] {
+            assert!(since_at(bad, now).is_err(), "{bad}");
+        }
     }
 
     #[test]

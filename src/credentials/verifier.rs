@@ -38,6 +38,23 @@ struct CacheEntry {
     verified_at: Instant,
 }
 
+/// One verification waiting for a permit, counted in the queue-depth gauge until
+/// it gets one or is cancelled.
+struct Queued;
+
+impl Queued {
+    fn enter() -> Self {
+        metrics::gauge!(crate::metrics::ARGON2_QUEUE).increment(1);
+        Queued
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::ARGON2_QUEUE).decrement(1);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the verification task failed")]
 pub struct VerifyError;
@@ -65,12 +82,14 @@ impl AppPasswordVerifier {
         if self.cached(id, &fingerprint, tag) {
             return Ok(true);
         }
+        let queued = Queued::enter();
         let _permit = self
             .inner
             .permits
             .acquire()
             .await
             .map_err(|_| VerifyError)?;
+        drop(queued);
         let (password, phc_owned) = (password.clone(), phc.to_owned());
         let ok = tokio::task::spawn_blocking(move || password.verify(&phc_owned))
             .await

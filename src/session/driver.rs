@@ -15,6 +15,7 @@ use super::relay::Relay;
 use super::{ClientCore, ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
 use crate::gate::{SessionCredential, Verdict};
+use crate::metrics as m;
 use crate::net::stream::MaybeTls;
 use crate::net::tls;
 use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
@@ -44,6 +45,7 @@ pub async fn handle_connection<H: ProtocolHandler>(
 ) {
     let _ = tcp.set_nodelay(true);
     let protocol = handler.protocol();
+    metrics::counter!(m::CONNECTIONS, "protocol" => protocol.as_str()).increment(1);
     let client = if implicit_tls {
         match timeout(ctx.handshake_timeout, ctx.tls.acceptor().accept(tcp)).await {
             Ok(Ok(stream)) => MaybeTls::ServerTls(Box::new(stream)),
@@ -126,7 +128,10 @@ async fn pre_login<H: ProtocolHandler>(
                 Action::Login {
                     credentials,
                     method,
-                } => match login(ctx, handler, &core, &credentials, method, peer).await {
+                } => match counted(
+                    handler.protocol(),
+                    login(ctx, handler, &core, &credentials, method, peer).await,
+                ) {
                     Ok(LoggedIn {
                         mut upstream,
                         reply,
@@ -169,6 +174,20 @@ async fn pre_login<H: ProtocolHandler>(
     }
 }
 
+/// Counts a login attempt by its result.
+fn counted<T>(
+    protocol: crate::policy::Protocol,
+    result: Result<T, LoginFailure>,
+) -> Result<T, LoginFailure> {
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(LoginFailure::Refused) => "refused",
+        Err(LoginFailure::Temporary) => "unavailable",
+    };
+    metrics::counter!(m::LOGINS, "protocol" => protocol.as_str(), "result" => label).increment(1);
+    result
+}
+
 struct LoggedIn {
     upstream: MaybeTls,
     reply: Vec<u8>,
@@ -196,6 +215,7 @@ async fn login<H: ProtocolHandler>(
     let method = method.name();
     let delay = ctx.penalties.delay(ip);
     if !delay.is_zero() {
+        metrics::counter!(m::PENALTY_SECONDS).increment(delay.as_secs());
         tokio::time::sleep(delay).await;
     }
     let attempt = ctx.gate.key().mac(&[
@@ -245,6 +265,7 @@ async fn login<H: ProtocolHandler>(
     };
     let upstream_core = handler.upstream_core(core, request);
     let limit = Duration::from_secs(ctx.settings.upstream_timeout_secs);
+    let started = Instant::now();
     let outcome = match timeout(
         limit,
         upstream_login(&ctx.settings, &ctx.upstream_tls, upstream_core),
@@ -255,6 +276,8 @@ async fn login<H: ProtocolHandler>(
         Ok(Err(err)) => UpstreamOutcome::Failed(format!("upstream: {err}")),
         Err(_) => UpstreamOutcome::Failed("upstream login timed out".into()),
     };
+    metrics::histogram!(m::UPSTREAM_LOGIN_SECONDS, "protocol" => protocol.as_str())
+        .record(started.elapsed());
     match outcome {
         UpstreamOutcome::LoggedIn {
             stream,
@@ -389,6 +412,8 @@ async fn relay<H: ProtocolHandler>(
             allowed_until,
         })
         .await;
+    let active = metrics::gauge!(m::SESSIONS_ACTIVE, "protocol" => protocol.as_str());
+    active.increment(1);
     let idle = Duration::from_secs(ctx.limits.idle_timeout_secs);
     let end = {
         let mut relay = Relay::new(&mut client, &mut upstream);
@@ -400,6 +425,7 @@ async fn relay<H: ProtocolHandler>(
                 _ = tokio::time::sleep_until(deadline), if !idle.is_zero() => {
                     let quiet_since = Instant::from_std(relay.last_activity());
                     if quiet_since.elapsed() >= idle {
+                        metrics::counter!(m::SESSIONS_DROPPED, "reason" => "idle").increment(1);
                         break RelayEnd::Killed(IDLE_GOODBYE.to_owned());
                     }
                     deadline = quiet_since + idle;
@@ -407,6 +433,7 @@ async fn relay<H: ProtocolHandler>(
             }
         }
     };
+    active.decrement(1);
     match end {
         RelayEnd::Closed(Ok((up, down))) => {
             debug!(%protocol, %user, client = %peer.ip(), bytes_up = up, bytes_down = down, "session closed");

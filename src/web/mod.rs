@@ -145,12 +145,26 @@ pub fn with_cookie(cookie: SessionCookie, response: impl IntoResponse) -> Respon
 
 /// Every route.
 pub fn router(state: WebState) -> Router {
+    crate::metrics::install();
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .merge(pages::routes())
         .nest("/api/v1", api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// The Prometheus text format (see `crate::metrics`).
+async fn metrics_text() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 async fn healthz(State(state): State<WebState>) -> Response {

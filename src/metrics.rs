@@ -1,0 +1,85 @@
+//! Prometheus metrics, served at `/metrics` by the web listener.
+//!
+//! The code emits with the `metrics` macros under the names below; [`install`]
+//! puts one Prometheus recorder in place per process (later calls, as in tests
+//! that start several gateways, reuse it) and [`render`] writes the text format.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Accepted mail connections, by `protocol`.
+pub const CONNECTIONS: &str = "postern_connections_total";
+/// Logged-in sessions being relayed now, by `protocol`.
+pub const SESSIONS_ACTIVE: &str = "postern_sessions_active";
+/// Mail login attempts, by `protocol` and `result` (`ok`, `refused`, `unavailable`).
+pub const LOGINS: &str = "postern_logins_total";
+/// Time the upstream took to accept or refuse a login, by `protocol`.
+pub const UPSTREAM_LOGIN_SECONDS: &str = "postern_upstream_login_seconds";
+/// Live sessions ended by postern, by `reason` (`idle`, `admin`, `shutdown`, or the
+/// policy reason).
+pub const SESSIONS_DROPPED: &str = "postern_sessions_dropped_total";
+/// Seconds of login penalty delay applied.
+pub const PENALTY_SECONDS: &str = "postern_login_penalty_seconds_total";
+/// Argon2 verifications waiting for a permit.
+pub const ARGON2_QUEUE: &str = "postern_argon2_queue_depth";
+/// Seconds between the last applied event's `at` and when this node applied it.
+pub const EVENT_LAG_SECONDS: &str = "postern_event_lag_seconds";
+
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder, once; returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(UPSTREAM_LOGIN_SECONDS.to_owned()),
+                    UPSTREAM_BUCKETS,
+                )
+                .expect("the upstream buckets are a fixed, non-empty list");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics stays empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(CONNECTIONS, "Accepted mail connections");
+    describe_gauge!(SESSIONS_ACTIVE, "Logged-in sessions being relayed");
+    describe_counter!(LOGINS, "Mail login attempts by result");
+    describe_histogram!(
+        UPSTREAM_LOGIN_SECONDS,
+        Unit::Seconds,
+        "Upstream login latency"
+    );
+    describe_counter!(SESSIONS_DROPPED, "Live sessions ended by postern");
+    describe_counter!(
+        PENALTY_SECONDS,
+        Unit::Seconds,
+        "Login penalty delay applied"
+    );
+    describe_gauge!(ARGON2_QUEUE, "Argon2 verifications waiting for a permit");
+    describe_gauge!(
+        EVENT_LAG_SECONDS,
+        Unit::Seconds,
+        "Delay between an event and this node applying it"
+    );
+}
+
+/// The metrics in the Prometheus text format.
+pub fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}
