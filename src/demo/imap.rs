@@ -330,6 +330,29 @@ fn split_message(data: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The header lines (with continuations) whose names are listed, then CRLF.
+fn header_fields(header: &[u8], names: &str) -> Vec<u8> {
+    let names: Vec<&str> = names.split(' ').filter(|n| !n.is_empty()).collect();
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        if line == b"\r\n" {
+            break;
+        }
+        if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            keep = names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name));
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 fn literal(out: &mut Vec<u8>, name: &str, data: &[u8]) {
     out.extend(format!("{name} {{{}}}\r\n", data.len()).into_bytes());
     out.extend_from_slice(data);
@@ -400,11 +423,21 @@ fn fetch(
                 _ if upper.starts_with("BODY[") || upper.starts_with("BODY.PEEK[") => {
                     let peek = upper.starts_with("BODY.PEEK[");
                     seen |= !peek;
-                    let open = item.find('[').unwrap_or(0);
-                    let close = item.rfind(']').unwrap_or(item.len() - 1);
+                    let (Some(open), Some(close)) = (item.find('['), item.rfind(']')) else {
+                        return "BAD Malformed section".into();
+                    };
+                    if close < open {
+                        return "BAD Malformed section".into();
+                    }
                     let section = &item[open + 1..close];
                     let upper_section = section.to_ascii_uppercase();
-                    let data: &[u8] = if upper_section.starts_with("HEADER") {
+                    let fields;
+                    let data: &[u8] = if let Some(names) =
+                        upper_section.strip_prefix("HEADER.FIELDS (")
+                    {
+                        fields = header_fields(header, names.trim_end_matches(')'));
+                        &fields
+                    } else if upper_section.starts_with("HEADER") {
                         header
                     } else if upper_section == "TEXT" || upper_section == "1" {
                         text

@@ -50,8 +50,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         .take()
                         .and_then(|name| boxes.login("", &name, arg))
                 } else if let Some(rest) = arg
-                    .strip_prefix("PLAIN")
-                    .or_else(|| arg.strip_prefix("plain"))
+                    .get(..5)
+                    .filter(|m| m.eq_ignore_ascii_case("PLAIN"))
+                    .map(|_| &arg[5..])
                 {
                     let response = if rest.trim().is_empty() {
                         stream.write_all(b"+ \r\n").await?;
