@@ -268,11 +268,27 @@ pub async fn run() -> anyhow::Result<()> {
     })
     .await?;
     println!("{}", banner(&demo));
-    tokio::signal::ctrl_c().await?;
+    wait_for_stop().await?;
     println!("stopping the demo; everything is forgotten");
     demo.runtime.shutdown(Duration::from_secs(2)).await;
     demo.runtime.store.close().await;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM: either way the temporary folder is removed.
+#[cfg(unix)]
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        result = tokio::signal::ctrl_c() => Ok(result?),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop() -> anyhow::Result<()> {
+    Ok(tokio::signal::ctrl_c().await?)
 }
 
 /// What `postern demo` prints: URLs, accounts and commands to try.
