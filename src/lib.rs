@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod demo;
 pub mod gate;
 pub mod metrics;
 pub mod net;

@@ -19,13 +19,19 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if let Command::Demo = cli.command {
+            // The demo builds its own configuration in memory.
+            let text = "[log]\nlevel = \"warn\"\n";
+            postern::app::init_logging(&Config::parse(text)?);
+            return postern::demo::run().await;
+        }
         let config = Config::load(&cli.config)?;
         match cli.command {
             Command::Serve => {
                 postern::app::init_logging(&config);
                 postern::app::serve(config).await
             }
-            Command::Demo => Err(anyhow::anyhow!("`postern demo` is not built yet")),
+            Command::Demo => unreachable!("handled above"),
             Command::Admin(command) => {
                 postern::cli::admin::run(&config, command, cli.json, &mut std::io::stdout()).await
             }
