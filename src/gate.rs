@@ -16,7 +16,7 @@ use crate::policy::{self, Credential, Decision, Protocol, Refusal, UpstreamLogin
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::UpstreamCredentials;
 use crate::secret::Secret;
-use crate::store::{Store, normalize_address};
+use crate::store::{NewAudit, Store, normalize_address};
 
 /// The master account postern uses for app-password logins.
 #[derive(Clone, Debug)]
@@ -26,7 +26,7 @@ pub struct MasterAccount {
 }
 
 /// Which credential a session was opened with (kept for re-checks and listings).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SessionCredential {
     Primary,
     AppPassword(i64),
@@ -76,6 +76,56 @@ pub struct Gate {
     /// Last use written per app password, so a device reconnecting every few
     /// minutes costs one write per [`LAST_USE_RESOLUTION`], not one per login.
     last_use: std::sync::Arc<std::sync::Mutex<HashMap<i64, LastUse>>>,
+    audit: AuditQueue,
+}
+
+/// Audit rows from the login path, written in batches by one background task:
+/// a login never waits for the audit write, and a busy node takes the
+/// database's write lock once per batch instead of once per login.
+#[derive(Clone)]
+struct AuditQueue {
+    sender: tokio::sync::mpsc::Sender<NewAudit>,
+    /// Taken by the writer task, started on first use (inside the runtime).
+    receiver: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<NewAudit>>>>,
+}
+
+/// Rows waiting at most; past this, rows are dropped (and logged) rather than
+/// letting memory grow while the database is down.
+const AUDIT_QUEUE: usize = 10_000;
+/// Rows per transaction.
+const AUDIT_BATCH: usize = 256;
+
+impl AuditQueue {
+    fn new() -> Self {
+        let (sender, receiver) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
+        Self {
+            sender,
+            receiver: std::sync::Arc::new(std::sync::Mutex::new(Some(receiver))),
+        }
+    }
+
+    fn push(&self, store: &Store, row: NewAudit) {
+        if let Some(mut receiver) = self.receiver.lock().ok().and_then(|mut r| r.take()) {
+            let store = store.clone();
+            tokio::spawn(async move {
+                while let Some(first) = receiver.recv().await {
+                    let mut batch = vec![first];
+                    while batch.len() < AUDIT_BATCH {
+                        match receiver.try_recv() {
+                            Ok(row) => batch.push(row),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(err) = store.audit_batch(&batch).await {
+                        tracing::warn!(error = %err, rows = batch.len(), "could not write the audit log");
+                    }
+                }
+            });
+        }
+        if self.sender.try_send(row).is_err() {
+            tracing::warn!("audit queue full; an audit row was dropped");
+        }
+    }
 }
 
 /// When, from where and over what an app password was last recorded as used.
@@ -97,6 +147,7 @@ impl Gate {
             verifier,
             master,
             last_use: Default::default(),
+            audit: AuditQueue::new(),
         }
     }
 
@@ -281,17 +332,16 @@ impl Gate {
     }
 
     fn spawn_audit(&self, action: &'static str, user: &str, detail: String, ip: IpAddr) {
-        let store = self.store.clone();
-        let target = user.to_owned();
-        tokio::spawn(async move {
-            let ip = ip.to_string();
-            if let Err(err) = store
-                .audit("mail-client", action, &target, &detail, Some(&ip))
-                .await
-            {
-                tracing::debug!(error = %err, "could not write the audit log");
-            }
-        });
+        self.audit.push(
+            &self.store,
+            NewAudit {
+                actor: "mail-client".into(),
+                action: action.into(),
+                target: user.to_owned(),
+                detail,
+                ip: Some(ip.to_string()),
+            },
+        );
     }
 
     /// Records a successful app-password login (best effort: a failure is logged,

@@ -109,13 +109,26 @@ impl Rechecker {
     /// Re-runs the policy on these sessions and ends those no longer allowed.
     pub async fn recheck(&self, sessions: Vec<SessionInfo>) {
         let now = unix_now();
+        // Many sessions share a user, protocol and credential (a phone and a
+        // laptop, or a thousand IDLE connections): ask the store once for each.
+        let mut decided: std::collections::HashMap<_, Result<Recheck, String>> =
+            std::collections::HashMap::new();
         for info in sessions {
             let s = &info.session;
-            match self
-                .gate
-                .recheck(&s.user, s.protocol, s.credential, now)
-                .await
-            {
+            let key = (s.user.to_ascii_lowercase(), s.protocol, s.credential);
+            let outcome = match decided.get(&key) {
+                Some(outcome) => outcome.clone(),
+                None => {
+                    let outcome = self
+                        .gate
+                        .recheck(&s.user, s.protocol, s.credential, now)
+                        .await
+                        .map_err(|err| err.to_string());
+                    decided.insert(key, outcome.clone());
+                    outcome
+                }
+            };
+            match outcome {
                 Ok(Recheck::Drop(reason)) => {
                     if self.registry.kill(info.id, reason.session_message()) {
                         metrics::counter!(m::SESSIONS_DROPPED, "reason" => reason.as_str())

@@ -288,10 +288,6 @@ async fn login<H: ProtocolHandler>(
             ctx.penalties.succeeded(ip, &user);
             ctx.gate
                 .audit_login(&user, protocol, ip, "ok", &credential.to_string());
-            let gate = ctx.gate.clone();
-            tokio::spawn(
-                async move { gate.record_use(credential, ip, protocol, unix_now()).await },
-            );
             Ok(LoggedIn {
                 upstream: stream,
                 reply,

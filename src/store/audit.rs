@@ -45,6 +45,16 @@ impl Default for AuditFilter {
     }
 }
 
+/// An audit row to append.
+#[derive(Clone, Debug)]
+pub struct NewAudit {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub ip: Option<String>,
+}
+
 /// Appends an audit row on `conn`, typically inside the caller's transaction.
 pub(crate) async fn insert_audit(
     conn: &mut AnyConnection,
@@ -94,6 +104,25 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         insert_audit(&mut conn, actor, action, target, detail, ip).await
+    }
+
+    /// Appends several audit rows in one transaction (the gate batches login
+    /// results this way, so a busy node takes the write lock once per batch).
+    pub async fn audit_batch(&self, rows: &[NewAudit]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for row in rows {
+            insert_audit(
+                &mut tx,
+                &row.actor,
+                &row.action,
+                &row.target,
+                &row.detail,
+                row.ip.as_deref(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Audit rows matching `filter`, newest first.

@@ -28,7 +28,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
-pub use audit::{AuditFilter, AuditRecord};
+pub use audit::{AuditFilter, AuditRecord, NewAudit};
 pub use domains::DomainRecord;
 pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
