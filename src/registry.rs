@@ -31,11 +31,31 @@ pub struct NewSession {
     pub allowed_until: Option<i64>,
 }
 
+/// Bytes a live session has relayed so far, updated by its relay as they move.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Client to upstream.
+    pub up: AtomicU64,
+    /// Upstream to client.
+    pub down: AtomicU64,
+}
+
+impl Traffic {
+    /// (client→upstream, upstream→client).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A live session as listed.
 #[derive(Clone, Debug)]
 pub struct SessionInfo {
     pub id: u64,
     pub session: NewSession,
+    pub traffic: Arc<Traffic>,
 }
 
 impl SessionInfo {
@@ -74,6 +94,7 @@ pub struct SessionHandle {
     id: u64,
     registry: SessionRegistry,
     killed: watch::Receiver<Option<String>>,
+    traffic: Arc<Traffic>,
 }
 
 impl SessionRegistry {
@@ -116,7 +137,12 @@ impl SessionRegistry {
                 tracing::debug!(error = %err, "could not list the session in the store");
             }
         }
-        let info = SessionInfo { id, session };
+        let info = SessionInfo {
+            id,
+            session,
+            traffic: Arc::default(),
+        };
+        let traffic = info.traffic.clone();
         if let Ok(mut sessions) = self.inner.sessions.lock() {
             sessions.insert(id, Entry { info, kill });
         }
@@ -124,6 +150,7 @@ impl SessionRegistry {
             id,
             registry: self.clone(),
             killed,
+            traffic,
         }
     }
 
@@ -195,6 +222,11 @@ impl SessionHandle {
         self.id
     }
 
+    /// The session's byte counters, for its relay to update.
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
+    }
+
     /// Resolves with the reason once the session is to be ended.
     pub async fn killed(&mut self) -> String {
         loop {
@@ -260,6 +292,10 @@ mod tests {
             1
         );
         assert_eq!(a.killed().await, "forced");
+        b.traffic().up.fetch_add(5, Ordering::Relaxed);
+        let listed = registry.list();
+        let entry = listed.iter().find(|s| s.id == b.id()).unwrap();
+        assert_eq!(entry.traffic.totals(), (5, 0));
         assert!(registry.kill(b.id(), "revoked"));
         drop(b);
         assert_eq!(registry.list().len(), 1);

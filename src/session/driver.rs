@@ -412,7 +412,7 @@ async fn relay<H: ProtocolHandler>(
     active.increment(1);
     let idle = Duration::from_secs(ctx.limits.idle_timeout_secs);
     let end = {
-        let mut relay = Relay::new(&mut client, &mut upstream);
+        let mut relay = Relay::new(&mut client, &mut upstream, handle.traffic());
         let mut deadline = Instant::now() + idle;
         loop {
             tokio::select! {

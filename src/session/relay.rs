@@ -15,7 +15,11 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::net::stream::MaybeTls;
+use crate::registry::Traffic;
 
 /// Read size while a direction is busy.
 pub const BURST: usize = 64 * 1024;
@@ -41,20 +45,23 @@ pub struct Relay<'a> {
     upstream: &'a mut MaybeTls,
     up: Direction,
     down: Direction,
-    bytes_up: u64,
-    bytes_down: u64,
+    traffic: Arc<Traffic>,
     last_activity: Instant,
 }
 
 impl<'a> Relay<'a> {
-    pub fn new(client: &'a mut MaybeTls, upstream: &'a mut MaybeTls) -> Self {
+    /// `traffic` is updated as bytes move (the registry lists it live).
+    pub fn new(
+        client: &'a mut MaybeTls,
+        upstream: &'a mut MaybeTls,
+        traffic: Arc<Traffic>,
+    ) -> Self {
         Self {
             client,
             upstream,
             up: Direction::Idle,
             down: Direction::Idle,
-            bytes_up: 0,
-            bytes_down: 0,
+            traffic,
             last_activity: Instant::now(),
         }
     }
@@ -79,7 +86,7 @@ fn poll_direction(
     state: &mut Direction,
     src: &mut MaybeTls,
     dst: &mut MaybeTls,
-    moved: &mut u64,
+    moved: &AtomicU64,
     active: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
@@ -117,7 +124,7 @@ fn poll_direction(
                         } else {
                             *start = 0;
                             *end = n;
-                            *moved += n as u64;
+                            moved.fetch_add(n as u64, Ordering::Relaxed);
                             *active = true;
                         }
                     }
@@ -153,7 +160,7 @@ impl Future for Relay<'_> {
             &mut this.up,
             this.client,
             this.upstream,
-            &mut this.bytes_up,
+            &this.traffic.up,
             &mut active,
             cx,
         );
@@ -161,7 +168,7 @@ impl Future for Relay<'_> {
             &mut this.down,
             this.upstream,
             this.client,
-            &mut this.bytes_down,
+            &this.traffic.down,
             &mut active,
             cx,
         );
@@ -170,9 +177,7 @@ impl Future for Relay<'_> {
         }
         match (up, down) {
             (Poll::Ready(Err(err)), _) | (_, Poll::Ready(Err(err))) => Poll::Ready(Err(err)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => {
-                Poll::Ready(Ok((this.bytes_up, this.bytes_down)))
-            }
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(this.traffic.totals())),
             _ => Poll::Pending,
         }
     }
@@ -198,7 +203,7 @@ mod tests {
         let (upstream_side, mut upstream) = pair().await;
         let relay = tokio::spawn(async move {
             let (mut c, mut u) = (MaybeTls::Plain(client_side), MaybeTls::Plain(upstream_side));
-            Relay::new(&mut c, &mut u).await
+            Relay::new(&mut c, &mut u, Arc::default()).await
         });
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let down: Vec<u8> = (0..5_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
@@ -238,7 +243,7 @@ mod tests {
         let (_client, client_side) = pair().await;
         let (upstream_side, _upstream) = pair().await;
         let (mut c, mut u) = (MaybeTls::Plain(client_side), MaybeTls::Plain(upstream_side));
-        let mut relay = Relay::new(&mut c, &mut u);
+        let mut relay = Relay::new(&mut c, &mut u, Arc::default());
         let polled = std::future::poll_fn(|cx| {
             let pending = Pin::new(&mut relay).poll(cx).is_pending();
             Poll::Ready(pending)
