@@ -177,6 +177,10 @@ impl Rechecker {
                         debug!(id = event.id, kind = %event.kind, "event");
                         metrics::gauge!(m::EVENT_LAG_SECONDS)
                             .set((unix_now() - event.at).max(0) as f64);
+                        // Before the event's snapshot of the sessions: a session
+                        // registering after the snapshot sees the new generation
+                        // and re-checks itself (`SessionRegistry::generation`).
+                        self.registry.advance_generation();
                         self.handle_event(event).await;
                         last = event.id;
                     }

@@ -87,6 +87,8 @@ struct Inner {
     sessions: Mutex<HashMap<u64, Entry>>,
     /// Tells `wait_empty` that a session left.
     left: watch::Sender<usize>,
+    /// Events applied to this node's sessions so far (see [`SessionRegistry::generation`]).
+    generation: AtomicU64,
 }
 
 /// Held by a live session; removes its entry on drop.
@@ -106,6 +108,7 @@ impl SessionRegistry {
                 next_id: AtomicU64::new(0),
                 sessions: Mutex::new(HashMap::new()),
                 left: watch::channel(0).0,
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -152,6 +155,28 @@ impl SessionRegistry {
             killed,
             traffic,
         }
+    }
+
+    /// How many stored changes have been applied to the live sessions. A login
+    /// reads it before its policy check; if it moved by the time the session is
+    /// registered, a change may have been applied while the session was not yet
+    /// listed, and the session re-checks itself.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// Called before each change is applied to the listed sessions.
+    pub fn advance_generation(&self) {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One live session.
+    pub fn get(&self, id: u64) -> Option<SessionInfo> {
+        self.inner
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&id).map(|e| e.info.clone()))
     }
 
     /// A snapshot of the live sessions.

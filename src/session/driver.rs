@@ -21,6 +21,7 @@ use crate::net::tls;
 use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
+use crate::recheck::Rechecker;
 use crate::registry::NewSession;
 
 /// Read buffer for the pre-login phase and the upstream login.
@@ -33,6 +34,8 @@ struct Established {
     user: String,
     credential: SessionCredential,
     allowed_until: Option<i64>,
+    /// The registry's generation when the policy was checked.
+    generation: u64,
 }
 
 /// Serves one accepted connection until it ends.
@@ -139,6 +142,7 @@ async fn pre_login<H: ProtocolHandler>(
                         user,
                         credential,
                         allowed_until,
+                        generation,
                     }) => {
                         client.write_all(&reply).await?;
                         client.write_all(&leftover).await?;
@@ -150,6 +154,7 @@ async fn pre_login<H: ProtocolHandler>(
                             user,
                             credential,
                             allowed_until,
+                            generation,
                         }));
                     }
                     Err(failure) => {
@@ -195,6 +200,7 @@ struct LoggedIn {
     user: String,
     credential: SessionCredential,
     allowed_until: Option<i64>,
+    generation: u64,
 }
 
 fn unix_now() -> i64 {
@@ -239,6 +245,8 @@ async fn login<H: ProtocolHandler>(
         );
         return Err(LoginFailure::Refused);
     }
+    // Before reading the stored state: see `SessionRegistry::generation`.
+    let generation = ctx.registry.generation();
     let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
     let (user, credential, upstream, allowed_until) = match verdict {
         Verdict::Refuse { user, reason } => {
@@ -295,6 +303,7 @@ async fn login<H: ProtocolHandler>(
                 user,
                 credential,
                 allowed_until,
+                generation,
             })
         }
         UpstreamOutcome::Refused(detail) => {
@@ -395,6 +404,7 @@ async fn relay<H: ProtocolHandler>(
         user,
         credential,
         allowed_until,
+        generation,
     } = established;
     let protocol = handler.protocol();
     let mut handle = ctx
@@ -408,6 +418,19 @@ async fn relay<H: ProtocolHandler>(
             allowed_until,
         })
         .await;
+    if ctx.registry.generation() != generation
+        && let Some(info) = ctx.registry.get(handle.id())
+    {
+        // A change was applied between the policy check and the registration:
+        // it may not have seen this session, so the session checks itself.
+        Rechecker::new(
+            ctx.gate.clone(),
+            ctx.registry.clone(),
+            ctx.penalties.clone(),
+        )
+        .recheck(vec![info])
+        .await;
+    }
     let active = metrics::gauge!(m::SESSIONS_ACTIVE, "protocol" => protocol.as_str());
     active.increment(1);
     let idle = Duration::from_secs(ctx.limits.idle_timeout_secs);

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Kill latency across two nodes: two `postern serve` processes on one PostgreSQL
+# (127.0.0.1:5432, database `test`, a fresh schema), N primary-password IMAP
+# sessions on node B, and `postern admin domain status ... forced` run against the
+# shared database (as node A's operator would). Prints loadgen's kill-latency line.
+#
+#   BENCH_KILL=1000 bash bench/two_nodes.sh
+#
+# Needs the release binaries (bench/run.sh builds them) and PostgreSQL running.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+OUT=$ROOT/target/bench-two-nodes
+N=${BENCH_KILL:-1000}
+POSTERN=$ROOT/target/release/postern
+LOADGEN=$ROOT/tools/loadgen/target/release/loadgen
+export DOVECOT_IMAP_PORT=16143 DOVECOT_IMAPS_PORT=16993 DOVECOT_POP3_PORT=16110 DOVECOT_POP3S_PORT=16995
+SCHEMA=k_$(date +%s)
+BASE=postgres://postgres@127.0.0.1:5432/test
+URL="$BASE?options=-c%20search_path%3D$SCHEMA"
+PIDS=()
+cleanup() {
+    set +e
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+    bash tests/interop/dovecot.sh stop "$OUT/dovecot" >/dev/null 2>&1
+    psql "$BASE" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+rm -rf "$OUT" && mkdir -p "$OUT"
+psql "$BASE" -qc "CREATE SCHEMA $SCHEMA"
+cat > "$OUT/extra.conf" <<'CONF'
+service imap {
+  service_count = 0
+  client_limit = 100
+  process_limit = 1000
+}
+CONF
+DOVECOT_EXTRA_CONF=$OUT/extra.conf bash tests/interop/dovecot.sh start "$OUT/dovecot" >/dev/null
+DOVECOT_DIR=$(readlink -f "$OUT/dovecot")
+: > "$OUT/users.txt"
+for i in $(seq 1 20); do
+    u=$(printf 'k%04d' "$i")
+    echo "$u@example.test:{PLAIN}$u-primary::::::" >> "$DOVECOT_DIR/users"
+    mkdir -p "$DOVECOT_DIR/mail/example.test/$u/Maildir/"{cur,new,tmp}
+    printf '%s@example.test\t%s-primary\n' "$u" "$u" >> "$OUT/users.txt"
+done
+chown -R vmail:vmail "$DOVECOT_DIR/mail"
+for node in a b; do
+    port=$([ $node = a ] && echo 23143 || echo 24143)
+    web=$([ $node = a ] && echo 23080 || echo 24080)
+    cat > "$OUT/$node.toml" <<TOML
+[store]
+url = "$URL"
+[secrets]
+key_file = "$OUT/key"
+[tls]
+cert = "$OUT/tls.crt"
+key = "$OUT/tls.key"
+[web]
+listen = "127.0.0.1:$web"
+[imap]
+listen = ["127.0.0.1:$port"]
+listen_tls = []
+upstream = "127.0.0.1:$DOVECOT_IMAP_PORT"
+allow_plaintext_auth = true
+[upstream_auth]
+master_user = "proxy"
+master_password = "masterpw"
+[limits]
+trusted_networks = ["127.0.0.0/8"]
+max_connections_per_ip = 100000
+[node]
+name = "$node"
+TOML
+done
+"$POSTERN" admin domain add example.test --config "$OUT/a.toml" >/dev/null
+"$POSTERN" admin domain feature example.test on --config "$OUT/a.toml" >/dev/null
+"$POSTERN" admin domain status example.test enabled --config "$OUT/a.toml" >/dev/null
+for node in a b; do
+    RUST_LOG=warn "$POSTERN" serve --config "$OUT/$node.toml" </dev/null >"$OUT/$node.log" 2>&1 &
+    PIDS+=($!)
+done
+for port in 23143 24143; do
+    for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+"$LOADGEN" 127.0.0.1:24143 kill-latency --creds "$OUT/users.txt" --sessions "$N" \
+    --command "$POSTERN admin --config $OUT/a.toml domain status example.test forced >/dev/null"
