@@ -2,7 +2,8 @@
 # Kill latency across two nodes: two `postern serve` processes on one PostgreSQL
 # (127.0.0.1:5432, database `test`, a fresh schema), N primary-password IMAP
 # sessions on node B, and `postern admin domain status ... forced` run against the
-# shared database (as node A's operator would). Prints loadgen's kill-latency line.
+# shared database (as node A's operator would). Prints loadgen's kill-latency line;
+# fails unless every session was opened and then closed by node B with a goodbye.
 #
 #   BENCH_KILL=1000 bash bench/two_nodes.sh
 #
@@ -85,5 +86,11 @@ done
 for port in 23143 24143; do
     for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
-"$LOADGEN" 127.0.0.1:24143 kill-latency --creds "$OUT/users.txt" --sessions "$N" \
-    --command "$POSTERN admin --config $OUT/a.toml domain status example.test forced >/dev/null"
+line=$("$LOADGEN" 127.0.0.1:24143 kill-latency --creds "$OUT/users.txt" --sessions "$N" \
+    --command "$POSTERN admin --config $OUT/a.toml domain status example.test forced >/dev/null")
+echo "$line"
+# Every session must have been opened, and closed by node B with a goodbye.
+case "$line" in
+    *"opened=$N closed=$N bye=$N "*"not_closed=0 "*) ;;
+    *) echo "two_nodes: not every session was dropped" >&2; exit 1 ;;
+esac
