@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use postern::protocol::imap::server::ImapPreAuth;
 use postern::protocol::imap::upstream::ImapUpstreamLogin;
-use postern::protocol::line::{Action, LoginFailure, Options};
+use postern::protocol::line::{Action, LoginFailure, Options, PreAuthCore};
 use postern::protocol::pop3::Pop3PreAuth;
 use postern::protocol::pop3_upstream::Pop3UpstreamLogin;
 use postern::protocol::sasl::{self, Mechanism, SaslExchange, Step};
@@ -84,75 +84,17 @@ pub enum Event {
     Pipelined(Vec<u8>),
 }
 
-/// The surface of a client-facing pre-login core.
-pub trait PreAuth {
-    fn feed(&mut self, bytes: &[u8]);
-    fn next_action(&mut self) -> Option<Action>;
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8>;
-    fn into_pipelined(self) -> Vec<u8>;
-}
-
-impl PreAuth for Pop3PreAuth {
-    fn feed(&mut self, bytes: &[u8]) {
-        Pop3PreAuth::feed(self, bytes)
-    }
-    fn next_action(&mut self) -> Option<Action> {
-        Pop3PreAuth::next_action(self)
-    }
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        Pop3PreAuth::login_failed(self, failure)
-    }
-    fn into_pipelined(self) -> Vec<u8> {
-        Pop3PreAuth::into_pipelined(self)
-    }
-}
-
-impl PreAuth for SmtpPreAuth {
-    fn feed(&mut self, bytes: &[u8]) {
-        SmtpPreAuth::feed(self, bytes)
-    }
-    fn next_action(&mut self) -> Option<Action> {
-        SmtpPreAuth::next_action(self)
-    }
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        SmtpPreAuth::login_failed(self, failure)
-    }
-    fn into_pipelined(self) -> Vec<u8> {
-        SmtpPreAuth::into_pipelined(self)
-    }
-}
-
-impl PreAuth for ImapPreAuth {
-    fn feed(&mut self, bytes: &[u8]) {
-        ImapPreAuth::feed(self, bytes)
-    }
-    fn next_action(&mut self) -> Option<Action> {
-        ImapPreAuth::next_action(self)
-    }
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        ImapPreAuth::login_failed(self, failure)
-    }
-    fn into_pipelined(self) -> Vec<u8> {
-        ImapPreAuth::into_pipelined(self)
-    }
-}
-
-/// Drives `core` over `chunks`; `buffered` reads the core's held bytes and
-/// `cap` is the most it may hold after the last feed was drained.
-pub fn drive<C: PreAuth>(
-    mut core: C,
-    chunks: &[&[u8]],
-    buffered: impl Fn(&C) -> usize,
-    cap: usize,
-) -> Vec<Event> {
+/// Drives `core` over `chunks`; `cap` is the most it may hold after the last
+/// feed was drained.
+pub fn drive<C: PreAuthCore>(mut core: C, chunks: &[&[u8]], cap: usize) -> Vec<Event> {
     let mut events = Vec::new();
     let mut logins = 0usize;
     for (i, chunk) in chunks.iter().enumerate() {
         core.feed(chunk);
         assert!(
-            buffered(&core) <= cap + chunk.len(),
+            core.buffered() <= cap + chunk.len(),
             "holds {} bytes after a feed of {} (cap {cap})",
-            buffered(&core),
+            core.buffered(),
             chunk.len()
         );
         while let Some(action) = core.next_action() {
@@ -180,9 +122,9 @@ pub fn drive<C: PreAuth>(
             }
         }
         assert!(
-            buffered(&core) <= cap,
+            core.buffered() <= cap,
             "holds {} bytes between feeds (cap {cap})",
-            buffered(&core)
+            core.buffered()
         );
     }
     events
@@ -190,18 +132,13 @@ pub fn drive<C: PreAuth>(
 
 /// Runs one core three ways (whole, byte by byte, fuzzer chunks) and checks
 /// they agree and that what goes upstream is a suffix of the input.
-fn check_three_ways<C: PreAuth>(
-    input: &Input,
-    make: impl Fn() -> C,
-    buffered: impl Fn(&C) -> usize + Copy,
-    cap: usize,
-) {
+fn check_three_ways<C: PreAuthCore>(input: &Input, make: impl Fn() -> C, cap: usize) {
     let payload = input.payload;
-    let whole = drive(make(), &[payload], buffered, cap);
+    let whole = drive(make(), &[payload], cap);
     let bytes: Vec<&[u8]> = payload.chunks(1).collect();
-    let by_byte = drive(make(), &bytes, buffered, cap);
+    let by_byte = drive(make(), &bytes, cap);
     assert_eq!(whole, by_byte, "whole vs byte by byte");
-    let chunked = drive(make(), &split(payload, &input.chunks), buffered, cap);
+    let chunked = drive(make(), &split(payload, &input.chunks), cap);
     assert_eq!(whole, chunked, "whole vs chunks {:?}", input.chunks);
     for event in &whole {
         if let Event::Pipelined(rest) = event {
@@ -221,12 +158,7 @@ pub fn pop3(data: &[u8]) {
     let input = Input::parse(data);
     let options = input.options();
     let cap = options.max_line + 1;
-    check_three_ways(
-        &input,
-        || Pop3PreAuth::new(options.clone()),
-        Pop3PreAuth::buffered,
-        cap,
-    );
+    check_three_ways(&input, || Pop3PreAuth::new(options.clone()), cap);
 }
 
 pub fn smtp(data: &[u8]) {
@@ -243,7 +175,6 @@ pub fn smtp(data: &[u8]) {
                 extensions.clone(),
             )
         },
-        SmtpPreAuth::buffered,
         cap,
     );
 }
@@ -253,12 +184,7 @@ pub fn imap(data: &[u8]) {
     let input = Input::parse(data);
     let options = input.options();
     let cap = options.max_line;
-    check_three_ways(
-        &input,
-        || ImapPreAuth::new(options.clone()),
-        ImapPreAuth::buffered,
-        cap,
-    );
+    check_three_ways(&input, || ImapPreAuth::new(options.clone()), cap);
 }
 
 /// SASL on arbitrary lines: every line of the payload is one client response.

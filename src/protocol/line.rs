@@ -109,6 +109,29 @@ pub enum LoginFailure {
     Temporary,
 }
 
+/// A client-facing pre-login core (IMAP, POP3, SMTP) as everything that drives it
+/// sees it: the session driver, the transcript tests and the fuzz targets.
+///
+/// The driver sends `greeting`, then feeds what it reads and takes actions until
+/// `None`; it answers a `Login` with `login_failed` or, once the upstream accepted
+/// it, consumes the core with `into_pipelined`.
+pub trait PreAuthCore {
+    /// The first reply to send.
+    fn greeting(&self) -> Vec<u8>;
+    /// Takes bytes read from the client.
+    fn feed(&mut self, bytes: &[u8]);
+    /// The next thing to do; `None` means more bytes are needed (or, after
+    /// `StartTls`, `Close` or `Login`, that the core is waiting for the driver).
+    fn next_action(&mut self) -> Option<Action>;
+    /// The reply to a login the driver could not complete; the client may retry.
+    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8>;
+    /// After a successful upstream login: every byte the client sent after its
+    /// login command, unconsumed and unaltered, to forward upstream once.
+    fn into_pipelined(self) -> Vec<u8>;
+    /// Bytes the core holds between feeds (bounded by the caps plus one read).
+    fn buffered(&self) -> usize;
+}
+
 /// What [`LineReader::next_frame`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {

@@ -20,7 +20,7 @@
 //!   somebody else, a malformed exchange), gets the same bytes, so a reply never
 //!   tells which part was wrong.
 
-use crate::protocol::line::{Frame, LineReader, split_command};
+use crate::protocol::line::{Frame, LineReader, PreAuthCore, split_command};
 use crate::protocol::sasl::{self, Credentials, Mechanism, SaslError, SaslExchange, Step};
 
 pub use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
@@ -75,74 +75,6 @@ impl Pop3PreAuth {
             state: State::Authorization { user: None },
             bad_commands: 0,
         }
-    }
-
-    /// The first line to send (RFC 1939 §4).
-    pub fn greeting(&self) -> Vec<u8> {
-        GREETING.to_vec()
-    }
-
-    /// Takes bytes read from the client.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.reader.feed(bytes);
-    }
-
-    /// The next thing to do; `None` means more bytes are needed (or, after
-    /// `StartTls`, `Close` or `Login`, that the core is waiting for the driver).
-    pub fn next_action(&mut self) -> Option<Action> {
-        if matches!(self.state, State::LoggingIn | State::Finished) {
-            return None;
-        }
-        let action = match self.reader.next_frame()? {
-            Frame::TooLong => {
-                self.state = State::Authorization { user: None };
-                self.bad(b"-ERR Line too long\r\n")
-            }
-            Frame::Line(line) => {
-                match std::mem::replace(&mut self.state, State::Authorization { user: None }) {
-                    State::Sasl {
-                        exchange,
-                        mechanism,
-                    } => self.sasl_step(exchange.step(&line), mechanism),
-                    State::Authorization { user } => self.command(&line, user),
-                    state @ (State::LoggingIn | State::Finished) => {
-                        self.state = state;
-                        return None;
-                    }
-                }
-            }
-        };
-        match &action {
-            Action::Close(_) | Action::StartTls(_) => self.state = State::Finished,
-            Action::Login { .. } => {
-                self.state = State::LoggingIn;
-                self.reader.hold_raw();
-            }
-            Action::Send(_) => {}
-        }
-        Some(action)
-    }
-
-    /// The reply to a login the driver refused; the core is back in the
-    /// AUTHORIZATION state and the client may try again.
-    pub fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        self.state = State::Authorization { user: None };
-        self.reader.resume_lines();
-        match failure {
-            LoginFailure::Refused => REFUSED.to_vec(),
-            LoginFailure::Temporary => TEMPORARY.to_vec(),
-        }
-    }
-
-    /// After a successful upstream login: every byte the client sent after its
-    /// login command, unconsumed and unaltered, to forward upstream once.
-    pub fn into_pipelined(self) -> Vec<u8> {
-        self.reader.into_rest()
-    }
-
-    /// Bytes the core holds (memory is bounded by `max_line` plus one read).
-    pub fn buffered(&self) -> usize {
-        self.reader.buffered()
     }
 
     /// Handles one command line in the AUTHORIZATION state (RFC 1939 §4, §7).
@@ -278,28 +210,80 @@ impl Pop3PreAuth {
     }
 }
 
+impl PreAuthCore for Pop3PreAuth {
+    /// The first line to send (RFC 1939 §4).
+    fn greeting(&self) -> Vec<u8> {
+        GREETING.to_vec()
+    }
+
+    /// Takes bytes read from the client.
+    fn feed(&mut self, bytes: &[u8]) {
+        self.reader.feed(bytes);
+    }
+
+    /// The next thing to do; `None` means more bytes are needed (or, after
+    /// `StartTls`, `Close` or `Login`, that the core is waiting for the driver).
+    fn next_action(&mut self) -> Option<Action> {
+        if matches!(self.state, State::LoggingIn | State::Finished) {
+            return None;
+        }
+        let action = match self.reader.next_frame()? {
+            Frame::TooLong => {
+                self.state = State::Authorization { user: None };
+                self.bad(b"-ERR Line too long\r\n")
+            }
+            Frame::Line(line) => {
+                match std::mem::replace(&mut self.state, State::Authorization { user: None }) {
+                    State::Sasl {
+                        exchange,
+                        mechanism,
+                    } => self.sasl_step(exchange.step(&line), mechanism),
+                    State::Authorization { user } => self.command(&line, user),
+                    state @ (State::LoggingIn | State::Finished) => {
+                        self.state = state;
+                        return None;
+                    }
+                }
+            }
+        };
+        match &action {
+            Action::Close(_) | Action::StartTls(_) => self.state = State::Finished,
+            Action::Login { .. } => {
+                self.state = State::LoggingIn;
+                self.reader.hold_raw();
+            }
+            Action::Send(_) => {}
+        }
+        Some(action)
+    }
+
+    /// The reply to a login the driver refused; the core is back in the
+    /// AUTHORIZATION state and the client may try again.
+    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
+        self.state = State::Authorization { user: None };
+        self.reader.resume_lines();
+        match failure {
+            LoginFailure::Refused => REFUSED.to_vec(),
+            LoginFailure::Temporary => TEMPORARY.to_vec(),
+        }
+    }
+
+    /// After a successful upstream login: every byte the client sent after its
+    /// login command, unconsumed and unaltered, to forward upstream once.
+    fn into_pipelined(self) -> Vec<u8> {
+        self.reader.into_rest()
+    }
+
+    /// Bytes the core holds (memory is bounded by `max_line` plus one read).
+    fn buffered(&self) -> usize {
+        self.reader.buffered()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::testing::{Core, run_transcript};
-
-    impl Core for Pop3PreAuth {
-        fn feed(&mut self, bytes: &[u8]) {
-            Pop3PreAuth::feed(self, bytes)
-        }
-        fn next_action(&mut self) -> Option<Action> {
-            Pop3PreAuth::next_action(self)
-        }
-        fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-            Pop3PreAuth::login_failed(self, failure)
-        }
-        fn into_pipelined(self) -> Vec<u8> {
-            Pop3PreAuth::into_pipelined(self)
-        }
-        fn buffered(&self) -> usize {
-            Pop3PreAuth::buffered(self)
-        }
-    }
+    use crate::protocol::testing::run_transcript;
 
     fn run(name: &str, text: &str) {
         run_transcript(name, text, |transcript| {

@@ -20,7 +20,7 @@
 //!   contents are never read as commands.
 //! - Every refusal, whatever its reason, gets the same bytes.
 
-use crate::protocol::line::{Frame, LineReader, split_command};
+use crate::protocol::line::{Frame, LineReader, PreAuthCore, split_command};
 use crate::protocol::sasl::{self, Mechanism, SaslError, SaslExchange, Step};
 
 pub use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
@@ -105,77 +105,12 @@ impl SmtpPreAuth {
         }
     }
 
-    /// The first reply to send (RFC 5321 §4.2, §4.3.1).
-    pub fn greeting(&self) -> Vec<u8> {
-        format!("220 {} ESMTP postern\r\n", self.hostname).into_bytes()
-    }
-
     /// The name the client gave in its last EHLO or HELO, for the upstream session.
     pub fn client_helo(&self) -> Option<&str> {
         match &self.hello {
             Hello::None => None,
             Hello::Helo(name) | Hello::Ehlo(name) => Some(name),
         }
-    }
-
-    /// Takes bytes read from the client.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.reader.feed(bytes);
-    }
-
-    /// The next thing to do; `None` means more bytes are needed (or, after
-    /// `StartTls`, `Close` or `Login`, that the core is waiting for the driver).
-    pub fn next_action(&mut self) -> Option<Action> {
-        if matches!(self.state, State::LoggingIn | State::Finished) {
-            return None;
-        }
-        let action = match self.reader.next_frame()? {
-            Frame::TooLong => match std::mem::replace(&mut self.state, State::Command) {
-                // RFC 4954 §4: a response line over the limit ends the exchange.
-                State::Sasl { .. } => {
-                    self.bad(b"500 5.5.6 Authentication Exchange line is too long\r\n")
-                }
-                _ => self.bad(b"500 5.5.2 Line too long\r\n"),
-            },
-            Frame::Line(line) => match std::mem::replace(&mut self.state, State::Command) {
-                State::Sasl {
-                    exchange,
-                    mechanism,
-                } => self.sasl_step(exchange.step(&line), mechanism),
-                _ => self.command(&line),
-            },
-        };
-        match &action {
-            Action::Close(_) | Action::StartTls(_) => self.state = State::Finished,
-            Action::Login { .. } => {
-                self.state = State::LoggingIn;
-                self.reader.hold_raw();
-            }
-            Action::Send(_) => {}
-        }
-        Some(action)
-    }
-
-    /// The reply to a login the driver refused; the core is back to waiting for
-    /// commands and the client may try again.
-    pub fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        self.state = State::Command;
-        self.reader.resume_lines();
-        match failure {
-            LoginFailure::Refused => REFUSED.to_vec(),
-            LoginFailure::Temporary => TEMPORARY.to_vec(),
-        }
-    }
-
-    /// After a successful upstream login: every byte the client sent after its
-    /// AUTH exchange, unconsumed and unaltered, to forward upstream once.
-    pub fn into_pipelined(self) -> Vec<u8> {
-        self.reader.into_rest()
-    }
-
-    /// Bytes the core holds (memory is bounded by `max_line` plus one read).
-    pub fn buffered(&self) -> usize {
-        self.reader.buffered()
     }
 
     /// Handles one command line (RFC 5321 §4.1).
@@ -330,28 +265,77 @@ impl SmtpPreAuth {
     }
 }
 
+impl PreAuthCore for SmtpPreAuth {
+    /// The first reply to send (RFC 5321 §4.2, §4.3.1).
+    fn greeting(&self) -> Vec<u8> {
+        format!("220 {} ESMTP postern\r\n", self.hostname).into_bytes()
+    }
+
+    /// Takes bytes read from the client.
+    fn feed(&mut self, bytes: &[u8]) {
+        self.reader.feed(bytes);
+    }
+
+    /// The next thing to do; `None` means more bytes are needed (or, after
+    /// `StartTls`, `Close` or `Login`, that the core is waiting for the driver).
+    fn next_action(&mut self) -> Option<Action> {
+        if matches!(self.state, State::LoggingIn | State::Finished) {
+            return None;
+        }
+        let action = match self.reader.next_frame()? {
+            Frame::TooLong => match std::mem::replace(&mut self.state, State::Command) {
+                // RFC 4954 §4: a response line over the limit ends the exchange.
+                State::Sasl { .. } => {
+                    self.bad(b"500 5.5.6 Authentication Exchange line is too long\r\n")
+                }
+                _ => self.bad(b"500 5.5.2 Line too long\r\n"),
+            },
+            Frame::Line(line) => match std::mem::replace(&mut self.state, State::Command) {
+                State::Sasl {
+                    exchange,
+                    mechanism,
+                } => self.sasl_step(exchange.step(&line), mechanism),
+                _ => self.command(&line),
+            },
+        };
+        match &action {
+            Action::Close(_) | Action::StartTls(_) => self.state = State::Finished,
+            Action::Login { .. } => {
+                self.state = State::LoggingIn;
+                self.reader.hold_raw();
+            }
+            Action::Send(_) => {}
+        }
+        Some(action)
+    }
+
+    /// The reply to a login the driver refused; the core is back to waiting for
+    /// commands and the client may try again.
+    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
+        self.state = State::Command;
+        self.reader.resume_lines();
+        match failure {
+            LoginFailure::Refused => REFUSED.to_vec(),
+            LoginFailure::Temporary => TEMPORARY.to_vec(),
+        }
+    }
+
+    /// After a successful upstream login: every byte the client sent after its
+    /// AUTH exchange, unconsumed and unaltered, to forward upstream once.
+    fn into_pipelined(self) -> Vec<u8> {
+        self.reader.into_rest()
+    }
+
+    /// Bytes the core holds (memory is bounded by `max_line` plus one read).
+    fn buffered(&self) -> usize {
+        self.reader.buffered()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::testing::{Core, run_transcript};
-
-    impl Core for SmtpPreAuth {
-        fn feed(&mut self, bytes: &[u8]) {
-            SmtpPreAuth::feed(self, bytes)
-        }
-        fn next_action(&mut self) -> Option<Action> {
-            SmtpPreAuth::next_action(self)
-        }
-        fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-            SmtpPreAuth::login_failed(self, failure)
-        }
-        fn into_pipelined(self) -> Vec<u8> {
-            SmtpPreAuth::into_pipelined(self)
-        }
-        fn buffered(&self) -> usize {
-            SmtpPreAuth::buffered(self)
-        }
-    }
+    use crate::protocol::testing::run_transcript;
 
     fn run(name: &str, text: &str) {
         run_transcript(name, text, |transcript| {

@@ -14,16 +14,7 @@
 //!   the `S:` lines that follow are the core's reply. A login not followed by `R:`
 //!   succeeded: the rest of the input is fed and `into_pipelined` compared to `P:`.
 
-use crate::protocol::line::{Action, LoginFailure, Options};
-
-/// What the harness needs from a core.
-pub trait Core {
-    fn feed(&mut self, bytes: &[u8]);
-    fn next_action(&mut self) -> Option<Action>;
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8>;
-    fn into_pipelined(self) -> Vec<u8>;
-    fn buffered(&self) -> usize;
-}
+use crate::protocol::line::{Action, LoginFailure, Options, PreAuthCore};
 
 /// One observable thing, with adjacent output merged so that how replies are cut
 /// into actions does not matter to a transcript.
@@ -134,7 +125,7 @@ fn parse(text: &str) -> Transcript {
 }
 
 /// Feeds `transcript`'s input in chunks of `chunk` bytes and records what happens.
-fn replay<C: Core>(
+fn replay<C: PreAuthCore>(
     transcript: &Transcript,
     chunk: usize,
     make: &impl Fn(&Transcript) -> (C, Vec<u8>),
@@ -212,7 +203,11 @@ fn replay<C: Core>(
 }
 
 /// Runs one transcript at every chunk size and checks the result each time.
-pub fn run_transcript<C: Core>(name: &str, text: &str, make: impl Fn(&Transcript) -> (C, Vec<u8>)) {
+pub fn run_transcript<C: PreAuthCore>(
+    name: &str,
+    text: &str,
+    make: impl Fn(&Transcript) -> (C, Vec<u8>),
+) {
     let transcript = parse(text);
     let size = transcript.input.len().max(1);
     let (whole, whole_raw) = replay(&transcript, size, &make);

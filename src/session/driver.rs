@@ -12,12 +12,13 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use super::relay::Relay;
-use super::{ClientCore, ProtocolHandler, SharedContext, UpstreamCore};
+use super::{ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
 use crate::gate::{SessionCredential, Verdict};
 use crate::metrics as m;
 use crate::net::stream::MaybeTls;
 use crate::net::tls;
+use crate::protocol::line::PreAuthCore;
 use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};

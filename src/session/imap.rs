@@ -3,30 +3,12 @@
 use crate::policy::Protocol;
 use crate::protocol::imap::server::ImapPreAuth;
 use crate::protocol::imap::upstream::ImapUpstreamLogin;
-use crate::protocol::line::{Action, LoginFailure, Options};
+use crate::protocol::line::Options;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 
-use super::{ClientCore, ProtocolHandler, UpstreamCore};
+use super::{ProtocolHandler, UpstreamCore};
 
 pub struct Imap;
-
-impl ClientCore for ImapPreAuth {
-    fn greeting(&self) -> Vec<u8> {
-        ImapPreAuth::greeting(self)
-    }
-    fn feed(&mut self, bytes: &[u8]) {
-        ImapPreAuth::feed(self, bytes)
-    }
-    fn next_action(&mut self) -> Option<Action> {
-        ImapPreAuth::next_action(self)
-    }
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        ImapPreAuth::login_failed(self, failure)
-    }
-    fn into_pipelined(self) -> Vec<u8> {
-        ImapPreAuth::into_pipelined(self)
-    }
-}
 
 impl UpstreamCore for ImapUpstreamLogin {
     fn feed(&mut self, bytes: &[u8]) {

@@ -26,18 +26,9 @@ use crate::gate::Gate;
 use crate::net::tls::ServerTls;
 use crate::penalty::Penalties;
 use crate::policy::Protocol;
-use crate::protocol::line::{Action, LoginFailure, Options};
+use crate::protocol::line::{Options, PreAuthCore};
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 use crate::registry::SessionRegistry;
-
-/// A client-facing pre-login core.
-pub trait ClientCore: Send + Sync {
-    fn greeting(&self) -> Vec<u8>;
-    fn feed(&mut self, bytes: &[u8]);
-    fn next_action(&mut self) -> Option<Action>;
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8>;
-    fn into_pipelined(self) -> Vec<u8>;
-}
 
 /// An upstream-login core.
 pub trait UpstreamCore: Send {
@@ -47,7 +38,7 @@ pub trait UpstreamCore: Send {
 
 /// What makes a protocol: its cores and its words for the end of a session.
 pub trait ProtocolHandler: Send + Sync + 'static {
-    type Client: ClientCore;
+    type Client: PreAuthCore + Send + Sync;
     type Upstream: UpstreamCore;
 
     fn protocol(&self) -> Protocol;

@@ -1,32 +1,14 @@
 //! POP3's plug-in for the session driver.
 
 use crate::policy::Protocol;
-use crate::protocol::line::{Action, LoginFailure, Options};
+use crate::protocol::line::Options;
 use crate::protocol::pop3::Pop3PreAuth;
 use crate::protocol::pop3_upstream::Pop3UpstreamLogin;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 
-use super::{ClientCore, ProtocolHandler, UpstreamCore};
+use super::{ProtocolHandler, UpstreamCore};
 
 pub struct Pop3;
-
-impl ClientCore for Pop3PreAuth {
-    fn greeting(&self) -> Vec<u8> {
-        Pop3PreAuth::greeting(self)
-    }
-    fn feed(&mut self, bytes: &[u8]) {
-        Pop3PreAuth::feed(self, bytes)
-    }
-    fn next_action(&mut self) -> Option<Action> {
-        Pop3PreAuth::next_action(self)
-    }
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        Pop3PreAuth::login_failed(self, failure)
-    }
-    fn into_pipelined(self) -> Vec<u8> {
-        Pop3PreAuth::into_pipelined(self)
-    }
-}
 
 impl UpstreamCore for Pop3UpstreamLogin {
     fn feed(&mut self, bytes: &[u8]) {

@@ -15,13 +15,13 @@ use tracing::{debug, warn};
 use crate::config::{SmtpUpstreamLogin as LoginSetting, UpstreamTls};
 use crate::net::tls;
 use crate::policy::Protocol;
-use crate::protocol::line::{Action, LoginFailure, Options};
+use crate::protocol::line::Options;
 use crate::protocol::smtp::SmtpPreAuth;
 use crate::protocol::smtp_upstream::{EHLO_NAME, SmtpLoginMode, SmtpUpstreamLogin};
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 
 use super::pop3::one_line;
-use super::{ClientCore, Context, ProtocolHandler, UpstreamCore};
+use super::{Context, ProtocolHandler, UpstreamCore};
 
 /// How long a learned extension list is used before the upstream is asked again.
 pub const EXTENSIONS_TTL: Duration = Duration::from_secs(300);
@@ -47,24 +47,6 @@ impl Smtp {
             login,
             extensions: SmtpExtensions::default(),
         }
-    }
-}
-
-impl ClientCore for SmtpPreAuth {
-    fn greeting(&self) -> Vec<u8> {
-        SmtpPreAuth::greeting(self)
-    }
-    fn feed(&mut self, bytes: &[u8]) {
-        SmtpPreAuth::feed(self, bytes)
-    }
-    fn next_action(&mut self) -> Option<Action> {
-        SmtpPreAuth::next_action(self)
-    }
-    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        SmtpPreAuth::login_failed(self, failure)
-    }
-    fn into_pipelined(self) -> Vec<u8> {
-        SmtpPreAuth::into_pipelined(self)
     }
 }
 

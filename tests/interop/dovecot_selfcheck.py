@@ -17,17 +17,12 @@ import os
 import socket
 import ssl
 import sys
-import traceback
+import suite
+from suite import TIMEOUT, hostport
 
 DIR = os.environ.get("DOVECOT_DIR", "target/interop/dovecot")
 IMAP = os.environ.get("DOVECOT_IMAP", "127.0.0.1:14143")
 IMAPS = os.environ.get("DOVECOT_IMAPS", "127.0.0.1:14993")
-TIMEOUT = 30
-
-
-def hostport(s):
-    h, p = s.rsplit(":", 1)
-    return h, int(p)
 
 
 def tls_context():
@@ -115,21 +110,5 @@ TESTS = [
 ]
 
 
-def main():
-    passed = failed = 0
-    for t in TESTS:
-        try:
-            t()
-        except Exception:
-            failed += 1
-            print("FAIL %s" % t.__name__)
-            traceback.print_exc()
-        else:
-            passed += 1
-            print("ok   %s" % t.__name__)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite.main(TESTS, needs_postern=False))

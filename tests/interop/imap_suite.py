@@ -24,58 +24,23 @@ enrolled). Prints `N passed, N failed` last; exit status 1 on any failure.
 """
 import base64
 import imaplib
-import json
 import os
 import re
 import socket
-import ssl
-import subprocess
 import sys
 import time
-import traceback
+import suite
+from suite import TIMEOUT, admin, hostport, primary, tls_context
 
-BIN = os.environ.get("POSTERN_BIN", "")
-CONFIG = os.environ.get("POSTERN_CONFIG", "")
 IMAP = os.environ.get("POSTERN_IMAP", "127.0.0.1:11143")
 IMAPS = os.environ.get("POSTERN_IMAPS", "127.0.0.1:11993")
-CA_FILE = os.environ.get("POSTERN_CA_FILE", "")
 KNOWN_FILE = os.environ.get("KNOWN_MESSAGE", "target/interop/dovecot/known-message.eml")
-TIMEOUT = 30
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 DAVE = "dave@forced.test"
 
 
-def primary(user):
-    return user.split("@")[0] + "-primary"
-
-
-def hostport(s):
-    h, p = s.rsplit(":", 1)
-    return h, int(p)
-
-
-def tls_context():
-    if CA_FILE:
-        return ssl.create_default_context(cafile=CA_FILE)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 # ---------------------------------------------------------------- postern CLI
-
-def admin(*args, json_out=False):
-    cmd = [BIN, "admin", *args, "--config", CONFIG]
-    if json_out:
-        cmd.append("--json")
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise AssertionError("command failed (%d): %s\nstdout: %s\nstderr: %s"
-                             % (r.returncode, " ".join(cmd), r.stdout, r.stderr))
-    return json.loads(r.stdout) if json_out else r.stdout
-
 
 def create_app_password(user, name, scope=None):
     args = ["app-password", "create", user, "--name", name]
@@ -482,30 +447,5 @@ TESTS = [
 ]
 
 
-def main():
-    if not BIN or not CONFIG:
-        print("POSTERN_BIN and POSTERN_CONFIG must be set", file=sys.stderr)
-        print("0 passed, %d failed" % len(TESTS))
-        return 1
-    only = sys.argv[1:]
-    passed = failed = 0
-    for t in TESTS:
-        if only and t.__name__ not in only:
-            continue
-        start = time.time()
-        try:
-            t()
-        except Exception:
-            failed += 1
-            print("FAIL %s (%.1fs): %s" % (t.__name__, time.time() - start, (t.__doc__ or "").strip()))
-            traceback.print_exc(file=sys.stdout)
-        else:
-            passed += 1
-            print("ok   %s (%.1fs)" % (t.__name__, time.time() - start))
-        sys.stdout.flush()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite.main(TESTS))

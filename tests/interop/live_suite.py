@@ -12,16 +12,14 @@ Runs after imap_suite.py and pop3_smtp_suite.py (run.sh), with the same
 environment. Users: dave and erin @forced.test (primary `<local>-primary`).
 Prints `N passed, N failed` last.
 """
-import imaplib
 import os
 import socket
-import ssl
 import sys
 import time
-import traceback
 import uuid
 
 import pop3_smtp_suite as mail
+import suite
 
 IMAPS = os.environ.get("POSTERN_IMAPS", "127.0.0.1:11993")
 DAVE, ERIN = "dave@forced.test", "erin@forced.test"
@@ -210,23 +208,5 @@ TESTS = [
 ]
 
 
-def main():
-    passed = failed = 0
-    for t in TESTS:
-        start = time.time()
-        try:
-            t()
-        except Exception:
-            failed += 1
-            print("FAIL %s (%.1fs)" % (t.__name__, time.time() - start))
-            traceback.print_exc(file=sys.stdout)
-        else:
-            passed += 1
-            print("ok   %s (%.1fs)" % (t.__name__, time.time() - start))
-        sys.stdout.flush()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite.main(TESTS, needs_postern=False))

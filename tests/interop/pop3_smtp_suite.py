@@ -28,26 +28,22 @@ import json
 import os
 import poplib
 import smtplib
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import socket
 import tomllib
-import traceback
 import uuid
+import suite
+from suite import BIN, CONFIG, TIMEOUT, admin, hostport, primary, run, tls_context
 
-BIN = os.environ.get("POSTERN_BIN", "")
-CONFIG = os.environ.get("POSTERN_CONFIG", "")
 POP3 = os.environ.get("POSTERN_POP3", "127.0.0.1:11110")
 POP3S = os.environ.get("POSTERN_POP3S", "127.0.0.1:11995")
 SMTP = os.environ.get("POSTERN_SMTP", "127.0.0.1:11587")
 SMTPS = os.environ.get("POSTERN_SMTPS", "127.0.0.1:11465")
-CA_FILE = os.environ.get("POSTERN_CA_FILE", "")
 DOVECOT_DIR = os.environ.get("DOVECOT_DIR", "target/interop/dovecot")
 KNOWN_FILE = os.environ.get("KNOWN_MESSAGE", os.path.join(DOVECOT_DIR, "known-message.eml"))
-TIMEOUT = 30
 
 ALICE, CAROL = "alice@example.test", "carol@example.test"
 
@@ -55,41 +51,7 @@ with open(KNOWN_FILE, "rb") as f:
     KNOWN = f.read()
 
 
-def primary(user):
-    return user.split("@")[0] + "-primary"
-
-
-def hostport(s):
-    h, p = s.rsplit(":", 1)
-    return h, int(p)
-
-
-def tls_context():
-    if CA_FILE:
-        return ssl.create_default_context(cafile=CA_FILE)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def run(cmd, check=True, input=None):
-    r = subprocess.run(cmd, input=input, capture_output=True, timeout=120,
-                       stdin=None if input is not None else subprocess.DEVNULL)
-    if check and r.returncode != 0:
-        raise AssertionError("command failed (%d): %s\nstdout: %s\nstderr: %s"
-                             % (r.returncode, " ".join(cmd), r.stdout.decode(errors="replace"),
-                                r.stderr.decode(errors="replace")))
-    return r
-
-
 # ---------------------------------------------------------------- postern CLI
-
-def admin(*args, json_out=False):
-    cmd = [BIN, "admin", *args, "--config", CONFIG] + (["--json"] if json_out else [])
-    out = run(cmd).stdout.decode()
-    return json.loads(out) if json_out else out
-
 
 def create_app_password(user, name, scope=None):
     args = ["app-password", "create", user, "--name", name]
@@ -508,30 +470,5 @@ TESTS = [
 ]
 
 
-def main():
-    if not BIN or not CONFIG:
-        print("POSTERN_BIN and POSTERN_CONFIG must be set", file=sys.stderr)
-        print("0 passed, %d failed" % len(TESTS))
-        return 1
-    only = sys.argv[1:]
-    passed = failed = 0
-    for t in TESTS:
-        if only and t.__name__ not in only:
-            continue
-        start = time.time()
-        try:
-            t()
-        except Exception:
-            failed += 1
-            print("FAIL %s (%.1fs): %s" % (t.__name__, time.time() - start, (t.__doc__ or "").strip()))
-            traceback.print_exc(file=sys.stdout)
-        else:
-            passed += 1
-            print("ok   %s (%.1fs)" % (t.__name__, time.time() - start))
-        sys.stdout.flush()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite.main(TESTS))

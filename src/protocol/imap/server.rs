@@ -12,7 +12,7 @@ use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::LiteralMode;
 
 use super::framer::Framer;
-pub use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
+pub use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthCore};
 use crate::protocol::sasl::{self, Credentials, Mechanism, SaslError, SaslExchange, Step};
 
 /// The wording of every refusal, whatever its cause (no oracle).
@@ -71,87 +71,6 @@ impl ImapPreAuth {
             caps.push_str(" LOGINDISABLED");
         }
         caps
-    }
-
-    pub fn greeting(&self) -> Vec<u8> {
-        format!(
-            "* OK [CAPABILITY {}] postern ready\r\n",
-            self.capabilities()
-        )
-        .into_bytes()
-    }
-
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if !matches!(self.state, State::Done) {
-            self.framer.push(bytes);
-        }
-    }
-
-    /// The reply for a login the driver could not complete; the client may retry.
-    pub fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        self.state = State::Commands;
-        let tag = &self.login_tag;
-        match failure {
-            LoginFailure::Refused => {
-                format!("{tag} NO [AUTHENTICATIONFAILED] {REFUSAL_TEXT}\r\n").into_bytes()
-            }
-            LoginFailure::Temporary => {
-                format!("{tag} NO [UNAVAILABLE] Temporary failure, please try again later.\r\n")
-                    .into_bytes()
-            }
-        }
-    }
-
-    /// Every byte the client sent after the login command, to forward upstream.
-    pub fn into_pipelined(self) -> Vec<u8> {
-        self.framer.into_unconsumed()
-    }
-
-    /// Bytes the core holds: the current message (capped at `max_line`) and
-    /// what the framer has not consumed yet (nothing once `next_action` returned
-    /// `None`, except while a login is pending).
-    pub fn buffered(&self) -> usize {
-        self.framer.message().len() + self.framer.unconsumed().len()
-    }
-
-    pub fn next_action(&mut self) -> Option<Action> {
-        if matches!(self.state, State::Done) {
-            return None;
-        }
-        loop {
-            let fragment = self.framer.progress()?;
-            if let FragmentInfo::Line {
-                announcement: Some(announcement),
-                end,
-                ..
-            } = fragment
-            {
-                let room = self.options.max_line.saturating_sub(end);
-                let fits = (announcement.length as usize) <= room;
-                match (announcement.mode, fits) {
-                    (LiteralMode::Sync, true) => {
-                        return Some(Action::Send(b"+ Ready for literal data\r\n".to_vec()));
-                    }
-                    (LiteralMode::Sync, false) => {
-                        // The client waits for "+": refusing now keeps us in sync.
-                        let tag = self.tag_or_star();
-                        self.framer.skip_message();
-                        return Some(self.bad(&tag, "Literal too large"));
-                    }
-                    (LiteralMode::NonSync, false) => {
-                        // RFC 7888 §4: the bytes are already on their way.
-                        self.state = State::Done;
-                        return Some(Action::Close(
-                            b"* BYE [TOOBIG] Literal too large\r\n".to_vec(),
-                        ));
-                    }
-                    (LiteralMode::NonSync, true) => {}
-                }
-            }
-            if self.framer.is_message_complete() {
-                return Some(self.complete_message());
-            }
-        }
     }
 
     fn tag_or_star(&self) -> String {
@@ -304,6 +223,89 @@ impl ImapPreAuth {
             }
             _ => self.bad(&tag, "Log in first"),
         }
+    }
+}
+
+impl PreAuthCore for ImapPreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        format!(
+            "* OK [CAPABILITY {}] postern ready\r\n",
+            self.capabilities()
+        )
+        .into_bytes()
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        if !matches!(self.state, State::Done) {
+            self.framer.push(bytes);
+        }
+    }
+
+    fn next_action(&mut self) -> Option<Action> {
+        if matches!(self.state, State::Done) {
+            return None;
+        }
+        loop {
+            let fragment = self.framer.progress()?;
+            if let FragmentInfo::Line {
+                announcement: Some(announcement),
+                end,
+                ..
+            } = fragment
+            {
+                let room = self.options.max_line.saturating_sub(end);
+                let fits = (announcement.length as usize) <= room;
+                match (announcement.mode, fits) {
+                    (LiteralMode::Sync, true) => {
+                        return Some(Action::Send(b"+ Ready for literal data\r\n".to_vec()));
+                    }
+                    (LiteralMode::Sync, false) => {
+                        // The client waits for "+": refusing now keeps us in sync.
+                        let tag = self.tag_or_star();
+                        self.framer.skip_message();
+                        return Some(self.bad(&tag, "Literal too large"));
+                    }
+                    (LiteralMode::NonSync, false) => {
+                        // RFC 7888 §4: the bytes are already on their way.
+                        self.state = State::Done;
+                        return Some(Action::Close(
+                            b"* BYE [TOOBIG] Literal too large\r\n".to_vec(),
+                        ));
+                    }
+                    (LiteralMode::NonSync, true) => {}
+                }
+            }
+            if self.framer.is_message_complete() {
+                return Some(self.complete_message());
+            }
+        }
+    }
+
+    /// The reply for a login the driver could not complete; the client may retry.
+    fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
+        self.state = State::Commands;
+        let tag = &self.login_tag;
+        match failure {
+            LoginFailure::Refused => {
+                format!("{tag} NO [AUTHENTICATIONFAILED] {REFUSAL_TEXT}\r\n").into_bytes()
+            }
+            LoginFailure::Temporary => {
+                format!("{tag} NO [UNAVAILABLE] Temporary failure, please try again later.\r\n")
+                    .into_bytes()
+            }
+        }
+    }
+
+    /// Every byte the client sent after the login command, to forward upstream.
+    fn into_pipelined(self) -> Vec<u8> {
+        self.framer.into_unconsumed()
+    }
+
+    /// Bytes the core holds: the current message (capped at `max_line`) and
+    /// what the framer has not consumed yet (nothing once `next_action` returned
+    /// `None`, except while a login is pending).
+    fn buffered(&self) -> usize {
+        self.framer.message().len() + self.framer.unconsumed().len()
     }
 }
 

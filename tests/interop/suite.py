@@ -1,0 +1,84 @@
+"""What the interop suites share: the environment they run in, small helpers and
+the runner that prints one line per test and a total.
+
+The suites are plain Python (no pytest) so CI needs nothing beyond Debian's python3.
+"""
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import traceback
+
+BIN = os.environ.get("POSTERN_BIN", "")
+CONFIG = os.environ.get("POSTERN_CONFIG", "")
+CA_FILE = os.environ.get("POSTERN_CA_FILE", "")
+TIMEOUT = 30
+
+
+def hostport(s):
+    h, p = s.rsplit(":", 1)
+    return h, int(p)
+
+
+def tls_context(cafile=None):
+    """A client context that verifies against `cafile` (or POSTERN_CA_FILE); with
+    neither, it accepts any certificate (the instance's self-signed one)."""
+    cafile = cafile or CA_FILE
+    if cafile:
+        return ssl.create_default_context(cafile=cafile)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def primary(user):
+    """The primary password of a test user (see dovecot.sh)."""
+    return user.split("@")[0] + "-primary"
+
+
+def run(cmd, check=True, input=None):
+    r = subprocess.run(cmd, input=input, capture_output=True, timeout=120,
+                       stdin=None if input is not None else subprocess.DEVNULL)
+    if check and r.returncode != 0:
+        raise AssertionError("command failed (%d): %s\nstdout: %s\nstderr: %s"
+                             % (r.returncode, " ".join(cmd), r.stdout.decode(errors="replace"),
+                                r.stderr.decode(errors="replace")))
+    return r
+
+
+def admin(*args, json_out=False):
+    """Runs `postern admin ARGS` against the suite's config; parsed JSON with json_out."""
+    cmd = [BIN, "admin", *args, "--config", CONFIG] + (["--json"] if json_out else [])
+    out = run(cmd).stdout.decode()
+    return json.loads(out) if json_out else out
+
+
+def main(tests, needs_postern=True):
+    """Runs `tests` (or those named on the command line), one line each; the exit
+    status is 1 when any failed."""
+    if needs_postern and (not BIN or not CONFIG):
+        print("POSTERN_BIN and POSTERN_CONFIG must be set", file=sys.stderr)
+        print("0 passed, %d failed" % len(tests))
+        return 1
+    only = sys.argv[1:]
+    passed = failed = 0
+    for t in tests:
+        if only and t.__name__ not in only:
+            continue
+        start = time.time()
+        try:
+            t()
+        except Exception:
+            failed += 1
+            print("FAIL %s (%.1fs): %s" % (t.__name__, time.time() - start, (t.__doc__ or "").strip()))
+            traceback.print_exc(file=sys.stdout)
+        else:
+            passed += 1
+            print("ok   %s (%.1fs)" % (t.__name__, time.time() - start))
+        sys.stdout.flush()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
