@@ -619,3 +619,102 @@ async fn an_http_request_on_the_imap_port_is_closed_without_echo() {
     }
     assert_eq!(fake.refused() + fake.logins().len(), 0);
 }
+
+#[tokio::test]
+async fn an_upstream_that_never_greets_is_a_temporary_failure() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Accept and hold every connection, saying nothing.
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let gateway = Gateway::start_imap(addr, "allow_plaintext_auth = true").await;
+    // Answered within the upstream timeout (5 s here), before the client's.
+    let (reply, _) = login(&gateway, ALICE, "alice-primary").await;
+    assert_eq!(
+        reply,
+        "a NO [UNAVAILABLE] Temporary failure, please try again later.\r\n"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_mid_session_closes_the_client_without_leaking_its_text() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let greeting = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] banner-7f3e\r\n";
+                stream.get_mut().write_all(greeting).await?;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if stream.read_line(&mut line).await? == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                    let upper = line.to_ascii_uppercase();
+                    let reply = if upper.contains(" ID ") {
+                        format!("* ID (\"name\" \"banner-7f3e\")\r\n{tag} OK ID done\r\n")
+                    } else if upper.contains("AUTHENTICATE") {
+                        format!("{tag} OK [CAPABILITY IMAP4rev1] Logged in\r\n")
+                    } else {
+                        // Any command after login: the upstream goes away.
+                        return Ok(());
+                    };
+                    stream.get_mut().write_all(reply.as_bytes()).await?;
+                }
+            });
+        }
+    });
+    let gateway = Gateway::start_imap(addr, "allow_plaintext_auth = true").await;
+    let (reply, mut client) = login(&gateway, ALICE, "alice-primary").await;
+    assert_eq!(reply, "a OK [CAPABILITY IMAP4rev1] Logged in\r\n");
+    client.send(b"b NOOP\r\n").await;
+    let mut rest = Vec::new();
+    loop {
+        let line = client.line().await;
+        if line.is_empty() {
+            break;
+        }
+        rest.push(line);
+    }
+    // The client is not left half-open, and saw nothing of the upstream's
+    // pre-login text.
+    assert!(rest.iter().all(|l| !l.contains("banner-7f3e")), "{rest:?}");
+    assert!(
+        rest.iter().all(|l| l.starts_with("* BYE")),
+        "at most a goodbye: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_over_the_per_address_cap_is_closed_and_a_silent_one_times_out() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let gateway = Gateway::start(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nmax_connections_per_ip = 2\nprelogin_timeout_secs = 1",
+    )
+    .await;
+    let addr = gateway.addr(Protocol::Imap, false);
+    let mut first = connect(addr).await;
+    assert!(first.line().await.starts_with("* OK"));
+    let mut second = connect(addr).await;
+    assert!(second.line().await.starts_with("* OK"));
+    // The third from the same address is closed without a greeting.
+    let mut third = connect(addr).await;
+    assert_eq!(third.line().await, "");
+    // A client that never logs in is told so and closed.
+    assert_eq!(
+        first.line().await,
+        "* BYE Autologout; too long without logging in\r\n"
+    );
+    assert!(first.closed().await);
+    assert_eq!(fake.logins().len(), 0);
+}
