@@ -194,14 +194,15 @@ impl Gate {
                     .check(record.id, &candidate, &record.hash)
                     .await
                 {
-                    Ok(verified) if !verified.matches => hashed = verified.hashed,
                     Ok(verified) => {
                         hashed = verified.hashed;
-                        credential = Credential::AppPassword {
-                            scopes: record.scopes,
-                            expires_at: record.expires_at,
-                        };
-                        app_password_id = Some(record.id);
+                        if verified.matches {
+                            credential = Credential::AppPassword {
+                                scopes: record.scopes,
+                                expires_at: record.expires_at,
+                            };
+                            app_password_id = Some(record.id);
+                        }
                     }
                     Err(err) => {
                         return Verdict::Unavailable {

@@ -50,12 +50,8 @@ pub async fn handle_connection<H: ProtocolHandler>(
     let protocol = handler.protocol();
     metrics::counter!(m::CONNECTIONS, "protocol" => protocol.as_str()).increment(1);
     let client = if implicit_tls {
-        match timeout(
-            ctx.handshake_timeout,
-            ctx.tls.acceptor(protocol).accept(tcp),
-        )
-        .await
-        {
+        let acceptor = ctx.tls.acceptor(protocol);
+        match timeout(ctx.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => MaybeTls::ServerTls(Box::new(stream)),
             Ok(Err(err)) => {
                 debug!(%protocol, client = %peer.ip(), error = %err, "TLS handshake failed");
