@@ -232,6 +232,6 @@ async fn a_plain_authorization_identity_naming_another_user_is_refused() {
     ))
     .await;
     assert!(c.line().await.starts_with("-ERR [AUTH] "));
-    settle().await;
-    assert!(log.all().is_empty(), "{:?}", log.all());
+    // An upstream login would have been logged before postern could answer.
+    assert!(log.logins().is_empty(), "{:?}", log.all());
 }
