@@ -138,6 +138,10 @@ pub struct WebConfig {
     /// Public base URL used in links and for the Secure cookie flag.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// When set, `/metrics` answers only requests carrying
+    /// `Authorization: Bearer <metrics_token>` (401 otherwise).
+    #[serde(default)]
+    pub metrics_token: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -145,6 +149,7 @@ impl Default for WebConfig {
         Self {
             listen: default_web_listen(),
             public_url: None,
+            metrics_token: None,
         }
     }
 }

@@ -7,6 +7,11 @@
 //! never asks the upstream whether a primary password is right before refusing,
 //! so a refusal is no password oracle. Any store failure fails closed with a
 //! temporary error.
+//!
+//! Every refusal costs exactly one Argon2 verification, whatever its cause: the
+//! stored hash's when an app password was found and hashed, else a dummy one
+//! ([`Gate::spend_refusal`]), also after a cache hit, so neither the cache nor a
+//! missing row makes one refusal faster than another.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -180,22 +185,25 @@ impl Gate {
 
         let mut credential = Credential::Primary;
         let mut app_password_id = None;
+        let mut hashed = false;
         if let Some(candidate) = CanonicalAppPassword::parse(presented.password.expose()) {
             let lookup = candidate.lookup_key(&self.key, &address);
             match self.store.app_password_by_lookup(user.id, &lookup).await {
                 Ok(Some(record)) => match self
                     .verifier
-                    .verify(record.id, &candidate, &record.hash)
+                    .check(record.id, &candidate, &record.hash)
                     .await
                 {
-                    Ok(true) => {
-                        credential = Credential::AppPassword {
-                            scopes: record.scopes,
-                            expires_at: record.expires_at,
-                        };
-                        app_password_id = Some(record.id);
+                    Ok(verified) => {
+                        hashed = verified.hashed;
+                        if verified.matches {
+                            credential = Credential::AppPassword {
+                                scopes: record.scopes,
+                                expires_at: record.expires_at,
+                            };
+                            app_password_id = Some(record.id);
+                        }
                     }
-                    Ok(false) => {}
                     Err(err) => {
                         return Verdict::Unavailable {
                             user: address,
@@ -222,10 +230,15 @@ impl Gate {
             protocol,
             now,
         ) {
-            Decision::Refuse(reason) => Verdict::Refuse {
-                user: address,
-                reason,
-            },
+            Decision::Refuse(reason) => {
+                if !hashed {
+                    self.spend_refusal().await;
+                }
+                Verdict::Refuse {
+                    user: address,
+                    reason,
+                }
+            }
             Decision::Allow(UpstreamLogin::Passthrough) => {
                 Self::passthrough(presented, address, allowed_until)
             }
@@ -249,6 +262,20 @@ impl Gate {
                 }
             }
         }
+    }
+
+    /// The Argon2 run a refusal costs when it has not verified a stored hash
+    /// (an upstream refusal, a blocked account, a primary password refused by
+    /// policy, an app password not found or served from the cache).
+    pub async fn spend_refusal(&self) {
+        if self.verifier.spend_refusal().await.is_err() {
+            tracing::warn!("the refusal's Argon2 run failed");
+        }
+    }
+
+    /// Argon2 verifications run since start.
+    pub fn argon2_runs(&self) -> u64 {
+        self.verifier.argon2_runs()
     }
 
     fn passthrough(presented: &Credentials, user: String, allowed_until: Option<i64>) -> Verdict {

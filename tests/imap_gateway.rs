@@ -333,3 +333,388 @@ async fn an_upstream_that_dies_mid_login_is_a_temporary_failure() {
     let (reply, _) = login(&gateway, ALICE, "alice-primary").await;
     assert!(reply.starts_with("a NO [UNAVAILABLE]"), "{reply}");
 }
+
+#[tokio::test]
+async fn every_refusal_costs_exactly_one_argon2_run_and_reads_the_same() {
+    let (fake, gateway) = setup().await;
+    let gate = &gateway.runtime.gate;
+    gateway.enroll(BOB).await;
+    let bob = gateway.store().ensure_user(BOB).await.unwrap();
+    let (revoked_id, revoked) = gateway.app_password(BOB, "imap", None).await;
+    gateway
+        .store()
+        .revoke_app_password(bob.id, revoked_id, "test")
+        .await
+        .unwrap();
+    let (_, pop_only) = gateway.app_password(BOB, "pop3", None).await;
+    let (_, expired) = gateway.app_password(BOB, "imap", Some(1)).await;
+    let (_, good) = gateway.app_password(BOB, "imap", None).await;
+    // A domain postern knows with the feature off (Disabled), and a user who
+    // exists only upstream.
+    gateway
+        .store()
+        .add_domain("off.test", "test")
+        .await
+        .unwrap();
+    gateway
+        .store()
+        .ensure_user("erin@example.test")
+        .await
+        .unwrap();
+    gateway
+        .store()
+        .set_user_disabled("erin@example.test", true, "test")
+        .await
+        .unwrap();
+
+    let causes: [(&str, &str, &str); 10] = [
+        ("unknown user", "nobody@example.test", "whatever"),
+        ("wrong password", ALICE, "wrong"),
+        (
+            "wrong app-password-shaped password",
+            ALICE,
+            "abcd-efgh-jkmn-pqrs",
+        ),
+        ("primary password of an enrolled user", BOB, "bob-primary"),
+        ("revoked app password", BOB, &revoked),
+        ("app password outside its scope", BOB, &pop_only),
+        // Verified once above: now served from the cache, still one run.
+        ("app password outside its scope, cached", BOB, &pop_only),
+        ("expired app password", BOB, &expired),
+        ("disabled domain", "frank@off.test", "wrong"),
+        ("disabled user", "erin@example.test", "erin-primary"),
+    ];
+    for (cause, user, password) in causes {
+        let before = gate.argon2_runs();
+        let (reply, _) = login(&gateway, user, password).await;
+        assert_eq!(reply, REFUSAL, "{cause}");
+        assert_eq!(gate.argon2_runs() - before, 1, "{cause}: one Argon2 run");
+    }
+    assert!(fake.logins().is_empty());
+
+    // The cache still spares a device that logs in again and again.
+    let (reply, _) = login(&gateway, BOB, &good).await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    let before = gate.argon2_runs();
+    let (reply, _) = login(&gateway, BOB, &good).await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    assert_eq!(gate.argon2_runs(), before, "a cached login costs no Argon2");
+}
+
+#[tokio::test]
+async fn tls_clients_offering_another_alpn_are_refused() {
+    let (_fake, gateway) = setup().await;
+    let cert = gateway.cert_path();
+    common::assert_alpn_rules(gateway.addr(Protocol::Imap, true), &cert, b"imap").await;
+
+    // The same rule after STARTTLS.
+    for (alpn, accepted) in [(&[b"h2".as_slice()][..], false), (&[][..], true)] {
+        let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+        client.line().await;
+        client.send(b"a STARTTLS\r\n").await;
+        assert!(client.line().await.starts_with("a OK"));
+        let handshake = common::tls_connector_alpn(&cert, alpn)
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                client.into_inner(),
+            )
+            .await;
+        assert_eq!(
+            handshake.is_ok(),
+            accepted,
+            "{alpn:?}: {:?}",
+            handshake.err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_10_mb_line_gets_one_error_without_echo_while_others_log_in() {
+    let (fake, gateway) = setup().await;
+    let addr = gateway.addr(Protocol::Imap, false);
+    let mut flood = connect(addr).await;
+    flood.line().await;
+    let (read, mut write) = tokio::io::split(flood.into_inner());
+    let sender = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let chunk = vec![b'A'; 64 * 1024];
+        for _ in 0..160 {
+            write.write_all(&chunk).await?;
+        }
+        write.write_all(b"\r\n").await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    // The gateway answers other clients while the line streams in.
+    let (reply, _) = login(&gateway, ALICE, "alice-primary").await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    let write = tokio::time::timeout(common::IO_TIMEOUT, sender)
+        .await
+        .expect("10 MB sent in time")
+        .unwrap()
+        .expect("the gateway drains the line instead of buffering or resetting");
+    let mut client = LineClient::new(read.unsplit(write));
+    // One error, without the input (not even as a tag), and the connection
+    // goes on.
+    assert_eq!(client.line().await, "* BAD Command line too long\r\n");
+    client.send(b"b NOOP\r\n").await;
+    assert_eq!(client.line().await, "b OK NOOP completed\r\n");
+    assert_eq!(fake.logins(), vec![ALICE]);
+}
+
+#[tokio::test]
+async fn invalid_base64_from_one_client_while_50_valid_logins_run() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    // 51 connections from one address: above the default per-address cap.
+    let gateway = Gateway::start(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nmax_connections_per_ip = 60",
+    )
+    .await;
+    let addr = gateway.addr(Protocol::Imap, false);
+    let garbage = async {
+        for _ in 0..10 {
+            let mut client = connect(addr).await;
+            client.line().await;
+            for n in 0..3 {
+                client
+                    .send(format!("g{n} AUTHENTICATE PLAIN !!not*base64==\r\n").as_bytes())
+                    .await;
+                let reply = client.line().await;
+                assert!(reply.starts_with(&format!("g{n} BAD")), "{reply}");
+                assert!(
+                    !reply.contains("not*base64"),
+                    "input is not echoed: {reply}"
+                );
+            }
+            assert!(client.closed().await, "closed after three bad commands");
+        }
+    };
+    let logins: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut client = connect(addr).await;
+                client.line().await;
+                let plain = base64::engine::general_purpose::STANDARD
+                    .encode(format!("\0{ALICE}\0alice-primary"));
+                client
+                    .send(format!("a AUTHENTICATE PLAIN {plain}\r\n").as_bytes())
+                    .await;
+                client.until("a ").await.concat()
+            })
+        })
+        .collect();
+    garbage.await;
+    for login in logins {
+        let reply = login.await.unwrap();
+        assert!(reply.starts_with("a OK"), "{reply}");
+    }
+    assert_eq!(fake.logins().len(), 50);
+}
+
+#[tokio::test]
+async fn literals_in_both_forms_and_a_command_split_into_single_bytes_log_in() {
+    let (fake, gateway) = setup().await;
+    // Synchronising literal: the server asks for the bytes with "+".
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client
+        .send(format!("a LOGIN {{{}}}\r\n", ALICE.len()).as_bytes())
+        .await;
+    assert!(client.line().await.starts_with("+ "));
+    client.send(format!("{ALICE} {{13}}\r\n").as_bytes()).await;
+    assert!(client.line().await.starts_with("+ "));
+    client.send(b"alice-primary\r\n").await;
+    assert!(client.until("a ").await.concat().starts_with("a OK"));
+
+    // Non-synchronising literal (LITERAL+, RFC 7888): no continuation.
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client
+        .send(
+            format!(
+                "a LOGIN {{{}+}}\r\n{ALICE} {{13+}}\r\nalice-primary\r\n",
+                ALICE.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert!(client.until("a ").await.concat().starts_with("a OK"));
+
+    // One byte per write.
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    for byte in format!("a LOGIN {ALICE} alice-primary\r\n").bytes() {
+        client.send(&[byte]).await;
+    }
+    assert!(client.until("a ").await.concat().starts_with("a OK"));
+    assert_eq!(fake.logins().len(), 3);
+}
+
+#[tokio::test]
+async fn commands_pipelined_behind_starttls_are_discarded() {
+    let (fake, gateway) = setup().await;
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    // RFC 2595 §3.1: what follows STARTTLS in the same packet was sent in clear
+    // and must not run inside TLS.
+    client
+        .send(format!("a STARTTLS\r\nb LOGIN {ALICE} alice-primary\r\n").as_bytes())
+        .await;
+    assert!(client.line().await.starts_with("a OK"));
+    let mut client = LineClient::new(tls_upgrade(client.into_inner(), &gateway.cert_path()).await);
+    client.send(b"c NOOP\r\n").await;
+    let reply = client.until("c ").await;
+    assert_eq!(
+        reply,
+        vec!["c OK NOOP completed\r\n".to_owned()],
+        "no reply to b"
+    );
+    assert!(fake.logins().is_empty(), "the injected LOGIN never ran");
+}
+
+#[tokio::test]
+async fn a_plain_authorization_identity_naming_another_user_is_refused() {
+    let (fake, gateway) = setup().await;
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    let plain =
+        base64::engine::general_purpose::STANDARD.encode(format!("{BOB}\0{ALICE}\0alice-primary"));
+    client
+        .send(format!("a AUTHENTICATE PLAIN {plain}\r\n").as_bytes())
+        .await;
+    let reply = client.until("a ").await.concat();
+    assert!(
+        reply.starts_with("a NO") || reply.starts_with("a BAD"),
+        "{reply}"
+    );
+    assert!(fake.logins().is_empty() && fake.refused() == 0);
+}
+
+#[tokio::test]
+async fn an_http_request_on_the_imap_port_is_closed_without_echo() {
+    let (fake, gateway) = setup().await;
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client
+        .send(b"GET /secret-path HTTP/1.1\r\nHost: probe.example\r\nUser-Agent: scanner\r\n\r\n")
+        .await;
+    let mut lines = Vec::new();
+    loop {
+        let line = client.line().await;
+        if line.is_empty() {
+            break;
+        }
+        lines.push(line);
+    }
+    let all = lines.concat();
+    assert!(all.contains("* BYE"), "closed with a goodbye: {all}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("BAD")).count(),
+        3,
+        "closed at the error limit: {all}"
+    );
+    for echoed in ["secret-path", "probe.example", "scanner", "HTTP"] {
+        assert!(!all.contains(echoed), "{echoed} echoed: {all}");
+    }
+    assert_eq!(fake.refused() + fake.logins().len(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_greets_is_a_temporary_failure() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Accept and hold every connection, saying nothing.
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let gateway = Gateway::start_imap(addr, "allow_plaintext_auth = true").await;
+    // Answered within the upstream timeout (5 s here), before the client's.
+    let (reply, _) = login(&gateway, ALICE, "alice-primary").await;
+    assert_eq!(
+        reply,
+        "a NO [UNAVAILABLE] Temporary failure, please try again later.\r\n"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_mid_session_closes_the_client_without_leaking_its_text() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let greeting = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] banner-7f3e\r\n";
+                stream.get_mut().write_all(greeting).await?;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if stream.read_line(&mut line).await? == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                    let upper = line.to_ascii_uppercase();
+                    let reply = if upper.contains(" ID ") {
+                        format!("* ID (\"name\" \"banner-7f3e\")\r\n{tag} OK ID done\r\n")
+                    } else if upper.contains("AUTHENTICATE") {
+                        format!("{tag} OK [CAPABILITY IMAP4rev1] Logged in\r\n")
+                    } else {
+                        // Any command after login: the upstream goes away.
+                        return Ok(());
+                    };
+                    stream.get_mut().write_all(reply.as_bytes()).await?;
+                }
+            });
+        }
+    });
+    let gateway = Gateway::start_imap(addr, "allow_plaintext_auth = true").await;
+    let (reply, mut client) = login(&gateway, ALICE, "alice-primary").await;
+    assert_eq!(reply, "a OK [CAPABILITY IMAP4rev1] Logged in\r\n");
+    client.send(b"b NOOP\r\n").await;
+    let mut rest = Vec::new();
+    loop {
+        let line = client.line().await;
+        if line.is_empty() {
+            break;
+        }
+        rest.push(line);
+    }
+    // The client is not left half-open, and saw nothing of the upstream's
+    // pre-login text.
+    assert!(rest.iter().all(|l| !l.contains("banner-7f3e")), "{rest:?}");
+    assert!(
+        rest.iter().all(|l| l.starts_with("* BYE")),
+        "at most a goodbye: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_over_the_per_address_cap_is_closed_and_a_silent_one_times_out() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let gateway = Gateway::start(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nmax_connections_per_ip = 2\nprelogin_timeout_secs = 1",
+    )
+    .await;
+    let addr = gateway.addr(Protocol::Imap, false);
+    let mut first = connect(addr).await;
+    assert!(first.line().await.starts_with("* OK"));
+    let mut second = connect(addr).await;
+    assert!(second.line().await.starts_with("* OK"));
+    // The third from the same address is closed without a greeting.
+    let mut third = connect(addr).await;
+    assert_eq!(third.line().await, "");
+    // A client that never logs in is told so and closed.
+    assert_eq!(
+        first.line().await,
+        "* BYE Autologout; too long without logging in\r\n"
+    );
+    assert!(first.closed().await);
+    assert_eq!(fake.logins().len(), 0);
+}

@@ -1,5 +1,6 @@
 //! POP3 through the 2-step gate, against a fake upstream in this process.
 
+mod common;
 mod mail_fakes;
 
 use mail_fakes::*;
@@ -164,4 +165,73 @@ async fn killed_session_gets_err_auth() {
     assert_eq!(killed, 1);
     assert_eq!(c.line().await, "-ERR [AUTH] your session was ended");
     assert!(c.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_offering_another_alpn_are_refused() {
+    let (postern, _log) = setup().await;
+    common::assert_alpn_rules(postern.tls_addr(), &postern.cert_path(), b"pop3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mb_line_gets_one_error_without_echo_while_others_log_in() {
+    let (postern, log) = setup().await;
+    let flood = flood_10_mb(postern.plain_addr());
+    // Another client is served while the line streams in.
+    let mut c = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert_eq!(c.line().await, "+OK fake logged in");
+    let mut flooded = tokio::time::timeout(std::time::Duration::from_secs(60), flood)
+        .await
+        .expect("10 MB sent in time")
+        .unwrap()
+        .expect("the gateway drains the line instead of buffering or resetting");
+    assert_eq!(flooded.line().await, "-ERR Line too long");
+    flooded.send("CAPA\r\n").await;
+    assert_eq!(flooded.line().await, "+OK Capability list follows");
+    assert_eq!(log.logins().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pipelined_behind_stls_are_discarded() {
+    let (postern, log) = setup().await;
+    let mut c = connect(&postern).await;
+    // RFC 2595 §4: input sent in clear after STLS must not run inside TLS.
+    c.send(&format!(
+        "STLS\r\nAUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("+OK"));
+    let tls = common::tls_connector(&postern.cert_path())
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            c.into_inner(),
+        )
+        .await
+        .expect("TLS handshake");
+    let mut tls = common::LineClient::new(tls);
+    tls.send(b"NOOP\r\n").await;
+    // The first answer inside TLS is to NOOP (refused before login), not a
+    // login result.
+    assert!(tls.line().await.starts_with("-ERR"));
+    assert!(log.logins().is_empty(), "{:?}", log.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_authorization_identity_naming_another_user_is_refused() {
+    let (postern, log) = setup().await;
+    let mut c = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("bob@example.test", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("-ERR [AUTH] "));
+    // An upstream login would have been logged before postern could answer.
+    assert!(log.logins().is_empty(), "{:?}", log.all());
 }

@@ -1,5 +1,6 @@
 //! SMTP submission through the 2-step gate, against a fake upstream in this process.
 
+mod common;
 mod mail_fakes;
 
 use mail_fakes::*;
@@ -252,4 +253,113 @@ async fn killed_session_gets_421() {
     assert_eq!(kill_all(&postern, "your app password was revoked").await, 1);
     assert_eq!(c.line().await, "421 4.7.0 your app password was revoked");
     assert!(c.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_offering_another_alpn_are_refused() {
+    let (postern, _log) = setup("").await;
+    common::assert_alpn_rules(postern.tls_addr(), &postern.cert_path(), b"smtp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mb_line_gets_one_error_without_echo_while_others_log_in() {
+    let (postern, log) = setup("").await;
+    let flood = flood_10_mb(postern.plain_addr());
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert_eq!(c.line().await, "235 2.7.0 fake accepted");
+    let mut flooded = tokio::time::timeout(std::time::Duration::from_secs(60), flood)
+        .await
+        .expect("10 MB sent in time")
+        .unwrap()
+        .expect("the gateway drains the line instead of buffering or resetting");
+    assert_eq!(flooded.line().await, "500 5.5.2 Line too long");
+    flooded.send("NOOP\r\n").await;
+    assert_eq!(flooded.line().await, "250 2.0.0 OK");
+    assert_eq!(log.logins().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_base64_from_one_client_while_50_valid_logins_run() {
+    // 51 connections from one address: above the default per-address cap.
+    let (postern, log) = setup("[limits]\nmax_connections_per_ip = 60").await;
+    let addr = postern.plain_addr();
+    let logins: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                c.line().await;
+                c.send("EHLO client.test\r\n").await;
+                c.reply().await;
+                c.send(&format!(
+                    "AUTH PLAIN {}\r\n",
+                    plain("", ALICE, ALICE_PRIMARY)
+                ))
+                .await;
+                c.line().await
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        let (mut c, _) = connect(&postern).await;
+        for n in 0..3 {
+            c.send("AUTH PLAIN !!not*base64==\r\n").await;
+            let reply = c.line().await;
+            // The third bad command closes with 421.
+            let code = if n < 2 { "501 " } else { "421 4.7.0 " };
+            assert!(reply.starts_with(code), "{reply}");
+            assert!(
+                !reply.contains("not*base64"),
+                "input is not echoed: {reply}"
+            );
+        }
+        assert!(c.closed().await, "closed after three bad commands");
+    }
+    for login in logins {
+        assert_eq!(login.await.unwrap(), "235 2.7.0 fake accepted");
+    }
+    assert_eq!(log.logins().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pipelined_behind_starttls_are_discarded() {
+    let (postern, log) = setup("").await;
+    let (mut c, _) = connect(&postern).await;
+    // RFC 3207 §6: input sent in clear after STARTTLS must not run inside TLS.
+    c.send(&format!(
+        "STARTTLS\r\nAUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("220 "));
+    let tls = common::tls_connector(&postern.cert_path())
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            c.into_inner(),
+        )
+        .await
+        .expect("TLS handshake");
+    let mut tls = common::LineClient::new(tls);
+    tls.send(b"NOOP\r\n").await;
+    // The first answer inside TLS is to NOOP, not to the injected AUTH.
+    assert_eq!(tls.line().await, "250 2.0.0 OK\r\n");
+    assert!(log.logins().is_empty(), "{:?}", log.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_authorization_identity_naming_another_user_is_refused() {
+    let (postern, log) = setup("").await;
+    let (mut c, _) = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("bob@example.test", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    assert!(c.line().await.starts_with("535 "));
+    // An upstream login would have been logged before postern could answer.
+    assert!(log.logins().is_empty(), "{:?}", log.all());
 }

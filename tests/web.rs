@@ -807,3 +807,35 @@ async fn metrics_show_connections_logins_and_upstream_latency_after_a_login() {
     assert!(value("postern_sessions_active{protocol=\"imap\"}") >= 1.0);
     assert!(text.contains("# TYPE postern_logins_total counter"));
 }
+
+#[tokio::test]
+async fn metrics_require_the_bearer_token_when_one_is_configured() {
+    let w = world().await;
+    let mut config = w.gateway.config.clone();
+    config.web.metrics_token = Some("metrics-s3cret".into());
+    let app = router(WebState::from_runtime(&w.gateway.runtime, &config).expect("web state"));
+    let mut browser = Browser::new(&app);
+    let with = |value: Option<&str>| {
+        let mut request = Request::get("/metrics");
+        if let Some(value) = value {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        request.body(Body::empty()).expect("request")
+    };
+    for refused in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer metrics-s3cre"),
+        Some("Basic bWV0cmljcy1zM2NyZXQ="),
+    ] {
+        let page = browser.send(with(refused)).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+        assert!(!page.body.contains("postern_"), "{refused:?}");
+    }
+    let page = browser.send(with(Some("Bearer metrics-s3cret"))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("# TYPE"), "{}", page.body);
+    // Without a token configured, /metrics stays open (the default).
+    let page = Browser::new(&w.app).get("/metrics").await;
+    assert_eq!(page.status, StatusCode::OK);
+}

@@ -6,9 +6,14 @@
 //! client that reconnects every few minutes costs one Argon2 run, not one per
 //! connection. The cache only skips the hash: the row is still read from the
 //! store on every login, so revocation and expiry take effect at once.
+//!
+//! A refusal must not be faster than another refusal: [`AppPasswordVerifier::spend_refusal`]
+//! runs one Argon2 verification against a fixed dummy hash, through the same
+//! queue, for refusals that did not already cost one (see `Gate`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -30,6 +35,37 @@ struct Inner {
     key: InstanceKey,
     permits: Semaphore,
     cache: Mutex<HashMap<i64, CacheEntry>>,
+    /// Argon2 verifications run so far (tests count the work per refusal).
+    runs: AtomicU64,
+}
+
+/// What one verification found, and whether it cost an Argon2 run (a cache hit
+/// does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub matches: bool,
+    pub hashed: bool,
+}
+
+/// An app password no one holds, hashed once with the same parameters as real
+/// ones, so a dummy verification costs what a real one costs.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        CanonicalAppPassword::parse("zzzz-zzzz-zzzz-zzzz")
+            .and_then(|p| p.hash().ok())
+            .unwrap_or_default()
+    })
+}
+
+/// The password checked against [`dummy_hash`] (never the right one: the dummy
+/// hash is of another password).
+fn dummy_password() -> CanonicalAppPassword {
+    static DUMMY: OnceLock<Option<CanonicalAppPassword>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| CanonicalAppPassword::parse("0000-0000-0000-0000"))
+        .clone()
+        .unwrap_or_else(|| crate::credentials::AppPassword::generate().canonical())
 }
 
 struct CacheEntry {
@@ -66,6 +102,7 @@ impl AppPasswordVerifier {
                 key,
                 permits: Semaphore::new(parallelism.max(1)),
                 cache: Mutex::new(HashMap::new()),
+                runs: AtomicU64::new(0),
             }),
         }
     }
@@ -77,11 +114,52 @@ impl AppPasswordVerifier {
         password: &CanonicalAppPassword,
         phc: &str,
     ) -> Result<bool, VerifyError> {
+        self.check(id, password, phc).await.map(|v| v.matches)
+    }
+
+    /// Like [`Self::verify`], also telling whether Argon2 ran (not a cache hit).
+    pub async fn check(
+        &self,
+        id: i64,
+        password: &CanonicalAppPassword,
+        phc: &str,
+    ) -> Result<Verified, VerifyError> {
         let fingerprint = password.fingerprint(&self.inner.key);
         let tag = hash_tag(phc);
         if self.cached(id, &fingerprint, tag) {
-            return Ok(true);
+            return Ok(Verified {
+                matches: true,
+                hashed: false,
+            });
         }
+        let matches = self.run(password.clone(), Some(phc.to_owned())).await?;
+        if matches {
+            self.remember(id, fingerprint, tag);
+        }
+        Ok(Verified {
+            matches,
+            hashed: true,
+        })
+    }
+
+    /// One Argon2 verification that matches nothing, through the same queue as a
+    /// real one: spent by a refusal that did not verify a stored hash, so every
+    /// refusal costs the same work whatever its cause.
+    pub async fn spend_refusal(&self) -> Result<(), VerifyError> {
+        self.run(dummy_password(), None).await.map(|_| ())
+    }
+
+    /// Argon2 verifications run since start (cache hits are not counted).
+    pub fn argon2_runs(&self) -> u64 {
+        self.inner.runs.load(Ordering::Relaxed)
+    }
+
+    /// Verifies in `spawn_blocking` behind the semaphore; `None` is the dummy hash.
+    async fn run(
+        &self,
+        password: CanonicalAppPassword,
+        phc: Option<String>,
+    ) -> Result<bool, VerifyError> {
         let queued = Queued::enter();
         let _permit = self
             .inner
@@ -90,14 +168,14 @@ impl AppPasswordVerifier {
             .await
             .map_err(|_| VerifyError)?;
         drop(queued);
-        let (password, phc_owned) = (password.clone(), phc.to_owned());
-        let ok = tokio::task::spawn_blocking(move || password.verify(&phc_owned))
-            .await
-            .map_err(|_| VerifyError)?;
-        if ok {
-            self.remember(id, fingerprint, tag);
-        }
-        Ok(ok)
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let phc = phc.as_deref().unwrap_or_else(|| dummy_hash());
+            inner.runs.fetch_add(1, Ordering::Relaxed);
+            password.verify(phc)
+        })
+        .await
+        .map_err(|_| VerifyError)
     }
 
     /// Verifications waiting for a permit right now (a metric).
@@ -165,5 +243,28 @@ mod tests {
         assert!(!v.verify(1, &bad, &phc).await.unwrap());
         // Another stored hash under the same id is not served from the cache.
         assert!(!v.cached(1, &good.fingerprint(&v.inner.key), hash_tag("other")));
+    }
+
+    #[tokio::test]
+    async fn cache_hits_cost_no_argon2_and_the_refusal_dummy_costs_one() {
+        let v = AppPasswordVerifier::new(InstanceKey::from_bytes([4; 32]), 1);
+        let good = AppPassword::generate().canonical();
+        let phc = good.hash().unwrap();
+        let first = v.check(7, &good, &phc).await.unwrap();
+        assert_eq!((first.matches, first.hashed), (true, true));
+        let again = v.check(7, &good, &phc).await.unwrap();
+        assert_eq!((again.matches, again.hashed), (true, false));
+        assert_eq!(v.argon2_runs(), 1);
+        v.spend_refusal().await.unwrap();
+        assert_eq!(v.argon2_runs(), 2);
+        // The dummy hash is a real Argon2id hash with the same parameters, so the
+        // dummy run does the same work as a real verification.
+        assert!(dummy_hash().starts_with("$argon2id$"));
+        assert_eq!(
+            dummy_hash().split('$').nth(3),
+            phc.split('$').nth(3),
+            "same cost parameters"
+        );
+        assert!(!dummy_password().verify(dummy_hash()));
     }
 }

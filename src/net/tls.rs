@@ -1,6 +1,12 @@
 //! TLS on both sides: the certificate postern presents (loaded from PEM, or a
 //! self-signed pair generated at first start) and the verifying connector for
 //! upstream servers. rustls on the `ring` provider only.
+//!
+//! Each mail protocol's acceptor announces that protocol's ALPN id (RFC 7301):
+//! a client offering ALPN without a match is refused with the
+//! `no_application_protocol` alert (RFC 7301 §3.2), so a TLS connection meant
+//! for another service (HTTP/2, say) cannot be pointed at a mail port. Clients
+//! offering no ALPN at all, as most mail clients do, are unaffected.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -8,6 +14,29 @@ use std::sync::{Arc, RwLock};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::policy::Protocol;
+
+/// The ALPN id a mail port accepts. `imap` and `pop3` are registered with IANA
+/// (reference RFC 2595); submission has no registered id, so `smtp` is used.
+pub fn alpn_id(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Imap => b"imap",
+        Protocol::Pop3 => b"pop3",
+        Protocol::Smtp => b"smtp",
+    }
+}
+
+/// One server configuration per protocol (they differ only in ALPN).
+type PerProtocol = [Arc<rustls::ServerConfig>; 3];
+
+fn index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Imap => 0,
+        Protocol::Pop3 => 1,
+        Protocol::Smtp => 2,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -88,7 +117,7 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(chain)
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+fn server_configs(cert: &Path, key: &Path) -> Result<PerProtocol, TlsError> {
     let chain = load_chain(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
         path: key.display().to_string(),
@@ -97,14 +126,18 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, T
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    Ok(Protocol::ALL.map(|protocol| {
+        let mut config = config.clone();
+        config.alpn_protocols = vec![alpn_id(protocol).to_vec()];
+        Arc::new(config)
+    }))
 }
 
 /// The server side, reloadable in place (SIGHUP) without touching live sessions:
 /// each handshake takes the configuration current at that moment.
 #[derive(Clone)]
 pub struct ServerTls {
-    config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    config: Arc<RwLock<PerProtocol>>,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
 }
@@ -112,7 +145,7 @@ pub struct ServerTls {
 impl ServerTls {
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         Ok(Self {
-            config: Arc::new(RwLock::new(server_config(cert, key)?)),
+            config: Arc::new(RwLock::new(server_configs(cert, key)?)),
             cert: cert.to_owned(),
             key: key.to_owned(),
         })
@@ -120,17 +153,18 @@ impl ServerTls {
 
     /// Re-reads the certificate and key; on error the old pair stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = server_config(&self.cert, &self.key)?;
+        let fresh = server_configs(&self.cert, &self.key)?;
         if let Ok(mut current) = self.config.write() {
             *current = fresh;
         }
         Ok(())
     }
 
-    pub fn acceptor(&self) -> TlsAcceptor {
+    /// The acceptor for `protocol`'s ports (its ALPN id).
+    pub fn acceptor(&self, protocol: Protocol) -> TlsAcceptor {
         let config = match self.config.read() {
-            Ok(config) => config.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(configs) => configs[index(protocol)].clone(),
+            Err(poisoned) => poisoned.into_inner()[index(protocol)].clone(),
         };
         TlsAcceptor::from(config)
     }

@@ -51,7 +51,8 @@ pub async fn handle_connection<H: ProtocolHandler>(
     let protocol = handler.protocol();
     metrics::counter!(m::CONNECTIONS, "protocol" => protocol.as_str()).increment(1);
     let client = if implicit_tls {
-        match timeout(ctx.handshake_timeout, ctx.tls.acceptor().accept(tcp)).await {
+        let acceptor = ctx.tls.acceptor(protocol);
+        match timeout(ctx.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => MaybeTls::ServerTls(Box::new(stream)),
             Ok(Err(err)) => {
                 debug!(%protocol, client = %peer.ip(), error = %err, "TLS handshake failed");
@@ -118,7 +119,8 @@ async fn pre_login<H: ProtocolHandler>(
                     let MaybeTls::Plain(tcp) = client else {
                         return Ok(None);
                     };
-                    let accepted = timeout(ctx.handshake_timeout, ctx.tls.acceptor().accept(tcp))
+                    let acceptor = ctx.tls.acceptor(handler.protocol());
+                    let accepted = timeout(ctx.handshake_timeout, acceptor.accept(tcp))
                         .await
                         .map_err(|_| {
                             io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
@@ -236,6 +238,7 @@ async fn login<H: ProtocolHandler>(
         Err(LoginFailure::Refused)
     };
     if ctx.penalties.blocked(&credentials.username) {
+        ctx.gate.spend_refusal().await;
         info!(target: "postern::login", %protocol, user = %credentials.username, client = %ip, method, result = "refused", reason = "account-blocked");
         ctx.gate.audit_login(
             &credentials.username,
@@ -308,6 +311,7 @@ async fn login<H: ProtocolHandler>(
             })
         }
         UpstreamOutcome::Refused(detail) => {
+            ctx.gate.spend_refusal().await;
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "refused", reason = "upstream-refused", upstream = %detail);
             refused(&user, "upstream-refused")
         }

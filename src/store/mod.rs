@@ -97,6 +97,11 @@ impl Backend {
     }
 }
 
+/// How long a caller waits for a database connection (sqlx retries a refused
+/// connection until then). Past it the caller fails: a mail login gets a
+/// temporary error within seconds instead of hanging while the database is down.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Handle to the database; cheap to clone (it wraps a connection pool).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -119,6 +124,7 @@ impl Store {
             Backend::Postgres => (
                 AnyPoolOptions::new()
                     .max_connections(10)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect(url)
                     .await?,
                 &POSTGRES_MIGRATOR,
@@ -176,6 +182,7 @@ async fn connect_sqlite(url: &str) -> Result<AnyPool, StoreError> {
     }
     let mut options = AnyPoolOptions::new()
         .max_connections(if in_memory { 1 } else { 5 })
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 // `serve` and `admin` share the file: a writer waits up to 5 s for the

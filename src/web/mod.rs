@@ -62,6 +62,8 @@ pub struct Inner {
     pub mail_host: Option<String>,
     /// `(protocol, port, "SSL/TLS" | "STARTTLS")` as configured.
     pub mail_ports: Vec<(Protocol, u16, &'static str)>,
+    /// `[web] metrics_token`: required as a bearer token on `/metrics` when set.
+    pub metrics_token: Option<crate::secret::Secret<String>>,
 }
 
 impl Deref for WebState {
@@ -107,6 +109,12 @@ impl WebState {
             secure_cookies: public_url.starts_with("https://"),
             mail_host,
             mail_ports,
+            metrics_token: config
+                .web
+                .metrics_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(crate::secret::Secret::from),
         }))
     }
 }
@@ -155,8 +163,24 @@ pub fn router(state: WebState) -> Router {
         .with_state(state)
 }
 
-/// The Prometheus text format (see `crate::metrics`).
-async fn metrics_text() -> Response {
+/// The Prometheus text format (see `crate::metrics`), behind the bearer token
+/// when `[web] metrics_token` is set.
+async fn metrics_text(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|v| crate::secret::Secret::from(v.trim()));
+        if presented.as_ref() != Some(token) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -232,6 +232,11 @@ pub async fn connect(addr: SocketAddr) -> LineClient<TcpStream> {
 
 /// A TLS client trusting exactly the gateway's (generated) certificate.
 pub fn tls_connector(cert: &std::path::Path) -> tokio_rustls::TlsConnector {
+    tls_connector_alpn(cert, &[])
+}
+
+/// Like [`tls_connector`], offering these ALPN ids (none: no ALPN extension).
+pub fn tls_connector_alpn(cert: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     postern::net::tls::install_provider();
@@ -239,10 +244,50 @@ pub fn tls_connector(cert: &std::path::Path) -> tokio_rustls::TlsConnector {
     for cert in CertificateDer::pem_file_iter(cert).expect("pem") {
         roots.add(cert.expect("cert")).expect("root");
     }
-    let config = rustls::ClientConfig::builder()
+    let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|id| id.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A TLS handshake offering `alpn`: the negotiated ALPN id, or the error.
+pub async fn tls_handshake_alpn(
+    addr: SocketAddr,
+    cert: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Result<Option<Vec<u8>>, std::io::Error> {
+    let tcp = TcpStream::connect(addr).await?;
+    let stream = tokio::time::timeout(
+        IO_TIMEOUT,
+        tls_connector_alpn(cert, alpn)
+            .connect(ServerName::try_from("localhost").expect("name"), tcp),
+    )
+    .await
+    .expect("handshake timed out")?;
+    Ok(stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+}
+
+/// Asserts the ALPN rules of a mail port: no ALPN or the protocol's own id is
+/// accepted, another id is refused with `no_application_protocol`.
+pub async fn assert_alpn_rules(addr: SocketAddr, cert: &std::path::Path, id: &[u8]) {
+    assert_eq!(
+        tls_handshake_alpn(addr, cert, &[]).await.expect("no ALPN"),
+        None
+    );
+    assert_eq!(
+        tls_handshake_alpn(addr, cert, &[b"h2", id])
+            .await
+            .expect("own id"),
+        Some(id.to_vec())
+    );
+    let err = tls_handshake_alpn(addr, cert, &[b"h2", b"http/1.1"])
+        .await
+        .expect_err("another protocol's ALPN is refused");
+    assert!(
+        format!("{err:?}").contains("NoApplicationProtocol"),
+        "refused with no_application_protocol: {err:?}"
+    );
 }
 
 pub async fn tls_upgrade(

@@ -73,6 +73,15 @@ master_password = "masterpw"
         self.bound.iter().find(|b| !b.implicit_tls).unwrap().addr
     }
 
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.bound.iter().find(|b| b.implicit_tls).unwrap().addr
+    }
+
+    /// The certificate postern generated for its TLS listeners.
+    pub fn cert_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("tls.crt")
+    }
+
     pub fn store(&self) -> &Store {
         &self.runtime.store
     }
@@ -372,6 +381,11 @@ impl Client {
         }
     }
 
+    /// The connection, e.g. for a TLS upgrade.
+    pub fn into_inner(self) -> TcpStream {
+        self.0.into_inner()
+    }
+
     /// True when the server closed the connection (reads to EOF).
     pub async fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
@@ -380,6 +394,21 @@ impl Client {
             Ok(Ok(_))
         )
     }
+}
+
+/// Connects, reads the greeting, then streams a 10 MiB line of `A` (and CRLF)
+/// from a task; the task yields the client once all of it was sent.
+pub fn flood_10_mb(addr: SocketAddr) -> tokio::task::JoinHandle<std::io::Result<Client>> {
+    tokio::spawn(async move {
+        let mut c = Client::connect(addr).await;
+        c.line().await;
+        let chunk = vec![b'A'; 64 * 1024];
+        for _ in 0..160 {
+            c.0.get_mut().write_all(&chunk).await?;
+        }
+        c.0.get_mut().write_all(b"\r\n").await?;
+        Ok(c)
+    })
 }
 
 /// Waits a little for in-flight work (e.g. a pipelined command) to land.
