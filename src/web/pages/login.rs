@@ -8,8 +8,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{error_page, grouped, page, post_button, qr_svg};
+use super::{error_page, grouped, page, post_button, qr_svg, sentence};
 use crate::web::ops::{self, CodeOutcome, PasswordOutcome};
+use crate::web::recovery;
 use crate::web::session::Auth;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
@@ -109,29 +110,110 @@ fn pending_address(current: &Current, want_second_step: bool) -> Option<(String,
     }
 }
 
-fn code_page(csrf: &str, address: &str, error: Option<&str>) -> Markup {
+/// What the second-step page says besides the form.
+#[derive(Default)]
+struct CodeNotes<'a> {
+    error: Option<&'a str>,
+    /// The masked recovery address, when the user has one.
+    recovery: Option<&'a str>,
+    /// A code was just sent to the recovery address.
+    sent: bool,
+}
+
+fn code_page(csrf: &str, address: &str, notes: CodeNotes<'_>) -> Markup {
     page(
         "2-Step Authentication",
         html! { nav { (post_button("/logout", csrf, "Cancel", "link")) } },
         html! {
             div.card {
                 p { "Signing in as " strong { (address) } "." }
-                @if let Some(error) = error { p.error role="alert" { (error) } }
+                @if let Some(error) = notes.error { p.error role="alert" { (error) } }
+                @if let (true, Some(to)) = (notes.sent, notes.recovery) {
+                    p.ok role="status" { "We sent a code to " strong { (to) } ". It is valid for 10 minutes." }
+                }
                 form method="post" action="/login/code" {
                     input type="hidden" name="csrf" value=(csrf);
-                    label for="code" { "Code from your authenticator app, or a backup code" }
+                    label for="code" {
+                        @if notes.recovery.is_some() {
+                            "Code from your authenticator app or your recovery e-mail, or a backup code"
+                        } @else {
+                            "Code from your authenticator app, or a backup code"
+                        }
+                    }
                     input #code type="text" name="code" inputmode="numeric" autocomplete="one-time-code" required autofocus;
                     button type="submit" { "Verify" }
+                }
+                @if let Some(to) = notes.recovery {
+                    (post_button("/login/email", csrf, &format!("Send a code to my recovery e-mail ({to})"), "link"))
                 }
             }
         },
     )
 }
 
-pub async fn code_form(Extension(current): Extension<Current>) -> Response {
+/// The masked confirmed recovery address of a user; `None` also when it cannot be
+/// looked up (the page then just does not offer it).
+async fn recovery_of(state: &WebState, address: &str) -> Option<String> {
+    recovery::confirmed_recovery(state, address)
+        .await
+        .ok()
+        .flatten()
+}
+
+pub async fn code_form(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
     match pending_address(&current, true) {
-        Some((_, csrf, address)) => code_page(&csrf, &address, None).into_response(),
+        Some((_, csrf, address)) => {
+            let recovery = recovery_of(&state, &address).await;
+            let notes = CodeNotes {
+                recovery: recovery.as_deref(),
+                ..CodeNotes::default()
+            };
+            code_page(&csrf, &address, notes).into_response()
+        }
         None => Redirect::to("/").into_response(),
+    }
+}
+
+/// Sends a code to the recovery address; the session id rotates.
+pub async fn email_code(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let Some((id, csrf, address)) = pending_address(&current, true) else {
+        return Redirect::to("/").into_response();
+    };
+    let ip = current.ip_string();
+    match recovery::send_login_code(&state, &address, ip.as_deref()).await {
+        Ok(masked) => {
+            let (new_id, session) = state.sessions.rotate(
+                &id,
+                Auth::SecondStep {
+                    address: address.clone(),
+                },
+            );
+            let notes = CodeNotes {
+                recovery: Some(&masked),
+                sent: true,
+                ..CodeNotes::default()
+            };
+            with_cookie(
+                SessionCookie::Set(new_id),
+                code_page(&session.csrf, &address, notes),
+            )
+        }
+        Err(err) => {
+            let recovery = recovery_of(&state, &address).await;
+            let message = sentence(&err.to_string());
+            let notes = CodeNotes {
+                error: Some(&message),
+                recovery: recovery.as_deref(),
+                ..CodeNotes::default()
+            };
+            (err.status(), code_page(&csrf, &address, notes)).into_response()
+        }
     }
 }
 
@@ -163,14 +245,19 @@ pub async fn code(
         Ok(outcome) => {
             let message = match outcome {
                 CodeOutcome::Replayed => "That code was already used. Wait for the next one.",
+                CodeOutcome::Expired => {
+                    "That e-mail code has expired or was already used. Send a new one."
+                }
                 CodeOutcome::Locked => "Too many wrong codes. Wait 15 minutes, then try again.",
                 _ => "That code is not right. Check the time on your phone.",
             };
-            (
-                StatusCode::UNAUTHORIZED,
-                code_page(&csrf, &address, Some(message)),
-            )
-                .into_response()
+            let recovery = recovery_of(&state, &address).await;
+            let notes = CodeNotes {
+                error: Some(message),
+                recovery: recovery.as_deref(),
+                ..CodeNotes::default()
+            };
+            (StatusCode::UNAUTHORIZED, code_page(&csrf, &address, notes)).into_response()
         }
         Err(err) => error_page(&err),
     }
