@@ -18,9 +18,9 @@ use super::{Backend, Store, StoreError};
 pub const EMAIL_CODE_LIFETIME: i64 = 10 * 60;
 /// Wrong guesses a code survives; the next one finds it void.
 pub const EMAIL_CODE_MAX_FAILURES: i64 = 5;
-/// At most one code per user in this many seconds...
+/// At most one code per user and purpose in this many seconds...
 pub const EMAIL_CODE_MIN_INTERVAL: i64 = 60;
-/// ...and at most this many per hour.
+/// ...and at most this many per user and hour, whatever their purpose.
 pub const EMAIL_CODES_PER_HOUR: i64 = 5;
 
 /// What a code proves.
@@ -73,6 +73,7 @@ async fn sending_limit(
     conn: &mut AnyConnection,
     backend: Backend,
     user_id: i64,
+    purpose: EmailCodePurpose,
     now: i64,
 ) -> Result<Option<i64>, StoreError> {
     if backend == Backend::Postgres {
@@ -81,16 +82,26 @@ async fn sending_limit(
             .fetch_optional(&mut *conn)
             .await?;
     }
-    let recent: Vec<i64> = sqlx::query_scalar(
-        "SELECT created_at FROM email_codes WHERE user_id = $1 AND created_at > $2 \
+    let rows = sqlx::query(
+        "SELECT created_at, purpose FROM email_codes WHERE user_id = $1 AND created_at > $2 \
          ORDER BY created_at",
     )
     .bind(user_id)
     .bind(now - 3600)
     .fetch_all(&mut *conn)
     .await?;
+    let mut recent = Vec::with_capacity(rows.len());
+    let mut last_same = None;
+    for row in &rows {
+        let at: i64 = row.try_get("created_at")?;
+        let kind: String = row.try_get("purpose")?;
+        if kind == purpose.as_str() {
+            last_same = Some(at);
+        }
+        recent.push(at);
+    }
     let mut wait = 0;
-    if let Some(last) = recent.last() {
+    if let Some(last) = last_same {
         wait = wait.max(last + EMAIL_CODE_MIN_INTERVAL - now);
     }
     let per_hour = usize::try_from(EMAIL_CODES_PER_HOUR).unwrap_or(usize::MAX);
@@ -153,7 +164,15 @@ impl Store {
     ) -> Result<EmailCodeIssue, StoreError> {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;
-        if let Some(retry_after) = sending_limit(&mut tx, self.backend, user_id, now).await? {
+        if let Some(retry_after) = sending_limit(
+            &mut tx,
+            self.backend,
+            user_id,
+            EmailCodePurpose::Confirm,
+            now,
+        )
+        .await?
+        {
             return Ok(EmailCodeIssue::Limited { retry_after });
         }
         sqlx::query(
@@ -199,7 +218,9 @@ impl Store {
         now: i64,
     ) -> Result<EmailCodeIssue, StoreError> {
         let mut tx = self.begin().await?;
-        if let Some(retry_after) = sending_limit(&mut tx, self.backend, user_id, now).await? {
+        if let Some(retry_after) =
+            sending_limit(&mut tx, self.backend, user_id, purpose, now).await?
+        {
             return Ok(EmailCodeIssue::Limited { retry_after });
         }
         let code_id = insert_code(&mut tx, user_id, factor_id, purpose, code_hash, now).await?;
