@@ -520,3 +520,39 @@ async fn a_forced_user_keeps_the_last_recovery_address() {
     );
     assert!(enrolled(&w.gateway, DAVE).await);
 }
+
+#[tokio::test]
+async fn a_forced_user_may_enroll_with_a_recovery_address() {
+    let (w, mut sink) = world().await;
+    let mut browser = login(&w.app, DAVE, "dave-primary").await;
+    let form = browser.get("/login/enroll").await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(
+        form.body.contains("Recovery e-mail address"),
+        "{}",
+        form.body
+    );
+    let page = browser
+        .post(
+            "/login/enroll/email",
+            &[("csrf", &form.csrf()), ("address", "dave@home.test")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("We sent a code to d***@home.test"));
+    let code = sink.next_mail().await.code();
+    // Still nothing but the enrollment.
+    assert_eq!(browser.get("/account").await.location(), "/login/enroll");
+
+    let before = browser.cookie.clone();
+    let page = browser
+        .post(
+            "/login/enroll/email/confirm",
+            &[("csrf", &page.csrf()), ("code", &code)],
+        )
+        .await;
+    assert_eq!(page.location(), "/account/two-step", "{}", page.body);
+    assert_ne!(browser.cookie, before);
+    assert!(enrolled(&w.gateway, DAVE).await);
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+}

@@ -289,7 +289,7 @@ async fn recovery_add(
     Extension(current): Extension<Current>,
     Json(body): Json<RecoveryBody>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor, _) = enrolling(&current)?;
     let ip = current.ip_string();
     let sent_to =
         recovery::add_recovery_address(&state, &address, &body.address, &actor, ip.as_deref())
@@ -302,9 +302,19 @@ async fn recovery_confirm(
     Extension(current): Extension<Current>,
     Json(body): Json<CodeBody>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor, forced) = enrolling(&current)?;
     match recovery::confirm_recovery_address(&state, &address, &body.code, &actor).await? {
-        ConfirmOutcome::Accepted => Ok(Json(json!({ "enrolled": true })).into_response()),
+        ConfirmOutcome::Accepted => match (forced, &current.session) {
+            (true, Some((id, _))) => Ok(rotated(
+                &state,
+                id,
+                Auth::User {
+                    address,
+                    impersonator: None,
+                },
+            )),
+            _ => Ok(Json(json!({ "enrolled": true })).into_response()),
+        },
         ConfirmOutcome::Wrong { left } if left > 0 => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             format!("wrong code; {left} more tries before it is void"),
@@ -325,7 +335,7 @@ async fn recovery_remove(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor, _) = enrolling(&current)?;
     recovery::remove_recovery_address(&state, &address, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

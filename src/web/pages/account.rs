@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::login::enroll_card;
+use super::login::{confirm_refusal, enroll_card, recovery_card};
 use super::{
     UserSession, error_page, fmt_time, page, post_button, require_user, sentence, user_nav,
 };
@@ -16,7 +16,7 @@ use crate::policy::{DomainStatus, Protocol};
 use crate::recovery_mail::mask_address;
 use crate::store::FactorKind;
 use crate::web::ops::{self, WebError};
-use crate::web::recovery::{self, ConfirmOutcome, RecoveryAddress};
+use crate::web::recovery::{self, ConfirmOutcome};
 use crate::web::{Current, WebState};
 
 async fn chrome(
@@ -81,60 +81,6 @@ fn backup_codes_card(csrf: &str) -> Markup {
     }
 }
 
-/// The recovery e-mail card: add an address, confirm it with the code sent to
-/// it, or remove it. `notice` and `error` concern this card only.
-fn recovery_card(
-    csrf: &str,
-    recovery: Option<&RecoveryAddress>,
-    removable: bool,
-    notice: Option<&str>,
-    error: Option<&str>,
-) -> Markup {
-    html! {
-        div.card #recovery {
-            h2 { "Recovery e-mail" }
-            @if let Some(notice) = notice { p.ok role="status" { (notice) } }
-            @if let Some(error) = error { p.error role="alert" { (error) } }
-            @match recovery {
-                Some(r) if r.confirmed => {
-                    p { "Codes for signing in can be sent to " strong { (r.masked) } "." }
-                    @if removable {
-                        (post_button("/account/two-step/email/remove", csrf, "Remove the recovery address", "danger"))
-                    } @else {
-                        p.muted { "Your domain requires 2-Step Authentication: set up an authenticator app before removing it." }
-                    }
-                }
-                Some(r) => {
-                    p { "We sent a code to " strong { (r.masked) } ". Type it here to confirm the address; it is valid for 10 minutes." }
-                    form method="post" action="/account/two-step/email/confirm" {
-                        input type="hidden" name="csrf" value=(csrf);
-                        label for="email_code" { "Code from the e-mail" }
-                        input #email_code type="text" name="code" inputmode="numeric" autocomplete="one-time-code" required;
-                        button type="submit" { "Confirm the recovery address" }
-                    }
-                    (post_button("/account/two-step/email/remove", csrf, "Cancel", "link"))
-                    (recovery_form(csrf, "Use another address or send a new code"))
-                }
-                None => {
-                    p { "A code sent to another e-mail address (not this mailbox) can be your second step when your phone is not at hand." }
-                    (recovery_form(csrf, "Send a confirmation code"))
-                }
-            }
-        }
-    }
-}
-
-fn recovery_form(csrf: &str, button: &str) -> Markup {
-    html! {
-        form method="post" action="/account/two-step/email" {
-            input type="hidden" name="csrf" value=(csrf);
-            label for="recovery" { "Recovery e-mail address" }
-            input #recovery type="email" name="address" autocomplete="email" required;
-            button type="submit" { (button) }
-        }
-    }
-}
-
 /// Messages for the 2-Step page: `error` for the authenticator card, the
 /// others for the recovery e-mail card.
 #[derive(Default)]
@@ -183,6 +129,7 @@ async fn two_step_page_with(
     let removable = other_factor || status != DomainStatus::Forced;
     let recovery_html = recovery_card(
         &user.csrf,
+        "/account/two-step/email",
         recovery.as_ref(),
         removable,
         notes.recovery_notice,
@@ -291,11 +238,6 @@ pub async fn confirm(
     }
 }
 
-#[derive(Deserialize)]
-pub struct RecoveryForm {
-    address: String,
-}
-
 /// Shows a failed recovery e-mail action on the 2-Step page, with its status.
 async fn recovery_failed(state: &WebState, user: &UserSession, err: &WebError) -> Response {
     let message = sentence(&err.to_string());
@@ -309,7 +251,7 @@ async fn recovery_failed(state: &WebState, user: &UserSession, err: &WebError) -
 pub async fn recovery_add(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Form(form): Form<RecoveryForm>,
+    Form(form): Form<super::login::RecoveryForm>,
 ) -> Response {
     let user = match require_user(&current) {
         Ok(user) => user,
@@ -353,16 +295,7 @@ pub async fn recovery_confirm(
             Ok(ConfirmOutcome::Accepted) => {
                 return Redirect::to("/account/two-step").into_response();
             }
-            Ok(ConfirmOutcome::Wrong { left }) if left > 0 => {
-                format!("That code is not right; {left} more tries before it is void.")
-            }
-            Ok(ConfirmOutcome::Wrong { .. }) => {
-                "That code is not right, and it is now void. Send a new one.".to_owned()
-            }
-            Ok(ConfirmOutcome::Void) => {
-                "That code has expired, was used, or had too many wrong tries. Send a new one."
-                    .to_owned()
-            }
+            Ok(outcome) => confirm_refusal(outcome),
             Err(err) => return recovery_failed(&state, &user, &err).await,
         };
     let notes = TwoStepNotes {

@@ -26,6 +26,15 @@ pub fn routes() -> Router<WebState> {
         .route("/login/code", get(login::code_form).post(login::code))
         .route("/login/email", post(login::email_code))
         .route("/login/enroll", get(login::enroll_form).post(login::enroll))
+        .route("/login/enroll/email", post(login::enroll_email))
+        .route(
+            "/login/enroll/email/confirm",
+            post(login::enroll_email_confirm),
+        )
+        .route(
+            "/login/enroll/email/remove",
+            post(login::enroll_email_remove),
+        )
         .route("/logout", post(login::logout))
         .route("/account", get(account::overview))
         .route("/account/two-step", get(account::two_step))
