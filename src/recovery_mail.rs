@@ -155,6 +155,39 @@ impl RecoveryMailer {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_relay_that_never_answers_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let config = RelayConfig {
+            smtp: listener.local_addr().expect("addr").to_string(),
+            from: "p@example.org".into(),
+        };
+        // Accepts, then says nothing at all.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let mut mailer = RecoveryMailer::from_config(&config).expect("valid");
+        mailer.timeout = Duration::from_millis(300);
+        let result = mailer
+            .send_code("a@example.org", "1234 5678", CodeMail::Login)
+            .await;
+        silent.abort();
+        let err = result.expect_err("no greeting, no mail");
+        assert!(
+            matches!(err, SendError::Timeout(_) | SendError::Relay { .. }),
+            "{err:?}"
+        );
+        assert!(
+            !err.to_string().contains("1234"),
+            "the code is never in an error"
+        );
+    }
+
     #[test]
     fn addresses_are_masked_to_their_first_letter_and_domain() {
         assert_eq!(mask_address("alice@example.org"), "a***@example.org");
