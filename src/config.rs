@@ -428,7 +428,8 @@ pub struct ProxyProtocolConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
-    /// `host:port` of an SMTP server that accepts mail from postern.
+    /// `host:port` of an SMTP server that accepts mail from postern; spoken to in
+    /// plain SMTP without authentication (a loopback or private-network relay).
     #[serde(default = "default_relay")]
     pub smtp: String,
     /// Sender address of recovery codes.

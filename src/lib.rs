@@ -14,6 +14,7 @@ pub mod penalty;
 pub mod policy;
 pub mod protocol;
 pub mod recheck;
+pub mod recovery_mail;
 pub mod registry;
 pub mod secret;
 pub mod session;

@@ -1109,3 +1109,120 @@ async fn postgres_notifies_each_event() {
         }
     });
 }
+
+#[tokio::test]
+async fn recovery_e_mail_codes_expire_work_once_and_are_limited() {
+    use postern::store::{
+        EMAIL_CODE_LIFETIME, EMAIL_CODE_MAX_FAILURES, EmailCodeIssue, EmailCodePurpose,
+    };
+    on_each_db!(|s| {
+        let user = s.ensure_user("erin@example.test").await.unwrap();
+        let t0 = 1_900_000_000;
+        let issued = s
+            .start_email_factor(user.id, "erin@home.test", "hash-a", t0, "test")
+            .await
+            .unwrap();
+        let EmailCodeIssue::Issued { code_id, factor_id } = issued else {
+            panic!("{issued:?}");
+        };
+        let factors = s.second_factors(user.id).await.unwrap();
+        assert_eq!(factors.len(), 1);
+        assert_eq!(factors[0].kind, FactorKind::Email);
+        assert!(
+            !factors[0].confirmed,
+            "not enrolled before the code is typed"
+        );
+
+        // One code a minute: a second one is refused, and nothing changes.
+        let again = s
+            .start_email_factor(user.id, "erin@other.test", "hash-b", t0 + 30, "test")
+            .await
+            .unwrap();
+        assert_eq!(again, EmailCodeIssue::Limited { retry_after: 30 });
+        assert_eq!(s.second_factors(user.id).await.unwrap()[0].id, factor_id);
+
+        // Wrong guesses use the code up.
+        let live = s
+            .live_email_code(user.id, EmailCodePurpose::Confirm, t0 + 1)
+            .await
+            .unwrap()
+            .expect("live");
+        assert_eq!((live.id, live.code_hash.as_str()), (code_id, "hash-a"));
+        for left in (0..EMAIL_CODE_MAX_FAILURES).rev() {
+            assert_eq!(s.fail_email_code(code_id).await.unwrap(), left);
+        }
+        assert!(
+            s.live_email_code(user.id, EmailCodePurpose::Confirm, t0 + 2)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(!s.use_email_code(code_id, t0 + 2).await.unwrap(), "void");
+
+        // A sign-in code: works once, and not after ten minutes.
+        s.confirm_second_factor(user.id, factor_id, "test")
+            .await
+            .unwrap();
+        let t1 = t0 + 120;
+        let EmailCodeIssue::Issued { code_id, .. } = s
+            .issue_email_code(user.id, factor_id, EmailCodePurpose::Login, "h1", t1)
+            .await
+            .unwrap()
+        else {
+            panic!("limited");
+        };
+        assert!(s.use_email_code(code_id, t1 + 5).await.unwrap());
+        assert!(!s.use_email_code(code_id, t1 + 6).await.unwrap(), "once");
+        let t2 = t1 + 61;
+        let EmailCodeIssue::Issued { code_id, .. } = s
+            .issue_email_code(user.id, factor_id, EmailCodePurpose::Login, "h2", t2)
+            .await
+            .unwrap()
+        else {
+            panic!("limited");
+        };
+        assert!(
+            !s.use_email_code(code_id, t2 + EMAIL_CODE_LIFETIME)
+                .await
+                .unwrap(),
+            "expired"
+        );
+
+        // A newer code spends the older one.
+        let t3 = t2 + 61;
+        let old = match s
+            .issue_email_code(user.id, factor_id, EmailCodePurpose::Login, "h3", t3)
+            .await
+            .unwrap()
+        {
+            EmailCodeIssue::Issued { code_id, .. } => code_id,
+            other => panic!("{other:?}"),
+        };
+        let t4 = t3 + 61;
+        // Five codes in the hour (confirm, h1, h2, h3, and this one) is the cap.
+        let newest = match s
+            .issue_email_code(user.id, factor_id, EmailCodePurpose::Login, "h4", t4)
+            .await
+            .unwrap()
+        {
+            EmailCodeIssue::Issued { code_id, .. } => code_id,
+            other => panic!("{other:?}"),
+        };
+        assert!(!s.use_email_code(old, t4 + 1).await.unwrap());
+        let sixth = s
+            .issue_email_code(user.id, factor_id, EmailCodePurpose::Login, "h5", t4 + 61)
+            .await
+            .unwrap();
+        assert_eq!(
+            sixth,
+            EmailCodeIssue::Limited {
+                retry_after: t0 + 3600 - (t4 + 61)
+            }
+        );
+
+        // A reset removes the address, and its codes with it.
+        s.reset_user("erin@example.test", "test").await.unwrap();
+        assert!(!s.use_email_code(newest, t4 + 2).await.unwrap());
+        assert!(s.second_factors(user.id).await.unwrap().is_empty());
+    });
+}

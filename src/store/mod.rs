@@ -1,6 +1,6 @@
 //! Persistent state: the sqlx pool, the migrations runner, and one submodule per table
-//! family (domains, users, second factors, app passwords, system administrators, the
-//! audit log, the event log and the live-session table).
+//! family (domains, users, second factors, recovery e-mail codes, app passwords,
+//! system administrators, the audit log, the event log and the live-session table).
 //!
 //! The store owns SQL and nothing else: it does not decide whether a login is allowed
 //! (that is [`crate::policy`]), hash passwords or talk to the network. Every change
@@ -15,6 +15,7 @@
 mod app_passwords;
 mod audit;
 mod domains;
+mod email_codes;
 mod events;
 mod factors;
 mod sessions;
@@ -30,6 +31,10 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
 pub use domains::DomainRecord;
+pub use email_codes::{
+    EMAIL_CODE_LIFETIME, EMAIL_CODE_MAX_FAILURES, EMAIL_CODE_MIN_INTERVAL, EMAIL_CODES_PER_HOUR,
+    EmailCodeIssue, EmailCodePurpose, LiveEmailCode,
+};
 pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
 pub use sessions::SessionRow;

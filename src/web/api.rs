@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::ops::{self, CodeOutcome, PasswordOutcome, WebError};
 use super::pages::admin_parse_since;
+use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::{Current, SessionCookie, WebState, with_cookie};
 use crate::policy::{DomainStatus, Protocol};
@@ -23,6 +24,7 @@ pub fn routes() -> Router<WebState> {
         .route("/session", get(session))
         .route("/login", post(login))
         .route("/login/code", post(login_code))
+        .route("/login/email-code", post(login_email_code))
         .route("/login/enroll", post(enroll_confirm))
         .route("/logout", post(logout))
         .route("/account/two-step", get(two_step))
@@ -30,6 +32,11 @@ pub fn routes() -> Router<WebState> {
         .route("/account/two-step/totp/confirm", post(enroll_confirm))
         .route("/account/two-step/backup-codes", post(backup_codes))
         .route("/account/two-step/off", post(two_step_off))
+        .route(
+            "/account/two-step/email",
+            post(recovery_add).delete(recovery_remove),
+        )
+        .route("/account/two-step/email/confirm", post(recovery_confirm))
         .route(
             "/account/app-passwords",
             get(list_app_passwords).post(create_app_password),
@@ -194,12 +201,40 @@ async fn login_code(
             StatusCode::UNAUTHORIZED,
             "code already used".into(),
         )),
+        CodeOutcome::Expired => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "the e-mail code has expired or was already used; send a new one".into(),
+        )),
         CodeOutcome::Locked => Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             "too many wrong codes; wait 15 minutes".into(),
         )),
         CodeOutcome::Wrong => Err(ApiError(StatusCode::UNAUTHORIZED, "wrong code".into())),
     }
+}
+
+/// Sends a sign-in code to the recovery address; the session id rotates.
+async fn login_email_code(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (id, session) = live(&current)?;
+    let Auth::SecondStep { address } = session.auth else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no second step pending".into(),
+        ));
+    };
+    let ip = current.ip_string();
+    let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
+    let (new_id, s) = state.sessions.rotate(&id, Auth::SecondStep { address });
+    Ok(with_cookie(
+        SessionCookie::Set(new_id),
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "csrf": s.csrf, "session": describe(&s.auth), "sent_to": sent_to })),
+        ),
+    ))
 }
 
 async fn logout(State(state): State<WebState>, Extension(current): Extension<Current>) -> Response {
@@ -234,11 +269,75 @@ async fn two_step(
 ) -> ApiResult {
     let (address, _) = user(&current)?;
     let (domain, record) = ops::user_context(&state, &address).await?;
+    let recovery = recovery::recovery_address(&state, record.id).await?;
     Ok(Json(json!({
         "enrolled": record.enrolled,
         "domain_status": ops::effective_status(domain.as_ref()),
+        "recovery_email": recovery.map(|r| json!({ "address": r.masked, "confirmed": r.confirmed })),
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+struct RecoveryBody {
+    address: String,
+}
+
+/// Starts adding a recovery address: a code is sent to it.
+async fn recovery_add(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<RecoveryBody>,
+) -> ApiResult {
+    let (address, actor, _) = enrolling(&current)?;
+    let ip = current.ip_string();
+    let sent_to =
+        recovery::add_recovery_address(&state, &address, &body.address, &actor, ip.as_deref())
+            .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "sent_to": sent_to }))).into_response())
+}
+
+async fn recovery_confirm(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<CodeBody>,
+) -> ApiResult {
+    let (address, actor, forced) = enrolling(&current)?;
+    match recovery::confirm_recovery_address(&state, &address, &body.code, &actor).await? {
+        ConfirmOutcome::Accepted => match (forced, &current.session) {
+            (true, Some((id, _))) => Ok(rotated(
+                &state,
+                id,
+                Auth::User {
+                    address,
+                    impersonator: None,
+                },
+            )),
+            _ => Ok(Json(json!({ "enrolled": true })).into_response()),
+        },
+        ConfirmOutcome::Wrong { left } if left > 0 => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!("wrong code; {left} more tries before it is void"),
+        )),
+        ConfirmOutcome::Wrong { .. } => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong code; the code is now void: send a new one".into(),
+        )),
+        ConfirmOutcome::Void => Err(ApiError(
+            StatusCode::GONE,
+            "no valid code: it expired, was used or had too many wrong tries; send a new one"
+                .into(),
+        )),
+    }
+}
+
+async fn recovery_remove(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (address, actor, _) = enrolling(&current)?;
+    recovery::remove_recovery_address(&state, &address, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn totp_start(

@@ -12,6 +12,7 @@ pub mod attempts;
 pub mod csrf;
 pub mod ops;
 pub mod pages;
+pub mod recovery;
 pub mod session;
 
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +36,7 @@ use crate::config::{Config, ProtocolSettings};
 use crate::credentials::InstanceKey;
 use crate::net::tls;
 use crate::policy::Protocol;
+use crate::recovery_mail::RecoveryMailer;
 use crate::store::Store;
 use attempts::Attempts;
 use session::{SessionStore, WebSession};
@@ -53,6 +55,8 @@ pub struct Inner {
     /// user can log in to the web UI (system administrators still can).
     pub imap: Option<ProtocolSettings>,
     pub connector: TlsConnector,
+    /// Sends recovery e-mail codes through `[relay]`.
+    pub mailer: RecoveryMailer,
     pub sessions: SessionStore,
     pub attempts: Attempts,
     /// `public_url` is https: cookies get `Secure`.
@@ -104,6 +108,7 @@ impl WebState {
             key: runtime.gate.key().clone(),
             imap: config.protocol(Protocol::Imap).transpose()?,
             connector: tls::upstream_connector(&config.upstream_auth.ca_file)?,
+            mailer: RecoveryMailer::from_config(&config.relay)?,
             sessions: SessionStore::default(),
             attempts: Attempts::default(),
             secure_cookies: public_url.starts_with("https://"),

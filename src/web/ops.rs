@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use super::WebState;
 use super::session::Auth;
+use super::{WebState, recovery};
 use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
 use crate::policy::{DomainStatus, Scopes, WebLoginStep, decide_web_login};
 use crate::secret::Secret;
@@ -33,6 +33,12 @@ pub enum WebError {
     Upstream,
     #[error("postern's database is not answering; try again in a minute")]
     Store(#[source] StoreError),
+    /// The recovery e-mail relay failed; the detail is logged, not shown.
+    #[error("could not send the code; try again later")]
+    Mail,
+    /// A rate limit; the text says how long to wait.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl WebError {
@@ -41,7 +47,8 @@ impl WebError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Upstream | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream | Self::Store(_) | Self::Mail => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -160,6 +167,8 @@ pub enum CodeOutcome {
     Wrong,
     /// Right code, already used once.
     Replayed,
+    /// A recovery e-mail code, but none is live: expired, used or void.
+    Expired,
     Locked,
 }
 
@@ -178,7 +187,8 @@ fn backup_code_hash(state: &WebState, user_id: i64, code: &str) -> String {
     ]))
 }
 
-/// Checks a TOTP code (once only) or a backup code, under the attempt limits.
+/// Checks a TOTP code (once only), a backup code or a recovery e-mail code, under
+/// the attempt limits.
 pub async fn second_step(
     state: &WebState,
     address: &str,
@@ -216,10 +226,10 @@ pub async fn second_step(
                     &user_actor(address, None),
                     "web.login.code_refused",
                     address,
-                    if outcome == CodeOutcome::Replayed {
-                        "replayed"
-                    } else {
-                        "wrong"
+                    match outcome {
+                        CodeOutcome::Replayed => "replayed",
+                        CodeOutcome::Expired => "expired",
+                        _ => "wrong",
                     },
                     ip,
                 )
@@ -236,7 +246,9 @@ async fn check_code(
 ) -> Result<CodeOutcome, WebError> {
     let now = u64::try_from(unix_now()).unwrap_or(0);
     let mut replayed = false;
+    let mut recovery_email = false;
     for factor in state.store.second_factors(user.id).await? {
+        recovery_email |= factor.kind == FactorKind::Email && factor.confirmed;
         if factor.kind != FactorKind::Totp || !factor.confirmed {
             continue;
         }
@@ -260,6 +272,9 @@ async fn check_code(
                 return Ok(CodeOutcome::Accepted);
             }
         }
+    }
+    if recovery_email && let Some(outcome) = recovery::check_login_code(state, user, code).await? {
+        return Ok(outcome);
     }
     Ok(CodeOutcome::Wrong)
 }

@@ -2,8 +2,10 @@
 //! of a scripted fake upstream, and small line-oriented clients.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake_imap;
 pub mod process;
+pub mod smtp_sink;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

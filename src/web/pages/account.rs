@@ -8,11 +8,15 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::login::enroll_card;
-use super::{UserSession, error_page, fmt_time, page, post_button, require_user, user_nav};
+use super::login::{confirm_refusal, enroll_card, recovery_card};
+use super::{
+    UserSession, error_page, fmt_time, page, post_button, require_user, sentence, user_nav,
+};
 use crate::policy::{DomainStatus, Protocol};
+use crate::recovery_mail::mask_address;
 use crate::store::FactorKind;
 use crate::web::ops::{self, WebError};
+use crate::web::recovery::{self, ConfirmOutcome};
 use crate::web::{Current, WebState};
 
 async fn chrome(
@@ -77,11 +81,60 @@ fn backup_codes_card(csrf: &str) -> Markup {
     }
 }
 
+/// Messages for the 2-Step page: `error` for the authenticator card, the
+/// others for the recovery e-mail card.
+#[derive(Default)]
+struct TwoStepNotes<'a> {
+    error: Option<&'a str>,
+    recovery_notice: Option<&'a str>,
+    recovery_error: Option<&'a str>,
+}
+
 async fn two_step_page(state: &WebState, user: &UserSession, error: Option<&str>) -> Response {
+    let notes = TwoStepNotes {
+        error,
+        ..TwoStepNotes::default()
+    };
+    two_step_page_with(state, user, notes, StatusCode::BAD_REQUEST).await
+}
+
+async fn two_step_page_with(
+    state: &WebState,
+    user: &UserSession,
+    notes: TwoStepNotes<'_>,
+    error_status: StatusCode,
+) -> Response {
+    let error = notes.error;
     let (nav, enrolled, status, _) = match chrome(state, user).await {
         Ok(c) => c,
         Err(err) => return error_page(&err),
     };
+    let (recovery, other_factor) = match ops::user_context(state, &user.address).await {
+        Ok((_, record)) => {
+            let recovery = match recovery::recovery_address(state, record.id).await {
+                Ok(r) => r,
+                Err(err) => return error_page(&err),
+            };
+            let other = state
+                .store
+                .second_factors(record.id)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f.kind != FactorKind::Email && f.confirmed);
+            (recovery, other)
+        }
+        Err(err) => return error_page(&err),
+    };
+    let removable = other_factor || status != DomainStatus::Forced;
+    let recovery_html = recovery_card(
+        &user.csrf,
+        "/account/two-step/email",
+        recovery.as_ref(),
+        removable,
+        notes.recovery_notice,
+        notes.recovery_error,
+    );
     let body = if enrolled {
         let factors = match ops::user_context(state, &user.address).await {
             Ok((_, record)) => state
@@ -91,22 +144,38 @@ async fn two_step_page(state: &WebState, user: &UserSession, error: Option<&str>
                 .unwrap_or_default(),
             Err(err) => return error_page(&err),
         };
+        // Enrolled through the recovery e-mail alone: offer the app as well.
+        let add_app = if factors
+            .iter()
+            .any(|f| f.kind == FactorKind::Totp && f.confirmed)
+        {
+            None
+        } else {
+            // Refused while the domain is Disabled: then there is nothing to add.
+            ops::pending_totp(state, &user.address, &user.actor())
+                .await
+                .ok()
+        };
         html! {
             div.card {
                 p.ok { "2-Step Authentication is on." }
                 ul {
                     @for f in factors.iter().filter(|f| f.confirmed) {
-                        li { @if f.kind == FactorKind::Totp { "Authenticator app" } @else { "Recovery e-mail" }
+                        li { @if f.kind == FactorKind::Totp { "Authenticator app" } @else { "Recovery e-mail " (mask_address(f.secret.expose())) }
                              span.muted { ", added " (fmt_time(Some(f.created_at))) } }
                     }
                 }
                 p.muted { "Mail apps now need an " a href="/account/app-passwords" { "application password" } "." }
             }
+            @if let Some(pending) = &add_app {
+                (enroll_card(&user.csrf, "/account/two-step/confirm", pending, error))
+            }
+            (recovery_html)
             (backup_codes_card(&user.csrf))
             @if status != DomainStatus::Forced {
                 div.card {
                     h2 { "Turn off" }
-                    p { "Removes your authenticator app and backup codes." }
+                    p { "Removes your authenticator app, recovery e-mail and backup codes." }
                     (post_button("/account/two-step/off", &user.csrf, "Turn off 2-Step Authentication", "danger"))
                 }
             }
@@ -118,12 +187,13 @@ async fn two_step_page(state: &WebState, user: &UserSession, error: Option<&str>
             Ok(pending) => html! {
                 p { "2-Step Authentication is off. Once it is on, signing in here needs a code from your phone, and mail apps use application passwords." }
                 (enroll_card(&user.csrf, "/account/two-step/confirm", &pending, error))
+                (recovery_html)
             },
             Err(err) => return error_page(&err),
         }
     };
-    let status_code = if error.is_some() {
-        StatusCode::BAD_REQUEST
+    let status_code = if error.is_some() || notes.recovery_error.is_some() {
+        error_status
     } else {
         StatusCode::OK
     };
@@ -165,6 +235,87 @@ pub async fn confirm(
             .await
         }
         Err(err) => error_page(&err),
+    }
+}
+
+/// Shows a failed recovery e-mail action on the 2-Step page, with its status.
+async fn recovery_failed(state: &WebState, user: &UserSession, err: &WebError) -> Response {
+    let message = sentence(&err.to_string());
+    let notes = TwoStepNotes {
+        recovery_error: Some(&message),
+        ..TwoStepNotes::default()
+    };
+    two_step_page_with(state, user, notes, err.status()).await
+}
+
+pub async fn recovery_add(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<super::login::RecoveryForm>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let ip = current.ip_string();
+    match recovery::add_recovery_address(
+        &state,
+        &user.address,
+        &form.address,
+        &user.actor(),
+        ip.as_deref(),
+    )
+    .await
+    {
+        Ok(masked) => {
+            let notice = format!("We sent a code to {masked}.");
+            let notes = TwoStepNotes {
+                recovery_notice: Some(&notice),
+                ..TwoStepNotes::default()
+            };
+            two_step_page_with(&state, &user, notes, StatusCode::OK).await
+        }
+        Err(err) => recovery_failed(&state, &user, &err).await,
+    }
+}
+
+pub async fn recovery_confirm(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    let message =
+        match recovery::confirm_recovery_address(&state, &user.address, &form.code, &user.actor())
+            .await
+        {
+            Ok(ConfirmOutcome::Accepted) => {
+                return Redirect::to("/account/two-step").into_response();
+            }
+            Ok(outcome) => confirm_refusal(outcome),
+            Err(err) => return recovery_failed(&state, &user, &err).await,
+        };
+    let notes = TwoStepNotes {
+        recovery_error: Some(&message),
+        ..TwoStepNotes::default()
+    };
+    two_step_page_with(&state, &user, notes, StatusCode::UNAUTHORIZED).await
+}
+
+pub async fn recovery_remove(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let user = match require_user(&current) {
+        Ok(user) => user,
+        Err(redirect) => return redirect.into_response(),
+    };
+    match recovery::remove_recovery_address(&state, &user.address, &user.actor()).await {
+        Ok(()) => Redirect::to("/account/two-step").into_response(),
+        Err(err) => recovery_failed(&state, &user, &err).await,
     }
 }
 

@@ -8,8 +8,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{error_page, grouped, page, post_button, qr_svg};
-use crate::web::ops::{self, CodeOutcome, PasswordOutcome};
+use super::{error_page, grouped, page, post_button, qr_svg, sentence};
+use crate::web::ops::{self, CodeOutcome, PasswordOutcome, WebError};
+use crate::web::recovery::{self, ConfirmOutcome, RecoveryAddress};
 use crate::web::session::Auth;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
@@ -109,29 +110,110 @@ fn pending_address(current: &Current, want_second_step: bool) -> Option<(String,
     }
 }
 
-fn code_page(csrf: &str, address: &str, error: Option<&str>) -> Markup {
+/// What the second-step page says besides the form.
+#[derive(Default)]
+struct CodeNotes<'a> {
+    error: Option<&'a str>,
+    /// The masked recovery address, when the user has one.
+    recovery: Option<&'a str>,
+    /// A code was just sent to the recovery address.
+    sent: bool,
+}
+
+fn code_page(csrf: &str, address: &str, notes: CodeNotes<'_>) -> Markup {
     page(
         "2-Step Authentication",
         html! { nav { (post_button("/logout", csrf, "Cancel", "link")) } },
         html! {
             div.card {
                 p { "Signing in as " strong { (address) } "." }
-                @if let Some(error) = error { p.error role="alert" { (error) } }
+                @if let Some(error) = notes.error { p.error role="alert" { (error) } }
+                @if let (true, Some(to)) = (notes.sent, notes.recovery) {
+                    p.ok role="status" { "We sent a code to " strong { (to) } ". It is valid for 10 minutes." }
+                }
                 form method="post" action="/login/code" {
                     input type="hidden" name="csrf" value=(csrf);
-                    label for="code" { "Code from your authenticator app, or a backup code" }
+                    label for="code" {
+                        @if notes.recovery.is_some() {
+                            "Code from your authenticator app or your recovery e-mail, or a backup code"
+                        } @else {
+                            "Code from your authenticator app, or a backup code"
+                        }
+                    }
                     input #code type="text" name="code" inputmode="numeric" autocomplete="one-time-code" required autofocus;
                     button type="submit" { "Verify" }
+                }
+                @if let Some(to) = notes.recovery {
+                    (post_button("/login/email", csrf, &format!("Send a code to my recovery e-mail ({to})"), "link"))
                 }
             }
         },
     )
 }
 
-pub async fn code_form(Extension(current): Extension<Current>) -> Response {
+/// The masked confirmed recovery address of a user; `None` also when it cannot be
+/// looked up (the page then just does not offer it).
+async fn recovery_of(state: &WebState, address: &str) -> Option<String> {
+    recovery::confirmed_recovery(state, address)
+        .await
+        .ok()
+        .flatten()
+}
+
+pub async fn code_form(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
     match pending_address(&current, true) {
-        Some((_, csrf, address)) => code_page(&csrf, &address, None).into_response(),
+        Some((_, csrf, address)) => {
+            let recovery = recovery_of(&state, &address).await;
+            let notes = CodeNotes {
+                recovery: recovery.as_deref(),
+                ..CodeNotes::default()
+            };
+            code_page(&csrf, &address, notes).into_response()
+        }
         None => Redirect::to("/").into_response(),
+    }
+}
+
+/// Sends a code to the recovery address; the session id rotates.
+pub async fn email_code(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let Some((id, csrf, address)) = pending_address(&current, true) else {
+        return Redirect::to("/").into_response();
+    };
+    let ip = current.ip_string();
+    match recovery::send_login_code(&state, &address, ip.as_deref()).await {
+        Ok(masked) => {
+            let (new_id, session) = state.sessions.rotate(
+                &id,
+                Auth::SecondStep {
+                    address: address.clone(),
+                },
+            );
+            let notes = CodeNotes {
+                recovery: Some(&masked),
+                sent: true,
+                ..CodeNotes::default()
+            };
+            with_cookie(
+                SessionCookie::Set(new_id),
+                code_page(&session.csrf, &address, notes),
+            )
+        }
+        Err(err) => {
+            let recovery = recovery_of(&state, &address).await;
+            let message = sentence(&err.to_string());
+            let notes = CodeNotes {
+                error: Some(&message),
+                recovery: recovery.as_deref(),
+                ..CodeNotes::default()
+            };
+            (err.status(), code_page(&csrf, &address, notes)).into_response()
+        }
     }
 }
 
@@ -163,14 +245,19 @@ pub async fn code(
         Ok(outcome) => {
             let message = match outcome {
                 CodeOutcome::Replayed => "That code was already used. Wait for the next one.",
+                CodeOutcome::Expired => {
+                    "That e-mail code has expired or was already used. Send a new one."
+                }
                 CodeOutcome::Locked => "Too many wrong codes. Wait 15 minutes, then try again.",
                 _ => "That code is not right. Check the time on your phone.",
             };
-            (
-                StatusCode::UNAUTHORIZED,
-                code_page(&csrf, &address, Some(message)),
-            )
-                .into_response()
+            let recovery = recovery_of(&state, &address).await;
+            let notes = CodeNotes {
+                error: Some(message),
+                recovery: recovery.as_deref(),
+                ..CodeNotes::default()
+            };
+            (StatusCode::UNAUTHORIZED, code_page(&csrf, &address, notes)).into_response()
         }
         Err(err) => error_page(&err),
     }
@@ -204,18 +291,116 @@ pub fn enroll_card(
     }
 }
 
-async fn enroll_page(state: &WebState, csrf: &str, address: &str, error: Option<&str>) -> Response {
+/// The recovery e-mail card: add an address, confirm it with the code sent to
+/// it, or remove it. Its forms post to `base` (add), `base/confirm` and
+/// `base/remove`. `notice` and `error` concern this card only.
+pub fn recovery_card(
+    csrf: &str,
+    base: &str,
+    recovery: Option<&RecoveryAddress>,
+    removable: bool,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    html! {
+        div.card #recovery {
+            h2 { "Recovery e-mail" }
+            @if let Some(notice) = notice { p.ok role="status" { (notice) } }
+            @if let Some(error) = error { p.error role="alert" { (error) } }
+            @match recovery {
+                Some(r) if r.confirmed => {
+                    p { "Codes for signing in can be sent to " strong { (r.masked) } "." }
+                    @if removable {
+                        (post_button(&format!("{base}/remove"), csrf, "Remove the recovery address", "danger"))
+                    } @else {
+                        p.muted { "Your domain requires 2-Step Authentication: set up an authenticator app before removing it." }
+                    }
+                }
+                Some(r) => {
+                    p { "We sent a code to " strong { (r.masked) } ". Type it here to confirm the address; it is valid for 10 minutes." }
+                    form method="post" action=(format!("{base}/confirm")) {
+                        input type="hidden" name="csrf" value=(csrf);
+                        label for="email_code" { "Code from the e-mail" }
+                        input #email_code type="text" name="code" inputmode="numeric" autocomplete="one-time-code" required;
+                        button type="submit" { "Confirm the recovery address" }
+                    }
+                    (post_button(&format!("{base}/remove"), csrf, "Cancel", "link"))
+                    (recovery_form(csrf, base, "Use another address or send a new code"))
+                }
+                None => {
+                    p { "A code sent to another e-mail address (not this mailbox) can be your second step when your phone is not at hand." }
+                    (recovery_form(csrf, base, "Send a confirmation code"))
+                }
+            }
+        }
+    }
+}
+
+fn recovery_form(csrf: &str, base: &str, button: &str) -> Markup {
+    html! {
+        form method="post" action=(base) {
+            input type="hidden" name="csrf" value=(csrf);
+            label for="recovery" { "Recovery e-mail address" }
+            input #recovery type="email" name="address" autocomplete="email" required;
+            button type="submit" { (button) }
+        }
+    }
+}
+
+/// What a refused recovery address confirmation tells the user.
+pub fn confirm_refusal(outcome: ConfirmOutcome) -> String {
+    match outcome {
+        ConfirmOutcome::Wrong { left } if left > 0 => {
+            format!("That code is not right; {left} more tries before it is void.")
+        }
+        ConfirmOutcome::Wrong { .. } => {
+            "That code is not right, and it is now void. Send a new one.".to_owned()
+        }
+        ConfirmOutcome::Void | ConfirmOutcome::Accepted => {
+            "That code has expired, was used, or had too many wrong tries. Send a new one."
+                .to_owned()
+        }
+    }
+}
+
+/// Messages for the forced-enrollment page: `error` for the authenticator card,
+/// the others for the recovery e-mail card.
+#[derive(Default)]
+struct EnrollNotes<'a> {
+    error: Option<&'a str>,
+    recovery_notice: Option<&'a str>,
+    recovery_error: Option<&'a str>,
+}
+
+async fn enroll_page(
+    state: &WebState,
+    csrf: &str,
+    address: &str,
+    notes: EnrollNotes<'_>,
+    status: StatusCode,
+) -> Response {
     let actor = ops::user_actor(address, None);
+    let recovery = match ops::user_context(state, address).await {
+        Ok((_, user)) => match recovery::recovery_address(state, user.id).await {
+            Ok(r) => r,
+            Err(err) => return error_page(&err),
+        },
+        Err(err) => return error_page(&err),
+    };
     match ops::pending_totp(state, address, &actor).await {
-        Ok(pending) => page(
-            "Set up 2-Step Authentication",
-            html! { nav { (post_button("/logout", csrf, "Cancel", "link")) } },
-            html! {
-                p { "Your domain requires 2-Step Authentication. Set it up to continue." }
-                (enroll_card(csrf, "/login/enroll", &pending, error))
-            },
+        Ok(pending) => (
+            status,
+            page(
+                "Set up 2-Step Authentication",
+                html! { nav { (post_button("/logout", csrf, "Cancel", "link")) } },
+                html! {
+                    p { "Your domain requires 2-Step Authentication. Set it up to continue: an authenticator app, or a recovery e-mail address." }
+                    (enroll_card(csrf, "/login/enroll", &pending, notes.error))
+                    (recovery_card(csrf, "/login/enroll/email", recovery.as_ref(), true, notes.recovery_notice, notes.recovery_error))
+                },
+            ),
         )
-        .into_response(),
+            .into_response(),
         Err(err) => error_page(&err),
     }
 }
@@ -225,9 +410,33 @@ pub async fn enroll_form(
     Extension(current): Extension<Current>,
 ) -> Response {
     match pending_address(&current, false) {
-        Some((_, csrf, address)) => enroll_page(&state, &csrf, &address, None).await,
+        Some((_, csrf, address)) => {
+            enroll_page(
+                &state,
+                &csrf,
+                &address,
+                EnrollNotes::default(),
+                StatusCode::OK,
+            )
+            .await
+        }
         None => Redirect::to("/").into_response(),
     }
+}
+
+/// The forced enrollment is done: the session becomes the user's.
+fn enrolled(state: &WebState, id: &str, address: String) -> Response {
+    let (new_id, _) = state.sessions.rotate(
+        id,
+        Auth::User {
+            address,
+            impersonator: None,
+        },
+    );
+    with_cookie(
+        SessionCookie::Set(new_id),
+        Redirect::to("/account/two-step"),
+    )
 }
 
 pub async fn enroll(
@@ -240,28 +449,91 @@ pub async fn enroll(
     };
     let actor = ops::user_actor(&address, None);
     match ops::confirm_totp(&state, &address, &form.code, &actor).await {
-        Ok(true) => {
-            let (new_id, _) = state.sessions.rotate(
-                &id,
-                Auth::User {
-                    address,
-                    impersonator: None,
-                },
-            );
-            with_cookie(
-                SessionCookie::Set(new_id),
-                Redirect::to("/account/two-step"),
-            )
-        }
+        Ok(true) => enrolled(&state, &id, address),
         Ok(false) => {
-            enroll_page(
-                &state,
-                &csrf,
-                &address,
-                Some("That code is not right; try the next one."),
-            )
-            .await
+            let notes = EnrollNotes {
+                error: Some("That code is not right; try the next one."),
+                ..EnrollNotes::default()
+            };
+            enroll_page(&state, &csrf, &address, notes, StatusCode::OK).await
         }
+        Err(err) => error_page(&err),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RecoveryForm {
+    pub address: String,
+}
+
+/// Forced enrollment: adds a recovery address, which is mailed a code.
+pub async fn enroll_email(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<RecoveryForm>,
+) -> Response {
+    let Some((_, csrf, address)) = pending_address(&current, false) else {
+        return Redirect::to("/").into_response();
+    };
+    let actor = ops::user_actor(&address, None);
+    let ip = current.ip_string();
+    match recovery::add_recovery_address(&state, &address, &form.address, &actor, ip.as_deref())
+        .await
+    {
+        Ok(masked) => {
+            let notice = format!("We sent a code to {masked}.");
+            let notes = EnrollNotes {
+                recovery_notice: Some(&notice),
+                ..EnrollNotes::default()
+            };
+            enroll_page(&state, &csrf, &address, notes, StatusCode::OK).await
+        }
+        Err(err) => {
+            let message = sentence(&err.to_string());
+            let notes = EnrollNotes {
+                recovery_error: Some(&message),
+                ..EnrollNotes::default()
+            };
+            enroll_page(&state, &csrf, &address, notes, err.status()).await
+        }
+    }
+}
+
+/// Forced enrollment: the code from the recovery e-mail completes it.
+pub async fn enroll_email_confirm(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let Some((id, csrf, address)) = pending_address(&current, false) else {
+        return Redirect::to("/").into_response();
+    };
+    let actor = ops::user_actor(&address, None);
+    match recovery::confirm_recovery_address(&state, &address, &form.code, &actor).await {
+        Ok(ConfirmOutcome::Accepted) => enrolled(&state, &id, address),
+        Ok(outcome) => {
+            let message = confirm_refusal(outcome);
+            let notes = EnrollNotes {
+                recovery_error: Some(&message),
+                ..EnrollNotes::default()
+            };
+            enroll_page(&state, &csrf, &address, notes, StatusCode::UNAUTHORIZED).await
+        }
+        Err(err) => error_page(&err),
+    }
+}
+
+/// Forced enrollment: drops the recovery address being confirmed.
+pub async fn enroll_email_remove(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let Some((_, _, address)) = pending_address(&current, false) else {
+        return Redirect::to("/").into_response();
+    };
+    let actor = ops::user_actor(&address, None);
+    match recovery::remove_recovery_address(&state, &address, &actor).await {
+        Ok(()) | Err(WebError::NotFound) => Redirect::to("/login/enroll").into_response(),
         Err(err) => error_page(&err),
     }
 }

@@ -24,7 +24,17 @@ pub fn routes() -> Router<WebState> {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login::form).post(login::password))
         .route("/login/code", get(login::code_form).post(login::code))
+        .route("/login/email", post(login::email_code))
         .route("/login/enroll", get(login::enroll_form).post(login::enroll))
+        .route("/login/enroll/email", post(login::enroll_email))
+        .route(
+            "/login/enroll/email/confirm",
+            post(login::enroll_email_confirm),
+        )
+        .route(
+            "/login/enroll/email/remove",
+            post(login::enroll_email_remove),
+        )
         .route("/logout", post(login::logout))
         .route("/account", get(account::overview))
         .route("/account/two-step", get(account::two_step))
@@ -34,6 +44,15 @@ pub fn routes() -> Router<WebState> {
             post(account::backup_codes),
         )
         .route("/account/two-step/off", post(account::off))
+        .route("/account/two-step/email", post(account::recovery_add))
+        .route(
+            "/account/two-step/email/confirm",
+            post(account::recovery_confirm),
+        )
+        .route(
+            "/account/two-step/email/remove",
+            post(account::recovery_remove),
+        )
         .route(
             "/account/app-passwords",
             get(account::app_passwords).post(account::create_app_password),
@@ -215,6 +234,20 @@ pub fn error_page(err: &WebError) -> Response {
         p { a href="/" { "Back" } }
     };
     (err.status(), page("Something went wrong", html! {}, body)).into_response()
+}
+
+/// An error text as a sentence: capital first letter, full stop.
+pub fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = chars
+        .next()
+        .map(|c| c.to_uppercase().collect())
+        .unwrap_or_default();
+    out.push_str(chars.as_str());
+    if !out.ends_with('.') {
+        out.push('.');
+    }
+    out
 }
 
 /// Unix seconds as `2026-01-31 14:05 UTC`.
