@@ -3,7 +3,9 @@
 //!
 //! It classifies the credential (one of the user's app passwords, found by keyed
 //! hash and verified with at most one Argon2 run, or else a primary password), reads
-//! the domain and user state, and asks [`crate::policy::decide_mail_login`]. It
+//! the domain and user state, and asks [`crate::policy::decide_mail_login`]. An
+//! account blocked after too many failed logins (its count is on the user's row,
+//! read in the same round trip) is refused before the credential is looked at. It
 //! never asks the upstream whether a primary password is right before refusing,
 //! so a refusal is no password oracle. Any store failure fails closed with a
 //! temporary error.
@@ -17,6 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::credentials::{AppPasswordVerifier, CanonicalAppPassword, InstanceKey};
+use crate::penalty;
 use crate::policy::{self, Credential, Decision, Protocol, Refusal, UpstreamLogin};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::UpstreamCredentials;
@@ -65,9 +68,15 @@ pub enum Verdict {
         upstream: UpstreamCredentials,
         /// When the session must be re-checked without any stored change.
         allowed_until: Option<i64>,
+        /// The stored user whose failed-login count a success must clear; `None`
+        /// when there is nothing to clear, so a login after a success writes nothing.
+        clear_failures: Option<i64>,
     },
     /// Refused by policy; the reason is for the log only.
     Refuse { user: String, reason: Refusal },
+    /// Refused because the account is blocked after too many failed logins
+    /// (see [`crate::penalty`]); it costs the same work as any refusal.
+    Blocked { user: String },
     /// The store or the configuration failed: try again later.
     Unavailable { user: String, detail: String },
 }
@@ -170,7 +179,7 @@ impl Gate {
         let Ok(address) = normalize_address(&presented.username) else {
             // Not local@domain: no domain postern knows, so it behaves as Disabled
             // and no app password can exist for it.
-            return Self::passthrough(presented, presented.username.clone(), None);
+            return Self::passthrough(presented, presented.username.clone(), None, None);
         };
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
         let (domain, user) = match self.store.login_context(&address, &domain).await {
@@ -182,6 +191,11 @@ impl Gate {
                 };
             }
         };
+        if penalty::account_blocked(user.failed_logins, user.last_failed_at, now) {
+            self.spend_refusal().await;
+            return Verdict::Blocked { user: address };
+        }
+        let clear_failures = (user.failed_logins != 0).then_some(user.id);
 
         let mut credential = Credential::Primary;
         let mut app_password_id = None;
@@ -240,7 +254,7 @@ impl Gate {
                 }
             }
             Decision::Allow(UpstreamLogin::Passthrough) => {
-                Self::passthrough(presented, address, allowed_until)
+                Self::passthrough(presented, address, allowed_until, clear_failures)
             }
             Decision::Allow(UpstreamLogin::Master) => {
                 let Some(master) = &self.master else {
@@ -259,6 +273,7 @@ impl Gate {
                     user: address,
                     credential: SessionCredential::AppPassword(id),
                     allowed_until,
+                    clear_failures,
                 }
             }
         }
@@ -273,14 +288,39 @@ impl Gate {
         }
     }
 
+    /// Counts a failed login against `user`'s stored account, shared by every
+    /// node (best effort: a store failure is logged and the refusal stands).
+    pub async fn count_login_failure(&self, user: &str, now: i64) {
+        if let Err(err) = self
+            .store
+            .count_login_failure(user, now, penalty::forget_failures_before(now))
+            .await
+        {
+            tracing::warn!(error = %err, "could not count a failed login");
+        }
+    }
+
+    /// Forgets a stored user's failed logins after a success (best effort).
+    pub async fn clear_login_failures(&self, user_id: i64) {
+        if let Err(err) = self.store.clear_login_failures(user_id).await {
+            tracing::warn!(error = %err, "could not clear failed logins");
+        }
+    }
+
     /// Argon2 verifications run since start.
     pub fn argon2_runs(&self) -> u64 {
         self.verifier.argon2_runs()
     }
 
-    fn passthrough(presented: &Credentials, user: String, allowed_until: Option<i64>) -> Verdict {
+    fn passthrough(
+        presented: &Credentials,
+        user: String,
+        allowed_until: Option<i64>,
+        clear_failures: Option<i64>,
+    ) -> Verdict {
         Verdict::Proceed {
             allowed_until,
+            clear_failures,
             user,
             credential: SessionCredential::Primary,
             upstream: UpstreamCredentials {

@@ -162,3 +162,81 @@ async fn a_cli_change_on_one_node_drops_sessions_on_another() {
     drop((node_a, node_b));
     schema.drop().await;
 }
+
+/// One attempt from client number `n` (a PROXY header from a trusted proxy, so
+/// each guess comes from its own address, as in a distributed attack).
+async fn guess(addr: SocketAddr, n: u32, password: &str) -> String {
+    let mut client = LineClient::new(TcpStream::connect(addr).await.expect("connect"));
+    client
+        .send(
+            format!(
+                "PROXY TCP4 10.9.{}.{} 127.0.0.1 4000 143\r\n",
+                n / 250,
+                n % 250 + 1
+            )
+            .as_bytes(),
+        )
+        .await;
+    client.line().await;
+    client
+        .send(format!("a LOGIN {ALICE} {password}\r\n").as_bytes())
+        .await;
+    client.until("a ").await.concat()
+}
+
+#[tokio::test]
+async fn an_account_block_counts_failures_on_every_node() {
+    let Some(schema) = Schema::create().await else {
+        eprintln!("POSTERN_TEST_DATABASE_URL not set: cluster test skipped");
+        return;
+    };
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let first = common::Gateway::start_on(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = []\n[proxy_protocol]\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        Some(&schema.url),
+    )
+    .await;
+    let second = first.another_node().await;
+    let nodes = [
+        first.addr(postern::policy::Protocol::Imap, false),
+        second.addr(postern::policy::Protocol::Imap, false),
+    ];
+    // 50 guesses on each node: 100 for the account.
+    for n in 0..100 {
+        let reply = guess(nodes[n as usize % 2], n, &format!("guess-{n}")).await;
+        assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    }
+    let upstream_logins = fake.logins().len();
+    for (n, addr) in nodes.iter().enumerate() {
+        let reply = guess(*addr, 1000 + n as u32, "alice-primary").await;
+        assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    }
+    assert_eq!(
+        fake.logins().len(),
+        upstream_logins,
+        "the upstream was not asked"
+    );
+
+    // The operator's `postern admin user enable`, from a third process.
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("admin.toml");
+    std::fs::write(
+        &cli,
+        format!(
+            "[store]\nurl = \"{}\"\n[secrets]\nkey_file = \"{}\"\n",
+            schema.url,
+            first.config.secrets.key_file.display()
+        ),
+    )
+    .unwrap();
+    admin(&cli, &["admin", "user", "enable", ALICE]);
+    for (n, addr) in nodes.iter().enumerate() {
+        let reply = guess(*addr, 2000 + n as u32, "alice-primary").await;
+        assert!(reply.starts_with("a OK"), "{reply}");
+    }
+
+    drop((first, second));
+    schema.drop().await;
+}

@@ -4,9 +4,7 @@ mod common;
 
 use common::fake_imap::FakeImap;
 use common::{Gateway, LineClient};
-use postern::policy::Protocol;
-use postern::recheck::Rechecker;
-use postern::store::EventKind;
+use postern::policy::{DomainStatus, Protocol};
 use tokio::net::TcpStream;
 
 const ALICE: &str = "alice@example.test";
@@ -53,54 +51,120 @@ async fn a_failed_login_delays_the_next_answer_but_a_repeated_password_does_not_
     }
 }
 
-#[tokio::test]
-async fn an_account_is_blocked_after_100_failures_until_an_administrator_clears_it() {
-    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
-    // Spread over many client addresses (through a trusted PROXY peer), as a
-    // distributed guessing attack would be: no per-client delay applies.
-    let gateway = Gateway::start(
+/// A gateway that sees each connection's client address in a PROXY header from
+/// 127.0.0.1, so a test can play many clients; no network is trusted.
+async fn gateway_behind_a_proxy(fake: &FakeImap) -> Gateway {
+    Gateway::start(
         fake.addr,
         "allow_plaintext_auth = true",
         "[limits]\ntrusted_networks = []\n[proxy_protocol]\ntrusted_proxies = [\"127.0.0.0/8\"]",
     )
-    .await;
-    let header = |n: u32| {
-        Some(format!(
-            "PROXY TCP4 10.9.{}.{} 127.0.0.1 4000 143\r\n",
-            n / 250,
-            n % 250 + 1
-        ))
-    };
+    .await
+}
+
+/// Client number `n` of a distributed attack: one address each, so no
+/// per-client delay applies.
+fn client(n: u32) -> Option<String> {
+    Some(format!(
+        "PROXY TCP4 10.9.{}.{} 127.0.0.1 4000 143\r\n",
+        n / 250,
+        n % 250 + 1
+    ))
+}
+
+async fn stored_failures(gateway: &Gateway) -> i64 {
+    let user = gateway.store().user(ALICE).await.unwrap().unwrap();
+    user.failed_logins
+}
+
+#[tokio::test]
+async fn an_account_is_blocked_after_100_failures_until_an_administrator_clears_it() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let gateway = gateway_behind_a_proxy(&fake).await;
     for n in 0..100 {
-        let reply = attempt(&gateway, header(n), &format!("guess-{n}")).await;
+        let reply = attempt(&gateway, client(n), &format!("guess-{n}")).await;
         assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
     }
     let logins_before = fake.logins().len();
     // Now even the right password is refused, with the same words, and the
     // upstream is not asked.
-    let reply = attempt(&gateway, header(1000), "alice-primary").await;
+    let reply = attempt(&gateway, client(1000), "alice-primary").await;
     assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
     assert_eq!(fake.logins().len(), logins_before);
 
-    // `postern admin user enable` clears it: its event, applied as every node
-    // applies it (here directly, instead of waiting for the background tail).
-    let last = gateway.store().last_event_id().await.unwrap();
+    // `postern admin user enable` clears it.
     gateway
         .store()
         .set_user_disabled(ALICE, false, "test")
         .await
         .unwrap();
-    let events = gateway.store().events_after(last, 10).await.unwrap();
-    assert_eq!(events.last().map(|e| e.kind), Some(EventKind::UserEnabled));
-    let runtime = &gateway.runtime;
-    let rechecker = Rechecker::new(
-        runtime.gate.clone(),
-        runtime.registry.clone(),
-        runtime.penalties.clone(),
-    );
-    for event in &events {
-        rechecker.handle_event(event).await;
+    let reply = attempt(&gateway, client(1001), "alice-primary").await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+}
+
+#[tokio::test]
+async fn nodes_sharing_a_store_count_failures_towards_one_account_block() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let first = gateway_behind_a_proxy(&fake).await;
+    let second = first.another_node().await;
+    let nodes = [&first, &second];
+    // 50 guesses on each node: under the limit on either, 100 together.
+    for n in 0..100 {
+        let node = nodes[n as usize % 2];
+        let reply = attempt(node, client(n), &format!("guess-{n}")).await;
+        assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
     }
-    let reply = attempt(&gateway, header(1001), "alice-primary").await;
+    let logins_before = fake.logins().len();
+    for (n, node) in nodes.iter().enumerate() {
+        let reply = attempt(node, client(1000 + n as u32), "alice-primary").await;
+        assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    }
+    assert_eq!(
+        fake.logins().len(),
+        logins_before,
+        "the upstream was not asked"
+    );
+
+    // An administrator's enable on one node clears it on both.
+    first
+        .store()
+        .set_user_disabled(ALICE, false, "test")
+        .await
+        .unwrap();
+    for (n, node) in nodes.iter().enumerate() {
+        let reply = attempt(node, client(2000 + n as u32), "alice-primary").await;
+        assert!(reply.starts_with("a OK"), "{reply}");
+    }
+}
+
+#[tokio::test]
+async fn a_successful_app_password_login_resets_the_shared_count() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let first = gateway_behind_a_proxy(&fake).await;
+    let second = first.another_node().await;
+    first.domain("example.test", DomainStatus::Enabled).await;
+    first.enroll(ALICE).await;
+    let (_, password) = first.app_password(ALICE, "imap", None).await;
+
+    for n in 0..3 {
+        let reply = attempt(&first, client(n), &format!("guess-{n}")).await;
+        assert!(reply.starts_with("a NO"), "{reply}");
+    }
+    // The same wrong password again from the same client does not count.
+    let reply = attempt(&first, client(2), "guess-2").await;
+    assert!(reply.starts_with("a NO"), "{reply}");
+    assert_eq!(stored_failures(&second).await, 3);
+
+    let reply = attempt(&second, client(100), &password).await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    assert_eq!(stored_failures(&first).await, 0);
+
+    // 99 more failures then leave the account open: the count started afresh.
+    for n in 0..99 {
+        let node = [&first, &second][n as usize % 2];
+        let reply = attempt(node, client(200 + n), &format!("again-{n}")).await;
+        assert!(reply.starts_with("a NO"), "{reply}");
+    }
+    let reply = attempt(&first, client(400), &password).await;
     assert!(reply.starts_with("a OK"), "{reply}");
 }

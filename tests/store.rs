@@ -447,6 +447,69 @@ async fn disabling_a_user_is_audited_and_announced() {
 }
 
 #[tokio::test]
+async fn failed_logins_are_counted_forgotten_and_cleared() {
+    on_each_db!(|s| {
+        let user = s.ensure_user("fay@example.org").await.unwrap();
+        assert_eq!((user.failed_logins, user.last_failed_at), (0, 0));
+        for now in [100, 101, 102] {
+            s.count_login_failure("Fay@example.org", now, now - 900)
+                .await
+                .unwrap();
+        }
+        let user = s.user("fay@example.org").await.unwrap().unwrap();
+        assert_eq!((user.failed_logins, user.last_failed_at), (3, 102));
+        // The login path reads the count with the user's row.
+        let (_, context) = s
+            .login_context("fay@example.org", "example.org")
+            .await
+            .unwrap();
+        assert_eq!(context.failed_logins, 3);
+        // After a quiet period the next failure starts a new count.
+        s.count_login_failure("fay@example.org", 2000, 2000 - 900)
+            .await
+            .unwrap();
+        let user = s.user("fay@example.org").await.unwrap().unwrap();
+        assert_eq!((user.failed_logins, user.last_failed_at), (1, 2000));
+        // A success clears it; so does an administrator's enable or reset.
+        s.clear_login_failures(user.id).await.unwrap();
+        assert_eq!(
+            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
+            0
+        );
+        s.count_login_failure("fay@example.org", 2001, 0)
+            .await
+            .unwrap();
+        s.set_user_disabled("fay@example.org", true, "cli")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
+            1
+        );
+        s.set_user_disabled("fay@example.org", false, "cli")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
+            0
+        );
+        s.count_login_failure("fay@example.org", 2002, 0)
+            .await
+            .unwrap();
+        s.reset_user("fay@example.org", "cli").await.unwrap();
+        assert_eq!(
+            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
+            0
+        );
+        // An address never seen is not created by a failure.
+        s.count_login_failure("nobody@example.org", 2003, 0)
+            .await
+            .unwrap();
+        assert!(s.user("nobody@example.org").await.unwrap().is_none());
+    });
+}
+
+#[tokio::test]
 async fn list_users_counts_app_passwords_and_last_use() {
     on_each_db!(|s| {
         let zed = s.ensure_user("zed@example.org").await.unwrap();

@@ -24,6 +24,7 @@ use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 use crate::recheck::Rechecker;
 use crate::registry::NewSession;
+use crate::store::normalize_address;
 
 /// Read buffer for the pre-login phase and the upstream login.
 const READ_CHUNK: usize = 4096;
@@ -232,30 +233,20 @@ async fn login<H: ProtocolHandler>(
         credentials.username.to_ascii_lowercase().as_bytes(),
         credentials.password.expose().as_bytes(),
     ]);
-    let refused = |user: &str, reason: &str| {
-        ctx.penalties.failed(ip, user, attempt);
-        ctx.gate.audit_login(user, protocol, ip, "refused", reason);
-        Err(LoginFailure::Refused)
-    };
     if ctx.penalties.blocked(&credentials.username) {
-        ctx.gate.spend_refusal().await;
-        info!(target: "postern::login", %protocol, user = %credentials.username, client = %ip, method, result = "refused", reason = "account-blocked");
-        ctx.gate.audit_login(
-            &credentials.username,
-            protocol,
-            ip,
-            "refused",
-            "account-blocked",
-        );
-        return Err(LoginFailure::Refused);
+        // A name the store keeps no row for, blocked on this node.
+        return blocked(ctx, protocol, &credentials.username, ip, method, true).await;
     }
     // Before reading the stored state: see `SessionRegistry::generation`.
     let generation = ctx.registry.generation();
     let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
-    let (user, credential, upstream, allowed_until) = match verdict {
+    let (user, credential, upstream, allowed_until, clear_failures) = match verdict {
         Verdict::Refuse { user, reason } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
-            return refused(&user, reason.as_str());
+            return refused(ctx, protocol, &user, ip, attempt, reason.as_str()).await;
+        }
+        Verdict::Blocked { user } => {
+            return blocked(ctx, protocol, &user, ip, method, false).await;
         }
         Verdict::Unavailable { user, detail } => {
             warn!(target: "postern::login", %protocol, %user, client = %ip, method, result = "unavailable", reason = %detail);
@@ -268,7 +259,8 @@ async fn login<H: ProtocolHandler>(
             credential,
             upstream,
             allowed_until,
-        } => (user, credential, upstream, allowed_until),
+            clear_failures,
+        } => (user, credential, upstream, allowed_until, clear_failures),
     };
     let request = UpstreamRequest {
         credentials: upstream,
@@ -298,6 +290,9 @@ async fn login<H: ProtocolHandler>(
         } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
             ctx.penalties.succeeded(ip, &user);
+            if let Some(user_id) = clear_failures {
+                ctx.gate.clear_login_failures(user_id).await;
+            }
             ctx.gate
                 .audit_login(&user, protocol, ip, "ok", &credential.to_string());
             Ok(LoggedIn {
@@ -313,7 +308,7 @@ async fn login<H: ProtocolHandler>(
         UpstreamOutcome::Refused(detail) => {
             ctx.gate.spend_refusal().await;
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "refused", reason = "upstream-refused", upstream = %detail);
-            refused(&user, "upstream-refused")
+            refused(ctx, protocol, &user, ip, attempt, "upstream-refused").await
         }
         UpstreamOutcome::Failed(detail) => {
             warn!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "unavailable", reason = %detail);
@@ -322,6 +317,47 @@ async fn login<H: ProtocolHandler>(
             Err(LoginFailure::Temporary)
         }
     }
+}
+
+/// Counts a refusal (client delay; the account's count, in the store for an
+/// address, on this node for any other name) and audits it.
+async fn refused<T>(
+    ctx: &SharedContext,
+    protocol: crate::policy::Protocol,
+    user: &str,
+    ip: std::net::IpAddr,
+    attempt: [u8; 32],
+    reason: &str,
+) -> Result<T, LoginFailure> {
+    if ctx.penalties.failed(ip, attempt) {
+        if normalize_address(user).is_ok() {
+            ctx.gate.count_login_failure(user, unix_now()).await;
+        } else {
+            ctx.penalties.local_account_failed(user);
+        }
+    }
+    ctx.gate.audit_login(user, protocol, ip, "refused", reason);
+    Err(LoginFailure::Refused)
+}
+
+/// Refuses a blocked account. Not counted: a block ends after a quiet period,
+/// which further guesses do not extend. `spend` is false when the gate has
+/// already spent the refusal's Argon2 run.
+async fn blocked<T>(
+    ctx: &SharedContext,
+    protocol: crate::policy::Protocol,
+    user: &str,
+    ip: std::net::IpAddr,
+    method: &str,
+    spend: bool,
+) -> Result<T, LoginFailure> {
+    if spend {
+        ctx.gate.spend_refusal().await;
+    }
+    info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = "account-blocked");
+    ctx.gate
+        .audit_login(user, protocol, ip, "refused", "account-blocked");
+    Err(LoginFailure::Refused)
 }
 
 pub(super) enum UpstreamOutcome {

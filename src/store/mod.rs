@@ -1,6 +1,7 @@
 //! Persistent state: the sqlx pool, the migrations runner, and one submodule per table
-//! family (domains, users, second factors, recovery e-mail codes, app passwords,
-//! system administrators, the audit log, the event log and the live-session table).
+//! family (domains, users and their failed logins, second factors, recovery e-mail
+//! codes, app passwords, system administrators, the audit log, the event log and the
+//! live-session table).
 //!
 //! The store owns SQL and nothing else: it does not decide whether a login is allowed
 //! (that is [`crate::policy`]), hash passwords or talk to the network. Every change
@@ -18,6 +19,7 @@ mod domains;
 mod email_codes;
 mod events;
 mod factors;
+mod login_failures;
 mod sessions;
 mod sysadmins;
 mod users;

@@ -18,6 +18,7 @@ const MAX_ADDRESS_LEN: usize = 256;
 macro_rules! user_columns {
     () => {
         "u.id, u.address, u.domain, u.disabled, u.domain_admin, u.created_at, \
+         u.failed_logins, u.last_failed_at, \
          CAST(CASE WHEN EXISTS (SELECT 1 FROM second_factors f \
                                 WHERE f.user_id = u.id AND f.confirmed = 1) \
               THEN 1 ELSE 0 END AS BIGINT) AS enrolled"
@@ -37,6 +38,11 @@ pub struct UserRecord {
     /// A confirmed second factor exists.
     pub enrolled: bool,
     pub created_at: i64,
+    /// Consecutive failed mail logins, shared by every node (see
+    /// [`crate::penalty::account_blocked`]).
+    pub failed_logins: i64,
+    /// Unix time of the latest counted failure (0: never).
+    pub last_failed_at: i64,
 }
 
 impl UserRecord {
@@ -92,6 +98,8 @@ fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
         domain_admin: get_flag(row, "domain_admin")?,
         enrolled: get_flag(row, "enrolled")?,
         created_at: row.try_get("created_at")?,
+        failed_logins: row.try_get("failed_logins")?,
+        last_failed_at: row.try_get("last_failed_at")?,
     })
 }
 
@@ -246,7 +254,7 @@ impl Store {
     }
 
     /// Disables or re-enables a user (created if new). A disabled user's mail logins
-    /// are refused whatever the credential.
+    /// are refused whatever the credential; re-enabling also clears a guessing block.
     pub async fn set_user_disabled(
         &self,
         address: &str,
@@ -256,11 +264,16 @@ impl Store {
         let address = normalize_address(address)?;
         let mut tx = self.begin().await?;
         let user = ensure_user_in(&mut tx, &address).await?;
-        sqlx::query("UPDATE users SET disabled = $2 WHERE id = $1")
-            .bind(user.id)
-            .bind(i64::from(disabled))
-            .execute(&mut *tx)
-            .await?;
+        // Enabling is also how an administrator clears a guessing block.
+        sqlx::query(
+            "UPDATE users SET disabled = $2, \
+             failed_logins = CASE WHEN $2 = 0 THEN 0 ELSE failed_logins END \
+             WHERE id = $1",
+        )
+        .bind(user.id)
+        .bind(i64::from(disabled))
+        .execute(&mut *tx)
+        .await?;
         let (action, kind) = if disabled {
             ("user.disable", EventKind::UserDisabled)
         } else {
@@ -274,6 +287,7 @@ impl Store {
 
     /// Removes a user's second factors, backup codes and app passwords (created if
     /// new): the user is no longer enrolled and every app password stops working.
+    /// A guessing block is cleared too.
     pub async fn reset_user(&self, address: &str, actor: &str) -> Result<(), StoreError> {
         let address = normalize_address(address)?;
         let mut tx = self.begin().await?;
@@ -292,6 +306,10 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1")
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?;
         let detail = format!("second_factors={factors} app_passwords={app_passwords}");
         insert_audit(&mut tx, actor, "user.reset", &address, &detail, None).await?;
         insert_event(

@@ -29,7 +29,7 @@ pub struct Gateway {
     pub bound: Vec<Bound>,
     pub config: Config,
     pub key: InstanceKey,
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
 }
 
 impl Gateway {
@@ -97,7 +97,22 @@ master_password = "masterpw"
             bound,
             config,
             key,
-            _dir: dir,
+            _dir: Arc::new(dir),
+        }
+    }
+
+    /// A second node of the same cluster: the same configuration, store,
+    /// instance key and certificate, on its own ephemeral ports.
+    pub async fn another_node(&self) -> Gateway {
+        let runtime = Runtime::build(&self.config).await.expect("runtime");
+        let bound = runtime.bind_all(&self.config).await.expect("bind");
+        runtime.start_rechecks(&self.config);
+        Gateway {
+            runtime,
+            bound,
+            config: self.config.clone(),
+            key: InstanceKey::load_or_create(&self.config.secrets.key_file).expect("key"),
+            _dir: self._dir.clone(),
         }
     }
 
