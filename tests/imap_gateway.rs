@@ -718,3 +718,30 @@ async fn a_client_over_the_per_address_cap_is_closed_and_a_silent_one_times_out(
     assert!(first.closed().await);
     assert_eq!(fake.logins().len(), 0);
 }
+
+#[tokio::test]
+async fn a_client_stalling_in_the_tls_handshake_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let gateway = Gateway::start_with(fake.addr, "allow_plaintext_auth = true", "", None, |c| {
+        c.tls.handshake_timeout_secs = 1
+    })
+    .await;
+    common::assert_stalled_handshakes_are_closed(gateway.addr(Protocol::Imap, true)).await;
+
+    // The same after STARTTLS on the plain port.
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client.send(b"a STARTTLS\r\n").await;
+    assert!(client.line().await.starts_with("a OK"));
+    let mut tcp = client.into_inner();
+    tcp.write_all(common::HALF_CLIENT_HELLO).await.unwrap();
+    common::assert_closed_silently(&mut tcp, "STARTTLS, then half a ClientHello").await;
+
+    // A client that completes its handshake is served as before.
+    let tcp = tokio::net::TcpStream::connect(gateway.addr(Protocol::Imap, true))
+        .await
+        .unwrap();
+    let mut tls = LineClient::new(tls_upgrade(tcp, &gateway.cert_path()).await);
+    assert!(tls.line().await.starts_with("* OK"));
+}

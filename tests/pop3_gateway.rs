@@ -235,3 +235,21 @@ async fn a_plain_authorization_identity_naming_another_user_is_refused() {
     // An upstream login would have been logged before postern could answer.
     assert!(log.logins().is_empty(), "{:?}", log.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_the_tls_handshake_is_closed() {
+    let (upstream, _log) = fake_pop3().await;
+    let postern = Postern::start_with(
+        Protocol::Pop3,
+        upstream,
+        "allow_plaintext_auth = true",
+        |c| c.tls.handshake_timeout_secs = 1,
+    )
+    .await;
+    common::assert_stalled_handshakes_are_closed(postern.tls_addr()).await;
+    let mut c = connect(&postern).await;
+    c.send("STLS\r\n").await;
+    assert!(c.line().await.starts_with("+OK"));
+    let mut tcp = c.into_inner();
+    common::assert_closed_silently(&mut tcp, "STLS, then nothing").await;
+}

@@ -363,3 +363,24 @@ async fn a_plain_authorization_identity_naming_another_user_is_refused() {
     // An upstream login would have been logged before postern could answer.
     assert!(log.logins().is_empty(), "{:?}", log.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_the_tls_handshake_is_closed() {
+    let (upstream, _log) = fake_smtp().await;
+    let postern = Postern::start_with(
+        Protocol::Smtp,
+        upstream,
+        "allow_plaintext_auth = true\nhostname = \"gw.test\"",
+        |c| c.tls.handshake_timeout_secs = 1,
+    )
+    .await;
+    common::assert_stalled_handshakes_are_closed(postern.tls_addr()).await;
+    let (mut c, _) = connect(&postern).await;
+    c.send("STARTTLS\r\n").await;
+    assert!(c.line().await.starts_with("220 "));
+    let mut tcp = c.into_inner();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, common::HALF_CLIENT_HELLO)
+        .await
+        .unwrap();
+    common::assert_closed_silently(&mut tcp, "STARTTLS, then half a ClientHello").await;
+}

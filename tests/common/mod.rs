@@ -52,6 +52,18 @@ impl Gateway {
         auth_extra: &str,
         store_url: Option<&str>,
     ) -> Gateway {
+        Self::start_with(upstream, imap_extra, auth_extra, store_url, |_| {}).await
+    }
+
+    /// Like [`Gateway::start_on`], with a last change to the parsed configuration
+    /// (for settings outside `[imap]` and `[upstream_auth]`, e.g. `[tls]`).
+    pub async fn start_with(
+        upstream: SocketAddr,
+        imap_extra: &str,
+        auth_extra: &str,
+        store_url: Option<&str>,
+        change: impl FnOnce(&mut Config),
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = |name: &str| dir.path().join(name).display().to_string();
         let text = format!(
@@ -87,7 +99,8 @@ master_password = "masterpw"
             cert = path("c.crt"),
             tlskey = path("c.key"),
         );
-        let config = Config::parse(&text).expect("test config");
+        let mut config = Config::parse(&text).expect("test config");
+        change(&mut config);
         let runtime = Runtime::build(&config).await.expect("runtime");
         let bound = runtime.bind_all(&config).await.expect("bind");
         runtime.start_rechecks(&config);
@@ -305,6 +318,39 @@ pub async fn assert_alpn_rules(addr: SocketAddr, cert: &std::path::Path, id: &[u
         format!("{err:?}").contains("NoApplicationProtocol"),
         "refused with no_application_protocol: {err:?}"
     );
+}
+
+/// The first bytes of a TLS ClientHello: a record header announcing 200 bytes,
+/// then the start of the handshake message, and no more.
+pub const HALF_CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0x5a, 0x5a, 0x5a, 0x5a,
+];
+
+/// Waits until the server closes `stream`, asserting it sends nothing first.
+/// Panics if it is still open after [`IO_TIMEOUT`].
+pub async fn assert_closed_silently<S: AsyncRead + Unpin>(stream: &mut S, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {IO_TIMEOUT:?}"))
+    {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{what}: unexpected bytes {:?}", &buf[..n]),
+    }
+}
+
+/// On an implicit-TLS port: a client that sends nothing, or half a ClientHello,
+/// is closed (after `[tls] handshake_timeout_secs`, which the test sets short).
+pub async fn assert_stalled_handshakes_are_closed(addr: SocketAddr) {
+    for (sent, what) in [
+        (&b""[..], "silent client"),
+        (HALF_CLIENT_HELLO, "half a ClientHello"),
+    ] {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(sent).await.expect("send");
+        assert_closed_silently(&mut tcp, what).await;
+    }
 }
 
 pub async fn tls_upgrade(

@@ -33,6 +33,17 @@ impl Postern {
     /// `section` is one protocol section (`[pop3]` or `[smtp]`) without its
     /// `listen`, `listen_tls` and `upstream` keys.
     pub async fn start(protocol: Protocol, upstream: SocketAddr, extra: &str) -> Postern {
+        Self::start_with(protocol, upstream, extra, |_| {}).await
+    }
+
+    /// Like [`Postern::start`], with a last change to the parsed configuration
+    /// (for settings outside the protocol's section, e.g. `[tls]`).
+    pub async fn start_with(
+        protocol: Protocol,
+        upstream: SocketAddr,
+        extra: &str,
+        change: impl FnOnce(&mut Config),
+    ) -> Postern {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let text = format!(
@@ -57,7 +68,8 @@ master_password = "masterpw"
 "#,
             section = protocol.as_str()
         );
-        let config = Config::parse(&text).unwrap();
+        let mut config = Config::parse(&text).unwrap();
+        change(&mut config);
         let runtime = Runtime::build(&config).await.unwrap();
         let bound = runtime.bind_all(&config).await.unwrap();
         let key = InstanceKey::load_or_create(&config.secrets.key_file).unwrap();
