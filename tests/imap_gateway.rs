@@ -745,3 +745,45 @@ async fn a_client_stalling_in_the_tls_handshake_is_closed() {
     let mut tls = LineClient::new(tls_upgrade(tcp, &gateway.cert_path()).await);
     assert!(tls.line().await.starts_with("* OK"));
 }
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_the_login_is_a_temporary_failure_and_is_closed() {
+    use common::stalling_upstream::StallingUpstream;
+    let mut upstream = StallingUpstream::start(
+        "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] slow-banner-5e1\r\n",
+        &[(
+            "p1 ID",
+            "* ID (\"name\" \"slow-banner-5e1\")\r\np1 OK ID done\r\n",
+        )],
+        "a AUTHENTICATE",
+    )
+    .await;
+    let gateway = Gateway::start_with(
+        upstream.addr,
+        "allow_plaintext_auth = true",
+        "",
+        None,
+        |c| {
+            if let Some(imap) = c.imap.as_mut() {
+                imap.upstream_timeout_secs = Some(1);
+            }
+        },
+    )
+    .await;
+    let (reply, mut client) = login(&gateway, ALICE, "alice-primary").await;
+    assert_eq!(
+        reply,
+        "a NO [UNAVAILABLE] Temporary failure, please try again later.\r\n"
+    );
+    // postern gave up on the upstream connection and closed it.
+    let seen = upstream.closed_while_stalled().await;
+    assert!(
+        seen.iter().any(|l| l.starts_with("a AUTHENTICATE PLAIN")),
+        "{seen:?}"
+    );
+    // The client may try again on the same connection; nothing of the
+    // upstream's text reached it.
+    client.send(b"b NOOP\r\n").await;
+    let rest = client.until("b ").await;
+    assert_eq!(rest, vec!["b OK NOOP completed\r\n".to_owned()]);
+}

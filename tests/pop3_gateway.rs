@@ -253,3 +253,45 @@ async fn a_client_stalling_in_the_tls_handshake_is_closed() {
     let mut tcp = c.into_inner();
     common::assert_closed_silently(&mut tcp, "STLS, then nothing").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_the_login_is_a_temporary_failure_and_is_closed() {
+    use common::stalling_upstream::StallingUpstream;
+    let mut upstream = StallingUpstream::start(
+        "+OK slow-banner-5e1 ready\r\n",
+        &[(
+            "CAPA",
+            "+OK\r\nSASL PLAIN\r\nIMPLEMENTATION slow-banner-5e1\r\n.\r\n",
+        )],
+        "AUTH",
+    )
+    .await;
+    let postern = Postern::start_with(
+        Protocol::Pop3,
+        upstream.addr,
+        "allow_plaintext_auth = true",
+        |c| {
+            if let Some(pop3) = c.pop3.as_mut() {
+                pop3.upstream_timeout_secs = Some(1);
+            }
+        },
+    )
+    .await;
+    let mut c = connect(&postern).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    let reply = c.line().await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP] "), "{reply}");
+    assert!(!reply.contains("slow-banner"), "{reply}");
+    let seen = upstream.closed_while_stalled().await;
+    assert!(seen.iter().any(|l| l.starts_with("AUTH PLAIN")), "{seen:?}");
+    c.send("NOOP\r\n").await;
+    let after = c.line().await;
+    assert!(
+        after.starts_with("-ERR") && !after.contains("slow-banner"),
+        "{after}"
+    );
+}

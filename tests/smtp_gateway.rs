@@ -384,3 +384,40 @@ async fn a_client_stalling_in_the_tls_handshake_is_closed() {
         .unwrap();
     common::assert_closed_silently(&mut tcp, "STARTTLS, then half a ClientHello").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_the_login_is_a_temporary_failure_and_is_closed() {
+    use common::stalling_upstream::StallingUpstream;
+    let mut upstream = StallingUpstream::start(
+        "220 slow-banner-5e1 ESMTP\r\n",
+        &[("EHLO", "250-slow-banner-5e1\r\n250 AUTH PLAIN\r\n")],
+        "AUTH",
+    )
+    .await;
+    let postern = Postern::start_with(
+        Protocol::Smtp,
+        upstream.addr,
+        "allow_plaintext_auth = true\nhostname = \"gw.test\"",
+        |c| {
+            if let Some(smtp) = c.smtp.as_mut() {
+                smtp.upstream_timeout_secs = Some(1);
+            }
+        },
+    )
+    .await;
+    let (mut c, ehlo) = connect(&postern).await;
+    assert!(ehlo.iter().all(|l| !l.contains("slow-banner")), "{ehlo:?}");
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("", ALICE, ALICE_PRIMARY)
+    ))
+    .await;
+    let reply = c.line().await;
+    assert!(reply.starts_with("454 4.7.0 "), "{reply}");
+    assert!(!reply.contains("slow-banner"), "{reply}");
+    let seen = upstream.closed_while_stalled().await;
+    assert!(seen.iter().any(|l| l.starts_with("AUTH PLAIN")), "{seen:?}");
+    c.send("NOOP\r\n").await;
+    let after = c.line().await;
+    assert!(!after.contains("slow-banner"), "{after}");
+}

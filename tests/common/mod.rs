@@ -6,6 +6,7 @@ pub mod browser;
 pub mod fake_imap;
 pub mod process;
 pub mod smtp_sink;
+pub mod stalling_upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
