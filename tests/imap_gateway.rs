@@ -787,3 +787,41 @@ async fn an_upstream_that_never_answers_the_login_is_a_temporary_failure_and_is_
     let rest = client.until("b ").await;
     assert_eq!(rest, vec!["b OK NOOP completed\r\n".to_owned()]);
 }
+
+#[tokio::test]
+async fn starttls_inside_tls_is_an_error_and_the_session_goes_on() {
+    let (fake, gateway) = setup().await;
+    let cert = gateway.cert_path();
+    let mut upgraded = connect(gateway.addr(Protocol::Imap, false)).await;
+    upgraded.line().await;
+    upgraded.send(b"a STARTTLS\r\n").await;
+    assert!(upgraded.line().await.starts_with("a OK"));
+    let upgraded = LineClient::new(tls_upgrade(upgraded.into_inner(), &cert).await);
+    let tcp = tokio::net::TcpStream::connect(gateway.addr(Protocol::Imap, true))
+        .await
+        .unwrap();
+    let mut implicit = LineClient::new(tls_upgrade(tcp, &cert).await);
+    assert!(implicit.line().await.starts_with("* OK"));
+
+    for (mut client, how) in [(upgraded, "after STARTTLS"), (implicit, "implicit TLS")] {
+        client.send(b"b CAPABILITY\r\n").await;
+        let caps = client.until("b ").await.concat();
+        assert!(
+            caps.contains("b OK") && !caps.contains("STARTTLS"),
+            "{how}: {caps}"
+        );
+        client.send(b"c STARTTLS\r\n").await;
+        assert_eq!(
+            client.until("c ").await.concat(),
+            "c BAD TLS is already active\r\n",
+            "{how}"
+        );
+        // Still the same TLS session, and a login works.
+        client
+            .send(format!("d LOGIN {ALICE} alice-primary\r\n").as_bytes())
+            .await;
+        let reply = client.until("d ").await.concat();
+        assert!(reply.starts_with("d OK"), "{how}: {reply}");
+    }
+    assert_eq!(fake.logins().len(), 2);
+}

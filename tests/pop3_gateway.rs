@@ -295,3 +295,37 @@ async fn an_upstream_that_never_answers_the_login_is_a_temporary_failure_and_is_
         "{after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stls_inside_tls_is_an_error_and_the_session_goes_on() {
+    let (postern, log) = setup().await;
+    let cert = postern.cert_path();
+    let mut c = connect(&postern).await;
+    c.send("STLS\r\n").await;
+    assert!(c.line().await.starts_with("+OK"));
+    let upgraded = common::LineClient::new(common::tls_upgrade(c.into_inner(), &cert).await);
+    let tcp = tokio::net::TcpStream::connect(postern.tls_addr())
+        .await
+        .unwrap();
+    let mut implicit = common::LineClient::new(common::tls_upgrade(tcp, &cert).await);
+    assert!(implicit.line().await.starts_with("+OK"));
+
+    for (mut client, how) in [(upgraded, "after STLS"), (implicit, "implicit TLS")] {
+        client.send(b"CAPA\r\n").await;
+        let capa = client.until(".").await.concat();
+        assert!(
+            capa.starts_with("+OK") && !capa.contains("STLS"),
+            "{how}: {capa}"
+        );
+        client.send(b"STLS\r\n").await;
+        assert_eq!(
+            client.line().await,
+            "-ERR TLS is already active\r\n",
+            "{how}"
+        );
+        let login = format!("AUTH PLAIN {}\r\n", plain("", ALICE, ALICE_PRIMARY));
+        client.send(login.as_bytes()).await;
+        assert_eq!(client.line().await, "+OK fake logged in\r\n", "{how}");
+    }
+    assert_eq!(log.logins().len(), 2);
+}

@@ -421,3 +421,34 @@ async fn an_upstream_that_never_answers_the_login_is_a_temporary_failure_and_is_
     let after = c.line().await;
     assert!(!after.contains("slow-banner"), "{after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_inside_tls_is_an_error_and_the_session_goes_on() {
+    let (postern, log) = setup("").await;
+    let cert = postern.cert_path();
+    let (mut c, _) = connect(&postern).await;
+    c.send("STARTTLS\r\n").await;
+    assert!(c.line().await.starts_with("220 "));
+    let upgraded = common::LineClient::new(common::tls_upgrade(c.into_inner(), &cert).await);
+    let tcp = tokio::net::TcpStream::connect(postern.tls_addr())
+        .await
+        .unwrap();
+    let mut implicit = common::LineClient::new(common::tls_upgrade(tcp, &cert).await);
+    assert!(implicit.line().await.starts_with("220 "));
+
+    for (mut client, how) in [(upgraded, "after STARTTLS"), (implicit, "implicit TLS")] {
+        client.send(b"EHLO client.test\r\n").await;
+        let ehlo = client.until("250 ").await.concat();
+        assert!(!ehlo.contains("STARTTLS"), "{how}: {ehlo}");
+        client.send(b"STARTTLS\r\n").await;
+        assert_eq!(
+            client.line().await,
+            "503 5.5.1 TLS already active\r\n",
+            "{how}"
+        );
+        let login = format!("AUTH PLAIN {}\r\n", plain("", ALICE, ALICE_PRIMARY));
+        client.send(login.as_bytes()).await;
+        assert_eq!(client.line().await, "235 2.7.0 fake accepted\r\n", "{how}");
+    }
+    assert_eq!(log.logins().len(), 2);
+}
