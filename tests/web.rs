@@ -3,161 +3,22 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{Request, StatusCode, header};
+use common::browser::{Browser, between};
 use common::fake_imap::FakeImap;
 use common::{Gateway, connect};
-use http_body_util::BodyExt;
 use postern::credentials::{CanonicalAppPassword, totp};
 use postern::policy::{DomainStatus, Protocol};
 use postern::store::{AuditFilter, FactorKind};
 use postern::web::{WebState, router};
-use tower::ServiceExt;
 
 const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";
 const DAVE: &str = "dave@forced.test";
 /// The secret `Gateway::enroll` provisions.
 const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
-const CLIENT: &str = "192.0.2.7:50000";
-
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Page {
-    fn location(&self) -> &str {
-        self.headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// The CSRF token of the first form on the page.
-    fn csrf(&self) -> String {
-        between(&self.body, "name=\"csrf\" value=\"", "\"")
-    }
-
-    /// The text of the first `<span class="secret">`.
-    fn secret(&self) -> String {
-        between(&self.body, "<span class=\"secret\">", "</span>")
-    }
-}
-
-fn between(text: &str, start: &str, end: &str) -> String {
-    let from = text
-        .find(start)
-        .unwrap_or_else(|| panic!("{start:?} not in {text}"))
-        + start.len();
-    let len = text[from..].find(end).expect("end marker");
-    text[from..from + len].to_owned()
-}
-
-/// A cookie jar of one session cookie, in front of the router.
-struct Browser {
-    app: Router,
-    cookie: Option<String>,
-}
-
-impl Browser {
-    fn new(app: &Router) -> Self {
-        Self {
-            app: app.clone(),
-            cookie: None,
-        }
-    }
-
-    async fn send(&mut self, mut request: Request<Body>) -> Page {
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(CLIENT.parse::<SocketAddr>().expect("addr")));
-        if let Some(cookie) = &self.cookie {
-            request.headers_mut().insert(
-                header::COOKIE,
-                format!("postern_session={cookie}").parse().expect("cookie"),
-            );
-        }
-        let response = self.app.clone().oneshot(request).await.expect("response");
-        let status = response.status();
-        let headers = response.headers().clone();
-        if let Some(set) = headers.get(header::SET_COOKIE) {
-            let set = set.to_str().expect("ascii");
-            let value = between(set, "postern_session=", ";");
-            self.cookie = (!value.is_empty()).then_some(value);
-        }
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Page {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        self.send(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let body = serde_urlencoded::to_string(fields).expect("form");
-        self.send(
-            Request::post(path)
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(body))
-                .expect("request"),
-        )
-        .await
-    }
-
-    async fn json(&mut self, method: &str, path: &str, csrf: Option<&str>, body: &str) -> Page {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json");
-        if let Some(token) = csrf {
-            request = request.header("x-csrf-token", token);
-        }
-        self.send(request.body(Body::from(body.to_owned())).expect("request"))
-            .await
-    }
-
-    /// Address and primary password on the login page.
-    async fn password_step(&mut self, address: &str, password: &str) -> Page {
-        let form = self.get("/login").await;
-        assert_eq!(form.status, StatusCode::OK);
-        let csrf = form.csrf();
-        self.post(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("address", address),
-                ("password", password),
-            ],
-        )
-        .await
-    }
-
-    /// Password, then a code on the second-step page.
-    async fn code_step(&mut self, code: &str) -> Page {
-        let form = self.get("/login/code").await;
-        assert_eq!(form.status, StatusCode::OK, "{}", form.body);
-        let csrf = form.csrf();
-        self.post("/login/code", &[("csrf", &csrf), ("code", code)])
-            .await
-    }
-}
-
 struct World {
     fake: FakeImap,
     gateway: Gateway,
