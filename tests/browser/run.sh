@@ -71,6 +71,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 mkdir -p "$OUT" "$SCREENSHOTS"
+rm -f "$SCREENSHOTS"/*.png
 
 log "install chromium and playwright-core"
 bash "$HERE/install.sh"
