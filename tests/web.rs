@@ -6,7 +6,7 @@ mod common;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::browser::{Browser, between};
+use common::browser::{Browser, CLIENT, between};
 use common::fake_imap::FakeImap;
 use common::{Gateway, connect};
 use postern::credentials::{CanonicalAppPassword, totp};
@@ -65,6 +65,40 @@ async fn a_wrong_primary_password_is_refused_by_the_upstream() {
     assert!(page.body.contains("Wrong address or password"));
     assert_eq!(w.fake.refused(), 1);
     // Not logged in.
+    assert_eq!(browser.get("/account").await.location(), "/login");
+}
+
+#[tokio::test]
+async fn a_wrong_web_password_delays_that_client_like_a_wrong_mail_password() {
+    let w = world().await;
+    let client: std::net::IpAddr = CLIENT.parse::<std::net::SocketAddr>().expect("addr").ip();
+    assert!(w.gateway.runtime.penalties.delay(client).is_zero());
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(ALICE, "not-it").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    // The next answer to this client, on the web or a mail port, waits.
+    assert_eq!(
+        w.gateway.runtime.penalties.delay(client),
+        postern::penalty::BASE_DELAY
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_account_cannot_sign_in_on_the_web_and_upstream_is_not_asked() {
+    let w = world().await;
+    // An attacker elsewhere used up the account's failures on the mail ports.
+    let attacker: std::net::IpAddr = "198.51.100.9".parse().expect("ip");
+    for i in 0..postern::penalty::BLOCK_AFTER {
+        let mut attempt = [0u8; 32];
+        attempt[..4].copy_from_slice(&i.to_be_bytes());
+        w.gateway.runtime.penalties.failed(attacker, ALICE, attempt);
+    }
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(ALICE, "alice-primary").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.body.contains("Wrong address or password"));
+    assert!(w.fake.logins().is_empty(), "{:?}", w.fake.logins());
+    assert_eq!(w.fake.refused(), 0);
     assert_eq!(browser.get("/account").await.location(), "/login");
 }
 

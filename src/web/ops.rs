@@ -122,6 +122,21 @@ pub async fn password_step(
         return Err(WebError::Upstream);
     };
     let client = client.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let ip = client.ip();
+    // The mail ports' penalties apply here too, so the web form is no faster
+    // way to guess a primary password than IMAP is.
+    let delay = state.penalties.delay(ip);
+    if !delay.is_zero() {
+        metrics::counter!(crate::metrics::PENALTY_SECONDS).increment(delay.as_secs());
+        tokio::time::sleep(delay).await;
+    }
+    if state.penalties.blocked(&address) {
+        info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "account-blocked");
+        return Ok(PasswordOutcome::Wrong);
+    }
+    let attempt = state
+        .key
+        .mac(&[b"login-attempt", address.as_bytes(), password.as_bytes()]);
     let secret = Secret::from(password);
     let right = crate::session::verify_primary_password(
         settings,
@@ -135,11 +150,12 @@ pub async fn password_step(
         warn!(user = %address, error = %err, "web login: upstream check failed");
         WebError::Upstream
     })?;
-    let ip = client.ip().to_string();
     if !right {
+        state.penalties.failed(ip, &address, attempt);
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "upstream-refused");
         return Ok(PasswordOutcome::Wrong);
     }
+    state.penalties.succeeded(ip, &address);
     let (domain, user) = user_context(state, &address).await?;
     if user.disabled {
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "disabled");
