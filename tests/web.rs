@@ -3,161 +3,22 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{Request, StatusCode, header};
+use common::browser::{Browser, CLIENT, between};
 use common::fake_imap::FakeImap;
 use common::{Gateway, connect};
-use http_body_util::BodyExt;
 use postern::credentials::{CanonicalAppPassword, totp};
 use postern::policy::{DomainStatus, Protocol};
 use postern::store::{AuditFilter, FactorKind};
 use postern::web::{WebState, router};
-use tower::ServiceExt;
 
 const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";
 const DAVE: &str = "dave@forced.test";
 /// The secret `Gateway::enroll` provisions.
 const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
-const CLIENT: &str = "192.0.2.7:50000";
-
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Page {
-    fn location(&self) -> &str {
-        self.headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// The CSRF token of the first form on the page.
-    fn csrf(&self) -> String {
-        between(&self.body, "name=\"csrf\" value=\"", "\"")
-    }
-
-    /// The text of the first `<span class="secret">`.
-    fn secret(&self) -> String {
-        between(&self.body, "<span class=\"secret\">", "</span>")
-    }
-}
-
-fn between(text: &str, start: &str, end: &str) -> String {
-    let from = text
-        .find(start)
-        .unwrap_or_else(|| panic!("{start:?} not in {text}"))
-        + start.len();
-    let len = text[from..].find(end).expect("end marker");
-    text[from..from + len].to_owned()
-}
-
-/// A cookie jar of one session cookie, in front of the router.
-struct Browser {
-    app: Router,
-    cookie: Option<String>,
-}
-
-impl Browser {
-    fn new(app: &Router) -> Self {
-        Self {
-            app: app.clone(),
-            cookie: None,
-        }
-    }
-
-    async fn send(&mut self, mut request: Request<Body>) -> Page {
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(CLIENT.parse::<SocketAddr>().expect("addr")));
-        if let Some(cookie) = &self.cookie {
-            request.headers_mut().insert(
-                header::COOKIE,
-                format!("postern_session={cookie}").parse().expect("cookie"),
-            );
-        }
-        let response = self.app.clone().oneshot(request).await.expect("response");
-        let status = response.status();
-        let headers = response.headers().clone();
-        if let Some(set) = headers.get(header::SET_COOKIE) {
-            let set = set.to_str().expect("ascii");
-            let value = between(set, "postern_session=", ";");
-            self.cookie = (!value.is_empty()).then_some(value);
-        }
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Page {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        self.send(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let body = serde_urlencoded::to_string(fields).expect("form");
-        self.send(
-            Request::post(path)
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(body))
-                .expect("request"),
-        )
-        .await
-    }
-
-    async fn json(&mut self, method: &str, path: &str, csrf: Option<&str>, body: &str) -> Page {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json");
-        if let Some(token) = csrf {
-            request = request.header("x-csrf-token", token);
-        }
-        self.send(request.body(Body::from(body.to_owned())).expect("request"))
-            .await
-    }
-
-    /// Address and primary password on the login page.
-    async fn password_step(&mut self, address: &str, password: &str) -> Page {
-        let form = self.get("/login").await;
-        assert_eq!(form.status, StatusCode::OK);
-        let csrf = form.csrf();
-        self.post(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("address", address),
-                ("password", password),
-            ],
-        )
-        .await
-    }
-
-    /// Password, then a code on the second-step page.
-    async fn code_step(&mut self, code: &str) -> Page {
-        let form = self.get("/login/code").await;
-        assert_eq!(form.status, StatusCode::OK, "{}", form.body);
-        let csrf = form.csrf();
-        self.post("/login/code", &[("csrf", &csrf), ("code", code)])
-            .await
-    }
-}
-
 struct World {
     fake: FakeImap,
     gateway: Gateway,
@@ -204,6 +65,46 @@ async fn a_wrong_primary_password_is_refused_by_the_upstream() {
     assert!(page.body.contains("Wrong address or password"));
     assert_eq!(w.fake.refused(), 1);
     // Not logged in.
+    assert_eq!(browser.get("/account").await.location(), "/login");
+}
+
+#[tokio::test]
+async fn a_wrong_web_password_delays_that_client_like_a_wrong_mail_password() {
+    let w = world().await;
+    let client: std::net::IpAddr = CLIENT.parse::<std::net::SocketAddr>().expect("addr").ip();
+    assert!(w.gateway.runtime.penalties.delay(client).is_zero());
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(ALICE, "not-it").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    // The next answer to this client, on the web or a mail port, waits.
+    assert_eq!(
+        w.gateway.runtime.penalties.delay(client),
+        postern::penalty::BASE_DELAY
+    );
+    // And it counts toward the account's block, which every node shares.
+    let alice = w.gateway.store().user(ALICE).await.expect("store");
+    assert_eq!(alice.map(|a| a.failed_logins), Some(1));
+}
+
+#[tokio::test]
+async fn a_blocked_account_cannot_sign_in_on_the_web_and_upstream_is_not_asked() {
+    let w = world().await;
+    // An attacker used up the account's failures on the mail ports of any node.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    w.gateway.store().ensure_user(ALICE).await.expect("user");
+    for _ in 0..postern::penalty::BLOCK_AFTER {
+        w.gateway
+            .store()
+            .count_login_failure(ALICE, now, postern::penalty::forget_failures_before(now))
+            .await
+            .expect("count");
+    }
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(ALICE, "alice-primary").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.body.contains("Wrong address or password"));
+    assert!(w.fake.logins().is_empty(), "{:?}", w.fake.logins());
+    assert_eq!(w.fake.refused(), 0);
     assert_eq!(browser.get("/account").await.location(), "/login");
 }
 

@@ -35,6 +35,7 @@ use crate::app::Runtime;
 use crate::config::{Config, ProtocolSettings};
 use crate::credentials::InstanceKey;
 use crate::net::tls;
+use crate::penalty::Penalties;
 use crate::policy::Protocol;
 use crate::recovery_mail::RecoveryMailer;
 use crate::store::Store;
@@ -59,6 +60,9 @@ pub struct Inner {
     pub mailer: RecoveryMailer,
     pub sessions: SessionStore,
     pub attempts: Attempts,
+    /// The mail ports' login penalties: a wrong primary password on the web
+    /// delays the same client and counts toward the account's block.
+    pub penalties: Arc<Penalties>,
     /// `public_url` is https: cookies get `Secure`.
     pub secure_cookies: bool,
     /// What mail clients should connect to, for the set-up instructions (the
@@ -111,6 +115,7 @@ impl WebState {
             mailer: RecoveryMailer::from_config(&config.relay)?,
             sessions: SessionStore::default(),
             attempts: Attempts::default(),
+            penalties: runtime.penalties.clone(),
             secure_cookies: public_url.starts_with("https://"),
             mail_host,
             mail_ports,

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::session::Auth;
 use super::{WebState, recovery};
 use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
+use crate::penalty;
 use crate::policy::{DomainStatus, Scopes, WebLoginStep, decide_web_login};
 use crate::secret::Secret;
 use crate::store::{
@@ -122,6 +123,25 @@ pub async fn password_step(
         return Err(WebError::Upstream);
     };
     let client = client.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let ip = client.ip();
+    // The mail ports' penalties apply here too, so the web form is no faster
+    // way to guess a primary password than IMAP is.
+    let delay = state.penalties.delay(ip);
+    if !delay.is_zero() {
+        metrics::counter!(crate::metrics::PENALTY_SECONDS).increment(delay.as_secs());
+        tokio::time::sleep(delay).await;
+    }
+    // Read before the upstream is asked: a blocked account is refused without
+    // asking it. The account's failure count is on this row, shared by every node.
+    let (domain, user) = user_context(state, &address).await?;
+    let now = unix_now();
+    if penalty::account_blocked(user.failed_logins, user.last_failed_at, now) {
+        info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "account-blocked");
+        return Ok(PasswordOutcome::Wrong);
+    }
+    let attempt = state
+        .key
+        .mac(&[b"login-attempt", address.as_bytes(), password.as_bytes()]);
     let secret = Secret::from(password);
     let right = crate::session::verify_primary_password(
         settings,
@@ -135,12 +155,24 @@ pub async fn password_step(
         warn!(user = %address, error = %err, "web login: upstream check failed");
         WebError::Upstream
     })?;
-    let ip = client.ip().to_string();
     if !right {
+        if state.penalties.failed(ip, attempt)
+            && let Err(err) = state
+                .store
+                .count_login_failure(&address, now, penalty::forget_failures_before(now))
+                .await
+        {
+            warn!(user = %address, error = %err, "web login: could not count a failed login");
+        }
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "upstream-refused");
         return Ok(PasswordOutcome::Wrong);
     }
-    let (domain, user) = user_context(state, &address).await?;
+    state.penalties.succeeded(ip, &address);
+    if user.failed_logins != 0
+        && let Err(err) = state.store.clear_login_failures(user.id).await
+    {
+        warn!(user = %address, error = %err, "web login: could not clear failed logins");
+    }
     if user.disabled {
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "disabled");
         return Err(WebError::Forbidden(

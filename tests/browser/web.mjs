@@ -1,249 +1,385 @@
-// Walks through postern's web UI in headless Chromium: user login, TOTP
-// enrollment, backup codes, an app password, the second step, the domain
-// administrator's card, and the system administrator's console with
-// impersonation. Screenshots (desktop and phone) go to $SCREENSHOTS.
-import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import crypto from 'node:crypto';
+// Browser scenarios: headless Chromium walks through postern's web UI while
+// postern runs in front of a real Dovecot (started by run.sh, which also sets up
+// the domains). Every check prints `ok - ...` or `not ok - ...`; the exit status
+// is non-zero if any failed. Screenshots of each page go to $SCREENSHOTS; the
+// README tour's pictures also go to $TOUR_DIR when it is set.
+//
+// The scenarios run in order and share `ctx` (a later one may build on an earlier
+// one: alice enrolls before she signs in with a second step). A new scenario is a
+// `scenario('name', async (ctx) => { ... })` call appended below.
 import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { CheckFailed, Imap, check, expect, fail, failureCount, nextTotpStep, smtpSink, totp, totpStep } from './lib.mjs';
 
-const BIN = process.env.POSTERN_BIN;
-const SHOTS = process.env.SCREENSHOTS ?? 'target/screenshots';
-const USERS = { 'alice@example.test': 'alice-primary', 'bob@example.test': 'bob-primary' };
-
-// A tiny IMAP upstream: greeting, ID, AUTHENTICATE PLAIN (as the user, or as the
-// master `proxy`/`masterpw`), LOGOUT.
-function fakeImap() {
-  const server = net.createServer((sock) => {
-    sock.write('* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] fake ready\r\n');
-    let buf = '';
-    sock.on('error', () => {});
-    sock.on('data', (data) => {
-      buf += data.toString('latin1');
-      let i;
-      while ((i = buf.indexOf('\r\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const [tag, command = '', ...rest] = line.split(' ');
-        switch (command.toUpperCase()) {
-          case 'ID':
-            sock.write(`* ID NIL\r\n${tag} OK ID completed\r\n`);
-            break;
-          case 'AUTHENTICATE': {
-            const [authz, authc, pw] = Buffer.from(rest[1] ?? '', 'base64').toString().split('\0');
-            const ok = (authz === '' && USERS[authc] === pw) ||
-              (authc === 'proxy' && pw === 'masterpw' && authz in USERS);
-            sock.write(ok ? `${tag} OK [CAPABILITY IMAP4rev1] Logged in\r\n`
-              : `${tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n`);
-            break;
-          }
-          case 'LOGOUT':
-            sock.end(`* BYE bye\r\n${tag} OK Logout completed\r\n`);
-            break;
-          default:
-            sock.write(`${tag} OK\r\n`);
-        }
-      }
-    });
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
-}
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-  });
-}
-
-// RFC 6238 TOTP, SHA-1, 6 digits, 30 s.
-function totp(base32, offsetSteps = 0) {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let bits = '';
-  for (const c of base32.replace(/[\s=]/g, '').toUpperCase()) bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
-  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 1000 / 30) + offsetSteps));
-  const mac = crypto.createHmac('sha1', key).update(counter).digest();
-  const o = mac[19] & 0xf;
-  return String((mac.readUInt32BE(o) & 0x7fffffff) % 1_000_000).padStart(6, '0');
-}
-
-const imap = await fakeImap();
-const webPort = await freePort();
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postern-browser-'));
-const config = path.join(dir, 'postern.toml');
-fs.writeFileSync(config, `
-[store]
-url = "sqlite://${dir}/p.db"
-[secrets]
-key_file = "${dir}/k"
-[tls]
-cert = "${dir}/c.crt"
-key = "${dir}/c.key"
-[web]
-listen = "127.0.0.1:${webPort}"
-[imap]
-listen = ["127.0.0.1:0"]
-listen_tls = ["127.0.0.1:0"]
-upstream = "127.0.0.1:${imap.address().port}"
-[upstream_auth]
-master_user = "proxy"
-master_password = "masterpw"
-`);
-const admin = (...args) => {
-  const r = spawnSync(BIN, ['--config', config, 'admin', ...args], { encoding: 'utf8' });
-  assert.equal(r.status, 0, `admin ${args.join(' ')}: ${r.stderr}`);
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (run tests/browser/run.sh)`);
+  return value;
 };
-admin('domain', 'add', 'example.test');
-admin('domain', 'feature', 'example.test', 'on');
-admin('domain', 'status', 'example.test', 'enabled');
-admin('domain', 'admin', 'example.test', 'alice@example.test');
+const BASE = env('POSTERN_WEB');
+const IMAP = env('POSTERN_IMAP');
+const SHOTS = env('SCREENSHOTS');
+const TOUR = process.env.TOUR_DIR || '';
+const SYSADMIN = { name: env('SYSADMIN_NAME'), password: env('SYSADMIN_PASSWORD') };
+// Users of the private Dovecot (tests/interop/dovecot.sh).
+const ALICE = { address: 'alice@example.test', password: 'alice-primary' };
+const BOB = { address: 'bob@example.test', password: 'bob-primary' };
+const DAVE = { address: 'dave@forced.test', password: 'dave-primary' };
+const ERIN = { address: 'erin@forced.test', password: 'erin-primary' };
 
-// Start serve and read the first-start administrator password from its log.
-const serve = spawn(BIN, ['--config', config, 'serve'], { env: { ...process.env, RUST_LOG: 'info' } });
-let log = '';
-const adminPassword = await new Promise((resolve, reject) => {
-  const timer = setTimeout(() => reject(new Error(`serve did not start:\n${log}`)), 30_000);
-  const onData = (d) => {
-    log += d.toString();
-    const m = log.match(/password=([0-9a-z-]{19})/);
-    if (m && log.includes('web UI and API listening')) { clearTimeout(timer); resolve(m[1]); }
-  };
-  serve.stdout.on('data', onData);
-  serve.stderr.on('data', onData);
-});
-const base = `http://127.0.0.1:${webPort}`;
+const DESKTOP = { viewport: { width: 1100, height: 800 } };
+const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
-const desktop = { viewport: { width: 1280, height: 900 } };
-const phone = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
-const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
-let failed = false;
+// The whole walk is bounded (one wait for the next TOTP step is the longest part).
+const watchdog = setTimeout(() => {
+  fail('browser scenarios finish within 150 s', new Error('still running'));
+  process.exit(1);
+}, 150_000);
 
-try {
-  const ctx = await browser.newContext(desktop);
-  const page = await ctx.newPage();
-  const errors = [];
-  // Refused inline script/style or foreign resources would be CSP violations.
+const scenarios = [];
+const scenario = (name, run) => scenarios.push({ name, run });
+
+const path_ = (page) => new URL(page.url()).pathname;
+
+/** Saves a full-page screenshot; with `tour`, also the first screen into TOUR_DIR. */
+async function shot(page, name, { tour = false } = {}) {
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+  if (tour && TOUR) await page.screenshot({ path: path.join(TOUR, `${name}.png`) });
+}
+
+/** Pages must fit a phone's width: a table may scroll inside its card, the page not. */
+async function fitsWidth(page) {
+  const { scroll, width } = await page.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth,
+    width: document.documentElement.clientWidth,
+  }));
+  expect(scroll <= width, `the page is ${scroll} px wide on a ${width} px screen`);
+}
+
+async function newPage(ctx, options) {
+  const context = await ctx.browser.newContext(options);
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  // The pages carry no script and a strict Content-Security-Policy; anything the
+  // browser refuses would show up here.
   page.on('console', (m) => {
-    if (m.type() === 'error' && /Content Security Policy|Refused to/.test(m.text())) errors.push(m.text());
+    if (m.type() === 'error' && /Content.Security.Policy|Refused to/i.test(m.text())) ctx.cspErrors.push(m.text());
   });
+  return page;
+}
 
-  async function signIn(address, password) {
-    await page.goto(`${base}/login`);
-    await page.fill('#address', address);
-    await page.fill('#password', password);
-    await page.click('form[action="/login"] button');
-  }
+async function signIn(page, { address, password }) {
+  await page.goto(`${BASE}/login`);
+  await page.fill('#address', address);
+  await page.fill('#password', password);
+  await page.click('form[action="/login"] button');
+}
 
-  await page.goto(`${base}/login`);
-  await shot(page, '01-login-desktop');
-  await signIn('alice@example.test', 'wrong');
-  assert.match(await page.textContent('.error'), /Wrong address or password/);
-  await signIn('alice@example.test', 'alice-primary');
-  assert.equal(new URL(page.url()).pathname, '/account');
+async function imapLogin({ address, password }) {
+  const imap = await Imap.connect(IMAP);
+  const reply = await imap.login(address, password);
+  return { imap, reply };
+}
+
+// ---- a user enrolls TOTP ---------------------------------------------------
+
+scenario('user enrolls an authenticator app', async (ctx) => {
+  const page = await newPage(ctx, DESKTOP);
+  ctx.alice = page;
+  await page.goto(`${BASE}/login`);
+  await shot(page, '01-login');
+
+  await check('a wrong primary password is refused on the web', async () => {
+    await signIn(page, { ...ALICE, password: 'not-her-password' });
+    expect(/Wrong address or password/.test(await page.textContent('.error')), 'no error shown');
+  });
+  await check('alice signs in with her primary password (checked by Dovecot)', async () => {
+    await signIn(page, ALICE);
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+    expect(/available: you may turn it on/.test(await page.textContent('main')), 'status not shown');
+  });
   await shot(page, '02-account');
 
-  // Enroll an authenticator app.
-  await page.goto(`${base}/account/two-step`);
-  assert.ok(await page.locator('.qr svg').isVisible(), 'QR code shown');
-  await shot(page, '03-enroll-totp');
-  const secret = (await page.textContent('.secret')).replace(/\s/g, '');
-  await page.fill('#code', totp(secret));
-  await page.click('form[action="/account/two-step/confirm"] button');
-  assert.match(await page.textContent('main'), /2-Step Authentication is on/);
-  await page.click('text=Create backup codes');
-  const codes = await page.locator('ul.codes li').allTextContents();
-  assert.equal(codes.length, 10);
-  await shot(page, '04-backup-codes');
+  await page.goto(`${BASE}/account/two-step`);
+  await check('the enrollment page shows a QR code and the key', async () => {
+    expect(await page.locator('.qr svg').isVisible(), 'no QR code');
+    ctx.aliceSecret = (await page.textContent('.secret')).replace(/\s/g, '');
+    expect(/^[A-Z2-7]{32}$/.test(ctx.aliceSecret), `key ${ctx.aliceSecret.length} characters`);
+  });
+  await shot(page, '03-enroll-totp', { tour: true });
 
-  // An application password, shown once with instructions.
-  await page.goto(`${base}/account/app-passwords`);
-  await page.fill('#name', 'Thunderbird');
-  await page.uncheck('input[name=pop3]');
+  await check('a wrong code does not turn 2-Step on', async () => {
+    const wrong = String((Number(totp(ctx.aliceSecret)) + 500_000) % 1_000_000).padStart(6, '0');
+    await page.fill('#code', wrong);
+    await page.click('form[action="/account/two-step/confirm"] button');
+    expect(/not right/.test(await page.textContent('.error')), 'no error shown');
+  });
+  await check('the code computed from the key turns 2-Step Authentication on', async () => {
+    ctx.aliceStep = totpStep();
+    ctx.aliceUsedCode = totp(ctx.aliceSecret, ctx.aliceStep);
+    await page.fill('#code', ctx.aliceUsedCode);
+    await page.click('form[action="/account/two-step/confirm"] button');
+    expect(/2-Step Authentication is on/.test(await page.textContent('main')), 'not on');
+  });
+  await shot(page, '04-two-step-on');
+
+  await check('once enrolled, alice\'s primary password is refused over IMAP', async () => {
+    const { imap, reply } = await imapLogin(ALICE);
+    imap.close();
+    expect(reply.status === 'NO' && /AUTHENTICATIONFAILED/.test(reply.text), `${reply.status} ${reply.text}`);
+    return reply.text;
+  });
+});
+
+// ---- signing in again needs a fresh code -----------------------------------
+
+scenario('user signs out and in with a fresh code', async (ctx) => {
+  const page = ctx.alice;
+  await check('signing out leads back to the login page', async () => {
+    await page.click('button:has-text("Sign out")');
+    expect(path_(page) === '/login', `landed on ${path_(page)}`);
+  });
+  await check('the primary password now leads to the second step', async () => {
+    await signIn(page, ALICE);
+    expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
+  });
+  await shot(page, '05-second-step', { tour: true });
+  await check('half signed in, the account pages stay out of reach', async () => {
+    await page.goto(`${BASE}/account/app-passwords`);
+    expect(path_(page) === '/login/code', `reached ${path_(page)}`);
+  });
+  await check('the code already used for enrollment is refused', async () => {
+    await page.fill('#code', ctx.aliceUsedCode);
+    await page.click('form[action="/login/code"] button');
+    expect(/already used/.test(await page.textContent('.error')), await page.textContent('.error'));
+  });
+  await check('a fresh code from the next 30-second step signs alice in', async () => {
+    const step = await nextTotpStep(ctx.aliceStep);
+    await page.fill('#code', totp(ctx.aliceSecret, step));
+    await page.click('form[action="/login/code"] button');
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+  });
+});
+
+// ---- an application password works over IMAP -------------------------------
+
+scenario('user creates an app password and uses it over IMAP', async (ctx) => {
+  const page = ctx.alice;
+  await page.goto(`${BASE}/account/app-passwords`);
+  await check('a new app password is shown once, typeable', async () => {
+    await page.fill('#name', 'Thunderbird');
+    await page.click('form[action="/account/app-passwords"] button');
+    ctx.aliceAppPassword = (await page.textContent('.secret')).trim();
+    expect(/^[0-9a-z]{4}(-[0-9a-z]{4}){3,}$/.test(ctx.aliceAppPassword), `shown: ${ctx.aliceAppPassword}`);
+  });
+  await shot(page, '06-app-password-created', { tour: true });
+  await check('the list names the device, without the password', async () => {
+    await page.goto(`${BASE}/account/app-passwords`);
+    const table = await page.textContent('table');
+    expect(/Thunderbird/.test(table), 'Thunderbird not listed');
+    expect(!table.includes(ctx.aliceAppPassword), 'the password is shown again');
+  });
+
+  await check('IMAP LOGIN through postern with the app password succeeds', async () => {
+    const { imap, reply } = await imapLogin({ address: ALICE.address, password: ctx.aliceAppPassword });
+    ctx.aliceImap = imap;
+    expect(reply.status === 'OK', `${reply.status} ${reply.text}`);
+  });
+  await check('SELECT INBOX shows alice\'s message from Dovecot', async () => {
+    const reply = await ctx.aliceImap.command('SELECT INBOX');
+    expect(reply.status === 'OK', `${reply.status} ${reply.text}`);
+    expect(reply.untagged.includes('* 1 EXISTS'), `untagged: ${reply.untagged.join(' | ')}`);
+  });
+  await check('the same app password typed in capitals with spaces also works', async () => {
+    const typed = ctx.aliceAppPassword.toUpperCase().replace(/-/g, ' ');
+    const { imap, reply } = await imapLogin({ address: ALICE.address, password: typed });
+    imap.close();
+    expect(reply.status === 'OK', `${reply.status} ${reply.text}`);
+  });
+  await check('the list shows the last use: IMAP from 127.0.0.1', async () => {
+    await page.goto(`${BASE}/account/app-passwords`);
+    const row = (await page.textContent('tr:has-text("Thunderbird")')).replace(/\s+/g, ' ');
+    expect(/127\.0\.0\.1/.test(row) && /IMAP/.test(row), row.trim());
+  });
+  await shot(page, '07-app-passwords', { tour: true });
+});
+
+// ---- a domain administrator forces 2-Step ----------------------------------
+
+scenario('domain administrator switches to Forced; a primary-password session is dropped', async (ctx) => {
+  const page = ctx.alice;
+  await check('bob (not enrolled) logs in over IMAP with his primary password and idles', async () => {
+    const { imap, reply } = await imapLogin(BOB);
+    ctx.bobImap = imap;
+    expect(reply.status === 'OK', `${reply.status} ${reply.text}`);
+    const select = await imap.command('SELECT INBOX');
+    expect(select.status === 'OK', `SELECT ${select.status} ${select.text}`);
+    await imap.idle();
+  });
+  await check('the domain card warns that forcing disconnects password clients, counting bob\'s session', async () => {
+    await page.goto(`${BASE}/domain`);
+    const warning = await page.textContent('.warning');
+    expect(/disconnects third-party clients/.test(warning), 'no warning');
+    expect(/Right now 1 mail session/.test(warning), warning.replace(/\s+/g, ' ').trim());
+  });
+  await shot(page, '08-domain-settings', { tour: true });
+  await check('the domain administrator switches example.test to Forced', async () => {
+    await page.selectOption('#status', 'forced');
+    await page.click('form[action="/domain/two-step"] button');
+    expect(/Effective status: Forced/.test(await page.textContent('main')), 'status not Forced');
+  });
+  await shot(page, '09-domain-forced');
+  await check('bob\'s primary-password IMAP session gets * BYE and is closed', async () => {
+    const bye = await ctx.bobImap.waitFor(/^\* BYE/);
+    expect(bye !== null, 'closed without * BYE');
+    expect(await ctx.bobImap.waitClosed(), 'still open after * BYE');
+    return bye;
+  });
+  await check('alice\'s app-password session stays open', async () => {
+    const reply = await ctx.aliceImap.command('NOOP');
+    expect(reply.status === 'OK', `${reply.status} ${reply.text}`);
+  });
+  await check('bob\'s primary password is now refused over IMAP', async () => {
+    const { imap, reply } = await imapLogin(BOB);
+    imap.close();
+    expect(reply.status === 'NO', `${reply.status} ${reply.text}`);
+  });
+  ctx.aliceImap.close();
+});
+
+// ---- the system administrator ----------------------------------------------
+
+scenario('system administrator turns the feature on for a domain and impersonates its administrator', async (ctx) => {
+  const page = await newPage(ctx, DESKTOP);
+  await check('dave logs in over IMAP with his primary password (forced.test: feature off)', async () => {
+    const { imap, reply } = await imapLogin(DAVE);
+    ctx.daveImap = imap;
+    expect(reply.status === 'OK', `${reply.status} ${reply.text}`);
+    await imap.idle();
+  });
+  await check('the system administrator signs in', async () => {
+    await page.goto(`${BASE}/admin/login`);
+    await page.fill('#name', SYSADMIN.name);
+    await page.fill('#password', SYSADMIN.password);
+    await page.click('form[action="/admin/login"] button');
+    expect(path_(page) === '/admin', `landed on ${path_(page)}`);
+  });
+  await check('the domains list shows forced.test with the feature off', async () => {
+    const row = await page.textContent('tr:has(a[href="/admin/domains/forced.test"])');
+    expect(/Off/.test(row) && /forced/.test(row), row.replace(/\s+/g, ' ').trim());
+  });
+  await shot(page, '10-admin-domains');
+  await check('turning the feature on for forced.test makes it On', async () => {
+    await page.click('a[href="/admin/domains/forced.test"] >> nth=0');
+    await page.click('form[action="/admin/domains/forced.test/feature"] button');
+    expect(/2-Step Authentication: On/.test(await page.textContent('main')), 'still off');
+  });
+  await shot(page, '11-admin-domain');
+  await check('dave\'s primary-password session is dropped (forced.test is now Forced)', async () => {
+    const bye = await ctx.daveImap.waitFor(/^\* BYE/);
+    expect(bye !== null, 'closed without * BYE');
+    expect(await ctx.daveImap.waitClosed(), 'still open after * BYE');
+    return bye;
+  });
+  await check('impersonating dave shows his domain card under a banner', async () => {
+    await page.click('form[action="/admin/impersonate"]:has(input[value="dave@forced.test"]) button');
+    expect(path_(page) === '/domain', `landed on ${path_(page)}`);
+    const banner = await page.textContent('.banner');
+    expect(/You are admin, acting as dave@forced.test/.test(banner.replace(/\s+/g, ' ')), banner);
+    expect(/Effective status: Forced/.test(await page.textContent('main')), 'status not Forced');
+  });
+  await shot(page, '12-impersonating', { tour: true });
+  await check('stopping impersonation returns to the console', async () => {
+    await page.click('.banner button');
+    expect(path_(page) === '/admin', `landed on ${path_(page)}`);
+  });
+  await check('the audit log records the impersonation and the feature switch', async () => {
+    await page.goto(`${BASE}/admin/audit`);
+    const table = await page.textContent('table');
+    expect(/impersonate/.test(table), 'no impersonation');
+    expect(/forced\.test/.test(table), 'no forced.test entry');
+  });
+  await shot(page, '13-audit');
+});
+
+// ---- a phone-sized screen --------------------------------------------------
+
+scenario('a user of a Forced domain enrolls on a phone-sized screen', async (ctx) => {
+  const page = await newPage(ctx, PHONE);
+  await page.goto(`${BASE}/login`);
+  await shot(page, '14-phone-login');
+  await check('the login page fits a phone screen', () => fitsWidth(page));
+  await check('erin (forced.test) must set up 2-Step before anything else', async () => {
+    await signIn(page, ERIN);
+    expect(path_(page) === '/login/enroll', `landed on ${path_(page)}`);
+    await page.goto(`${BASE}/account`);
+    expect(path_(page) === '/login/enroll', `reached ${path_(page)}`);
+  });
+  await shot(page, '15-phone-forced-enroll');
+  await check('the enrollment page fits a phone screen', () => fitsWidth(page));
+  await check('the code from the key shown on the phone completes enrollment', async () => {
+    const secret = (await page.textContent('.secret')).replace(/\s/g, '');
+    await page.fill('#code', totp(secret));
+    await page.click('form[action="/login/enroll"] button');
+    expect(path_(page) === '/account/two-step', `landed on ${path_(page)}`);
+    expect(/2-Step Authentication is on/.test(await page.textContent('main')), 'not on');
+  });
+  await page.goto(`${BASE}/account/app-passwords`);
+  await page.fill('#name', 'Phone');
   await page.click('form[action="/account/app-passwords"] button');
-  assert.match(await page.textContent('.secret'), /^[0-9a-z]{4}(-[0-9a-z]{4}){3}$/);
-  await shot(page, '05-app-password-created');
-  await page.goto(`${base}/account/app-passwords`);
-  assert.match(await page.textContent('table'), /Thunderbird/);
-  await shot(page, '06-app-passwords');
+  await shot(page, '16-phone-app-password');
+  await check('the new app password page fits a phone screen', () => fitsWidth(page));
+  await page.goto(`${BASE}/account/app-passwords`);
+  await shot(page, '17-phone-app-passwords');
+  await check('the app password list fits a phone screen', () => fitsWidth(page));
 
-  // Sign out; signing in now needs the second step (a backup code here).
-  await page.click('button:has-text("Sign out")');
-  await signIn('alice@example.test', 'alice-primary');
-  assert.equal(new URL(page.url()).pathname, '/login/code');
-  await page.goto(`${base}/account`);
-  assert.equal(new URL(page.url()).pathname, '/login/code', 'half logged in reaches nothing else');
-  await shot(page, '07-second-step');
-  await page.fill('#code', codes[0]);
-  await page.click('form[action="/login/code"] button');
-  assert.equal(new URL(page.url()).pathname, '/account');
+  // The domain card (a wide users table) as alice, with her desktop session.
+  const phoneAlice = await ctx.browser.newContext({ ...PHONE, storageState: await ctx.alice.context().storageState() });
+  const domainPage = await phoneAlice.newPage();
+  domainPage.setDefaultTimeout(15_000);
+  await domainPage.goto(`${BASE}/domain`);
+  await shot(domainPage, '18-phone-domain');
+  await check('the domain card fits a phone screen', () => fitsWidth(domainPage));
+});
 
-  // Domain administrator: force 2-Step.
-  await page.goto(`${base}/domain`);
-  assert.match(await page.textContent('.warning'), /disconnects third-party clients/);
-  await shot(page, '08-domain-settings');
-  await page.selectOption('#status', 'forced');
-  await page.click('form[action="/domain/two-step"] button');
-  assert.match(await page.textContent('main'), /Effective status: Forced/);
+// Scenarios appended here run last (for example a recovery e-mail code read from
+// ctx.mail, the SMTP sink behind [relay]).
 
-  // A user of the forced domain must enroll first (phone).
-  const mobile = await browser.newContext(phone);
-  const mpage = await mobile.newPage();
-  await mpage.goto(`${base}/login`);
-  await shot(mpage, '09-login-phone');
-  await mpage.fill('#address', 'bob@example.test');
-  await mpage.fill('#password', 'bob-primary');
-  await mpage.click('form[action="/login"] button');
-  assert.equal(new URL(mpage.url()).pathname, '/login/enroll');
-  await shot(mpage, '10-forced-enroll-phone');
-  const bobSecret = (await mpage.textContent('.secret')).replace(/\s/g, '');
-  await mpage.fill('#code', totp(bobSecret));
-  await mpage.click('form[action="/login/enroll"] button');
-  assert.equal(new URL(mpage.url()).pathname, '/account/two-step');
-  await shot(mpage, '11-enrolled-phone');
+// ---- run -------------------------------------------------------------------
 
-  // System administrator with the first-start password.
-  const actx = await browser.newContext(desktop);
-  const apage = await actx.newPage();
-  await apage.goto(`${base}/admin/login`);
-  await apage.fill('#name', 'admin');
-  await apage.fill('#password', adminPassword);
-  await apage.click('form[action="/admin/login"] button');
-  assert.equal(new URL(apage.url()).pathname, '/admin');
-  await apage.fill('#domain', 'new.test');
-  await apage.click('form[action="/admin/domains"] button');
-  await shot(apage, '12-admin-domains');
-  await apage.goto(`${base}/admin/domains/example.test`);
-  await shot(apage, '13-admin-domain');
-  await apage.click('button:has-text("Impersonate")');
-  assert.equal(new URL(apage.url()).pathname, '/domain');
-  assert.match(await apage.textContent('.banner'), /acting as/);
-  await shot(apage, '14-impersonating');
-  await apage.click('.banner button');
-  await apage.goto(`${base}/admin/audit?user=alice%40example.test`);
-  assert.match(await apage.textContent('table'), /impersonate/);
-  await shot(apage, '15-audit');
-
-  assert.deepEqual(errors, [], 'no CSP violations');
-  console.log(`browser tests passed; screenshots in ${SHOTS}`);
+fs.mkdirSync(SHOTS, { recursive: true });
+if (TOUR) fs.mkdirSync(TOUR, { recursive: true });
+const ctx = { cspErrors: [] };
+let browser;
+try {
+  ctx.mail = await smtpSink(env('SMTP_SINK'));
+  // launch() gives Chromium a fresh temporary profile (user-data-dir) and removes it.
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  ctx.browser = browser;
+  for (const { name, run } of scenarios) {
+    console.log(`# ${name}`);
+    try {
+      await run(ctx);
+    } catch (err) {
+      // A failed check has printed its line; anything else is reported here.
+      if (!(err instanceof CheckFailed)) fail(name, err);
+    }
+  }
+  await check('no page broke the Content-Security-Policy', async () => {
+    expect(ctx.cspErrors.length === 0, ctx.cspErrors.join(' | '));
+  }).catch(() => {});
 } catch (err) {
-  failed = true;
-  console.error(err);
-  console.error(log.split('\n').slice(-30).join('\n'));
+  fail('browser scenarios start', err);
 } finally {
-  await browser.close();
-  serve.kill('SIGTERM');
-  imap.close();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await browser?.close();
+  await ctx.mail?.close();
+  clearTimeout(watchdog);
 }
-process.exit(failed ? 1 : 0);
+const failed = failureCount();
+console.log(failed === 0 ? '# all checks passed' : `# ${failed} check(s) failed`);
+process.exit(failed === 0 ? 0 : 1);

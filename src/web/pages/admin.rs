@@ -538,7 +538,7 @@ pub async fn audit(
                 }
             }
             div.card.table {
-                table {
+                table.audit {
                     thead { tr { th { "Time" } th { "Actor" } th { "Action" } th { "Target" } th { "Detail" } th { "IP" } } }
                     tbody {
                         @for r in &rows {
