@@ -374,6 +374,11 @@ pub struct LimitsConfig {
     /// Seconds SIGTERM lets live sessions finish before saying goodbye.
     #[serde(default = "default_drain")]
     pub drain_secs: u64,
+    /// No refused mail login is answered sooner than this many milliseconds
+    /// after its command, so a refusal postern decides and one the upstream
+    /// decides (with its own failure delay) take the same time (0: off).
+    #[serde(default = "default_refusal_floor")]
+    pub refusal_floor_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -388,6 +393,7 @@ impl Default for LimitsConfig {
             max_connections: default_total(),
             argon2_parallelism: default_argon2(),
             drain_secs: default_drain(),
+            refusal_floor_ms: default_refusal_floor(),
         }
     }
 }
@@ -412,6 +418,10 @@ fn default_total() -> usize {
 }
 fn default_drain() -> u64 {
     30
+}
+/// Dovecot's `auth_failure_delay` default, the upstream most deployments have.
+fn default_refusal_floor() -> u64 {
+    2000
 }
 fn default_argon2() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())

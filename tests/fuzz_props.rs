@@ -177,6 +177,12 @@ fn sasl_exchange_holds_its_invariants() {
 }
 
 #[test]
+fn proxy_header_framing_holds_its_invariants() {
+    let seeds: Vec<Vec<u8>> = harness::PROXY_SEEDS.iter().map(|s| s.to_vec()).collect();
+    explore(&seeds, 3000, 0x7072_6f78, harness::proxy_header);
+}
+
+#[test]
 fn upstream_login_cores_hold_their_invariants() {
     explore(
         &upstream_seeds("imap_upstream"),
@@ -223,5 +229,8 @@ fn write_seed_corpora() {
     }
     for (i, bytes) in harness::SASL_SEEDS.iter().enumerate() {
         write("sasl", &format!("seed-{i}"), bytes);
+    }
+    for (i, bytes) in harness::PROXY_SEEDS.iter().enumerate() {
+        write("proxy_header", &format!("seed-{i}"), bytes);
     }
 }

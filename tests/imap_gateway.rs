@@ -402,6 +402,35 @@ async fn every_refusal_costs_exactly_one_argon2_run_and_reads_the_same() {
 }
 
 #[tokio::test]
+async fn no_refusal_is_answered_before_the_refusal_floor() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
+    let gateway = Gateway::start(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nrefusal_floor_ms = 400",
+    )
+    .await;
+    gateway.domain("example.test", DomainStatus::Enabled).await;
+    gateway.enroll(BOB).await;
+    // Decided by postern at once, and decided by the upstream: both wait for the
+    // floor (a lower bound, so the check cannot flake on a busy machine).
+    for (cause, user, password) in [
+        ("primary password of an enrolled user", BOB, "bob-primary"),
+        ("wrong password, refused upstream", ALICE, "wrong"),
+    ] {
+        let started = std::time::Instant::now();
+        let (reply, _) = login(&gateway, user, password).await;
+        assert_eq!(reply, REFUSAL, "{cause}");
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(400),
+            "{cause}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(fake.refused(), 1, "only ALICE's login reached the upstream");
+}
+
+#[tokio::test]
 async fn tls_clients_offering_another_alpn_are_refused() {
     let (_fake, gateway) = setup().await;
     let cert = gateway.cert_path();

@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 
+use postern::net::proxy::{Framing, V1_MAX, V2_MAX, frame, parse};
 use postern::protocol::imap::server::ImapPreAuth;
 use postern::protocol::imap::upstream::ImapUpstreamLogin;
 use postern::protocol::line::{Action, LoginFailure, Options, PreAuthCore};
@@ -186,6 +187,43 @@ pub fn imap(data: &[u8]) {
     let cap = options.max_line;
     check_three_ways(&input, || ImapPreAuth::new(options.clone()), cap);
 }
+
+/// The PROXY header as a trusted proxy's connection starts: the framing asks for
+/// bytes in exact steps, never past the caps and never past the header's end (not
+/// one byte of the client's own protocol is consumed), and a framed header parses
+/// or is refused without a panic.
+pub fn proxy_header(data: &[u8]) {
+    let cap = V1_MAX.max(V2_MAX);
+    let mut read = 0usize;
+    loop {
+        match frame(&data[..read]) {
+            Err(_) => return,
+            Ok(Framing::Complete(n)) => {
+                assert_eq!(n, read, "the header ends exactly where reading stopped");
+                let _ = parse(&data[..n]);
+                return;
+            }
+            Ok(Framing::Need(more)) => {
+                assert!(more > 0, "asked for nothing");
+                assert!(read + more <= cap, "asked for {more} more after {read}");
+                if read + more > data.len() {
+                    return;
+                }
+                read += more;
+            }
+        }
+    }
+}
+
+/// Seeds for [`proxy_header`]: v1 TCP4/TCP6/UNKNOWN and v2 PROXY/LOCAL, each
+/// followed by the client's first bytes.
+pub const PROXY_SEEDS: &[&[u8]] = &[
+    b"PROXY TCP4 192.0.2.9 10.0.0.1 50000 143\r\na001 CAPABILITY\r\n",
+    b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 993\r\n",
+    b"PROXY UNKNOWN\r\n",
+    b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc6\x33\x64\x04\x0a\x00\x00\x01\x17\x70\x03\xe1* OK\r\n",
+    b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+];
 
 /// SASL on arbitrary lines: every line of the payload is one client response.
 pub fn sasl(data: &[u8]) {

@@ -17,9 +17,9 @@ use tokio::net::TcpStream;
 
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// v1's longest header (spec §2.1).
-const V1_MAX: usize = 107;
+pub const V1_MAX: usize = 107;
 /// v2 headers postern accepts, TLVs included.
-const V2_MAX: usize = 1024;
+pub const V2_MAX: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -76,32 +76,61 @@ pub async fn client_address(
 }
 
 async fn read_header(stream: &mut TcpStream) -> Result<Vec<u8>, ProxyError> {
-    let mut header = vec![0u8; 12];
-    stream.read_exact(&mut header).await?;
-    if header.as_slice() == V2_SIGNATURE {
-        let mut fixed = [0u8; 4];
-        stream.read_exact(&mut fixed).await?;
-        header.extend_from_slice(&fixed);
-        let length = u16::from_be_bytes([fixed[2], fixed[3]]) as usize;
-        if 16 + length > V2_MAX {
+    let mut header = Vec::with_capacity(16);
+    loop {
+        match frame(&header)? {
+            Framing::Complete(_) => return Ok(header),
+            Framing::Need(more) => {
+                let start = header.len();
+                header.resize(start + more, 0);
+                stream.read_exact(&mut header[start..]).await?;
+            }
+        }
+    }
+}
+
+/// How far a PROXY header has arrived, from the bytes read so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Read exactly this many more bytes (never past the header's end, so none
+    /// of the client's own protocol is consumed).
+    Need(usize),
+    /// The header is the first this many bytes.
+    Complete(usize),
+}
+
+/// The framing of a PROXY header, without I/O: the first 12 bytes decide the
+/// version; v2 carries its length (at most [`V2_MAX`] in all), v1 ends at CRLF
+/// within [`V1_MAX`] bytes. `buf` holds what was read so far.
+pub fn frame(buf: &[u8]) -> Result<Framing, ProxyError> {
+    if buf.len() < V2_SIGNATURE.len() {
+        // Both versions start with at least 12 bytes (`PROXY UNKNOWN\r\n` has 15).
+        return Ok(Framing::Need(V2_SIGNATURE.len() - buf.len()));
+    }
+    if buf.starts_with(V2_SIGNATURE) {
+        let Some(fixed) = buf.get(12..16) else {
+            return Ok(Framing::Need(16 - buf.len()));
+        };
+        let total = 16 + usize::from(u16::from_be_bytes([fixed[2], fixed[3]]));
+        if total > V2_MAX {
             return Err(ProxyError::TooLong);
         }
-        let start = header.len();
-        header.resize(start + length, 0);
-        stream.read_exact(&mut header[start..]).await?;
-        return Ok(header);
+        return Ok(if buf.len() >= total {
+            Framing::Complete(total)
+        } else {
+            Framing::Need(total - buf.len())
+        });
     }
-    if !header.starts_with(b"PROXY ") {
+    if !buf.starts_with(b"PROXY ") {
         return Err(ProxyError::Missing);
     }
-    while !header.ends_with(b"\r\n") {
-        if header.len() >= V1_MAX {
-            return Err(ProxyError::TooLong);
-        }
-        let byte = stream.read_u8().await?;
-        header.push(byte);
+    if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+        return Ok(Framing::Complete(end + 2));
     }
-    Ok(header)
+    if buf.len() >= V1_MAX {
+        return Err(ProxyError::TooLong);
+    }
+    Ok(Framing::Need(1))
 }
 
 /// The source address a complete header carries (`None`: LOCAL / UNKNOWN).
@@ -154,6 +183,33 @@ mod tests {
             parse(&v2).unwrap(),
             Some("198.51.100.4:6000".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn framing_reads_exactly_the_header() {
+        let v1 = b"PROXY TCP4 192.0.2.9 10.0.0.1 50000 143\r\n";
+        assert_eq!(frame(b"").unwrap(), Framing::Need(12));
+        assert_eq!(frame(&v1[..12]).unwrap(), Framing::Need(1));
+        assert_eq!(frame(v1).unwrap(), Framing::Complete(v1.len()));
+        let mut with_more = v1.to_vec();
+        with_more.extend_from_slice(b"a001 CAPABILITY\r\n");
+        assert_eq!(frame(&with_more).unwrap(), Framing::Complete(v1.len()));
+        assert!(matches!(
+            frame(b"GET / HTTP/1.1\r\n"),
+            Err(ProxyError::Missing)
+        ));
+        assert!(matches!(
+            frame(&[b"PROXY ".as_slice(), &[b'x'; V1_MAX]].concat()),
+            Err(ProxyError::TooLong)
+        ));
+        let mut v2 = V2_SIGNATURE.to_vec();
+        assert_eq!(frame(&v2).unwrap(), Framing::Need(4));
+        v2.extend_from_slice(&[0x21, 0x11, 0, 12]);
+        assert_eq!(frame(&v2).unwrap(), Framing::Need(12));
+        v2.extend_from_slice(&[0; 12]);
+        assert_eq!(frame(&v2).unwrap(), Framing::Complete(28));
+        v2[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(frame(&v2), Err(ProxyError::TooLong)));
     }
 
     #[test]

@@ -18,8 +18,7 @@ use crate::gate::{SessionCredential, Verdict};
 use crate::metrics as m;
 use crate::net::stream::MaybeTls;
 use crate::net::tls;
-use crate::protocol::line::PreAuthCore;
-use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options};
+use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthCore};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 use crate::recheck::Rechecker;
@@ -137,7 +136,8 @@ async fn pre_login<H: ProtocolHandler>(
                     method,
                 } => match counted(
                     handler.protocol(),
-                    login(ctx, handler, &core, &credentials, method, peer).await,
+                    answer_no_sooner(ctx, login(ctx, handler, &core, &credentials, method, peer))
+                        .await,
                 ) {
                     Ok(LoggedIn {
                         mut upstream,
@@ -209,6 +209,23 @@ struct LoggedIn {
 
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Runs a login and holds a refusal until `refusal_floor_ms` after the command:
+/// a refusal postern decides at once (an enrolled user's primary password, a
+/// revoked app password) then takes as long as one the upstream decides after its
+/// own failure delay, so timing does not tell which it was. Temporary errors and
+/// successes are not held.
+async fn answer_no_sooner<T>(
+    ctx: &SharedContext,
+    login: impl Future<Output = Result<T, LoginFailure>>,
+) -> Result<T, LoginFailure> {
+    let floor = Instant::now() + Duration::from_millis(ctx.limits.refusal_floor_ms);
+    let result = login.await;
+    if matches!(result, Err(LoginFailure::Refused)) {
+        tokio::time::sleep_until(floor).await;
+    }
+    result
 }
 
 /// The gate, then the upstream login. Logs one line per attempt.

@@ -65,6 +65,13 @@ impl Gateway {
         store_url: Option<&str>,
         change: impl FnOnce(&mut Config),
     ) -> Gateway {
+        // The refusal floor is off unless a test names it.
+        let auth_extra =
+            &if auth_extra.contains("[limits]") && !auth_extra.contains("refusal_floor_ms") {
+                auth_extra.replacen("[limits]", "[limits]\nrefusal_floor_ms = 0", 1)
+            } else {
+                auth_extra.to_owned()
+            };
         let dir = tempfile::tempdir().expect("tempdir");
         let path = |name: &str| dir.path().join(name).display().to_string();
         let text = format!(
@@ -93,7 +100,7 @@ master_password = "masterpw"
             limits = if auth_extra.contains("[limits]") {
                 ""
             } else {
-                "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]"
+                "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nrefusal_floor_ms = 0"
             },
             db = store_url.map_or_else(|| format!("sqlite://{}", path("p.db")), str::to_owned),
             key = path("k"),
