@@ -340,8 +340,8 @@ fn recovery_form(csrf: &str, base: &str, button: &str) -> Markup {
     html! {
         form method="post" action=(base) {
             input type="hidden" name="csrf" value=(csrf);
-            label for="recovery" { "Recovery e-mail address" }
-            input #recovery type="email" name="address" autocomplete="email" required;
+            label for="recovery_address" { "Recovery e-mail address" }
+            input #recovery_address type="email" name="address" autocomplete="email" required;
             button type="submit" { (button) }
         }
     }
