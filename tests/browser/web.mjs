@@ -43,9 +43,12 @@ const scenario = (name, run) => scenarios.push({ name, run });
 
 const path_ = (page) => new URL(page.url()).pathname;
 
-/** Saves a full-page screenshot; with `tour`, also the first screen into TOUR_DIR. */
-async function shot(page, name, { tour = false } = {}) {
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+/**
+ * Saves a full-page screenshot (`full: false`: the first screen); with `tour`,
+ * also the first screen into TOUR_DIR.
+ */
+async function shot(page, name, { tour = false, full = true } = {}) {
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: full });
   if (tour && TOUR) await page.screenshot({ path: path.join(TOUR, `${name}.png`) });
 }
 
@@ -176,7 +179,7 @@ scenario('user signs out and in with a fresh code', async (ctx) => {
     await signIn(page, ALICE);
     expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
   });
-  await shot(page, '05-second-step', { tour: true });
+  await shot(page, '05-second-step');
   await check('half signed in, the account pages stay out of reach', async () => {
     await page.goto(`${BASE}/account/app-passwords`);
     expect(path_(page) === '/login/code', `reached ${path_(page)}`);
@@ -256,6 +259,8 @@ scenario('user enrolls with a recovery e-mail address and signs in with a mailed
     await page.click('form[action="/account/two-step/email"] button');
     const notice = await page.textContent('#recovery .ok');
     expect(notice.includes(`We sent a code to ${masked}`), notice);
+    const said = (await page.textContent('#recovery')).match(/We sent a code/g)?.length;
+    expect(said === 1, `"We sent a code" appears ${said} times`);
     const mail = await ctx.mail.waitFor(recovery, { since });
     expect(/Confirm your recovery e-mail address/.test(subjectOf(mail)), `subject: ${subjectOf(mail)}`);
     ctx.carolConfirmCode = mailedCode(mail);
@@ -471,7 +476,7 @@ scenario('a user of a Forced domain enrolls on a phone-sized screen', async (ctx
   const auditPage = await phoneAdmin.newPage();
   auditPage.setDefaultTimeout(15_000);
   await auditPage.goto(`${BASE}/admin/audit`);
-  await shot(auditPage, '23-phone-audit');
+  await shot(auditPage, '23-phone-audit', { full: false });
   await check('the audit log fits a phone screen', () => fitsWidth(auditPage));
   await check('every audit entry is on screen, no sideways scrolling', () => inView(auditPage, 'table.audit td'));
 });
