@@ -25,6 +25,7 @@ const SYSADMIN = { name: env('SYSADMIN_NAME'), password: env('SYSADMIN_PASSWORD'
 // Users of the private Dovecot (tests/interop/dovecot.sh).
 const ALICE = { address: 'alice@example.test', password: 'alice-primary' };
 const BOB = { address: 'bob@example.test', password: 'bob-primary' };
+const CAROL = { address: 'carol@example.test', password: 'carol-primary' };
 const DAVE = { address: 'dave@forced.test', password: 'dave-primary' };
 const ERIN = { address: 'erin@forced.test', password: 'erin-primary' };
 
@@ -42,9 +43,12 @@ const scenario = (name, run) => scenarios.push({ name, run });
 
 const path_ = (page) => new URL(page.url()).pathname;
 
-/** Saves a full-page screenshot; with `tour`, also the first screen into TOUR_DIR. */
-async function shot(page, name, { tour = false } = {}) {
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+/**
+ * Saves a full-page screenshot (`full: false`: the first screen); with `tour`,
+ * also the first screen into TOUR_DIR.
+ */
+async function shot(page, name, { tour = false, full = true } = {}) {
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: full });
   if (tour && TOUR) await page.screenshot({ path: path.join(TOUR, `${name}.png`) });
 }
 
@@ -56,6 +60,37 @@ async function fitsWidth(page) {
   }));
   expect(scroll <= width, `the page is ${scroll} px wide on a ${width} px screen`);
 }
+
+/**
+ * On a phone every `selector` element lies within the screen's width, and no
+ * table scrolls sideways inside its card (wide tables stack into labelled rows).
+ */
+async function inView(page, selector) {
+  const width = page.viewportSize().width;
+  const found = await page.locator(selector).evaluateAll((els) => els.map((e) => {
+    const r = e.getBoundingClientRect();
+    return { left: r.left, right: r.right, text: e.textContent.replace(/\s+/g, ' ').trim() };
+  }));
+  expect(found.length > 0, `nothing matches ${selector}`);
+  const out = found.filter((b) => b.left < 0 || b.right > width);
+  expect(out.length === 0,
+    `${out.length} of ${found.length} (first "${out[0]?.text}") reach ${Math.round(out[0]?.right)} px on a ${width} px screen`);
+  const scrolling = await page.locator('.table').evaluateAll((els) => els
+    .filter((e) => e.scrollWidth > e.clientWidth)
+    .map((e) => `${e.scrollWidth} px in ${e.clientWidth} px`));
+  expect(scrolling.length === 0, `a table scrolls sideways: ${scrolling.join(', ')}`);
+  return `${found.length} in view`;
+}
+
+/** The code in a recovery e-mail (`1234 5678`), from the message as the sink got it. */
+function mailedCode(message) {
+  const text = message.data.replace(/=\r\n/g, '');
+  const code = text.match(/Your code is: (\d{4} \d{4})/)?.[1];
+  expect(code, `no code in the mail: ${text.slice(0, 200)}`);
+  return code;
+}
+
+const subjectOf = (message) => message.data.match(/^Subject: (.*)$/m)?.[1] ?? '';
 
 async function newPage(ctx, options) {
   const context = await ctx.browser.newContext(options);
@@ -144,7 +179,7 @@ scenario('user signs out and in with a fresh code', async (ctx) => {
     await signIn(page, ALICE);
     expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
   });
-  await shot(page, '05-second-step', { tour: true });
+  await shot(page, '05-second-step');
   await check('half signed in, the account pages stay out of reach', async () => {
     await page.goto(`${BASE}/account/app-passwords`);
     expect(path_(page) === '/login/code', `reached ${path_(page)}`);
@@ -205,6 +240,86 @@ scenario('user creates an app password and uses it over IMAP', async (ctx) => {
   await shot(page, '07-app-passwords', { tour: true });
 });
 
+// ---- recovery e-mail as the second factor ----------------------------------
+// Runs while example.test is still Enabled (the next scenario forces it).
+
+scenario('user enrolls with a recovery e-mail address and signs in with a mailed code', async (ctx) => {
+  const page = await newPage(ctx, DESKTOP);
+  const recovery = 'carol.home@elsewhere.test';
+  const masked = 'c***@elsewhere.test';
+  await check('carol (example.test, not enrolled) signs in with her primary password', async () => {
+    await signIn(page, CAROL);
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+  });
+  await check('adding a recovery address on the 2-Step page mails it a confirmation code', async () => {
+    await page.goto(`${BASE}/account/two-step`);
+    const since = ctx.mail.messages.length;
+    // By its label, as a user finds the field.
+    await page.getByLabel('Recovery e-mail address').fill(recovery);
+    await page.click('form[action="/account/two-step/email"] button');
+    const notice = await page.textContent('#recovery .ok');
+    expect(notice.includes(`We sent a code to ${masked}`), notice);
+    const said = (await page.textContent('#recovery')).match(/We sent a code/g)?.length;
+    expect(said === 1, `"We sent a code" appears ${said} times`);
+    const mail = await ctx.mail.waitFor(recovery, { since });
+    expect(/Confirm your recovery e-mail address/.test(subjectOf(mail)), `subject: ${subjectOf(mail)}`);
+    ctx.carolConfirmCode = mailedCode(mail);
+  });
+  await shot(page, '19-recovery-code-sent');
+  await check('the code from the mail confirms the address and turns 2-Step on', async () => {
+    await page.fill('#email_code', ctx.carolConfirmCode);
+    await page.click('form[action="/account/two-step/email/confirm"] button');
+    expect(path_(page) === '/account/two-step', `landed on ${path_(page)}`);
+    const main = (await page.textContent('main')).replace(/\s+/g, ' ');
+    expect(/2-Step Authentication is on/.test(main), 'not on');
+    expect(main.includes(`Recovery e-mail ${masked}`), 'the recovery address is not listed');
+  });
+  await shot(page, '20-recovery-enrolled');
+  await check('carol signs out', async () => {
+    await page.click('form[action="/logout"] button');
+    expect(path_(page) === '/login', `landed on ${path_(page)}`);
+  });
+  await check('her password now leads to the second step, which offers her recovery e-mail', async () => {
+    await signIn(page, CAROL);
+    expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
+    const offer = await page.textContent('form[action="/login/email"] button');
+    expect(offer.includes(`Send a code to my recovery e-mail (${masked})`), offer);
+  });
+  const since = ctx.mail.messages.length;
+  await check('"Send a code to my recovery e-mail" mails a sign-in code', async () => {
+    await page.click('form[action="/login/email"] button');
+    const status = await page.textContent('.ok');
+    expect(status.includes(`We sent a code to ${masked}`), status);
+    const mail = await ctx.mail.waitFor(recovery, { since });
+    expect(/Your sign-in code/.test(subjectOf(mail)), `subject: ${subjectOf(mail)}`);
+    ctx.carolLoginCode = mailedCode(mail);
+  });
+  await shot(page, '21-recovery-second-step', { tour: true });
+  await check('asking again within the minute is refused, and no second mail goes out', async () => {
+    await page.click('form[action="/login/email"] button');
+    const error = await page.textContent('.error');
+    expect(/less than a minute ago/.test(error), error);
+    const mails = ctx.mail.messages.slice(since).filter((m) => m.to.includes(recovery));
+    expect(mails.length === 1, `${mails.length} mails since the first send`);
+  });
+  await shot(page, '22-recovery-rate-limited');
+  await check('the mailed code signs carol in', async () => {
+    await page.fill('#code', ctx.carolLoginCode);
+    await page.click('form[action="/login/code"] button');
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+  });
+  await check('the same mailed code does not sign in twice', async () => {
+    await page.click('form[action="/logout"] button');
+    await signIn(page, CAROL);
+    await page.fill('#code', ctx.carolLoginCode);
+    await page.click('form[action="/login/code"] button');
+    expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
+    const error = await page.textContent('.error');
+    expect(/expired or was already used/.test(error), error);
+  });
+  await page.context().close();
+});
+
 // ---- a domain administrator forces 2-Step ----------------------------------
 
 scenario('domain administrator switches to Forced; a primary-password session is dropped', async (ctx) => {
@@ -224,6 +339,13 @@ scenario('domain administrator switches to Forced; a primary-password session is
     expect(/Right now 1 mail session/.test(warning), warning.replace(/\s+/g, ' ').trim());
   });
   await shot(page, '08-domain-settings', { tour: true });
+  await check('on a desktop the users table keeps its header row, without per-cell labels', async () => {
+    const { header, label } = await page.locator('td[data-label="2-Step"]').first().evaluate((td) => ({
+      header: td.closest('table').querySelector('thead').getBoundingClientRect().height,
+      label: getComputedStyle(td, '::before').content,
+    }));
+    expect(header > 10 && label === 'none', `header ${header} px high, cell label ${label}`);
+  });
   await check('the domain administrator switches example.test to Forced', async () => {
     await page.selectOption('#status', 'forced');
     await page.click('form[action="/domain/two-step"] button');
@@ -252,6 +374,7 @@ scenario('domain administrator switches to Forced; a primary-password session is
 
 scenario('system administrator turns the feature on for a domain and impersonates its administrator', async (ctx) => {
   const page = await newPage(ctx, DESKTOP);
+  ctx.sysadmin = page;
   await check('dave logs in over IMAP with his primary password (forced.test: feature off)', async () => {
     const { imap, reply } = await imapLogin(DAVE);
     ctx.daveImap = imap;
@@ -333,6 +456,7 @@ scenario('a user of a Forced domain enrolls on a phone-sized screen', async (ctx
   await page.goto(`${BASE}/account/app-passwords`);
   await shot(page, '17-phone-app-passwords');
   await check('the app password list fits a phone screen', () => fitsWidth(page));
+  await check('each app password\'s Revoke button is on screen, no sideways scrolling', () => inView(page, 'form[action$="/revoke"] button'));
 
   // The domain card (a wide users table) as alice, with her desktop session.
   const phoneAlice = await ctx.browser.newContext({ ...PHONE, storageState: await ctx.alice.context().storageState() });
@@ -341,10 +465,24 @@ scenario('a user of a Forced domain enrolls on a phone-sized screen', async (ctx
   await domainPage.goto(`${BASE}/domain`);
   await shot(domainPage, '18-phone-domain');
   await check('the domain card fits a phone screen', () => fitsWidth(domainPage));
+  await check('each user\'s Reset 2-Step button is on screen, no sideways scrolling', () => inView(domainPage, 'form[action="/domain/users/reset"] button'));
+  await check('the users table names each value on a phone (stacked rows)', async () => {
+    const label = await domainPage.locator('td[data-label="2-Step"]').first().evaluate((td) => getComputedStyle(td, '::before').content);
+    expect(label === '"2-Step"', `label shown: ${label}`);
+  });
+
+  // The audit log (a six-column table) as the system administrator.
+  const phoneAdmin = await ctx.browser.newContext({ ...PHONE, storageState: await ctx.sysadmin.context().storageState() });
+  const auditPage = await phoneAdmin.newPage();
+  auditPage.setDefaultTimeout(15_000);
+  await auditPage.goto(`${BASE}/admin/audit`);
+  await shot(auditPage, '23-phone-audit', { full: false });
+  await check('the audit log fits a phone screen', () => fitsWidth(auditPage));
+  await check('every audit entry is on screen, no sideways scrolling', () => inView(auditPage, 'table.audit td'));
 });
 
-// Scenarios appended here run last (for example a recovery e-mail code read from
-// ctx.mail, the SMTP sink behind [relay]).
+// Scenarios appended here run last (example.test is Forced by then); ctx.mail
+// holds what postern sent through [relay].
 
 // ---- run -------------------------------------------------------------------
 

@@ -411,16 +411,16 @@ async fn list_page(state: &WebState, user: &UserSession, error: Option<&str>) ->
                 div.card.table {
                     h2 { "Your application passwords" }
                     @if list.is_empty() { p.muted { "None yet." } } @else {
-                        table {
+                        table.stack {
                             thead { tr { th { "Name" } th { "Scopes" } th { "Created" } th { "Expires" } th { "Last used" } th {} } }
                             tbody {
                                 @for p in &list {
                                     tr {
-                                        td { (p.name) }
-                                        td { (p.scopes) }
-                                        td { (fmt_time(Some(p.created_at))) }
-                                        td { (fmt_time(p.expires_at).replace("never", "—")) }
-                                        td {
+                                        td data-label="Name" { (p.name) }
+                                        td data-label="Scopes" { (p.scopes) }
+                                        td data-label="Created" { (fmt_time(Some(p.created_at))) }
+                                        td data-label="Expires" { (fmt_time(p.expires_at).replace("never", "—")) }
+                                        td data-label="Last used" {
                                             (fmt_time(p.last_used_at))
                                             @if let Some(ip) = &p.last_used_ip { br; span.muted { (ip) } }
                                             @if let Some(proto) = &p.last_used_protocol { " " span.muted { (proto.to_uppercase()) } }

@@ -80,15 +80,15 @@ pub async fn domain(
             }
             div.card.table {
                 h2 { "Users" }
-                table {
+                table.stack {
                     thead { tr { th { "Address" } th { "2-Step" } th { "App passwords" } th { "Last activity" } th {} } }
                     tbody {
                         @for u in &overview.users {
                             tr {
-                                td { (u.address) @if u.domain_admin { " " span.muted { "(admin)" } } @if u.disabled { " " span.error { "disabled" } } }
-                                td { @if u.enrolled { span.ok { "enrolled" } } @else { "not enrolled" } }
-                                td { (u.app_passwords) }
-                                td { (fmt_time(u.last_used_at)) }
+                                td data-label="Address" { (u.address) @if u.domain_admin { " " span.muted { "(admin)" } } @if u.disabled { " " span.error { "disabled" } } }
+                                td data-label="2-Step" { @if u.enrolled { span.ok { "enrolled" } } @else { "not enrolled" } }
+                                td data-label="App passwords" { (u.app_passwords) }
+                                td data-label="Last activity" { (fmt_time(u.last_used_at)) }
                                 td {
                                     form.inline method="post" action="/domain/users/reset" {
                                         input type="hidden" name="csrf" value=(user.csrf);
@@ -538,17 +538,17 @@ pub async fn audit(
                 }
             }
             div.card.table {
-                table.audit {
+                table.audit.stack {
                     thead { tr { th { "Time" } th { "Actor" } th { "Action" } th { "Target" } th { "Detail" } th { "IP" } } }
                     tbody {
                         @for r in &rows {
                             tr {
-                                td { (fmt_time(Some(r.at))) }
-                                td { (r.actor) }
-                                td { (r.action) }
-                                td { (r.target) }
-                                td { (r.detail) }
-                                td { (r.ip.clone().unwrap_or_default()) }
+                                td data-label="Time" { (fmt_time(Some(r.at))) }
+                                td data-label="Actor" { (r.actor) }
+                                td data-label="Action" { (r.action) }
+                                td data-label="Target" { (r.target) }
+                                td data-label="Detail" { (r.detail) }
+                                td data-label="IP" { (r.ip.clone().unwrap_or_default()) }
                             }
                         }
                     }

@@ -305,7 +305,10 @@ pub fn recovery_card(
     html! {
         div.card #recovery {
             h2 { "Recovery e-mail" }
-            @if let Some(notice) = notice { p.ok role="status" { (notice) } }
+            // A code just sent to the address being added: the card's own
+            // "We sent a code" line says so (in the notice's colour), once.
+            @let pending = recovery.is_some_and(|r| !r.confirmed);
+            @if let (Some(notice), false) = (notice, pending) { p.ok role="status" { (notice) } }
             @if let Some(error) = error { p.error role="alert" { (error) } }
             @match recovery {
                 Some(r) if r.confirmed => {
@@ -317,7 +320,7 @@ pub fn recovery_card(
                     }
                 }
                 Some(r) => {
-                    p { "We sent a code to " strong { (r.masked) } ". Type it here to confirm the address; it is valid for 10 minutes." }
+                    p.ok[notice.is_some()] role=[notice.map(|_| "status")] { "We sent a code to " strong { (r.masked) } ". Type it here to confirm the address; it is valid for 10 minutes." }
                     form method="post" action=(format!("{base}/confirm")) {
                         input type="hidden" name="csrf" value=(csrf);
                         label for="email_code" { "Code from the e-mail" }
@@ -340,8 +343,8 @@ fn recovery_form(csrf: &str, base: &str, button: &str) -> Markup {
     html! {
         form method="post" action=(base) {
             input type="hidden" name="csrf" value=(csrf);
-            label for="recovery" { "Recovery e-mail address" }
-            input #recovery type="email" name="address" autocomplete="email" required;
+            label for="recovery_address" { "Recovery e-mail address" }
+            input #recovery_address type="email" name="address" autocomplete="email" required;
             button type="submit" { (button) }
         }
     }
