@@ -181,3 +181,51 @@ async fn alice_mails_bob_over_smtp_and_bob_reads_it_over_pop3() {
     c.send("LIST\r\n").await;
     assert!(c.until(".").await.contains("1 "));
 }
+
+#[allow(dead_code)]
+#[path = "common/browser.rs"]
+mod browser;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_code_reaches_the_demo_inbox_through_the_demo_relay() {
+    let demo = start().await;
+    let state =
+        postern::web::WebState::from_runtime(&demo.runtime, &demo.config).expect("web state");
+    let app = postern::web::router(state);
+    let mut b = browser::Browser::new(&app);
+    let page = b.password_step(ALICE, demo::ACCOUNTS[0].1).await;
+    assert_eq!(page.location(), "/account", "{}", page.body);
+    let before = demo.mailboxes.messages(BOB).len();
+
+    let form = b.get("/account/two-step").await;
+    let page = b
+        .post(
+            "/account/two-step/email",
+            &[("csrf", &form.csrf()), ("address", BOB)],
+        )
+        .await;
+    assert!(page.body.contains("We sent a code to"), "{}", page.body);
+    let inbox = demo.mailboxes.messages(BOB);
+    assert_eq!(inbox.len(), before + 1, "one code mail in bob's INBOX");
+    let mail = String::from_utf8_lossy(&inbox[inbox.len() - 1].data).into_owned();
+    let code: String = browser::between(&mail, "Your code is: ", "\r\n")
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    assert_eq!(code.len(), 8, "{mail}");
+
+    let form = b.get("/account/two-step").await;
+    let page = b
+        .post(
+            "/account/two-step/email/confirm",
+            &[("csrf", &form.csrf()), ("code", &code)],
+        )
+        .await;
+    assert_eq!(page.location(), "/account/two-step", "{}", page.body);
+    let page = b.get("/account/two-step").await;
+    assert!(
+        page.body.contains("2-Step Authentication is on."),
+        "{}",
+        page.body
+    );
+}

@@ -56,6 +56,8 @@ pub struct Upstream {
     pub imap: SocketAddr,
     pub pop3: SocketAddr,
     pub smtp: SocketAddr,
+    /// SMTP without AUTH: the gateway's `[relay]` for recovery codes.
+    pub relay: SocketAddr,
 }
 
 /// A running demo: the gateway, its upstream and its temporary files.
@@ -103,6 +105,7 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<DemoHandle> {
         imap: spawn_upstream(mailboxes.clone(), Kind::Imap).await?,
         pop3: spawn_upstream(mailboxes.clone(), Kind::Pop3).await?,
         smtp: spawn_upstream(mailboxes.clone(), Kind::Smtp).await?,
+        relay: spawn_upstream(mailboxes.clone(), Kind::Relay).await?,
     };
     let port = |friendly: u16| {
         let free =
@@ -140,6 +143,9 @@ hostname = "localhost"
 [upstream_auth]
 master_user = "proxy"
 master_password = "{master}"
+[relay]
+smtp = "{relay}"
+from = "postern@demo.test"
 [node]
 name = "demo"
 {limits}
@@ -158,6 +164,7 @@ name = "demo"
         up_imap = upstream.imap,
         up_pop3 = upstream.pop3,
         up_smtp = upstream.smtp,
+        relay = upstream.relay,
         limits = if options.no_penalties {
             "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]"
         } else {
@@ -226,6 +233,7 @@ enum Kind {
     Imap,
     Pop3,
     Smtp,
+    Relay,
 }
 
 /// One demo upstream listener on an ephemeral loopback port.
@@ -249,7 +257,8 @@ async fn spawn_upstream(mailboxes: Mailboxes, kind: Kind) -> anyhow::Result<Sock
                     match kind {
                         Kind::Imap => imap::serve(tcp, mailboxes).await,
                         Kind::Pop3 => pop3::serve(tcp, mailboxes).await,
-                        Kind::Smtp => smtp::serve(tcp, mailboxes).await,
+                        Kind::Smtp => smtp::serve(tcp, mailboxes, smtp::Access::Submission).await,
+                        Kind::Relay => smtp::serve(tcp, mailboxes, smtp::Access::Relay).await,
                     }
                 };
                 let _ = tokio::time::timeout(MAX_SESSION, session).await;
@@ -331,6 +340,8 @@ Try
       --mail-from {alice} --mail-rcpt {bob} -T -
   Web login: http://{web}/ as {bob} / {bob_pw}, then a code from the TOTP secret
     (e.g. `oathtool --totp -b {BOB_TOTP_SECRET}`), or enroll alice there.
+  Recovery e-mail: as alice, add {bob} as her recovery address; the code lands
+    in bob's INBOX (read it with bob's app password above).
 Ctrl-C stops the demo.",
         imaps = demo.addr(Protocol::Imap, true),
         pop3s = demo.addr(Protocol::Pop3, true),

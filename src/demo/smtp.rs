@@ -1,5 +1,6 @@
 //! The demo SMTP server: EHLO, AUTH PLAIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
-//! Mail to a demo account lands in its INBOX; anything else is dropped.
+//! Mail to a demo account lands in its INBOX; anything else is dropped. The same
+//! server without AUTH is the demo's `[relay]`, which carries recovery codes.
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -8,9 +9,18 @@ use super::store::{MAX_LINE, MAX_MESSAGE, Mailboxes, read_line};
 /// Recipients one message may have.
 const MAX_RECIPIENTS: usize = 20;
 
+/// Whether a client must log in before it may send (submission) or not (the
+/// relay that postern's recovery codes go through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Submission,
+    Relay,
+}
+
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     boxes: Mailboxes,
+    access: Access,
 ) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     stream
@@ -49,7 +59,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 None => "535 5.7.8 Authentication credentials invalid\r\n".into(),
             }
-        } else if user.is_none() {
+        } else if user.is_none() && access == Access::Submission {
             "530 5.7.0 Authentication required\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             from = Some(address(&line[10..]));
