@@ -41,7 +41,7 @@ if [ "${BENCH_SMALL:-0}" = 1 ]; then
     : "${BENCH_IDLE:=500}" "${BENCH_KILL:=100}"
 else
     : "${BENCH_LOGIN_SECS:=30}" "${BENCH_LOGIN_CLIENTS:=16}" "${BENCH_COLD:=800}"
-    : "${BENCH_FETCH_SECS:=20}" "${BENCH_FETCH_CONNS:=4}" "${BENCH_LATENCY_K:=1000}"
+    : "${BENCH_FETCH_SECS:=20}" "${BENCH_FETCH_CONNS:=1 4}" "${BENCH_LATENCY_K:=1000}"
     : "${BENCH_IDLE:=10000}" "${BENCH_KILL:=1000}"
 fi
 TARGETS=${BENCH_TARGETS-direct nginx postern}
@@ -337,9 +337,12 @@ run_target() {   # NAME PLAIN TLS WARM COLD FETCH USERS
     ok=$(val ok "$line")
     R[$name.cold]=$(val rate "$line"); R[$name.cold_err]=$(val errors "$line")
     [ -n "$pids" ] && R[$name.cpu_cold]=$(awk -v t=$(( (c1 - c0) * TICK_MS )) -v n="$ok" 'BEGIN{printf "%.3f", n ? t/n : 0}')
-    log "$name: fetch 10 MB"
-    line=$(loadgen "$plain" fetch --creds "$fetchc" --connections "$BENCH_FETCH_CONNS" --seconds "$BENCH_FETCH_SECS")
-    R[$name.fetch]=$(val mbps "$line"); R[$name.fetch_err]=$(val errors "$line")
+    local conns
+    for conns in $BENCH_FETCH_CONNS; do
+        log "$name: fetch 10 MB, $conns connections"
+        line=$(loadgen "$plain" fetch --creds "$fetchc" --connections "$conns" --seconds "$BENCH_FETCH_SECS")
+        R[$name.fetch_$conns]=$(val mbps "$line"); R[$name.fetch_err_$conns]=$(val errors "$line")
+    done
     log "$name: login latency"
     line=$(loadgen "$plain" latency --creds "$warm" --count "$BENCH_LATENCY_K")
     R[$name.p50]=$(val login_p50_ms "$line"); R[$name.p99]=$(val login_p99_ms "$line")
@@ -463,7 +466,7 @@ row "proxy CPU ms per warm login" cpu_warm
 row "proxy CPU ms per cold login" cpu_cold
 [ "$CALLGRIND" -gt 0 ] && row "proxy instructions per warm login (callgrind, $CALLGRIND logins)" ir_warm
 echo "| auth_http stub (python) CPU ms per warm login | - | ${R[nginx.cpu_warm_auth]:--} | - | - | - |"
-row "FETCH 10 MB, MB/s" fetch
+for conns in $BENCH_FETCH_CONNS; do row "FETCH 10 MB, $conns connections, MB/s" "fetch_$conns"; done
 row "LOGIN p50 ms" p50
 row "LOGIN p99 ms" p99
 row "PSS KiB per idle session (plain)" pss_plain

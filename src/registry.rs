@@ -407,6 +407,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_shared_table_lists_live_sessions_and_forgets_ended_ones() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let registry = SessionRegistry::new("n1".into(), Some(store.clone()));
+        let live = registry
+            .register(session("a@x", SessionCredential::AppPassword(2)))
+            .await;
+        let brief = registry
+            .register(session("b@x", SessionCredential::Primary))
+            .await;
+        drop(brief);
+        registry.flush().await;
+        let listed = store.list_sessions().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(
+            (listed[0].user_address.as_str(), listed[0].node.as_str()),
+            ("a@x", "n1")
+        );
+        assert_eq!(listed[0].credential, "app-password:2");
+        drop(live);
+        registry.flush().await;
+        assert!(store.list_sessions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn entries_leave_on_drop_and_kills_reach_the_session() {
         let registry = SessionRegistry::new("n1".into(), None);
         let mut a = registry
