@@ -3,6 +3,9 @@
 #
 #   bash bench/run.sh                 full sizes (minutes)
 #   BENCH_SMALL=1 bash bench/run.sh   smoke sizes (seconds; what CI runs)
+#   BENCH_CALLGRIND=200 ...           also count instructions per warm login
+#                                     (valgrind callgrind, postern and nginx)
+#   BENCH_TARGETS="postern" ...       measure only some columns
 #
 # Starts a private Dovecot (tests/interop/dovecot.sh) with a 10 MB message in
 # alice's INBOX and BENCH users b0001..bNNNN@example.test; postern (release build,
@@ -38,9 +41,12 @@ if [ "${BENCH_SMALL:-0}" = 1 ]; then
     : "${BENCH_IDLE:=500}" "${BENCH_KILL:=100}"
 else
     : "${BENCH_LOGIN_SECS:=30}" "${BENCH_LOGIN_CLIENTS:=16}" "${BENCH_COLD:=800}"
-    : "${BENCH_FETCH_SECS:=20}" "${BENCH_FETCH_CONNS:=4}" "${BENCH_LATENCY_K:=1000}"
+    : "${BENCH_FETCH_SECS:=20}" "${BENCH_FETCH_CONNS:=1 4}" "${BENCH_LATENCY_K:=1000}"
     : "${BENCH_IDLE:=10000}" "${BENCH_KILL:=1000}"
 fi
+TARGETS=${BENCH_TARGETS-direct nginx postern}
+CALLGRIND=${BENCH_CALLGRIND:-0}
+CALLGRIND_TARGETS=${BENCH_CALLGRIND_TARGETS:-$TARGETS}
 PER_USER=40                                   # postern's limit of app passwords per user
 # b0001 has the warm app password; cold ones belong to b0002 onwards, 40 each.
 USERS=$(( (BENCH_COLD + PER_USER - 1) / PER_USER + 1 ))
@@ -331,9 +337,12 @@ run_target() {   # NAME PLAIN TLS WARM COLD FETCH USERS
     ok=$(val ok "$line")
     R[$name.cold]=$(val rate "$line"); R[$name.cold_err]=$(val errors "$line")
     [ -n "$pids" ] && R[$name.cpu_cold]=$(awk -v t=$(( (c1 - c0) * TICK_MS )) -v n="$ok" 'BEGIN{printf "%.3f", n ? t/n : 0}')
-    log "$name: fetch 10 MB"
-    line=$(loadgen "$plain" fetch --creds "$fetchc" --connections "$BENCH_FETCH_CONNS" --seconds "$BENCH_FETCH_SECS")
-    R[$name.fetch]=$(val mbps "$line"); R[$name.fetch_err]=$(val errors "$line")
+    local conns
+    for conns in $BENCH_FETCH_CONNS; do
+        log "$name: fetch 10 MB, $conns connections"
+        line=$(loadgen "$plain" fetch --creds "$fetchc" --connections "$conns" --seconds "$BENCH_FETCH_SECS")
+        R[$name.fetch_$conns]=$(val mbps "$line"); R[$name.fetch_err_$conns]=$(val errors "$line")
+    done
     log "$name: login latency"
     line=$(loadgen "$plain" latency --creds "$warm" --count "$BENCH_LATENCY_K")
     R[$name.p50]=$(val login_p50_ms "$line"); R[$name.p99]=$(val login_p99_ms "$line")
@@ -377,18 +386,69 @@ run_target() {   # NAME PLAIN TLS WARM COLD FETCH USERS
     done
 }
 
-log "direct Dovecot $DIRECT"
-run_target direct "$DIRECT" "$DIRECT_TLS" "$OUT/warm-primary.txt" "$OUT/cold-primary.txt" "$OUT/fetch-primary.txt" "$OUT/users-primary.txt"
-log "nginx $NGINX (proxy_buffer $PROXY_BUFFER)"
-run_target nginx "$NGINX" "$NGINX_TLS" "$OUT/warm-primary.txt" "$OUT/cold-primary.txt" "$OUT/fetch-primary.txt" "$OUT/users-primary.txt"
-log "postern $POSTERN"
-run_target postern "$POSTERN" "$POSTERN_TLS" "$OUT/warm-app.txt" "$OUT/cold-app.txt" "$OUT/fetch-app.txt" "$OUT/warm-app.txt"
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+if has_target direct; then
+    log "direct Dovecot $DIRECT"
+    run_target direct "$DIRECT" "$DIRECT_TLS" "$OUT/warm-primary.txt" "$OUT/cold-primary.txt" "$OUT/fetch-primary.txt" "$OUT/users-primary.txt"
+fi
+if has_target nginx; then
+    log "nginx $NGINX (proxy_buffer $PROXY_BUFFER)"
+    run_target nginx "$NGINX" "$NGINX_TLS" "$OUT/warm-primary.txt" "$OUT/cold-primary.txt" "$OUT/fetch-primary.txt" "$OUT/users-primary.txt"
+fi
+if has_target postern; then
+    log "postern $POSTERN"
+    run_target postern "$POSTERN" "$POSTERN_TLS" "$OUT/warm-app.txt" "$OUT/cold-app.txt" "$OUT/fetch-app.txt" "$OUT/warm-app.txt"
+fi
 
+# ---- Instructions per warm login (BENCH_CALLGRIND=K): CPU time on two shared
+# cores moves with the machine's load; instruction counts do not. Each proxy runs
+# alone under callgrind (nginx as one process: master_process off), instrumented
+# only for K sequential warm logins after a warm-up.
+callgrind_logins() {   # NAME ADDR CREDS COMMAND...
+    local name=$1 addr=$2 creds=$3 pid dump ir
+    shift 3
+    rm -f "$OUT/callgrind.$name".*
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.$name.out" \
+        "$@" </dev/null >>"$OUT/callgrind.$name.log" 2>&1 &
+    pid=$!
+    wait_port "$addr" 120 "$pid" || die "$name did not start under valgrind"
+    loadgen "$addr" latency --creds "$creds" --count 5 >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null
+    loadgen "$addr" latency --creds "$creds" --count "$CALLGRIND" >/dev/null
+    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null
+    stop_pid "$pid" "$name (valgrind)"
+    dump=$(ls -t "$OUT/callgrind.$name.out".* 2>/dev/null | head -n 1)
+    [ -n "$dump" ] || die "no callgrind dump for $name"
+    ir=$(awk '/^totals:/ {print $2; exit}' "$dump")
+    R[$name.ir_warm]=$(awk -v i="$ir" -v n="$CALLGRIND" 'BEGIN{printf "%.0f", i / n}')
+    log "$name: $ir instructions over $CALLGRIND warm logins ($dump)"
+}
+if [ "$CALLGRIND" -gt 0 ]; then
+    command -v valgrind >/dev/null || die "BENCH_CALLGRIND needs valgrind"
+    if [[ " $CALLGRIND_TARGETS " == *" postern "* ]]; then
+        stop_postern
+        RUST_LOG=${RUST_LOG:-info} callgrind_logins postern "$POSTERN" "$OUT/warm-app.txt" \
+            "$POSTERN_BIN" serve --config "$CONFIG"
+        start_postern
+    fi
+    if [[ " $CALLGRIND_TARGETS " == *" nginx "* ]]; then
+        stop_nginx
+        sed -e 's/^worker_processes auto;/master_process off; daemon off;/' "$OUT/nginx.conf" > "$OUT/nginx-callgrind.conf"
+        callgrind_logins nginx "$NGINX" "$OUT/warm-primary.txt" \
+            nginx -e "$OUT/nginx-error.log" -p "$OUT" -c "$OUT/nginx-callgrind.conf"
+        start_nginx
+    fi
+fi
+
+has_target postern && {
 log "postern: kill latency, $BENCH_KILL primary-password sessions, domain -> forced"
 line=$(loadgen "$POSTERN" kill-latency --creds "$OUT/users-primary.txt" --sessions "$BENCH_KILL" \
     --command "$(printf '%q ' "${PADMIN[@]}") domain status example.test forced >/dev/null")
 R[kill]="p50 $(val p50_ms "$line") / p99 $(val p99_ms "$line") / max $(val max_ms "$line") ms, closed $(val closed "$line")/$(val sessions "$line"), not_closed $(val not_closed "$line")"
 "${PADMIN[@]}" domain status example.test enabled >/dev/null
+}
 
 # ---- Table
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
@@ -404,8 +464,9 @@ row "warm logins/s" warm
 row "cold logins/s" cold
 row "proxy CPU ms per warm login" cpu_warm
 row "proxy CPU ms per cold login" cpu_cold
+[ "$CALLGRIND" -gt 0 ] && row "proxy instructions per warm login (callgrind, $CALLGRIND logins)" ir_warm
 echo "| auth_http stub (python) CPU ms per warm login | - | ${R[nginx.cpu_warm_auth]:--} | - | - | - |"
-row "FETCH 10 MB, MB/s" fetch
+for conns in $BENCH_FETCH_CONNS; do row "FETCH 10 MB, $conns connections, MB/s" "fetch_$conns"; done
 row "LOGIN p50 ms" p50
 row "LOGIN p99 ms" p99
 row "PSS KiB per idle session (plain)" pss_plain
@@ -415,7 +476,7 @@ row "RSS KiB per idle session (TLS)" rss_tls
 row "idle errors (plain)" idle_err_plain
 row "idle errors (TLS)" idle_err_tls
 row "login errors warm/cold" warm_err
-echo "| kill latency (postern) | ${R[kill]} | | | | |"
+echo "| kill latency (postern) | ${R[kill]:--} | | | | |"
 errs=0
 for k in "${!R[@]}"; do
     case $k in *err*) [ "${R[$k]}" = 0 ] || errs=1 ;; esac

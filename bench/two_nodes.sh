@@ -7,12 +7,22 @@
 #
 #   BENCH_KILL=1000 bash bench/two_nodes.sh
 #
+# Idle mode: BENCH_IDLE sessions at once, half on each node (one loadgen per
+# node), held, then each must still answer a NOOP. Prints both loadgen lines and
+# each node's PSS growth per session; fails on any error. A proxy holds two
+# descriptors per session and the hard `ulimit -n` may not be raisable, so two
+# nodes carry 10,000 sessions where one process could not:
+#
+#   BENCH_IDLE=10000 bash bench/two_nodes.sh idle
+#
 # Needs the release binaries (bench/run.sh builds them) and PostgreSQL running.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT=$ROOT/target/bench-two-nodes
+MODE=${1:-kill}
 N=${BENCH_KILL:-1000}
+IDLE=${BENCH_IDLE:-10000}
 POSTERN=$ROOT/target/release/postern
 LOADGEN=$ROOT/tools/loadgen/target/release/loadgen
 export DOVECOT_IMAP_PORT=16143 DOVECOT_IMAPS_PORT=16993 DOVECOT_POP3_PORT=16110 DOVECOT_POP3S_PORT=16995
@@ -72,6 +82,7 @@ master_password = "masterpw"
 [limits]
 trusted_networks = ["127.0.0.0/8"]
 max_connections_per_ip = 100000
+max_connections = 100000
 [node]
 name = "$node"
 TOML
@@ -86,6 +97,45 @@ done
 for port in 23143 24143; do
     for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
+pss_kb() { awk '$1 == "Pss:" {print $2}' "/proc/$1/smaps_rollup"; }
+if [ "$MODE" = idle ]; then
+    echo "two_nodes: ulimit -n $(ulimit -n); $IDLE sessions, $(( IDLE / 2 )) per node" >&2
+    # Warm each node up with a few logins, then note its memory.
+    base=()
+    for i in 0 1; do
+        port=$([ $i = 0 ] && echo 23143 || echo 24143)
+        "$LOADGEN" 127.0.0.1:$port latency --creds "$OUT/users.txt" --count 20 >/dev/null
+        base+=("$(pss_kb "${PIDS[$i]}")")
+    done
+    LG=()
+    for i in 0 1; do
+        port=$([ $i = 0 ] && echo 23143 || echo 24143)
+        n=$(( IDLE / 2 + (i == 0 ? IDLE % 2 : 0) ))
+        rm -f "$OUT/idle$i.ready"
+        "$LOADGEN" 127.0.0.1:$port idle --creds "$OUT/users.txt" --sessions "$n" --hold 900 \
+            --ready-file "$OUT/idle$i.ready" --release-file "$OUT/idle.release" > "$OUT/idle$i.out" &
+        LG+=($!)
+    done
+    for i in 0 1; do
+        while [ ! -f "$OUT/idle$i.ready" ] && kill -0 "${LG[$i]}" 2>/dev/null; do sleep 0.2; done
+    done
+    sleep 1
+    total=0
+    for i in 0 1; do
+        opened=$(cat "$OUT/idle$i.ready" 2>/dev/null || echo 0)
+        total=$(( total + opened ))
+        grow=$(( $(pss_kb "${PIDS[$i]}") - base[i] ))
+        echo "node $([ $i = 0 ] && echo a || echo b): sessions=$opened pss_growth_kib=$grow per_session_kib=$(awk -v g=$grow -v n="$opened" 'BEGIN{printf "%.1f", n ? g/n : 0}')"
+    done
+    echo "open at once: $total"
+    touch "$OUT/idle.release"
+    rc=0
+    for i in 0 1; do wait "${LG[$i]}" || rc=1; cat "$OUT/idle$i.out"; done
+    grep -q " errors=0 " "$OUT/idle0.out" && grep -q " errors=0 " "$OUT/idle1.out" || rc=1
+    [ "$total" -eq "$IDLE" ] || rc=1
+    [ "$rc" -eq 0 ] || { echo "two_nodes: idle sessions had errors" >&2; exit 1; }
+    exit 0
+fi
 line=$("$LOADGEN" 127.0.0.1:24143 kill-latency --creds "$OUT/users.txt" --sessions "$N" \
     --command "$POSTERN admin --config $OUT/a.toml domain status example.test forced >/dev/null")
 echo "$line"

@@ -261,12 +261,12 @@ async fn accept_loop<H: ProtocolHandler>(
             proxies.clone(),
         );
         tokio::spawn(async move {
-            let client = match proxy::client_address(
+            let client = match Box::pin(proxy::client_address(
                 &mut tcp,
                 peer,
                 &proxies,
                 ctx.handshake_timeout,
-            )
+            ))
             .await
             {
                 Ok(client) => client,
@@ -319,6 +319,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     runtime
         .shutdown(Duration::from_secs(config.limits.drain_secs))
         .await;
+    runtime.registry.flush().await;
     runtime.store.close().await;
     Ok(())
 }

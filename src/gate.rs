@@ -108,6 +108,10 @@ struct AuditQueue {
 const AUDIT_QUEUE: usize = 10_000;
 /// Rows per transaction.
 const AUDIT_BATCH: usize = 256;
+/// How long the writer sleeps after the first row before writing what came
+/// meanwhile: one wake-up and one transaction per interval on a busy node, even
+/// when logins come one at a time.
+const AUDIT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl AuditQueue {
     fn new() -> Self {
@@ -123,15 +127,22 @@ impl AuditQueue {
             let store = store.clone();
             tokio::spawn(async move {
                 while let Some(first) = receiver.recv().await {
+                    tokio::time::sleep(AUDIT_DELAY).await;
                     let mut batch = vec![first];
-                    while batch.len() < AUDIT_BATCH {
-                        match receiver.try_recv() {
-                            Ok(row) => batch.push(row),
-                            Err(_) => break,
+                    loop {
+                        while batch.len() < AUDIT_BATCH {
+                            match receiver.try_recv() {
+                                Ok(row) => batch.push(row),
+                                Err(_) => break,
+                            }
                         }
-                    }
-                    if let Err(err) = store.audit_batch(&batch).await {
-                        tracing::warn!(error = %err, rows = batch.len(), "could not write the audit log");
+                        if let Err(err) = store.audit_batch(&batch).await {
+                            tracing::warn!(error = %err, rows = batch.len(), "could not write the audit log");
+                        }
+                        if batch.len() < AUDIT_BATCH {
+                            break;
+                        }
+                        batch.clear();
                     }
                 }
             });

@@ -3,7 +3,9 @@
 //! A session registers after its upstream login and gets a [`SessionHandle`];
 //! dropping the handle (however the session ends) removes the entry here and its
 //! row in the shared `sessions` table (so `postern admin session list` sees every
-//! node). Killing a session and shutting down use the same path: the entry's
+//! node). The table is written by one task per node, in batches gathered over
+//! [`MIRROR_DELAY`]: a login costs no write of its own, and a session that ends
+//! within that time (a client checking mail and leaving) never reaches the table. Killing a session and shutting down use the same path: the entry's
 //! watch channel carries the reason, and the session's relay loop says goodbye
 //! and closes both sides.
 
@@ -11,8 +13,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::gate::SessionCredential;
 use crate::policy::Protocol;
@@ -79,10 +82,109 @@ pub struct SessionRegistry {
     inner: Arc<Inner>,
 }
 
+/// How long the mirror gathers session changes before writing them.
+pub const MIRROR_DELAY: Duration = Duration::from_millis(250);
+/// Changes per transaction at most.
+const MIRROR_BATCH: usize = 1000;
+
+enum Change {
+    Started(SessionRow),
+    Ended(String),
+    /// Answered once every change sent before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The shared table's writer: changes go through a channel to one task, started
+/// with the first session (inside the runtime).
+struct Mirror {
+    sender: mpsc::UnboundedSender<Change>,
+    writer: Mutex<Option<(mpsc::UnboundedReceiver<Change>, Store)>>,
+}
+
+impl Mirror {
+    fn new(store: Store) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            sender,
+            writer: Mutex::new(Some((receiver, store))),
+        }
+    }
+
+    fn send(&self, change: Change) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Some((receiver, store)) = self.writer.lock().ok().and_then(|mut w| w.take())
+        {
+            runtime.spawn(write_sessions(store, receiver));
+        }
+        let _ = self.sender.send(change);
+    }
+
+    /// Waits until every change sent so far is in the table (or failed).
+    async fn flush(&self) {
+        let started = self.writer.lock().map(|w| w.is_none()).unwrap_or(true);
+        if started {
+            let (done, written) = oneshot::channel();
+            if self.sender.send(Change::Flush(done)).is_ok() {
+                let _ = written.await;
+            }
+        }
+    }
+}
+
+/// The mirror's task: after the first change, sleeps [`MIRROR_DELAY`] (one
+/// wake-up per batch, however many sessions start and end meanwhile), takes
+/// every change queued by then, drops the sessions that started and ended within
+/// the batch, and writes the rest in transactions of [`MIRROR_BATCH`] rows. A
+/// failed write is logged and dropped (the table is a best-effort mirror; each
+/// node clears its own rows when it starts).
+async fn write_sessions(store: Store, mut receiver: mpsc::UnboundedReceiver<Change>) {
+    while let Some(first) = receiver.recv().await {
+        let mut changes = vec![first];
+        if !matches!(changes[0], Change::Flush(_)) {
+            tokio::time::sleep(MIRROR_DELAY).await;
+        }
+        while let Ok(change) = receiver.try_recv() {
+            changes.push(change);
+        }
+        let mut started: HashMap<String, SessionRow> = HashMap::new();
+        let mut ended = Vec::new();
+        let mut flushed = Vec::new();
+        for change in changes {
+            match change {
+                Change::Started(row) => {
+                    started.insert(row.id.clone(), row);
+                }
+                Change::Ended(id) => {
+                    if started.remove(&id).is_none() {
+                        ended.push(id);
+                    }
+                }
+                Change::Flush(done) => flushed.push(done),
+            }
+        }
+        let started: Vec<SessionRow> = started.into_values().collect();
+        for rows in started.chunks(MIRROR_BATCH) {
+            if let Err(err) = store.sync_sessions(rows, &[]).await {
+                tracing::debug!(error = %err, "could not update the session list in the store");
+            }
+        }
+        for ids in ended.chunks(MIRROR_BATCH) {
+            if let Err(err) = store.sync_sessions(&[], ids).await {
+                tracing::debug!(error = %err, "could not update the session list in the store");
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
 struct Inner {
     node: String,
+    /// `node-pid-`: the prefix of this process's row ids.
+    row_prefix: String,
     /// Mirrors sessions into the shared table; `None` in unit tests.
-    store: Option<Store>,
+    mirror: Option<Mirror>,
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, Entry>>,
     /// Tells `wait_empty` that a session left.
@@ -103,8 +205,9 @@ impl SessionRegistry {
     pub fn new(node: String, store: Option<Store>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                row_prefix: format!("{node}-{}-", std::process::id()),
                 node,
-                store,
+                mirror: store.map(Mirror::new),
                 next_id: AtomicU64::new(0),
                 sessions: Mutex::new(HashMap::new()),
                 left: watch::channel(0).0,
@@ -118,16 +221,17 @@ impl SessionRegistry {
     }
 
     fn row_id(&self, id: u64) -> String {
-        format!("{}-{}-{id}", self.inner.node, std::process::id())
+        format!("{}{id}", self.inner.row_prefix)
     }
 
-    /// Registers a session; its row in the shared table is written before this
-    /// returns, so `session list` on any node shows it once the session relays.
+    /// Registers a session. Its row in the shared table follows within
+    /// [`MIRROR_DELAY`] (plus the write), so `session list` on any node shows it
+    /// a moment after the session starts relaying.
     pub async fn register(&self, session: NewSession) -> SessionHandle {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (kill, killed) = watch::channel(None);
-        if let Some(store) = &self.inner.store {
-            let row = SessionRow {
+        if let Some(mirror) = &self.inner.mirror {
+            mirror.send(Change::Started(SessionRow {
                 id: self.row_id(id),
                 node: self.inner.node.clone(),
                 user_address: session.user.clone(),
@@ -135,10 +239,7 @@ impl SessionRegistry {
                 credential: session.credential.to_string(),
                 client_ip: session.client.ip().to_string(),
                 started_at: session.started_at,
-            };
-            if let Err(err) = store.register_session(&row).await {
-                tracing::debug!(error = %err, "could not list the session in the store");
-            }
+            }));
         }
         let info = SessionInfo {
             id,
@@ -231,6 +332,14 @@ impl SessionRegistry {
         }
     }
 
+    /// Resolves once every session start and end so far is written to the shared
+    /// table (or the write failed).
+    pub async fn flush(&self) {
+        if let Some(mirror) = &self.inner.mirror {
+            mirror.flush().await;
+        }
+    }
+
     /// Resolves once no session is left (graceful shutdown).
     pub async fn wait_empty(&self) {
         let mut left = self.inner.left.subscribe();
@@ -276,13 +385,8 @@ impl Drop for SessionHandle {
         if let Ok(remaining) = remaining {
             inner.left.send_replace(remaining);
         }
-        if let Some(store) = inner.store.clone()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let row = self.registry.row_id(self.id);
-            runtime.spawn(async move {
-                let _ = store.unregister_session(&row).await;
-            });
+        if let Some(mirror) = &inner.mirror {
+            mirror.send(Change::Ended(self.registry.row_id(self.id)));
         }
     }
 }
@@ -300,6 +404,30 @@ mod tests {
             started_at: 0,
             allowed_until: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_shared_table_lists_live_sessions_and_forgets_ended_ones() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let registry = SessionRegistry::new("n1".into(), Some(store.clone()));
+        let live = registry
+            .register(session("a@x", SessionCredential::AppPassword(2)))
+            .await;
+        let brief = registry
+            .register(session("b@x", SessionCredential::Primary))
+            .await;
+        drop(brief);
+        registry.flush().await;
+        let listed = store.list_sessions().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(
+            (listed[0].user_address.as_str(), listed[0].node.as_str()),
+            ("a@x", "n1")
+        );
+        assert_eq!(listed[0].credential, "app-password:2");
+        drop(live);
+        registry.flush().await;
+        assert!(store.list_sessions().await.unwrap().is_empty());
     }
 
     #[tokio::test]

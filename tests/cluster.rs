@@ -125,21 +125,34 @@ async fn a_cli_change_on_one_node_drops_sessions_on_another() {
     let mut on_b = session(node_b.addr(false), ALICE, "alice-primary").await;
     let mut also_on_a = session(node_a.addr(false), BOB, "bob-primary").await;
 
-    // Every node's sessions are listed, by a process that is neither node.
-    let listed: Value =
-        serde_json::from_str(&admin(&cli, &["admin", "session", "list", "--json"])).unwrap();
-    let mut listed: Vec<(String, String)> = listed
-        .as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|s| {
-            (
-                s["node"].as_str().unwrap().to_owned(),
-                s["user"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    listed.sort();
+    // Every node's sessions are listed, by a process that is neither node. Each
+    // node writes its session rows in batches, a moment after the login: poll
+    // the listing until both are there (bounded).
+    let list = || {
+        let listed: Value =
+            serde_json::from_str(&admin(&cli, &["admin", "session", "list", "--json"])).unwrap();
+        let mut listed: Vec<(String, String)> = listed
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|s| {
+                (
+                    s["node"].as_str().unwrap().to_owned(),
+                    s["user"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        listed.sort();
+        listed
+    };
+    let mut listed = list();
+    for _ in 0..100 {
+        if listed.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        listed = list();
+    }
     assert_eq!(
         listed,
         vec![("a".into(), BOB.into()), ("b".into(), ALICE.into())]

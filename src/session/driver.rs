@@ -50,9 +50,13 @@ pub async fn handle_connection<H: ProtocolHandler>(
     let _ = tcp.set_nodelay(true);
     let protocol = handler.protocol();
     metrics::counter!(m::CONNECTIONS, "protocol" => protocol.as_str()).increment(1);
+    // Every step before the relay is boxed: an async fn's state is as large as its
+    // largest await, and a session's task keeps that size for its whole life,
+    // so the login's futures (TLS handshake, store queries) must not be inlined
+    // into the state an idle session holds.
     let client = if implicit_tls {
         let acceptor = ctx.tls.acceptor(protocol);
-        match timeout(ctx.handshake_timeout, acceptor.accept(tcp)).await {
+        match Box::pin(timeout(ctx.handshake_timeout, acceptor.accept(tcp))).await {
             Ok(Ok(stream)) => MaybeTls::ServerTls(Box::new(stream)),
             Ok(Err(err)) => {
                 debug!(%protocol, client = %peer.ip(), error = %err, "TLS handshake failed");
@@ -67,13 +71,15 @@ pub async fn handle_connection<H: ProtocolHandler>(
         MaybeTls::Plain(tcp)
     };
     let deadline = Instant::now() + Duration::from_secs(ctx.limits.prelogin_timeout_secs);
-    match pre_login(&ctx, &*handler, client, peer, deadline).await {
+    match Box::pin(pre_login(&ctx, &*handler, client, peer, deadline)).await {
         Ok(Some(established)) => {
             // After the client has its answer, before relaying: last use is
             // recorded off the reply's critical path, yet before any later command.
-            ctx.gate
-                .record_use(established.credential, peer.ip(), protocol, unix_now())
-                .await;
+            Box::pin(
+                ctx.gate
+                    .record_use(established.credential, peer.ip(), protocol, unix_now()),
+            )
+            .await;
             relay(&ctx, &*handler, established, peer).await
         }
         Ok(None) => {}
@@ -465,29 +471,26 @@ async fn relay<H: ProtocolHandler>(
         generation,
     } = established;
     let protocol = handler.protocol();
-    let mut handle = ctx
-        .registry
-        .register(NewSession {
-            user: user.clone(),
-            protocol,
-            credential,
-            client: peer,
-            started_at: unix_now(),
-            allowed_until,
-        })
-        .await;
+    let mut handle = Box::pin(ctx.registry.register(NewSession {
+        user: user.clone(),
+        protocol,
+        credential,
+        client: peer,
+        started_at: unix_now(),
+        allowed_until,
+    }))
+    .await;
     if ctx.registry.generation() != generation
         && let Some(info) = ctx.registry.get(handle.id())
     {
         // A change was applied between the policy check and the registration:
         // it may not have seen this session, so the session checks itself.
-        Rechecker::new(
+        let rechecker = Rechecker::new(
             ctx.gate.clone(),
             ctx.registry.clone(),
             ctx.penalties.clone(),
-        )
-        .recheck(vec![info])
-        .await;
+        );
+        Box::pin(rechecker.recheck(vec![info])).await;
     }
     let active = metrics::gauge!(m::SESSIONS_ACTIVE, "protocol" => protocol.as_str());
     active.increment(1);

@@ -55,6 +55,42 @@ impl Store {
         Ok(())
     }
 
+    /// Applies a batch of session changes in one transaction: `started` rows are
+    /// inserted, then the `ended` ids deleted (unknown ids are ignored).
+    pub async fn sync_sessions(
+        &self,
+        started: &[SessionRow],
+        ended: &[String],
+    ) -> Result<(), StoreError> {
+        if started.is_empty() && ended.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for session in started {
+            sqlx::query(
+                "INSERT INTO sessions (id, node, user_address, protocol, credential, \
+                 client_ip, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&session.id)
+            .bind(&session.node)
+            .bind(&session.user_address)
+            .bind(session.protocol.as_str())
+            .bind(&session.credential)
+            .bind(&session.client_ip)
+            .bind(session.started_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for id in ended {
+            sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Forgets a session that ended; unknown ids are ignored.
     pub async fn unregister_session(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
