@@ -402,6 +402,27 @@ async fn every_refusal_costs_exactly_one_argon2_run_and_reads_the_same() {
 }
 
 #[tokio::test]
+async fn a_cold_app_password_login_costs_one_argon2_run_with_1_or_40_app_passwords() {
+    let (_fake, gateway) = setup().await;
+    let gate = &gateway.runtime.gate;
+    gateway.enroll(ALICE).await;
+    gateway.enroll(BOB).await;
+    let (_, alices) = gateway.app_password(ALICE, "imap", None).await;
+    let mut bobs = Vec::new();
+    for _ in 0..postern::store::MAX_APP_PASSWORDS {
+        bobs.push(gateway.app_password(BOB, "imap", None).await.1);
+    }
+    // First login of each password: nothing cached, so exactly one verification,
+    // whether the user has one app password or forty.
+    for (user, password) in [(ALICE, &alices), (BOB, &bobs[0]), (BOB, &bobs[39])] {
+        let before = gate.argon2_runs();
+        let (reply, _) = login(&gateway, user, password).await;
+        assert!(reply.starts_with("a OK"), "{user}: {reply}");
+        assert_eq!(gate.argon2_runs() - before, 1, "{user}: one Argon2 run");
+    }
+}
+
+#[tokio::test]
 async fn no_refusal_is_answered_before_the_refusal_floor() {
     let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
     let gateway = Gateway::start(
