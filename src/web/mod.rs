@@ -38,6 +38,7 @@ use crate::net::tls;
 use crate::penalty::Penalties;
 use crate::policy::Protocol;
 use crate::recovery_mail::RecoveryMailer;
+use crate::registry::SessionRegistry;
 use crate::store::Store;
 use attempts::Attempts;
 use session::{SessionStore, WebSession};
@@ -63,6 +64,8 @@ pub struct Inner {
     /// The mail ports' login penalties: a wrong primary password on the web
     /// delays the same client and counts toward the account's block.
     pub penalties: Arc<Penalties>,
+    /// This node's live sessions; the shared table lags them by one batch.
+    pub registry: SessionRegistry,
     /// `public_url` is https: cookies get `Secure`.
     pub secure_cookies: bool,
     /// What mail clients should connect to, for the set-up instructions (the
@@ -116,6 +119,7 @@ impl WebState {
             sessions: SessionStore::default(),
             attempts: Attempts::default(),
             penalties: runtime.penalties.clone(),
+            registry: runtime.registry.clone(),
             secure_cookies: public_url.starts_with("https://"),
             mail_host,
             mail_ports,

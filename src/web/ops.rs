@@ -569,6 +569,9 @@ pub async fn domain_overview(state: &WebState, domain: &str) -> Result<DomainOve
         .await?
         .ok_or(WebError::NotFound)?;
     let suffix = format!("@{domain}");
+    // This node's newest sessions are written to the shared table in batches:
+    // write them now so the count includes a session that just logged in.
+    state.registry.flush().await;
     let primary_sessions = state
         .store
         .list_sessions()
