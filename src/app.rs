@@ -320,6 +320,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .shutdown(Duration::from_secs(config.limits.drain_secs))
         .await;
     runtime.registry.flush().await;
+    // The drops just audited must not be lost with the process.
+    if tokio::time::timeout(Duration::from_secs(5), runtime.gate.flush_audit())
+        .await
+        .is_err()
+    {
+        warn!("the audit log could not be written before exit");
+    }
     runtime.store.close().await;
     Ok(())
 }

@@ -98,9 +98,15 @@ pub struct Gate {
 /// database's write lock once per batch instead of once per login.
 #[derive(Clone)]
 struct AuditQueue {
-    sender: tokio::sync::mpsc::Sender<NewAudit>,
+    sender: tokio::sync::mpsc::Sender<AuditMsg>,
     /// Taken by the writer task, started on first use (inside the runtime).
-    receiver: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<NewAudit>>>>,
+    receiver: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<AuditMsg>>>>,
+}
+
+enum AuditMsg {
+    Row(NewAudit),
+    /// Answered once every row queued before it is written (or failed).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Rows waiting at most; past this, rows are dropped (and logged) rather than
@@ -123,32 +129,62 @@ impl AuditQueue {
     }
 
     fn push(&self, store: &Store, row: NewAudit) {
-        if let Some(mut receiver) = self.receiver.lock().ok().and_then(|mut r| r.take()) {
-            let store = store.clone();
-            tokio::spawn(async move {
-                while let Some(first) = receiver.recv().await {
-                    tokio::time::sleep(AUDIT_DELAY).await;
-                    let mut batch = vec![first];
-                    loop {
-                        while batch.len() < AUDIT_BATCH {
-                            match receiver.try_recv() {
-                                Ok(row) => batch.push(row),
-                                Err(_) => break,
-                            }
-                        }
-                        if let Err(err) = store.audit_batch(&batch).await {
-                            tracing::warn!(error = %err, rows = batch.len(), "could not write the audit log");
-                        }
-                        if batch.len() < AUDIT_BATCH {
-                            break;
-                        }
-                        batch.clear();
-                    }
-                }
-            });
+        if let Some(receiver) = self.receiver.lock().ok().and_then(|mut r| r.take()) {
+            tokio::spawn(write_audit(store.clone(), receiver));
         }
-        if self.sender.try_send(row).is_err() {
+        if self.sender.try_send(AuditMsg::Row(row)).is_err() {
             tracing::warn!("audit queue full; an audit row was dropped");
+        }
+    }
+
+    /// Resolves once every row queued so far is written (at once when nothing
+    /// was ever queued).
+    async fn flush(&self) {
+        let started = self.receiver.lock().map(|r| r.is_none()).unwrap_or(true);
+        if !started {
+            return;
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.sender.send(AuditMsg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// The audit writer: after the first row it waits [`AUDIT_DELAY`] for more, then
+/// writes up to [`AUDIT_BATCH`] rows per transaction until the queue is empty;
+/// a flush request is answered once the rows before it are written.
+async fn write_audit(store: Store, mut receiver: tokio::sync::mpsc::Receiver<AuditMsg>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = match first {
+            AuditMsg::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            AuditMsg::Row(row) => vec![row],
+        };
+        tokio::time::sleep(AUDIT_DELAY).await;
+        loop {
+            let mut flushes = Vec::new();
+            while batch.len() < AUDIT_BATCH && flushes.is_empty() {
+                match receiver.try_recv() {
+                    Ok(AuditMsg::Row(row)) => batch.push(row),
+                    Ok(AuditMsg::Flush(done)) => flushes.push(done),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty()
+                && let Err(err) = store.audit_batch(&batch).await
+            {
+                tracing::warn!(error = %err, rows = batch.len(), "could not write the audit log");
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+            if batch.len() < AUDIT_BATCH {
+                break;
+            }
+            batch.clear();
         }
     }
 }
@@ -316,6 +352,11 @@ impl Gate {
         if let Err(err) = self.store.clear_login_failures(user_id).await {
             tracing::warn!(error = %err, "could not clear failed logins");
         }
+    }
+
+    /// Resolves once every audit row queued so far is written (shutdown).
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
     }
 
     /// Argon2 verifications run since start.

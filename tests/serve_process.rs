@@ -143,4 +143,24 @@ async fn sigterm_refuses_new_connections_drains_and_exits_zero() {
     let status = serve.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}\n{}", serve.output());
     assert!(serve.output().contains("drain time over"));
+
+    // The goodbye is in the audit log: it was written before the process exited.
+    let store =
+        postern::store::Store::connect(&format!("sqlite://{}", dir.path().join("p.db").display()))
+            .await
+            .expect("store");
+    let audit = store
+        .list_audit(postern::store::AuditFilter {
+            user: Some(ALICE.into()),
+            since: None,
+            limit: 100,
+        })
+        .await
+        .expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.action == "session-drop" && r.detail.contains("shutting down")),
+        "{audit:?}"
+    );
 }
