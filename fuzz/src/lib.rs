@@ -223,6 +223,8 @@ pub const PROXY_SEEDS: &[&[u8]] = &[
     b"PROXY UNKNOWN\r\n",
     b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc6\x33\x64\x04\x0a\x00\x00\x01\x17\x70\x03\xe1* OK\r\n",
     b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+    // Found by fuzzing: a line ending inside the first 12 bytes read.
+    b"PROXY 143\r\na001 CAPATCP4 192.0 143\r\na001 CAPABILITY\r\n",
 ];
 
 /// SASL on arbitrary lines: every line of the payload is one client response.

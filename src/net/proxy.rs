@@ -125,6 +125,12 @@ pub fn frame(buf: &[u8]) -> Result<Framing, ProxyError> {
         return Err(ProxyError::Missing);
     }
     if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+        // The shortest v1 header (`PROXY UNKNOWN\r\n`) is 15 bytes: a line
+        // ending inside the 12 bytes read at once is no header, and the bytes
+        // after it belong to the client.
+        if end + 2 < V2_SIGNATURE.len() {
+            return Err(ProxyError::Malformed);
+        }
         return Ok(Framing::Complete(end + 2));
     }
     if buf.len() >= V1_MAX {
@@ -201,6 +207,12 @@ mod tests {
         assert!(matches!(
             frame(&[b"PROXY ".as_slice(), &[b'x'; V1_MAX]].concat()),
             Err(ProxyError::TooLong)
+        ));
+        // Found by fuzzing: a line shorter than 12 bytes is refused, not framed
+        // past its end.
+        assert!(matches!(
+            frame(b"PROXY 143\r\na"),
+            Err(ProxyError::Malformed)
         ));
         let mut v2 = V2_SIGNATURE.to_vec();
         assert_eq!(frame(&v2).unwrap(), Framing::Need(4));
