@@ -56,28 +56,8 @@ STEP_LIMIT=$(( 120 + BENCH_LOGIN_SECS + BENCH_FETCH_SECS + BENCH_IDLE / 20 ))   
 POSTERN_PID="" NGINX_STARTED="" AUTH_PID=""
 log() { echo "== bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
-wait_port() {   # ADDR SECONDS PID(optional)
-    local i
-    for i in $(seq 1 $(( $2 * 10 ))); do
-        port_open "$1" && return 0
-        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then return 1; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-stop_pid() {   # PID NAME
-    local pid=$1 i
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "bench: $2 ($pid) still alive after 10 s; SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=../tests/lib.sh
+. "$ROOT/tests/lib.sh"
 
 cleanup() {
     local rc=$?
@@ -88,9 +68,7 @@ cleanup() {
     fi
     stop_pid "$AUTH_PID" auth_http
     if [ "$rc" -ne 0 ]; then
-        for f in "$OUT/postern.log" "$OUT/nginx-error.log" "$DOVECOT_DIR/dovecot.log"; do
-            [ -f "$f" ] && { echo "---- tail of $f ----" >&2; tail -n 30 "$f" >&2; }
-        done
+        tail_logs 30 "$OUT/postern.log" "$OUT/nginx-error.log" "$DOVECOT_DIR/dovecot.log" >&2
     fi
     bash tests/interop/dovecot.sh stop "$DOVECOT_DIR" >/dev/null
     exit "$rc"

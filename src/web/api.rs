@@ -84,6 +84,24 @@ fn live(current: &Current) -> Result<(String, WebSession), ApiError> {
     current.session.clone().ok_or_else(unauthorized)
 }
 
+/// A session whose password step is done and whose second step is due:
+/// `(session id, address)`.
+fn second_step_pending(current: &Current) -> Result<(String, String), ApiError> {
+    match live(current)? {
+        (
+            id,
+            WebSession {
+                auth: Auth::SecondStep { address },
+                ..
+            },
+        ) => Ok((id, address)),
+        _ => Err(ApiError(
+            StatusCode::CONFLICT,
+            "no second step pending".into(),
+        )),
+    }
+}
+
 /// The logged-in user: `(address, actor)`.
 fn user(current: &Current) -> Result<(String, String), ApiError> {
     match live(current)?.1.auth {
@@ -180,13 +198,7 @@ async fn login_code(
     Extension(current): Extension<Current>,
     Json(body): Json<CodeBody>,
 ) -> ApiResult {
-    let (id, session) = live(&current)?;
-    let Auth::SecondStep { address } = session.auth else {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "no second step pending".into(),
-        ));
-    };
+    let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await? {
         CodeOutcome::Accepted => Ok(rotated(
@@ -218,13 +230,7 @@ async fn login_email_code(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (id, session) = live(&current)?;
-    let Auth::SecondStep { address } = session.auth else {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "no second step pending".into(),
-        ));
-    };
+    let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
     let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
     let (new_id, s) = state.sessions.rotate(&id, Auth::SecondStep { address });

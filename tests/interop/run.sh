@@ -36,33 +36,16 @@ POSTERN_PID=""
 
 log() { echo "== run.sh: $*"; }
 
-port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
+# shellcheck source=../lib.sh
+. "$ROOT/tests/lib.sh"
 
 cleanup() {
     local rc=$?
     set +e
-    if [ -n "$POSTERN_PID" ] && kill -0 "$POSTERN_PID" 2>/dev/null; then
-        kill -TERM "$POSTERN_PID"
-        for _ in $(seq 1 100); do kill -0 "$POSTERN_PID" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$POSTERN_PID" 2>/dev/null; then
-            echo "postern did not exit on SIGTERM within 10 s; SIGKILL" >&2
-            kill -KILL "$POSTERN_PID"
-        fi
-        wait "$POSTERN_PID" 2>/dev/null
-    fi
+    stop_pid "$POSTERN_PID" postern
     if [ "$rc" -ne 0 ]; then
-        if [ -f "$POSTERN_LOG" ]; then
-            echo "---- tail of $POSTERN_LOG ----"
-            tail -n 80 "$POSTERN_LOG"
-        fi
-        if [ -f "$DOVECOT_DIR/dovecot.log" ]; then
-            echo "---- tail of $DOVECOT_DIR/dovecot.log ----"
-            tail -n 40 "$DOVECOT_DIR/dovecot.log"
-        fi
-        if [ -f "$POSTFIX_DIR/postfix.log" ]; then
-            echo "---- tail of $POSTFIX_DIR/postfix.log ----"
-            tail -n 40 "$POSTFIX_DIR/postfix.log"
-        fi
+        tail_logs 80 "$POSTERN_LOG"
+        tail_logs 40 "$DOVECOT_DIR/dovecot.log" "$POSTFIX_DIR/postfix.log"
     fi
     bash "$HERE/postfix.sh" stop "$POSTFIX_DIR"
     bash "$HERE/dovecot.sh" stop "$DOVECOT_DIR"
