@@ -14,6 +14,10 @@
 //! stored hash's when an app password was found and hashed, else a dummy one
 //! ([`Gate::spend_refusal`]), also after a cache hit, so neither the cache nor a
 //! missing row makes one refusal faster than another.
+//!
+//! The store reads of a login that proceeded are remembered ([`cache`]) and
+//! reused for the same address and credential until any change reaches the
+//! event log, so repeated logins from one device cost no database round trip.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,7 +28,12 @@ use crate::policy::{self, Credential, Decision, Protocol, Refusal, UpstreamLogin
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::UpstreamCredentials;
 use crate::secret::Secret;
-use crate::store::{NewAudit, Store, normalize_address};
+use crate::store::{NewAudit, Store, StoreError, normalize_address};
+
+mod cache;
+
+use cache::LoginCache;
+pub use cache::{CacheKey, LoginContext};
 
 /// The master account postern uses for app-password logins.
 #[derive(Clone, Debug)]
@@ -91,6 +100,8 @@ pub struct Gate {
     /// minutes costs one write per [`LAST_USE_RESOLUTION`], not one per login.
     last_use: std::sync::Arc<std::sync::Mutex<HashMap<i64, LastUse>>>,
     audit: AuditQueue,
+    /// Recent successful logins' store reads (see [`cache`]).
+    cache: std::sync::Arc<LoginCache>,
 }
 
 /// Audit rows from the login path, written in batches by one background task:
@@ -209,6 +220,7 @@ impl Gate {
             master,
             last_use: Default::default(),
             audit: AuditQueue::new(),
+            cache: Default::default(),
         }
     }
 
@@ -228,16 +240,72 @@ impl Gate {
             // and no app password can exist for it.
             return Self::passthrough(presented, presented.username.clone(), None, None);
         };
-        let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
-        let (domain, user) = match self.store.login_context(&address, &domain).await {
-            Ok(context) => context,
-            Err(err) => {
-                return Verdict::Unavailable {
-                    user: address,
-                    detail: format!("store: {err}"),
-                };
+        let candidate = CanonicalAppPassword::parse(presented.password.expose());
+        let key = CacheKey {
+            lookup: candidate
+                .as_ref()
+                .map(|c| c.lookup_key(&self.key, &address)),
+            address,
+        };
+        // `Some(changes)` when read from the store now (and so worth remembering).
+        let (context, read_after) = match self.cache.get(&key, self.store.changes_seen()) {
+            Some(context) => (context, None),
+            None => {
+                let changes = self.store.changes_seen();
+                match self.read_context(&key).await {
+                    Ok(context) => (context, Some(changes)),
+                    Err(err) => {
+                        return Verdict::Unavailable {
+                            user: key.address,
+                            detail: format!("store: {err}"),
+                        };
+                    }
+                }
             }
         };
+        let verdict = self
+            .decide(presented, protocol, now, &key, &context, candidate)
+            .await;
+        if let (Verdict::Proceed { clear_failures, .. }, Some(changes)) = (&verdict, read_after) {
+            let mut context = context;
+            if clear_failures.is_some() {
+                // The caller clears them once the upstream accepts; a failure
+                // instead forgets this entry (`count_login_failure`).
+                context.user.failed_logins = 0;
+            }
+            self.cache.put(key, context, changes);
+        }
+        verdict
+    }
+
+    /// The user and domain and, for a password shaped like an app password, the
+    /// app-password row its lookup key finds.
+    async fn read_context(&self, key: &CacheKey) -> Result<LoginContext, StoreError> {
+        let domain = key.address.rsplit_once('@').map_or("", |(_, d)| d);
+        let (domain, user) = self.store.login_context(&key.address, domain).await?;
+        let app_password = match &key.lookup {
+            Some(lookup) => self.store.app_password_by_lookup(user.id, lookup).await?,
+            None => None,
+        };
+        Ok(LoginContext {
+            domain,
+            user,
+            app_password,
+        })
+    }
+
+    /// Decides a login from the stored context (fresh or cached).
+    async fn decide(
+        &self,
+        presented: &Credentials,
+        protocol: Protocol,
+        now: i64,
+        key: &CacheKey,
+        context: &LoginContext,
+        candidate: Option<CanonicalAppPassword>,
+    ) -> Verdict {
+        let address = key.address.clone();
+        let user = &context.user;
         if penalty::account_blocked(user.failed_logins, user.last_failed_at, now) {
             self.spend_refusal().await;
             return Verdict::Blocked { user: address };
@@ -247,42 +315,32 @@ impl Gate {
         let mut credential = Credential::Primary;
         let mut app_password_id = None;
         let mut hashed = false;
-        if let Some(candidate) = CanonicalAppPassword::parse(presented.password.expose()) {
-            let lookup = candidate.lookup_key(&self.key, &address);
-            match self.store.app_password_by_lookup(user.id, &lookup).await {
-                Ok(Some(record)) => match self
-                    .verifier
-                    .check(record.id, &candidate, &record.hash)
-                    .await
-                {
-                    Ok(verified) => {
-                        hashed = verified.hashed;
-                        if verified.matches {
-                            credential = Credential::AppPassword {
-                                scopes: record.scopes,
-                                expires_at: record.expires_at,
-                            };
-                            app_password_id = Some(record.id);
-                        }
-                    }
-                    Err(err) => {
-                        return Verdict::Unavailable {
-                            user: address,
-                            detail: err.to_string(),
+        if let (Some(candidate), Some(record)) = (candidate, &context.app_password) {
+            match self
+                .verifier
+                .check(record.id, &candidate, &record.hash)
+                .await
+            {
+                Ok(verified) => {
+                    hashed = verified.hashed;
+                    if verified.matches {
+                        credential = Credential::AppPassword {
+                            scopes: record.scopes,
+                            expires_at: record.expires_at,
                         };
+                        app_password_id = Some(record.id);
                     }
-                },
-                Ok(None) => {}
+                }
                 Err(err) => {
                     return Verdict::Unavailable {
                         user: address,
-                        detail: format!("store: {err}"),
+                        detail: err.to_string(),
                     };
                 }
             }
         }
 
-        let domain_policy = domain.as_ref().map(|d| d.policy());
+        let domain_policy = context.domain.as_ref().map(|d| d.policy());
         let allowed_until = policy::allowed_until(domain_policy.as_ref(), user.state(), credential);
         match policy::decide_mail_login(
             domain_policy.as_ref(),
@@ -338,6 +396,7 @@ impl Gate {
     /// Counts a failed login against `user`'s stored account, shared by every
     /// node (best effort: a store failure is logged and the refusal stands).
     pub async fn count_login_failure(&self, user: &str, now: i64) {
+        self.cache.forget_user(user);
         if let Err(err) = self
             .store
             .count_login_failure(user, now, penalty::forget_failures_before(now))
@@ -352,6 +411,25 @@ impl Gate {
         if let Err(err) = self.store.clear_login_failures(user_id).await {
             tracing::warn!(error = %err, "could not clear failed logins");
         }
+    }
+
+    /// The event-log tail read the whole log in a read that began at `started`
+    /// and applied every change it found: remembered logins may be used (see
+    /// [`cache`]).
+    pub fn event_log_read(&self, started: std::time::Instant) {
+        self.cache.confirm(started);
+    }
+
+    /// The event-log tail could not read the log: remembered logins are
+    /// dropped, and every login reads the store until the log is read again.
+    pub fn event_log_unreadable(&self) {
+        self.cache.unconfirm();
+    }
+
+    /// Whether a login may be answered from remembered store reads: the event
+    /// log was read recently (see [`cache::FRESHNESS`]).
+    pub fn remembers_logins(&self) -> bool {
+        self.cache.fresh()
     }
 
     /// Resolves once every audit row queued so far is written (shutdown).

@@ -25,6 +25,10 @@ pub const PENALTY_SECONDS: &str = "postern_login_penalty_seconds_total";
 pub const ARGON2_QUEUE: &str = "postern_argon2_queue_depth";
 /// Seconds between the last applied event's `at` and when this node applied it.
 pub const EVENT_LAG_SECONDS: &str = "postern_event_lag_seconds";
+/// Id of the last event-log row this node has applied (a change made elsewhere
+/// is in force on this node, for new logins and live sessions, once this
+/// reaches its id).
+pub const EVENT_LOG_POSITION: &str = "postern_event_log_position";
 
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

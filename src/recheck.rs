@@ -19,7 +19,7 @@ use crate::penalty::Penalties;
 use crate::registry::{SessionInfo, SessionRegistry};
 use crate::store::{EventKind, EventRecord, NOTIFY_CHANNEL, Store};
 
-/// How often SQLite's event log is polled, and deadlines are swept.
+/// How often the event log is read (on PostgreSQL also on each notification).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Events read per catch-up query.
 const BATCH: i64 = 500;
@@ -169,6 +169,7 @@ impl Rechecker {
 
     /// Reads and applies every event after `last`; returns the new position.
     async fn catch_up(&self, mut last: i64) -> i64 {
+        let started = std::time::Instant::now();
         loop {
             match self.store().events_after(last, BATCH).await {
                 Ok(events) => {
@@ -177,18 +178,24 @@ impl Rechecker {
                         debug!(id = event.id, kind = %event.kind, "event");
                         metrics::gauge!(m::EVENT_LAG_SECONDS)
                             .set((unix_now() - event.at).max(0) as f64);
-                        // Before the event's snapshot of the sessions: a session
-                        // registering after the snapshot sees the new generation
+                        // First void the logins the gate remembers, then move the
+                        // generation, both before the event's snapshot of the
+                        // sessions: a login that used a remembered context, or
+                        // registers after the snapshot, sees the new generation
                         // and re-checks itself (`SessionRegistry::generation`).
+                        self.store().note_change();
                         self.registry.advance_generation();
                         self.handle_event(event).await;
                         last = event.id;
+                        metrics::gauge!(m::EVENT_LOG_POSITION).set(last as f64);
                     }
                     if done {
+                        self.gate.event_log_read(started);
                         return last;
                     }
                 }
                 Err(err) => {
+                    self.gate.event_log_unreadable();
                     warn!(error = %err, "cannot read the event log");
                     return last;
                 }
@@ -206,6 +213,7 @@ impl Rechecker {
                 0
             }
         };
+        metrics::gauge!(m::EVENT_LOG_POSITION).set(last as f64);
         let mut listener = match postgres_url {
             Some(url) => match sqlx::postgres::PgListener::connect(&url).await {
                 Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
@@ -241,7 +249,9 @@ impl Rechecker {
                                 warn!(error = %err, "LISTEN connection lost; reconnecting");
                             }
                         }
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        // Also keeps the gate's remembered logins usable (they
+                        // count only while the log was read recently).
+                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
                     }
                 }
                 None => {

@@ -184,6 +184,16 @@ async fn before_the_outage(w: &World) -> (Client, Vec<postern::store::AppPasswor
 /// While the database is gone: temporary errors, nothing counted, nothing sent
 /// upstream, and the live session goes on.
 async fn during_the_outage(w: &World, session: &mut Client) {
+    // The gate answers a device it let in moments ago from memory only while
+    // the event log was read within the last 0.6 s (`gate::cache`): the node
+    // must stop trusting that memory well within a second of the outage.
+    let noticed = tokio::time::timeout(Duration::from_secs(1), async {
+        while w.gateway.runtime.gate.remembers_logins() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(noticed.is_ok(), "the node kept trusting remembered logins");
     let upstream_logins = w.imap.logins().len();
     // A wrong app password too: while nothing can be checked, it is no failure.
     let wrong = "abcd-efgh-jkmn-pqrs";

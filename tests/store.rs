@@ -5,7 +5,7 @@
 use postern::policy::{DomainStatus, Protocol, Scopes};
 use postern::store::{
     AuditFilter, Backend, EventKind, EventRecord, FactorKind, MAX_APP_PASSWORDS, NewAppPassword,
-    SessionRow, Store, StoreError,
+    NewAudit, SessionRow, Store, StoreError,
 };
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -1287,5 +1287,50 @@ async fn recovery_e_mail_codes_expire_work_once_and_are_limited() {
         s.reset_user("erin@example.test", "test").await.unwrap();
         assert!(!s.use_email_code(newest, t4 + 2).await.unwrap());
         assert!(s.second_factors(user.id).await.unwrap().is_empty());
+    });
+}
+
+#[tokio::test]
+async fn a_batch_of_audit_rows_is_written_whole_across_statements() {
+    on_each_db!(|s| {
+        // 300 rows: three INSERT statements of up to 128 rows, in one transaction.
+        let rows: Vec<NewAudit> = (0..300)
+            .map(|n| NewAudit {
+                actor: "mail-client".into(),
+                action: "login".into(),
+                target: format!("u{n:03}@example.org"),
+                detail: format!("imap ok {n}"),
+                ip: (n % 2 == 0).then(|| format!("192.0.2.{}", n % 250)),
+            })
+            .collect();
+        s.audit_batch(&rows).await.unwrap();
+        let all = s
+            .list_audit(AuditFilter {
+                user: None,
+                since: None,
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 300);
+        // Newest first: the last row of the batch has the highest id.
+        for (record, n) in all.iter().zip((0..300).rev()) {
+            assert_eq!(record.target, format!("u{n:03}@example.org"));
+            assert_eq!(record.detail, format!("imap ok {n}"));
+            assert_eq!(
+                record.ip,
+                (n % 2 == 0).then(|| format!("192.0.2.{}", n % 250))
+            );
+            assert_eq!(record.actor, "mail-client");
+        }
+        let one = s
+            .list_audit(AuditFilter {
+                user: Some("u007@example.org".into()),
+                since: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
     });
 }

@@ -4,8 +4,9 @@
 //! logins queues instead of starving the runtime or the machine. A verified app
 //! password is remembered for [`CACHE_TTL`] by a keyed fingerprint, so a mail
 //! client that reconnects every few minutes costs one Argon2 run, not one per
-//! connection. The cache only skips the hash: the row is still read from the
-//! store on every login, so revocation and expiry take effect at once.
+//! connection. The cache only skips the hash; whether the row still exists is the
+//! gate's business (its login cache is voided by every revocation, see
+//! `crate::gate`).
 //!
 //! A refusal must not be faster than another refusal: [`AppPasswordVerifier::spend_refusal`]
 //! runs one Argon2 verification against a fixed dummy hash, through the same

@@ -125,6 +125,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_change();
         Ok(id)
     }
 
@@ -220,6 +221,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 

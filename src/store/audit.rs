@@ -79,6 +79,32 @@ pub(crate) async fn insert_audit(
     Ok(())
 }
 
+/// Rows per INSERT statement in [`Store::audit_batch`] (6 parameters each, far
+/// below SQLite's and PostgreSQL's limits).
+const AUDIT_ROWS_PER_INSERT: usize = 128;
+
+/// `INSERT INTO audit_log ... VALUES ($1, ..., $6), ($7, ...)` for `rows` rows.
+fn multi_row_insert(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO audit_log (at, actor, action, target, detail, ip) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let first = row * 6 + 1;
+        sql.push('(');
+        for column in 0..6 {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(first + column).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 fn audit_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
     Ok(AuditRecord {
         id: row.try_get("id")?,
@@ -106,20 +132,26 @@ impl Store {
         insert_audit(&mut conn, actor, action, target, detail, ip).await
     }
 
-    /// Appends several audit rows in one transaction (the gate batches login
-    /// results this way, so a busy node takes the write lock once per batch).
+    /// Appends several audit rows in one transaction, one statement per
+    /// [`AUDIT_ROWS_PER_INSERT`] rows (the gate batches login results this way,
+    /// so a busy node takes the write lock once per batch and makes one round
+    /// trip to the database per statement, not per row).
     pub async fn audit_batch(&self, rows: &[NewAudit]) -> Result<(), StoreError> {
+        let at = unix_now();
         let mut tx = self.begin().await?;
-        for row in rows {
-            insert_audit(
-                &mut tx,
-                &row.actor,
-                &row.action,
-                &row.target,
-                &row.detail,
-                row.ip.as_deref(),
-            )
-            .await?;
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            // Only numbered placeholders are generated; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(multi_row_insert(chunk.len())));
+            for row in chunk {
+                query = query
+                    .bind(at)
+                    .bind(row.actor.as_str())
+                    .bind(row.action.as_str())
+                    .bind(row.target.as_str())
+                    .bind(row.detail.as_str())
+                    .bind(row.ip.as_deref());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -121,6 +121,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -161,6 +162,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 

@@ -168,6 +168,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_change();
         Ok(id)
     }
 

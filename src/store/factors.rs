@@ -127,6 +127,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.note_change();
         Ok(id)
     }
 
@@ -173,6 +174,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 

@@ -114,6 +114,12 @@ const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Changes seen by this process that can alter a login's outcome: bumped
+    /// after each commit through this handle (or its clones) that appended an
+    /// event or created an app password, and by the event-log tail for every
+    /// event it applies. Memory derived from stored
+    /// state (the gate's login cache) is valid only while this is unchanged.
+    changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -138,7 +144,24 @@ impl Store {
             ),
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            changes: Default::default(),
+        })
+    }
+
+    /// How many event-log changes this process has seen (see [`Store::note_change`]).
+    pub fn changes_seen(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records a change that can alter a login's outcome: after a commit that
+    /// appended an event or created an app password, and when the event-log
+    /// tail applies an event written elsewhere.
+    pub fn note_change(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Which database this store talks to.

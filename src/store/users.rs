@@ -282,6 +282,7 @@ impl Store {
         insert_audit(&mut tx, actor, action, &address, "", None).await?;
         insert_event(&mut tx, self.backend, kind, None, Some(&address), None).await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 
@@ -322,6 +323,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_change();
         Ok(())
     }
 }

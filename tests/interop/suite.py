@@ -6,11 +6,14 @@ The suites are plain Python (no pytest) so CI needs nothing beyond Debian's pyth
 
 import json
 import os
+import sqlite3
 import ssl
 import subprocess
 import sys
 import time
+import tomllib
 import traceback
+import urllib.request
 
 BIN = os.environ.get("POSTERN_BIN", "")
 CONFIG = os.environ.get("POSTERN_CONFIG", "")
@@ -51,10 +54,45 @@ def run(cmd, check=True, input=None):
 
 
 def admin(*args, json_out=False):
-    """Runs `postern admin ARGS` against the suite's config; parsed JSON with json_out."""
+    """Runs `postern admin ARGS` against the suite's config; parsed JSON with json_out.
+    Returns once the running serve has applied the change (see wait_applied)."""
     cmd = [BIN, "admin", *args, "--config", CONFIG] + (["--json"] if json_out else [])
     out = run(cmd).stdout.decode()
+    wait_applied()
     return json.loads(out) if json_out else out
+
+
+def wait_applied(within=1.0):
+    """Waits until the running serve has applied every row of the event log, as
+    its `postern_event_log_position` metric shows; DESIGN gives a change made
+    with `postern admin` one second to take effect on a running node, so taking
+    longer fails. Without a running serve there is nothing to wait for."""
+    with open(CONFIG, "rb") as f:
+        config = tomllib.load(f)
+    url = config["store"]["url"]
+    if not url.startswith("sqlite:"):
+        raise AssertionError("the interop suites run on SQLite, not %s" % url)
+    path = url.split(":", 1)[1].lstrip("/").split("?", 1)[0]
+    with sqlite3.connect("file:/%s?mode=ro" % path, uri=True) as db:
+        last = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+    metrics = "http://%s/metrics" % config["web"]["listen"]
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(metrics, timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return  # no serve yet: it starts after every event already logged
+        position = 0
+        for line in text.splitlines():
+            if line.startswith("postern_event_log_position "):
+                position = float(line.split()[1])
+        if position >= last:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("serve applied event %d of %d only after %.1f s"
+                                 % (position, last, within))
+        time.sleep(0.02)
 
 
 def main(tests, needs_postern=True):
