@@ -179,3 +179,103 @@ async fn an_idle_session_is_closed_after_the_idle_timeout() {
     dropped_with(&mut idle, "Idle").await;
     still_alive(&mut busy).await;
 }
+
+const REFUSAL: &str = "a NO [AUTHENTICATIONFAILED] Authentication failed. If 2-Step Authentication is on for your account, sign in with an application password.\r\n";
+
+/// A login's tagged answer, and the connection (kept open when it succeeded).
+async fn try_login(
+    gateway: &Gateway,
+    user: &str,
+    password: &str,
+) -> (String, LineClient<TcpStream>) {
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    client
+        .send(format!("a LOGIN \"{user}\" \"{password}\"\r\n").as_bytes())
+        .await;
+    let reply = client.until("a ").await.concat();
+    (reply, client)
+}
+
+/// Waits (bounded) until `gateway` answers repeat logins from memory, so the
+/// tests below exercise the login cache and not only the store.
+async fn remembering(gateway: &Gateway) {
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !gateway.runtime.gate.remembers_logins() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "the event log was never read");
+}
+
+#[tokio::test]
+async fn a_device_let_in_moments_ago_is_refused_at_once_after_a_revocation_here() {
+    let (_fake, gateway) = setup().await;
+    gateway.enroll(ALICE).await;
+    let (phone_id, phone) = gateway.app_password(ALICE, "imap", None).await;
+    remembering(&gateway).await;
+    let mut first = session(&gateway, ALICE, &phone).await;
+    let mut second = session(&gateway, ALICE, &phone).await;
+
+    let user = gateway.store().ensure_user(ALICE).await.unwrap();
+    gateway
+        .store()
+        .revoke_app_password(user.id, phone_id, "test")
+        .await
+        .unwrap();
+    // No wait: the change was committed through this node.
+    let (reply, _) = try_login(&gateway, ALICE, &phone).await;
+    assert_eq!(reply, REFUSAL);
+    dropped_with(&mut first, "revoked").await;
+    dropped_with(&mut second, "revoked").await;
+}
+
+#[tokio::test]
+async fn a_change_on_another_node_reaches_the_logins_it_remembers_within_a_second() {
+    let (_fake, gateway) = setup().await;
+    let other = gateway.another_node().await;
+    gateway.enroll(ALICE).await;
+    let (phone_id, phone) = gateway.app_password(ALICE, "imap", None).await;
+    remembering(&other).await;
+    let mut before = session(&other, ALICE, &phone).await;
+    // Bob's primary password is remembered too, until his domain is forced.
+    let mut bob = session(&other, BOB, "bob-primary").await;
+
+    let user = gateway.store().ensure_user(ALICE).await.unwrap();
+    gateway
+        .store()
+        .revoke_app_password(user.id, phone_id, "test")
+        .await
+        .unwrap();
+    gateway
+        .store()
+        .set_domain_status("example.test", DomainStatus::Forced, None, "test")
+        .await
+        .unwrap();
+    let revoked_at = std::time::Instant::now();
+    // Logins on the other node may still pass until it reads the event log;
+    // each such session is dropped with the others.
+    let mut let_in = Vec::new();
+    for (user, password) in [(ALICE, phone.as_str()), (BOB, "bob-primary")] {
+        loop {
+            let (reply, client) = try_login(&other, user, password).await;
+            if reply == REFUSAL {
+                break;
+            }
+            assert!(reply.starts_with("a OK"), "{reply}");
+            let_in.push(client);
+            assert!(
+                revoked_at.elapsed() < std::time::Duration::from_secs(1),
+                "{user} still logs in on the other node after a second"
+            );
+        }
+    }
+    dropped_with(&mut before, "revoked").await;
+    dropped_with(&mut bob, "application password").await;
+    for mut client in let_in {
+        let line = client.line().await;
+        assert!(line.starts_with("* BYE [ALERT] "), "{line:?}");
+        assert!(client.closed().await);
+    }
+}
