@@ -1293,7 +1293,7 @@ async fn recovery_e_mail_codes_expire_work_once_and_are_limited() {
 #[tokio::test]
 async fn a_batch_of_audit_rows_is_written_whole_across_statements() {
     on_each_db!(|s| {
-        // 300 rows: three INSERT statements of up to 128 rows, in one transaction.
+        // 300 rows: ten INSERT statements of up to 32 rows, in one transaction.
         let rows: Vec<NewAudit> = (0..300)
             .map(|n| NewAudit {
                 actor: "mail-client".into(),

@@ -6,13 +6,10 @@
 //! continuation). The login is sent under the client's own tag, so the server's
 //! tagged OK (often carrying `[CAPABILITY ...]`) is handed to the client verbatim.
 
-use imap_codec::fragmentizer::FragmentInfo;
-
-use super::framer::Framer;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep, log_safe};
 
-/// Cap on one upstream response line during login.
-const MAX_RESPONSE: u32 = 64 * 1024;
+/// Cap on one upstream response (a line with its literals) during login.
+const MAX_RESPONSE: usize = 64 * 1024;
 
 enum State {
     Greeting,
@@ -30,7 +27,7 @@ pub struct ImapUpstreamLogin {
     request: UpstreamRequest,
     /// The client's tag, reused for the login command.
     tag: String,
-    framer: Framer,
+    responses: Responses,
     state: State,
     sasl_ir: bool,
 }
@@ -40,14 +37,14 @@ impl ImapUpstreamLogin {
         Self {
             request,
             tag: client_tag.to_owned(),
-            framer: Framer::new(MAX_RESPONSE),
+            responses: Responses::default(),
             state: State::Greeting,
             sasl_ir: false,
         }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.framer.push(bytes);
+        self.responses.push(bytes);
     }
 
     /// The next step; `None` when the core needs more upstream bytes.
@@ -62,15 +59,9 @@ impl ImapUpstreamLogin {
             if matches!(self.state, State::Finished) {
                 return None;
             }
-            let fragment = self.framer.progress()?;
-            if !matches!(fragment, FragmentInfo::Line { .. }) || !self.framer.is_message_complete()
-            {
-                continue;
-            }
-            if self.framer.is_too_long() {
+            let Ok(line) = self.responses.next()? else {
                 return Some(self.fail("response line too long".into()));
-            }
-            let line = self.framer.message().to_vec();
+            };
             if let Some(step) = self.on_line(&line) {
                 return Some(step);
             }
@@ -134,7 +125,7 @@ impl ImapUpstreamLogin {
                     self.state = State::AfterTls;
                     // Nothing received in plain text may be read as if it came
                     // through TLS.
-                    self.framer = Framer::new(MAX_RESPONSE);
+                    self.responses = Responses::default();
                     return Some(UpstreamStep::StartTls);
                 }
                 Some(self.fail(format!("STARTTLS refused: {}", log_safe(line))))
@@ -164,8 +155,7 @@ impl ImapUpstreamLogin {
                 self.state = State::Finished;
                 let status = &line[self.tag.len() + 1..];
                 if status.len() >= 2 && status[..2].eq_ignore_ascii_case(b"OK") {
-                    let leftover =
-                        std::mem::replace(&mut self.framer, Framer::new(0)).into_unconsumed();
+                    let leftover = std::mem::take(&mut self.responses).into_unconsumed();
                     Some(UpstreamStep::LoggedIn {
                         client_reply: line.to_vec(),
                         leftover,
@@ -187,6 +177,74 @@ impl ImapUpstreamLogin {
             State::AfterTls | State::Finished => None,
         }
     }
+}
+
+/// The server's responses, one whole message at a time: a line, or a line
+/// ending in a literal announcement (`{N}`, RFC 9051 §4.3) with its N bytes and
+/// the line after them, and so on. A message may take [`MAX_RESPONSE`] bytes.
+///
+/// The client's commands go through imap-codec's fragmentizer; this side only
+/// reads a handful of short responses from the configured server per login, so
+/// it is framed here without copying each byte twice.
+#[derive(Default)]
+struct Responses {
+    buf: Vec<u8>,
+    /// Where the current message's next line starts in `buf` (past its literals
+    /// so far); may lie beyond `buf` while a literal is still arriving.
+    scan: usize,
+}
+
+/// A response exceeded [`MAX_RESPONSE`].
+struct TooLong;
+
+impl Responses {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message; `None` until more bytes arrive.
+    fn next(&mut self) -> Option<Result<Vec<u8>, TooLong>> {
+        loop {
+            if self.scan > MAX_RESPONSE {
+                return Some(Err(TooLong));
+            }
+            let rest = self.buf.get(self.scan..)?;
+            let Some(newline) = rest.iter().position(|b| *b == b'\n') else {
+                return (self.buf.len() > MAX_RESPONSE).then_some(Err(TooLong));
+            };
+            let end = self.scan + newline + 1;
+            if end > MAX_RESPONSE {
+                return Some(Err(TooLong));
+            }
+            match literal_announced(&self.buf[self.scan..end]) {
+                Some(size) => self.scan = end.saturating_add(size),
+                None => {
+                    self.scan = 0;
+                    return Some(Ok(self.buf.drain(..end).collect()));
+                }
+            }
+        }
+    }
+
+    /// What arrived after the last message handed out.
+    fn into_unconsumed(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// The size N of a literal a line announces at its end (`{N}` or `{N+}` before
+/// CRLF).
+fn literal_announced(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|b| *b == b'{')?;
+    let digits = &inner[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// `TAG SP STATUS` at the start of a line (case-insensitive status).
@@ -273,6 +331,56 @@ mod tests {
         assert_eq!(core.next_step(), Some(UpstreamStep::StartTls));
         assert!(sent(core.next_step()).ends_with("a AUTHENTICATE PLAIN\r\n"));
         assert_eq!(core.next_step(), None);
+    }
+
+    #[test]
+    fn responses_with_literals_arrive_whole_in_any_chunks() {
+        let input: &[u8] = b"* OK [CAPABILITY IMAP4rev1 SASL-IR] hi\r\n\
+            * ID (\"name\" {7}\r\nDove\ncot \"os\" {3+}\r\nx}\n)\r\n\
+            p1 OK ID completed.\r\n\
+            a1 OK [CAPABILITY IMAP4rev1] Logged in\r\n* 1 EXISTS";
+        for chunk in 1..=input.len() {
+            let mut responses = Responses::default();
+            let mut got = Vec::new();
+            for piece in input.chunks(chunk) {
+                responses.push(piece);
+                while let Some(message) = responses.next() {
+                    got.push(message.ok().expect("within the cap"));
+                }
+            }
+            let got: Vec<&[u8]> = got.iter().map(Vec::as_slice).collect();
+            assert_eq!(
+                got,
+                [
+                    &b"* OK [CAPABILITY IMAP4rev1 SASL-IR] hi\r\n"[..],
+                    b"* ID (\"name\" {7}\r\nDove\ncot \"os\" {3+}\r\nx}\n)\r\n",
+                    b"p1 OK ID completed.\r\n",
+                    b"a1 OK [CAPABILITY IMAP4rev1] Logged in\r\n",
+                ],
+                "chunk size {chunk}"
+            );
+            assert_eq!(responses.into_unconsumed(), b"* 1 EXISTS");
+        }
+    }
+
+    #[test]
+    fn an_endless_line_or_literal_is_too_long_without_buffering_more() {
+        let mut responses = Responses::default();
+        responses.push(&vec![b'x'; MAX_RESPONSE + 1]);
+        assert!(matches!(responses.next(), Some(Err(TooLong))));
+
+        let mut responses = Responses::default();
+        responses.push(b"* ID (\"name\" {4294967295}\r\n");
+        assert!(matches!(responses.next(), Some(Err(TooLong))));
+
+        let mut core = ImapUpstreamLogin::new(request(false), "a");
+        core.feed(b"* OK [CAPABILITY SASL-IR] x\r\n");
+        sent(core.next_step());
+        core.feed(b"* ID ({99999999}\r\n");
+        assert!(matches!(
+            core.next_step(),
+            Some(UpstreamStep::Failed { .. })
+        ));
     }
 
     #[test]
