@@ -109,7 +109,8 @@ async fn pre_login<H: ProtocolHandler>(
     handler.prepare(ctx).await;
     let mut core = handler.client_core(core_options(ctx, client.is_tls()));
     client.write_all(&core.greeting()).await?;
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Read into spare capacity: nothing to zero per connection.
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         while let Some(action) = core.next_action() {
             match action {
@@ -174,7 +175,8 @@ async fn pre_login<H: ProtocolHandler>(
                 },
             }
         }
-        let n = match timeout_at(deadline, client.read(&mut buf)).await {
+        buf.clear();
+        let n = match timeout_at(deadline, client.read_buf(&mut buf)).await {
             Ok(read) => read?,
             Err(_) => {
                 let _ = client.write_all(&handler.timeout_goodbye()).await;
@@ -412,7 +414,7 @@ pub(super) async fn upstream_login<U: UpstreamCore>(
         }
         UpstreamTls::None | UpstreamTls::Starttls => MaybeTls::Plain(tcp),
     };
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         while let Some(step) = core.next_step() {
             match step {
@@ -437,7 +439,8 @@ pub(super) async fn upstream_login<U: UpstreamCore>(
                 UpstreamStep::Failed { detail } => return Ok(UpstreamOutcome::Failed(detail)),
             }
         }
-        let n = stream.read(&mut buf).await?;
+        buf.clear();
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Ok(UpstreamOutcome::Failed(
                 "upstream closed the connection".into(),
