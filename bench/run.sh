@@ -305,6 +305,10 @@ run_target() {   # NAME PLAIN TLS WARM COLD FETCH USERS
     a1=$( [ "$name" = nginx ] && cpu_ticks "$AUTH_PID" || echo 0 )
     ok=$(val ok "$line")
     R[$name.warm]=$(val rate "$line"); R[$name.warm_err]=$(val errors "$line")
+    # How many of postern's logins so far were answered from its login cache.
+    [ "$name" = postern ] && log "postern: $(python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen("http://'"$POSTERN_WEB"'/metrics", timeout=5).read().decode()
+print(" ".join(l for l in text.splitlines() if l.startswith("postern_login_cache_total")))' || echo 'login cache figures unavailable')"
     [ -n "$pids" ] && R[$name.cpu_warm]=$(awk -v t=$(( (c1 - c0) * TICK_MS )) -v n="$ok" 'BEGIN{printf "%.3f", n ? t/n : 0}')
     # nginx cannot log in without an auth_http service: the stub's CPU, separately.
     [ "$name" = nginx ] && R[$name.cpu_warm_auth]=$(awk -v t=$(( (a1 - a0) * TICK_MS )) -v n="$ok" 'BEGIN{printf "%.3f", n ? t/n : 0}')

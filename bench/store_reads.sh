@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Where a warm login's CPU goes: postern's CPU per warm login (4 clients, 5 s,
 # twice) for three kinds of login that differ only in the store reads the gate
-# makes before the same upstream login:
+# would make before the same upstream login:
 #   c0  a name that is no address ("nodomain"): no store read;
 #   c1  a primary password in a domain postern does not manage: one read
 #       (user and domain);
 #   c2  an app password (cached Argon2 result): two reads (user and domain,
 #       then the app-password row).
+# Since the login cache (src/gate/cache.rs), c1 and c2 read the store on the
+# first login of each device only; the three lines show what remains of the
+# difference (nothing, within noise, on the machine of BENCHMARKS.md).
 # Needs the release binaries (bench/run.sh builds them) and a certificate pair in
 # target/bench (bench/run.sh makes one). Ports: Dovecot 12901-12904, postern
 # 12910 (web 12912).

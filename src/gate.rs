@@ -249,8 +249,12 @@ impl Gate {
         };
         // `Some(changes)` when read from the store now (and so worth remembering).
         let (context, read_after) = match self.cache.get(&key, self.store.changes_seen()) {
-            Some(context) => (context, None),
+            Some(context) => {
+                metrics::counter!(crate::metrics::LOGIN_CACHE, "result" => "hit").increment(1);
+                (context, None)
+            }
             None => {
+                metrics::counter!(crate::metrics::LOGIN_CACHE, "result" => "miss").increment(1);
                 let changes = self.store.changes_seen();
                 match self.read_context(&key).await {
                     Ok(context) => (context, Some(changes)),

@@ -25,6 +25,9 @@ pub const PENALTY_SECONDS: &str = "postern_login_penalty_seconds_total";
 pub const ARGON2_QUEUE: &str = "postern_argon2_queue_depth";
 /// Seconds between the last applied event's `at` and when this node applied it.
 pub const EVENT_LAG_SECONDS: &str = "postern_event_lag_seconds";
+/// Mail logins answered from the login cache (`result` = `hit`) or read from
+/// the store (`miss`).
+pub const LOGIN_CACHE: &str = "postern_login_cache_total";
 /// Id of the last event-log row this node has applied (a change made elsewhere
 /// is in force on this node, for new logins and live sessions, once this
 /// reaches its id).
@@ -92,6 +95,11 @@ fn describe() {
         "Login penalty delay applied"
     );
     describe_gauge!(ARGON2_QUEUE, "Argon2 verifications waiting for a permit");
+    describe_counter!(LOGIN_CACHE, "Mail logins answered from memory or the store");
+    describe_gauge!(
+        EVENT_LOG_POSITION,
+        "Id of the last event-log row this node applied"
+    );
     describe_gauge!(
         EVENT_LAG_SECONDS,
         Unit::Seconds,
