@@ -72,7 +72,10 @@ pub struct LoginCache {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<CacheKey, Entry>,
+    /// By address, then by credential: a user's entries go at once.
+    entries: HashMap<String, HashMap<Option<String>, Entry>>,
+    /// Entries in `entries`, all users together.
+    count: usize,
     /// When the last successful event-log read began.
     confirmed: Option<Instant>,
 }
@@ -92,7 +95,7 @@ impl LoginCache {
         if !inner.fresh() {
             return None;
         }
-        let entry = inner.entries.get(key)?;
+        let entry = inner.entries.get(&key.address)?.get(&key.lookup)?;
         (entry.changes == changes && entry.filled.elapsed() < ENTRY_TTL)
             .then(|| entry.context.clone())
     }
@@ -103,25 +106,31 @@ impl LoginCache {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if inner.entries.len() >= CAPACITY {
+        if inner.count >= CAPACITY {
             inner.entries.clear();
+            inner.count = 0;
         }
-        inner.entries.insert(
-            key,
-            Entry {
-                context,
-                changes,
-                filled: Instant::now(),
-            },
-        );
+        let entry = Entry {
+            context,
+            changes,
+            filled: Instant::now(),
+        };
+        let replaced = inner
+            .entries
+            .entry(key.address)
+            .or_default()
+            .insert(key.lookup, entry);
+        if replaced.is_none() {
+            inner.count += 1;
+        }
     }
 
     /// Drops every entry of `address` (a failed login counted).
     pub fn forget_user(&self, address: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner
-                .entries
-                .retain(|key, _| !key.address.eq_ignore_ascii_case(address));
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(gone) = inner.entries.remove(&address.to_ascii_lowercase())
+        {
+            inner.count -= gone.len();
         }
     }
 
@@ -137,6 +146,7 @@ impl LoginCache {
         if let Ok(mut inner) = self.inner.lock() {
             inner.confirmed = None;
             inner.entries.clear();
+            inner.count = 0;
         }
     }
 

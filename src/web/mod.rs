@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::app::Runtime;
 use crate::config::{Config, ProtocolSettings};
 use crate::credentials::InstanceKey;
+use crate::gate::Gate;
 use crate::net::tls;
 use crate::penalty::Penalties;
 use crate::policy::Protocol;
@@ -52,6 +53,9 @@ pub struct WebState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
+    /// The mail login gate: failed web logins are counted through it, so its
+    /// login cache forgets the account too.
+    pub gate: Gate,
     pub key: InstanceKey,
     /// Where primary passwords are checked; `None`: no `[imap]` section, so no
     /// user can log in to the web UI (system administrators still can).
@@ -112,6 +116,7 @@ impl WebState {
         }
         Ok(Self::new(Inner {
             store: runtime.store.clone(),
+            gate: runtime.gate.clone(),
             key: runtime.gate.key().clone(),
             imap: config.protocol(Protocol::Imap).transpose()?,
             connector: tls::upstream_connector(&config.upstream_auth.ca_file)?,

@@ -156,13 +156,8 @@ pub async fn password_step(
         WebError::Upstream
     })?;
     if !right {
-        if state.penalties.failed(ip, attempt)
-            && let Err(err) = state
-                .store
-                .count_login_failure(&address, now, penalty::forget_failures_before(now))
-                .await
-        {
-            warn!(user = %address, error = %err, "web login: could not count a failed login");
+        if state.penalties.failed(ip, attempt) {
+            state.gate.count_login_failure(&address, now).await;
         }
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "upstream-refused");
         return Ok(PasswordOutcome::Wrong);
