@@ -79,7 +79,13 @@ impl Runtime {
             warn!(error = %err, "could not clear this node's stale sessions");
         }
         Ok(Self {
-            gate: Gate::new(store.clone(), key, verifier, master),
+            gate: Gate::new(
+                store.clone(),
+                key,
+                verifier,
+                master,
+                std::time::Duration::from_secs(config.limits.login_cache_secs),
+            ),
             tls: server_tls,
             registry: SessionRegistry::new(node, Some(store.clone())),
             limiter: ConnectionLimiter::new(

@@ -379,6 +379,10 @@ pub struct LimitsConfig {
     /// decides (with its own failure delay) take the same time (0: off).
     #[serde(default = "default_refusal_floor")]
     pub refusal_floor_ms: u64,
+    /// Seconds a device's successful login is remembered, so its next
+    /// connections skip the database (0: off; every login reads the store).
+    #[serde(default = "default_login_cache")]
+    pub login_cache_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -394,10 +398,14 @@ impl Default for LimitsConfig {
             argon2_parallelism: default_argon2(),
             drain_secs: default_drain(),
             refusal_floor_ms: default_refusal_floor(),
+            login_cache_secs: default_login_cache(),
         }
     }
 }
 
+fn default_login_cache() -> u64 {
+    30
+}
 fn default_max_line() -> usize {
     8192
 }

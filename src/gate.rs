@@ -207,11 +207,14 @@ type LastUse = (i64, IpAddr, Protocol);
 pub const LAST_USE_RESOLUTION: i64 = 60;
 
 impl Gate {
+    /// `login_cache`: how long a device's successful login is remembered
+    /// (zero: not at all; see [`cache`]).
     pub fn new(
         store: Store,
         key: InstanceKey,
         verifier: AppPasswordVerifier,
         master: Option<MasterAccount>,
+        login_cache: std::time::Duration,
     ) -> Self {
         Self {
             store,
@@ -220,7 +223,7 @@ impl Gate {
             master,
             last_use: Default::default(),
             audit: AuditQueue::new(),
-            cache: Default::default(),
+            cache: std::sync::Arc::new(LoginCache::new(login_cache)),
         }
     }
 

@@ -279,3 +279,35 @@ async fn a_change_on_another_node_reaches_the_logins_it_remembers_within_a_secon
         assert!(client.closed().await);
     }
 }
+
+#[tokio::test]
+async fn with_the_login_cache_off_a_change_on_another_node_refuses_the_next_login_there() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
+    let gateway = Gateway::start_with(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "",
+        None,
+        |config| config.limits.login_cache_secs = 0,
+    )
+    .await;
+    gateway.domain("example.test", DomainStatus::Enabled).await;
+    let other = gateway.another_node().await;
+    gateway.enroll(ALICE).await;
+    let (phone_id, phone) = gateway.app_password(ALICE, "imap", None).await;
+    remembering(&other).await;
+    let mut before = session(&other, ALICE, &phone).await;
+    let _again = session(&other, ALICE, &phone).await;
+
+    let user = gateway.store().ensure_user(ALICE).await.unwrap();
+    gateway
+        .store()
+        .revoke_app_password(user.id, phone_id, "test")
+        .await
+        .unwrap();
+    // No wait, though the other node has not read the event log yet: it asks
+    // the store on every login.
+    let (reply, _) = try_login(&other, ALICE, &phone).await;
+    assert_eq!(reply, REFUSAL);
+    dropped_with(&mut before, "revoked").await;
+}

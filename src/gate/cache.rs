@@ -23,8 +23,9 @@
 //! within one second). Only logins that ended in [`super::Verdict::Proceed`]
 //! are remembered; refusals always read the store. Failed logins counted on this
 //! node forget the user's entries, so the account block is never skipped here;
-//! a block counted on another node reaches this node's cached devices within
-//! [`ENTRY_TTL`].
+//! a block counted on another node reaches this node's cached devices when
+//! their entries end (`[limits] login_cache_secs`, 30 s by default; 0 turns
+//! the cache off).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,8 +35,6 @@ use std::time::{Duration, Instant};
 use crate::store::Store;
 use crate::store::{AppPasswordRecord, DomainRecord, UserRecord};
 
-/// How long an entry lives at most, whatever the event log says.
-pub const ENTRY_TTL: Duration = Duration::from_secs(30);
 /// How recent the last successful event-log read must be for entries to count
 /// (the tail reads every 200 ms).
 pub const FRESHNESS: Duration = Duration::from_millis(600);
@@ -65,9 +64,11 @@ struct Entry {
     filled: Instant,
 }
 
-#[derive(Default)]
 pub struct LoginCache {
     inner: Mutex<Inner>,
+    /// How long an entry lives at most, whatever the event log says (zero:
+    /// nothing is remembered).
+    ttl: Duration,
 }
 
 #[derive(Default)]
@@ -88,6 +89,13 @@ impl Inner {
 }
 
 impl LoginCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            ttl,
+        }
+    }
+
     /// The context for `key`, if an entry is still valid now that
     /// [`Store::changes_seen`] is `changes`.
     pub fn get(&self, key: &CacheKey, changes: u64) -> Option<LoginContext> {
@@ -96,13 +104,16 @@ impl LoginCache {
             return None;
         }
         let entry = inner.entries.get(&key.address)?.get(&key.lookup)?;
-        (entry.changes == changes && entry.filled.elapsed() < ENTRY_TTL)
+        (entry.changes == changes && entry.filled.elapsed() < self.ttl)
             .then(|| entry.context.clone())
     }
 
     /// Remembers a context read from the store after [`Store::changes_seen`]
     /// returned `changes`.
     pub fn put(&self, key: CacheKey, context: LoginContext, changes: u64) {
+        if self.ttl.is_zero() {
+            return;
+        }
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
@@ -194,7 +205,7 @@ mod tests {
 
     #[test]
     fn an_entry_counts_only_while_the_log_was_read_recently_and_nothing_changed() {
-        let cache = LoginCache::default();
+        let cache = LoginCache::new(Duration::from_secs(30));
         cache.put(key("alice@example.test"), context(), 3);
         assert!(
             cache.get(&key("alice@example.test"), 3).is_none(),
@@ -227,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_read_older_than_the_freshness_window_does_not_count() {
-        let cache = LoginCache::default();
+        let cache = LoginCache::new(Duration::from_secs(30));
         cache.put(key("alice@example.test"), context(), 0);
         let Some(long_ago) = Instant::now().checked_sub(FRESHNESS * 2) else {
             return; // a clock this close to its origin cannot hold the case
@@ -240,8 +251,16 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_lifetime_remembers_nothing() {
+        let cache = LoginCache::new(Duration::ZERO);
+        cache.confirm(Instant::now());
+        cache.put(key("alice@example.test"), context(), 0);
+        assert!(cache.get(&key("alice@example.test"), 0).is_none());
+    }
+
+    #[test]
     fn forgetting_a_user_drops_all_their_entries_only() {
-        let cache = LoginCache::default();
+        let cache = LoginCache::new(Duration::from_secs(30));
         cache.confirm(Instant::now());
         cache.put(key("alice@example.test"), context(), 0);
         cache.put(
