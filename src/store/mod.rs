@@ -117,8 +117,8 @@ pub struct Store {
     /// Changes seen by this process that can alter a login's outcome: bumped
     /// after each commit through this handle (or its clones) that appended an
     /// event or created an app password, and by the event-log tail for every
-    /// event it applies. Memory derived from stored
-    /// state (the gate's login cache) is valid only while this is unchanged.
+    /// event it applies. Memory derived from stored state (the gate's login
+    /// cache) is valid only while this is unchanged.
     changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 

@@ -62,11 +62,12 @@ def admin(*args, json_out=False):
     return json.loads(out) if json_out else out
 
 
-def wait_applied(within=1.0):
+def wait_applied(within=3.0):
     """Waits until the running serve has applied every row of the event log, as
-    its `postern_event_log_position` metric shows; DESIGN gives a change made
-    with `postern admin` one second to take effect on a running node, so taking
-    longer fails. Without a running serve there is nothing to wait for."""
+    its `postern_event_log_position` metric shows. DESIGN gives a change made
+    with `postern admin` one second to take effect on a running node (it polls
+    every 200 ms); past 3 s, which leaves room for a loaded machine, this fails.
+    Without a running serve there is nothing to wait for."""
     with open(CONFIG, "rb") as f:
         config = tomllib.load(f)
     url = config["store"]["url"]
