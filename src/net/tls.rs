@@ -64,6 +64,12 @@ pub fn install_provider() {
 
 /// Generates a self-signed pair for `localhost`/127.0.0.1/::1 if neither file
 /// exists. Returns whether it did (the caller warns).
+///
+/// Several processes may start at once on the same paths (nodes sharing a
+/// folder): each file is written under a temporary name, then linked into
+/// place, which fails when the name exists. The process that links the key
+/// first writes the pair; the others wait for its certificate and use it, so
+/// no process fails and no pair is ever mixed from two.
 pub fn ensure_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
     if cert.exists() || key.exists() {
         return Ok(false);
@@ -74,32 +80,95 @@ pub fn ensure_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
         "::1".to_owned(),
     ];
     let generated = rcgen::generate_simple_self_signed(names)?;
-    for (path, text, private) in [
-        (cert, generated.cert.pem(), false),
-        (key, generated.signing_key.serialize_pem(), true),
-    ] {
-        let write = |source| TlsError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(write)?;
+    let key_tmp = write_temporary(key, &generated.signing_key.serialize_pem(), true)?;
+    let cert_tmp = match write_temporary(cert, &generated.cert.pem(), false) {
+        Ok(path) => path,
+        Err(err) => {
+            let _ = std::fs::remove_file(&key_tmp);
+            return Err(err);
         }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        if private {
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    };
+    let remove_temporaries = || {
+        let _ = std::fs::remove_file(&key_tmp);
+        let _ = std::fs::remove_file(&cert_tmp);
+    };
+    match std::fs::hard_link(&key_tmp, key) {
+        Ok(()) => {
+            let linked = std::fs::hard_link(&cert_tmp, cert);
+            remove_temporaries();
+            linked.map_err(|source| TlsError::Write {
+                path: cert.display().to_string(),
+                source,
+            })?;
+            Ok(true)
         }
-        #[cfg(not(unix))]
-        let _ = private;
-        use std::io::Write;
-        options
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(write)?;
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another process claimed the key first: use its pair.
+            remove_temporaries();
+            wait_for_certificate(cert)?;
+            Ok(false)
+        }
+        Err(source) => {
+            remove_temporaries();
+            Err(TlsError::Write {
+                path: key.display().to_string(),
+                source,
+            })
+        }
     }
-    Ok(true)
+}
+
+/// How long a process that lost the race waits for the winner's certificate.
+const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (bounded) until another process has linked its certificate into place.
+fn wait_for_certificate(cert: &Path) -> Result<(), TlsError> {
+    let deadline = std::time::Instant::now() + CERTIFICATE_WAIT;
+    while !cert.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(TlsError::Write {
+                path: cert.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "another process generated the key but no certificate appeared",
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Writes `text` to a new file next to `path` and returns its name.
+fn write_temporary(path: &Path, text: &str, private: bool) -> Result<std::path::PathBuf, TlsError> {
+    let write = |source| TlsError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(write)?;
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(
+        ".tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let temporary = std::path::PathBuf::from(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    use std::io::Write;
+    options
+        .open(&temporary)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(write)?;
+    Ok(temporary)
 }
 
 fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -210,6 +279,34 @@ mod tests {
         let tls = ServerTls::load(&cert, &key).unwrap();
         tls.reload().unwrap();
         assert!(upstream_connector(cert.to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn processes_starting_at_once_share_one_generated_pair() {
+        install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("p.crt"), dir.path().join("p.key"));
+        let barrier = std::sync::Barrier::new(8);
+        let generated: Vec<bool> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        ensure_certificate(&cert, &key).unwrap()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        // Exactly one writes the pair; the others use it (none fails).
+        assert_eq!(generated.iter().filter(|g| **g).count(), 1, "{generated:?}");
+        // rustls refuses a key that does not match the certificate.
+        ServerTls::load(&cert, &key).unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
     }
 
     #[test]
