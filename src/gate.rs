@@ -32,8 +32,7 @@ use crate::store::{NewAudit, Store, StoreError, normalize_address};
 
 mod cache;
 
-use cache::LoginCache;
-pub use cache::{CacheKey, LoginContext};
+use cache::{CacheKey, LoginCache, LoginContext};
 
 /// The master account postern uses for app-password logins.
 #[derive(Clone, Debug)]

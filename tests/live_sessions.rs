@@ -12,24 +12,50 @@ const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";
 
 async fn setup() -> (FakeImap, Gateway) {
+    setup_with(|_| {}).await
+}
+
+/// Like [`setup`], with a last change to the configuration.
+async fn setup_with(change: impl FnOnce(&mut postern::config::Config)) -> (FakeImap, Gateway) {
     let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
-    let gateway = Gateway::start_imap(fake.addr, "allow_plaintext_auth = true").await;
+    let gateway =
+        Gateway::start_with(fake.addr, "allow_plaintext_auth = true", "", None, change).await;
     gateway.domain("example.test", DomainStatus::Enabled).await;
     (fake, gateway)
 }
 
 async fn session(gateway: &Gateway, user: &str, password: &str) -> LineClient<TcpStream> {
+    let (reply, mut client) = try_login(gateway, user, password).await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    // A round trip through the relay: the session is registered by now.
+    client.send(b"b NOOP\r\n").await;
+    client.until("b OK").await;
+    client
+}
+
+/// A login's tagged answer, and the connection (kept open when it succeeded).
+async fn try_login(
+    gateway: &Gateway,
+    user: &str,
+    password: &str,
+) -> (String, LineClient<TcpStream>) {
     let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
     client.line().await;
     client
         .send(format!("a LOGIN \"{user}\" \"{password}\"\r\n").as_bytes())
         .await;
     let reply = client.until("a ").await.concat();
-    assert!(reply.starts_with("a OK"), "{reply}");
-    // A round trip through the relay: the session is registered by now.
-    client.send(b"b NOOP\r\n").await;
-    client.until("b OK").await;
-    client
+    (reply, client)
+}
+
+/// Revokes one of `user`'s app passwords through `gateway`'s store.
+async fn revoke(gateway: &Gateway, user: &str, id: i64) {
+    let record = gateway.store().ensure_user(user).await.unwrap();
+    gateway
+        .store()
+        .revoke_app_password(record.id, id, "test")
+        .await
+        .unwrap();
 }
 
 /// The next line is a BYE carrying `why`, then the connection closes.
@@ -73,12 +99,7 @@ async fn revoking_one_app_password_drops_only_its_sessions() {
     let mut on_phone = session(&gateway, ALICE, &phone).await;
     let mut on_laptop = session(&gateway, ALICE, &laptop).await;
 
-    let user = gateway.store().ensure_user(ALICE).await.unwrap();
-    gateway
-        .store()
-        .revoke_app_password(user.id, phone_id, "test")
-        .await
-        .unwrap();
+    revoke(&gateway, ALICE, phone_id).await;
     dropped_with(&mut on_phone, "revoked").await;
     still_alive(&mut on_laptop).await;
 }
@@ -182,21 +203,6 @@ async fn an_idle_session_is_closed_after_the_idle_timeout() {
 
 const REFUSAL: &str = "a NO [AUTHENTICATIONFAILED] Authentication failed. If 2-Step Authentication is on for your account, sign in with an application password.\r\n";
 
-/// A login's tagged answer, and the connection (kept open when it succeeded).
-async fn try_login(
-    gateway: &Gateway,
-    user: &str,
-    password: &str,
-) -> (String, LineClient<TcpStream>) {
-    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
-    client.line().await;
-    client
-        .send(format!("a LOGIN \"{user}\" \"{password}\"\r\n").as_bytes())
-        .await;
-    let reply = client.until("a ").await.concat();
-    (reply, client)
-}
-
 /// Waits (bounded) until `gateway` answers repeat logins from memory, so the
 /// tests below exercise the login cache and not only the store.
 async fn remembering(gateway: &Gateway) {
@@ -218,12 +224,7 @@ async fn a_device_let_in_moments_ago_is_refused_at_once_after_a_revocation_here(
     let mut first = session(&gateway, ALICE, &phone).await;
     let mut second = session(&gateway, ALICE, &phone).await;
 
-    let user = gateway.store().ensure_user(ALICE).await.unwrap();
-    gateway
-        .store()
-        .revoke_app_password(user.id, phone_id, "test")
-        .await
-        .unwrap();
+    revoke(&gateway, ALICE, phone_id).await;
     // No wait: the change was committed through this node.
     let (reply, _) = try_login(&gateway, ALICE, &phone).await;
     assert_eq!(reply, REFUSAL);
@@ -242,12 +243,7 @@ async fn a_change_on_another_node_reaches_the_logins_it_remembers_at_its_next_ev
     // Bob's primary password is remembered too, until his domain is forced.
     let mut bob = session(&other, BOB, "bob-primary").await;
 
-    let user = gateway.store().ensure_user(ALICE).await.unwrap();
-    gateway
-        .store()
-        .revoke_app_password(user.id, phone_id, "test")
-        .await
-        .unwrap();
+    revoke(&gateway, ALICE, phone_id).await;
     gateway
         .store()
         .set_domain_status("example.test", DomainStatus::Forced, None, "test")
@@ -285,16 +281,7 @@ async fn a_change_on_another_node_reaches_the_logins_it_remembers_at_its_next_ev
 
 #[tokio::test]
 async fn with_the_login_cache_off_a_change_on_another_node_refuses_the_next_login_there() {
-    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
-    let gateway = Gateway::start_with(
-        fake.addr,
-        "allow_plaintext_auth = true",
-        "",
-        None,
-        |config| config.limits.login_cache_secs = 0,
-    )
-    .await;
-    gateway.domain("example.test", DomainStatus::Enabled).await;
+    let (_fake, gateway) = setup_with(|config| config.limits.login_cache_secs = 0).await;
     let other = gateway.another_node().await;
     gateway.enroll(ALICE).await;
     let (phone_id, phone) = gateway.app_password(ALICE, "imap", None).await;
@@ -302,12 +289,7 @@ async fn with_the_login_cache_off_a_change_on_another_node_refuses_the_next_logi
     let mut before = session(&other, ALICE, &phone).await;
     let _again = session(&other, ALICE, &phone).await;
 
-    let user = gateway.store().ensure_user(ALICE).await.unwrap();
-    gateway
-        .store()
-        .revoke_app_password(user.id, phone_id, "test")
-        .await
-        .unwrap();
+    revoke(&gateway, ALICE, phone_id).await;
     // No wait, though the other node has not read the event log yet: it asks
     // the store on every login.
     let (reply, _) = try_login(&other, ALICE, &phone).await;

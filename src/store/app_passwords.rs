@@ -124,8 +124,7 @@ impl Store {
             None,
         )
         .await?;
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(id)
     }
 
@@ -220,8 +219,7 @@ impl Store {
             Some(id),
         )
         .await?;
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(())
     }
 

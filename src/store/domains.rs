@@ -120,8 +120,7 @@ impl Store {
             None,
         )
         .await?;
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(())
     }
 
@@ -161,8 +160,7 @@ impl Store {
             None,
         )
         .await?;
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(())
     }
 

@@ -167,8 +167,7 @@ impl Store {
             app_password_id,
         )
         .await?;
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(id)
     }
 

@@ -126,8 +126,7 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(id)
     }
 
@@ -173,8 +172,7 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(())
     }
 

@@ -183,6 +183,15 @@ impl Store {
             Backend::Postgres => self.pool.begin().await?,
         })
     }
+
+    /// Commits a transaction that can alter a login's outcome (it appended an
+    /// event or created an app password), then records the change
+    /// ([`Store::note_change`]).
+    async fn commit_change(&self, tx: Transaction<'static, Any>) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.note_change();
+        Ok(())
+    }
 }
 
 async fn connect_sqlite(url: &str) -> Result<AnyPool, StoreError> {

@@ -281,8 +281,7 @@ impl Store {
         };
         insert_audit(&mut tx, actor, action, &address, "", None).await?;
         insert_event(&mut tx, self.backend, kind, None, Some(&address), None).await?;
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(())
     }
 
@@ -322,8 +321,7 @@ impl Store {
             None,
         )
         .await?;
-        tx.commit().await?;
-        self.note_change();
+        self.commit_change(tx).await?;
         Ok(())
     }
 }
