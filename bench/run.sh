@@ -6,6 +6,8 @@
 #   BENCH_CALLGRIND=200 ...           also count instructions per warm login
 #                                     (valgrind callgrind, postern and nginx)
 #   BENCH_TARGETS="postern" ...       measure only some columns
+#   BENCH_WORKER_THREADS=1 ...        postern's [limits] worker_threads (default:
+#                                     one per CPU, like nginx's workers here)
 #
 # Starts a private Dovecot (tests/interop/dovecot.sh) with a 10 MB message in
 # alice's INBOX and BENCH users b0001..bNNNN@example.test; postern (release build,
@@ -195,6 +197,7 @@ ca_file = "$DOVECOT_DIR/cert.pem"
 trusted_networks = ["127.0.0.0/8"]
 max_connections_per_ip = 100000
 max_connections = 100000
+${BENCH_WORKER_THREADS:+worker_threads = $BENCH_WORKER_THREADS}
 TOML
 "${PADMIN[@]}" domain add example.test >/dev/null
 "${PADMIN[@]}" domain feature example.test on >/dev/null
@@ -439,7 +442,7 @@ row() {   # LABEL KEY
     printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "${d:--}" "${n:--}" "${p:--}" "$(ratio "$p" "$d")" "$(ratio "$p" "$n")"
 }
 echo
-echo "bench: BENCH_SMALL=${BENCH_SMALL:-0} login_clients=$BENCH_LOGIN_CLIENTS login_secs=$BENCH_LOGIN_SECS cold=$BENCH_COLD fetch_conns=$BENCH_FETCH_CONNS fetch_secs=$BENCH_FETCH_SECS latency_k=$BENCH_LATENCY_K idle=$BENCH_IDLE kill=$BENCH_KILL nginx proxy_buffer=$PROXY_BUFFER"
+echo "bench: BENCH_SMALL=${BENCH_SMALL:-0} login_clients=$BENCH_LOGIN_CLIENTS login_secs=$BENCH_LOGIN_SECS cold=$BENCH_COLD fetch_conns=$BENCH_FETCH_CONNS fetch_secs=$BENCH_FETCH_SECS latency_k=$BENCH_LATENCY_K idle=$BENCH_IDLE kill=$BENCH_KILL nginx proxy_buffer=$PROXY_BUFFER postern worker_threads=${BENCH_WORKER_THREADS:-cpus}"
 echo "| figure | direct | nginx | postern | postern/direct | postern/nginx |"
 echo "|---|---|---|---|---|---|"
 row "warm logins/s" warm

@@ -312,8 +312,23 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// The async runtime: `workers` threads serve connections (`None`: one per
+/// CPU, or `TOKIO_WORKER_THREADS`; the default for `admin` and `demo`).
+pub fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder.build()
+}
+
 /// Runs the gateway until a termination signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    info!(
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "starting"
+    );
     // Handlers first: a SIGHUP or SIGTERM during start-up (the first-run
     // administrator password takes a moment to hash) waits instead of killing us.
     let signals = Signals::install()?;
@@ -397,5 +412,13 @@ mod tests {
             super::redact_url("sqlite://data/p.db"),
             "sqlite://data/p.db"
         );
+    }
+
+    #[test]
+    fn the_runtime_has_the_configured_worker_threads() {
+        for workers in [1, 3] {
+            let runtime = super::build_runtime(Some(workers)).expect("runtime");
+            assert_eq!(runtime.metrics().num_workers(), workers);
+        }
     }
 }

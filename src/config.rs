@@ -369,8 +369,13 @@ pub struct LimitsConfig {
     #[serde(default = "default_total")]
     pub max_connections: usize,
     /// Argon2 verifications running at once (others queue).
-    #[serde(default = "default_argon2")]
+    #[serde(default = "cpu_count")]
     pub argon2_parallelism: usize,
+    /// Threads that serve connections (sessions, TLS, the relay); defaults to
+    /// the CPU count. Fewer leave cores to a mail server on the same machine
+    /// and cost less CPU per login; Argon2 runs on threads of its own.
+    #[serde(default = "cpu_count")]
+    pub worker_threads: usize,
     /// Seconds SIGTERM lets live sessions finish before saying goodbye.
     #[serde(default = "default_drain")]
     pub drain_secs: u64,
@@ -395,7 +400,8 @@ impl Default for LimitsConfig {
             idle_timeout_secs: default_idle_timeout(),
             max_connections_per_ip: default_per_ip(),
             max_connections: default_total(),
-            argon2_parallelism: default_argon2(),
+            argon2_parallelism: cpu_count(),
+            worker_threads: cpu_count(),
             drain_secs: default_drain(),
             refusal_floor_ms: default_refusal_floor(),
             login_cache_secs: default_login_cache(),
@@ -431,9 +437,13 @@ fn default_drain() -> u64 {
 fn default_refusal_floor() -> u64 {
     2000
 }
-fn default_argon2() -> usize {
+/// The default of `argon2_parallelism` and `worker_threads`.
+fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
+/// More threads than this serve no machine postern runs on; a typo (an extra
+/// zero) is refused instead of starting thousands of threads.
+const MAX_WORKER_THREADS: usize = 1024;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -558,6 +568,11 @@ impl Config {
                 "limits.argon2_parallelism: at least 1".into(),
             ));
         }
+        if !(1..=MAX_WORKER_THREADS).contains(&self.limits.worker_threads) {
+            return Err(ConfigError::Invalid(format!(
+                "limits.worker_threads: 1 to {MAX_WORKER_THREADS}"
+            )));
+        }
         Ok(())
     }
 
@@ -636,5 +651,17 @@ mod tests {
         assert!(err.to_string().contains("imap.upstream"), "{err}");
         let err = Config::parse("[imap]\nupstream_tls = \"sometimes\"\n").unwrap_err();
         assert!(err.to_string().contains("upstream_tls"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpu_count_and_stay_in_range() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.limits.worker_threads, cpu_count());
+        let config = Config::parse("[limits]\nworker_threads = 1\n").unwrap();
+        assert_eq!(config.limits.worker_threads, 1);
+        for bad in ["0", "1025"] {
+            let err = Config::parse(&format!("[limits]\nworker_threads = {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("limits.worker_threads"), "{err}");
+        }
     }
 }

@@ -8,10 +8,20 @@ use postern::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The demo builds its own configuration in memory; everything else reads
+    // the file before the runtime starts, since `serve` sizes the runtime by it.
+    let config = match cli.command {
+        Command::Demo => None,
+        _ => match Config::load(&cli.config) {
+            Ok(config) => Some(config),
+            Err(err) => return fail(anyhow::Error::from(err)),
+        },
+    };
+    let workers = match (&cli.command, &config) {
+        (Command::Serve, Some(config)) => Some(config.limits.worker_threads),
+        _ => None,
+    };
+    let runtime = match postern::app::build_runtime(workers) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("postern: cannot start the runtime: {err}");
@@ -19,29 +29,29 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        if let Command::Demo = cli.command {
-            // The demo builds its own configuration in memory.
-            let text = "[log]\nlevel = \"warn\"\n";
-            postern::app::init_logging(&Config::parse(text)?);
-            return postern::demo::run().await;
-        }
-        let config = Config::load(&cli.config)?;
-        match cli.command {
-            Command::Serve => {
+        match (cli.command, config) {
+            (Command::Demo, _) => {
+                let text = "[log]\nlevel = \"warn\"\n";
+                postern::app::init_logging(&Config::parse(text)?);
+                postern::demo::run().await
+            }
+            (Command::Serve, Some(config)) => {
                 postern::app::init_logging(&config);
                 postern::app::serve(config).await
             }
-            Command::Demo => unreachable!("handled above"),
-            Command::Admin(command) => {
+            (Command::Admin(command), Some(config)) => {
                 postern::cli::admin::run(&config, command, cli.json, &mut std::io::stdout()).await
             }
+            (_, None) => unreachable!("only the demo runs without the configuration file"),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("postern: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => fail(err),
     }
+}
+
+fn fail(err: anyhow::Error) -> ExitCode {
+    eprintln!("postern: {err:#}");
+    ExitCode::FAILURE
 }

@@ -58,8 +58,14 @@ where
 async fn sighup_reloads_the_certificate_without_dropping_sessions() {
     let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), fake.addr, None, None, "", "");
+    // One thread serving connections is enough for everything below.
+    let config = write_config(dir.path(), fake.addr, None, None, "worker_threads = 1", "");
     let mut serve = ServeProcess::start(&config, 2).await;
+    assert!(
+        serve.output().contains("worker_threads=1"),
+        "{}",
+        serve.output()
+    );
     let cert_path = dir.path().join("c.crt");
 
     // postern generated a self-signed certificate at start.
