@@ -63,11 +63,21 @@ upstream_tls = "none"
 allow_plaintext_auth = true
 [limits]
 trusted_networks = ["127.0.0.0/8"]
+${BENCH_WORKER_THREADS:+worker_threads = $BENCH_WORKER_THREADS}
 TOML
 printf 'alice@example.test\talice-primary\n' > "$OUT/creds.txt"
 RUST_LOG=warn "$P" serve --config "$OUT/p.toml" </dev/null >"$OUT/p.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/12931) 2>/dev/null && break; sleep 0.1; done
+ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+idle_and_postern() {   # uses cpu0/cpu1 (/proc/stat "cpu" lines), p0/p1, mbps
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$(( total + cpu1[i] - cpu0[i] )); done
+    awk -v idle=$(( cpu1[4] + cpu1[5] - cpu0[4] - cpu0[5] )) -v total="$total" \
+        -v p=$(( p1 - p0 )) -v hz="$(getconf CLK_TCK)" -v secs="$SECS" -v mbps="$mbps" \
+        'BEGIN{printf "machine_idle=%.0f%% postern_cores=%.2f postern_cpu_ms_per_gb=%.0f",
+               100 * idle / total, p / hz / secs, 1000 * p / hz / (mbps * secs / 1000)}'
+}
 declare -A SUM
 for round in $(seq 1 "$ROUNDS"); do
     for mode in plain tls; do
@@ -77,11 +87,15 @@ for round in $(seq 1 "$ROUNDS"); do
                     direct/plain) addr=127.0.0.1:12921 ;; direct/tls) addr=127.0.0.1:12922 ;;
                     postern/plain) addr=127.0.0.1:12930 ;; postern/tls) addr=127.0.0.1:12931 ;;
                 esac
+                read -r -a cpu0 < <(head -n 1 /proc/stat); p0=$(ticks)
                 line=$("$LG" "$addr" fetch --creds "$OUT/creds.txt" --connections "$conns" \
                     --seconds "$SECS" $([ "$mode" = tls ] && echo --tls))
+                read -r -a cpu1 < <(head -n 1 /proc/stat); p1=$(ticks)
                 mbps=$(sed -n 's/.* mbps=\([0-9.]*\).*/\1/p' <<<"$line")
                 case $line in *" errors=0 "*) ;; *) echo "fetch_ab: errors: $line" >&2; exit 1 ;; esac
-                echo "round $round $mode conns=$conns $target mbps=$mbps"
+                # Idle share of the whole machine during the run, and postern's CPU
+                # (cores) and CPU per GB moved: is the pipeline bound by CPU?
+                echo "round $round $mode conns=$conns $target mbps=$mbps $(idle_and_postern)"
                 k=$mode.$conns.$target
                 SUM[$k]=$(awk -v a="${SUM[$k]:-0}" -v b="$mbps" 'BEGIN{print a + b}')
             done
