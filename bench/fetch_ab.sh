@@ -3,7 +3,9 @@
 # and through postern, alternating (direct, postern, direct, postern, ...) so
 # that both see the same load on a shared machine; plain and TLS, 1 and 4
 # connections, BENCH_AB_ROUNDS rounds of BENCH_AB_SECS seconds each. Prints one
-# line per measurement and the ratio postern/direct of the sums.
+# line per measurement (with the machine's idle share, postern's cores and its
+# CPU per GB) and the ratio postern/direct of the sums. BENCH_WORKER_THREADS sets
+# postern's [limits] worker_threads.
 # Needs the release binaries (bench/run.sh builds them) and a certificate pair in
 # target/bench (bench/run.sh makes one). Ports: Dovecot 12921-12924, postern
 # 12930 (TLS 12931, web 12932).
