@@ -9,9 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::login::{confirm_refusal, enroll_card, recovery_card};
-use super::{
-    UserSession, error_page, fmt_time, page, post_button, require_user, sentence, user_nav,
-};
+use super::{UserSession, error_page, fmt_time, page, post_button, sentence, user_nav};
 use crate::policy::{DomainStatus, Protocol};
 use crate::recovery_mail::mask_address;
 use crate::store::FactorKind;
@@ -41,14 +39,7 @@ fn status_text(status: DomainStatus) -> &'static str {
     }
 }
 
-pub async fn overview(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
+pub async fn overview(State(state): State<WebState>, user: UserSession) -> Response {
     let (nav, enrolled, status, domain_admin) = match chrome(&state, &user).await {
         Ok(c) => c,
         Err(err) => return error_page(&err),
@@ -200,14 +191,8 @@ async fn two_step_page_with(
     (status_code, page("2-Step Authentication", nav, body)).into_response()
 }
 
-pub async fn two_step(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    match require_user(&current) {
-        Ok(user) => two_step_page(&state, &user, None).await,
-        Err(redirect) => redirect.into_response(),
-    }
+pub async fn two_step(State(state): State<WebState>, user: UserSession) -> Response {
+    two_step_page(&state, &user, None).await
 }
 
 #[derive(Deserialize)]
@@ -217,13 +202,9 @@ pub struct CodeForm {
 
 pub async fn confirm(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: UserSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
     match ops::confirm_totp(&state, &user.address, &form.code, &user.actor()).await {
         Ok(true) => Redirect::to("/account/two-step").into_response(),
         Ok(false) => {
@@ -251,12 +232,9 @@ async fn recovery_failed(state: &WebState, user: &UserSession, err: &WebError) -
 pub async fn recovery_add(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
+    user: UserSession,
     Form(form): Form<super::login::RecoveryForm>,
 ) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
     let ip = current.ip_string();
     match recovery::add_recovery_address(
         &state,
@@ -281,13 +259,9 @@ pub async fn recovery_add(
 
 pub async fn recovery_confirm(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: UserSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
     let message =
         match recovery::confirm_recovery_address(&state, &user.address, &form.code, &user.actor())
             .await
@@ -305,28 +279,14 @@ pub async fn recovery_confirm(
     two_step_page_with(&state, &user, notes, StatusCode::UNAUTHORIZED).await
 }
 
-pub async fn recovery_remove(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
+pub async fn recovery_remove(State(state): State<WebState>, user: UserSession) -> Response {
     match recovery::remove_recovery_address(&state, &user.address, &user.actor()).await {
         Ok(()) => Redirect::to("/account/two-step").into_response(),
         Err(err) => recovery_failed(&state, &user, &err).await,
     }
 }
 
-pub async fn backup_codes(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
+pub async fn backup_codes(State(state): State<WebState>, user: UserSession) -> Response {
     let codes = match ops::new_backup_codes(&state, &user.address, &user.actor()).await {
         Ok(codes) => codes,
         Err(err) => return error_page(&err),
@@ -349,14 +309,7 @@ pub async fn backup_codes(
     .into_response()
 }
 
-pub async fn off(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
+pub async fn off(State(state): State<WebState>, user: UserSession) -> Response {
     match ops::turn_off(&state, &user.address, &user.actor()).await {
         Ok(()) => Redirect::to("/account/two-step").into_response(),
         Err(err) => error_page(&err),
@@ -438,14 +391,8 @@ async fn list_page(state: &WebState, user: &UserSession, error: Option<&str>) ->
         .into_response()
 }
 
-pub async fn app_passwords(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    match require_user(&current) {
-        Ok(user) => list_page(&state, &user, None).await,
-        Err(redirect) => redirect.into_response(),
-    }
+pub async fn app_passwords(State(state): State<WebState>, user: UserSession) -> Response {
+    list_page(&state, &user, None).await
 }
 
 #[derive(Deserialize)]
@@ -459,7 +406,7 @@ pub struct CreateForm {
 
 pub async fn create_app_password(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: UserSession,
     headers: HeaderMap,
     Form(form): Form<CreateForm>,
 ) -> Response {
@@ -475,10 +422,6 @@ pub async fn create_app_password(
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "this server's name".to_owned());
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
     let scopes = match ops::scopes_from(
         form.imap.is_some(),
         form.pop3.is_some(),
@@ -561,13 +504,9 @@ pub async fn create_app_password(
 
 pub async fn revoke_app_password(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: UserSession,
     Path(id): Path<i64>,
 ) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
     match ops::revoke_app_password(&state, &user.address, id, &user.actor()).await {
         Ok(()) => Redirect::to("/account/app-passwords").into_response(),
         Err(err) => error_page(&err),

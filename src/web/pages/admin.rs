@@ -10,8 +10,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    AdminSession, UserSession, admin_nav, error_page, fmt_time, page, require_sysadmin,
-    require_user, user_nav,
+    AdminSession, UserSession, admin_nav, error_page, fmt_time, page, require_user, user_nav,
 };
 use crate::policy::DomainStatus;
 use crate::store::AuditFilter;
@@ -244,14 +243,7 @@ fn on_off(on: bool) -> &'static str {
     if on { "On" } else { "Off" }
 }
 
-pub async fn console(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let admin = match require_sysadmin(&current) {
-        Ok(admin) => admin,
-        Err(redirect) => return redirect.into_response(),
-    };
+pub async fn console(State(state): State<WebState>, admin: AdminSession) -> Response {
     let domains = match state.store.list_domains().await {
         Ok(domains) => domains,
         Err(err) => return error_page(&err.into()),
@@ -297,13 +289,9 @@ pub struct DomainForm {
 
 pub async fn add_domain(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    admin: AdminSession,
     Form(form): Form<DomainForm>,
 ) -> Response {
-    let admin = match require_sysadmin(&current) {
-        Ok(admin) => admin,
-        Err(redirect) => return redirect.into_response(),
-    };
     match state
         .store
         .add_domain(&form.domain, &admin_actor(&admin))
@@ -320,13 +308,9 @@ fn admin_actor(admin: &AdminSession) -> String {
 
 pub async fn domain_detail(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    admin: AdminSession,
     Path(name): Path<String>,
 ) -> Response {
-    let admin = match require_sysadmin(&current) {
-        Ok(admin) => admin,
-        Err(redirect) => return redirect.into_response(),
-    };
     let domain = match state.store.domain(&name).await {
         Ok(Some(domain)) => domain,
         Ok(None) => return error_page(&WebError::NotFound),
@@ -387,14 +371,10 @@ pub struct FeatureForm {
 
 pub async fn feature(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    admin: AdminSession,
     Path(name): Path<String>,
     Form(form): Form<FeatureForm>,
 ) -> Response {
-    let admin = match require_sysadmin(&current) {
-        Ok(admin) => admin,
-        Err(redirect) => return redirect.into_response(),
-    };
     let on = match form.on.as_str() {
         "on" => true,
         "off" => false,
@@ -412,14 +392,10 @@ pub async fn feature(
 
 pub async fn add_admin(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    admin: AdminSession,
     Path(name): Path<String>,
     Form(form): Form<AddressForm>,
 ) -> Response {
-    let admin = match require_sysadmin(&current) {
-        Ok(admin) => admin,
-        Err(redirect) => return redirect.into_response(),
-    };
     match state
         .store
         .set_domain_admin(&name, &form.address, &admin_actor(&admin))
@@ -433,12 +409,9 @@ pub async fn add_admin(
 pub async fn impersonate(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
+    admin: AdminSession,
     Form(form): Form<AddressForm>,
 ) -> Response {
-    let admin = match require_sysadmin(&current) {
-        Ok(admin) => admin,
-        Err(redirect) => return redirect.into_response(),
-    };
     let ip = current.ip_string();
     match ops::impersonate(&state, &admin.name, &form.address, ip.as_deref()).await {
         Ok(address) => {
@@ -458,11 +431,8 @@ pub async fn impersonate(
 pub async fn stop_impersonating(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
+    user: UserSession,
 ) -> Response {
-    let user = match require_user(&current) {
-        Ok(user) => user,
-        Err(redirect) => return redirect.into_response(),
-    };
     let Some(name) = user.impersonator else {
         return Redirect::to("/account").into_response();
     };
@@ -503,13 +473,9 @@ pub fn parse_since(text: Option<&str>) -> Result<Option<i64>, WebError> {
 
 pub async fn audit(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    admin: AdminSession,
     Query(query): Query<AuditQuery>,
 ) -> Response {
-    let admin = match require_sysadmin(&current) {
-        Ok(admin) => admin,
-        Err(redirect) => return redirect.into_response(),
-    };
     let since = match parse_since(query.since.as_deref()) {
         Ok(since) => since,
         Err(err) => return error_page(&err),

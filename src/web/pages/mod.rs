@@ -8,6 +8,8 @@ mod login;
 
 use axum::Extension;
 use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -139,6 +141,32 @@ pub fn require_user(current: &Current) -> Result<UserSession, Redirect> {
             Err(Redirect::to("/login/enroll"))
         }
         _ => Err(Redirect::to("/login")),
+    }
+}
+
+/// A handler that takes a [`UserSession`] runs only for a logged-in mail user;
+/// anyone else is redirected as [`require_user`] says.
+impl<S: Send + Sync> FromRequestParts<S> for UserSession {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Redirect> {
+        match parts.extensions.get::<Current>() {
+            Some(current) => require_user(current),
+            None => Err(Redirect::to("/login")),
+        }
+    }
+}
+
+/// A handler that takes an [`AdminSession`] runs only for a logged-in system
+/// administrator; anyone else is sent to the administrators' login.
+impl<S: Send + Sync> FromRequestParts<S> for AdminSession {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Redirect> {
+        match parts.extensions.get::<Current>() {
+            Some(current) => require_sysadmin(current),
+            None => Err(Redirect::to("/admin/login")),
+        }
     }
 }
 
