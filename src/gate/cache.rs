@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use crate::store::Store;
-use crate::store::{AppPasswordRecord, DomainRecord, UserRecord};
+use crate::store::{AppPasswordRecord, DomainRecord, UserRecord, normalize_address};
 
 /// How recent the last successful event-log read must be for entries to count
 /// (the tail reads every 200 ms).
@@ -136,10 +136,12 @@ impl LoginCache {
         }
     }
 
-    /// Drops every entry of `address` (a failed login counted).
+    /// Drops every entry of `address` (a failed login counted), written in any
+    /// case: entries are keyed by the address as [`normalize_address`] gives it.
     pub fn forget_user(&self, address: &str) {
+        let address = normalize_address(address).unwrap_or_else(|_| address.to_owned());
         if let Ok(mut inner) = self.inner.lock()
-            && let Some(gone) = inner.entries.remove(&address.to_ascii_lowercase())
+            && let Some(gone) = inner.entries.remove(&address)
         {
             inner.count -= gone.len();
         }
@@ -275,5 +277,14 @@ mod tests {
         cache.forget_user("Alice@Example.test");
         assert!(cache.get(&key("alice@example.test"), 0).is_none());
         assert!(cache.get(&key("bob@example.test"), 0).is_some());
+    }
+
+    #[test]
+    fn forgetting_finds_an_address_beyond_ascii_in_any_case() {
+        let cache = LoginCache::new(Duration::from_secs(30));
+        cache.confirm(Instant::now());
+        cache.put(key("jürgen@example.test"), context(), 0);
+        cache.forget_user(" JÜRGEN@Example.test");
+        assert!(cache.get(&key("jürgen@example.test"), 0).is_none());
     }
 }
