@@ -4,8 +4,10 @@
 //! It classifies the credential (one of the user's app passwords, found by keyed
 //! hash and verified with at most one Argon2 run, or else a primary password), reads
 //! the domain and user state, and asks [`crate::policy::decide_mail_login`]. An
-//! account blocked after too many failed logins (its count is on the user's row,
-//! read in the same round trip) is refused before the credential is looked at. It
+//! account blocked after too many failed logins (its count is kept by address,
+//! read in the same round trip: [`Store::account`]) is refused before the
+//! credential is looked at. Reading creates nothing: a user's row is created by
+//! the first login the upstream accepted ([`AfterSuccess`]). It
 //! never asks the upstream whether a primary password is right before refusing,
 //! so a refusal is no password oracle. Any store failure fails closed with a
 //! temporary error.
@@ -28,7 +30,7 @@ use crate::policy::{self, Credential, Decision, Protocol, Refusal, UpstreamLogin
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::UpstreamCredentials;
 use crate::secret::Secret;
-use crate::store::{NewAudit, Store, StoreError, normalize_address};
+use crate::store::{Account, NewAudit, Store, StoreError, normalize_address};
 
 mod cache;
 
@@ -76,9 +78,8 @@ pub enum Verdict {
         upstream: UpstreamCredentials,
         /// When the session must be re-checked without any stored change.
         allowed_until: Option<i64>,
-        /// The stored user whose failed-login count a success must clear; `None`
-        /// when there is nothing to clear, so a login after a success writes nothing.
-        clear_failures: Option<i64>,
+        /// What [`Gate::login_succeeded`] writes once the upstream accepts.
+        after_success: AfterSuccess,
     },
     /// Refused by policy; the reason is for the log only.
     Refuse { user: String, reason: Refusal },
@@ -87,6 +88,28 @@ pub enum Verdict {
     Blocked { user: String },
     /// The store or the configuration failed: try again later.
     Unavailable { user: String, detail: String },
+}
+
+/// What a login the upstream accepted must write: nothing for a known user
+/// without counted failures, so a device's repeat logins write nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AfterSuccess {
+    /// Forget the address's counted failed logins.
+    pub clear_failures: bool,
+    /// Create the user's row: the first login postern let in for this address
+    /// (a refused one creates nothing, so guessed addresses leave no trace in
+    /// the domain's user list).
+    pub create_user: bool,
+}
+
+impl AfterSuccess {
+    /// What a success must write, given what the login read.
+    pub fn for_account(account: &Account) -> Self {
+        Self {
+            clear_failures: account.failures.count != 0,
+            create_user: account.user.is_none(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -240,7 +263,12 @@ impl Gate {
         let Ok(address) = normalize_address(&presented.username) else {
             // Not local@domain: no domain postern knows, so it behaves as Disabled
             // and no app password can exist for it.
-            return Self::passthrough(presented, presented.username.clone(), None, None);
+            return Self::passthrough(
+                presented,
+                presented.username.clone(),
+                None,
+                AfterSuccess::default(),
+            );
         };
         let candidate = CanonicalAppPassword::parse(presented.password.expose());
         let key = CacheKey {
@@ -272,13 +300,15 @@ impl Gate {
         let verdict = self
             .decide(presented, protocol, now, &key, &context, candidate)
             .await;
-        if let (Verdict::Proceed { clear_failures, .. }, Some(changes)) = (&verdict, read_after) {
+        // A context without a user row is not remembered: the success creates
+        // the row, and the next login reads it.
+        if let (Verdict::Proceed { .. }, Some(changes), true) =
+            (&verdict, read_after, context.account.user.is_some())
+        {
             let mut context = context;
-            if clear_failures.is_some() {
-                // The caller clears them once the upstream accepts; a failure
-                // instead forgets this entry (`count_login_failure`).
-                context.user.failed_logins = 0;
-            }
+            // The caller clears them once the upstream accepts; a failure
+            // instead forgets this entry (`count_login_failure`).
+            context.account.failures = Default::default();
             self.cache.put(key, context, changes);
         }
         verdict
@@ -287,15 +317,15 @@ impl Gate {
     /// The user and domain and, for a password shaped like an app password, the
     /// app-password row its lookup key finds.
     async fn read_context(&self, key: &CacheKey) -> Result<LoginContext, StoreError> {
-        let domain = key.address.rsplit_once('@').map_or("", |(_, d)| d);
-        let (domain, user) = self.store.login_context(&key.address, domain).await?;
-        let app_password = match &key.lookup {
-            Some(lookup) => self.store.app_password_by_lookup(user.id, lookup).await?,
-            None => None,
+        let account = self.store.account(&key.address).await?;
+        let app_password = match (&key.lookup, &account.user) {
+            (Some(lookup), Some(user)) => {
+                self.store.app_password_by_lookup(user.id, lookup).await?
+            }
+            _ => None,
         };
         Ok(LoginContext {
-            domain,
-            user,
+            account,
             app_password,
         })
     }
@@ -311,12 +341,12 @@ impl Gate {
         candidate: Option<CanonicalAppPassword>,
     ) -> Verdict {
         let address = key.address.clone();
-        let user = &context.user;
-        if penalty::account_blocked(user.failed_logins, user.last_failed_at, now) {
+        let account = &context.account;
+        if account.failures.block(now) {
             self.spend_refusal().await;
             return Verdict::Blocked { user: address };
         }
-        let clear_failures = (user.failed_logins != 0).then_some(user.id);
+        let after_success = AfterSuccess::for_account(account);
 
         let mut credential = Credential::Primary;
         let mut app_password_id = None;
@@ -346,15 +376,10 @@ impl Gate {
             }
         }
 
-        let domain_policy = context.domain.as_ref().map(|d| d.policy());
-        let allowed_until = policy::allowed_until(domain_policy.as_ref(), user.state(), credential);
-        match policy::decide_mail_login(
-            domain_policy.as_ref(),
-            user.state(),
-            credential,
-            protocol,
-            now,
-        ) {
+        let domain_policy = account.policy();
+        let state = account.state();
+        let allowed_until = policy::allowed_until(domain_policy.as_ref(), state, credential);
+        match policy::decide_mail_login(domain_policy.as_ref(), state, credential, protocol, now) {
             Decision::Refuse(reason) => {
                 if !hashed {
                     self.spend_refusal().await;
@@ -365,7 +390,7 @@ impl Gate {
                 }
             }
             Decision::Allow(UpstreamLogin::Passthrough) => {
-                Self::passthrough(presented, address, allowed_until, clear_failures)
+                Self::passthrough(presented, address, allowed_until, after_success)
             }
             Decision::Allow(UpstreamLogin::Master) => {
                 let Some(master) = &self.master else {
@@ -384,7 +409,7 @@ impl Gate {
                     user: address,
                     credential: SessionCredential::AppPassword(id),
                     allowed_until,
-                    clear_failures,
+                    after_success,
                 }
             }
         }
@@ -412,10 +437,18 @@ impl Gate {
         }
     }
 
-    /// Forgets a stored user's failed logins after a success (best effort).
-    pub async fn clear_login_failures(&self, user_id: i64) {
-        if let Err(err) = self.store.clear_login_failures(user_id).await {
+    /// What a login the upstream accepted writes (see [`AfterSuccess`]; best
+    /// effort: a store failure is logged and the session goes on).
+    pub async fn login_succeeded(&self, address: &str, after: AfterSuccess) {
+        if after.clear_failures
+            && let Err(err) = self.store.clear_login_failures(address).await
+        {
             tracing::warn!(error = %err, "could not clear failed logins");
+        }
+        if after.create_user
+            && let Err(err) = self.store.ensure_user(address).await
+        {
+            tracing::warn!(error = %err, "could not record a new user");
         }
     }
 
@@ -452,11 +485,11 @@ impl Gate {
         presented: &Credentials,
         user: String,
         allowed_until: Option<i64>,
-        clear_failures: Option<i64>,
+        after_success: AfterSuccess,
     ) -> Verdict {
         Verdict::Proceed {
             allowed_until,
-            clear_failures,
+            after_success,
             user,
             credential: SessionCredential::Primary,
             upstream: UpstreamCredentials {
@@ -467,26 +500,28 @@ impl Gate {
         }
     }
 
-    /// Re-runs the policy for a live session after a change. A store error keeps it (live sessions survive a
-    /// database outage; the caller retries on the next event).
+    /// Re-runs the policy for a live session after a change, from the same
+    /// store read as a login ([`Store::account`]). A store error is returned,
+    /// never taken for an answer: the caller keeps the session with its
+    /// deadline and tries again (live sessions survive a database outage).
     pub async fn recheck(
         &self,
         user: &str,
         protocol: Protocol,
         credential: SessionCredential,
         now: i64,
-    ) -> Result<Recheck, crate::store::StoreError> {
-        let Some(record) = self.store.user(user).await.ok().flatten() else {
-            // Not an address postern tracks: it behaves as an unknown domain.
+    ) -> Result<Recheck, StoreError> {
+        let Ok(address) = normalize_address(user) else {
+            // Not local@domain: no domain postern knows, as at login.
             return Ok(Recheck::Keep {
                 allowed_until: None,
             });
         };
-        let domain = self.store.domain(&record.domain).await?;
-        let credential = match credential {
-            SessionCredential::Primary => Credential::Primary,
-            SessionCredential::AppPassword(id) => {
-                match self.store.app_password(record.id, id).await? {
+        let account = self.store.account(&address).await?;
+        let credential = match (credential, &account.user) {
+            (SessionCredential::Primary, _) => Credential::Primary,
+            (SessionCredential::AppPassword(id), Some(user)) => {
+                match self.store.app_password(user.id, id).await? {
                     Some(app) => Credential::AppPassword {
                         scopes: app.scopes,
                         expires_at: app.expires_at,
@@ -494,23 +529,15 @@ impl Gate {
                     None => Credential::RevokedAppPassword,
                 }
             }
+            (SessionCredential::AppPassword(_), None) => Credential::RevokedAppPassword,
         };
-        let policy = domain.as_ref().map(|d| d.policy());
+        let policy = account.policy();
+        let state = account.state();
         Ok(
-            match policy::decide_mail_login(
-                policy.as_ref(),
-                record.state(),
-                credential,
-                protocol,
-                now,
-            ) {
+            match policy::decide_mail_login(policy.as_ref(), state, credential, protocol, now) {
                 Decision::Refuse(reason) => Recheck::Drop(reason),
                 Decision::Allow(_) => Recheck::Keep {
-                    allowed_until: policy::allowed_until(
-                        policy.as_ref(),
-                        record.state(),
-                        credential,
-                    ),
+                    allowed_until: policy::allowed_until(policy.as_ref(), state, credential),
                 },
             },
         )

@@ -33,6 +33,10 @@ pub const LOGIN_CACHE: &str = "postern_login_cache_total";
 /// reaches its id).
 pub const EVENT_LOG_POSITION: &str = "postern_event_log_position";
 
+/// Live-session re-checks the store could not answer (each session is kept
+/// and asked again within a second).
+pub const RECHECK_FAILURES: &str = "postern_recheck_failures_total";
+
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];

@@ -113,6 +113,8 @@ impl Rechecker {
         // laptop, or a thousand IDLE connections): ask the store once for each.
         let mut decided: std::collections::HashMap<_, Result<Recheck, String>> =
             std::collections::HashMap::new();
+        let mut failed = 0u64;
+        let mut first_error = None;
         for info in sessions {
             let s = &info.session;
             let key = (s.user.to_ascii_lowercase(), s.protocol, s.credential);
@@ -146,10 +148,21 @@ impl Rechecker {
                 Ok(Recheck::Keep { allowed_until }) => {
                     self.registry.set_allowed_until(info.id, allowed_until)
                 }
-                // Live sessions survive a database outage; the next event or
-                // sweep tries again.
-                Err(err) => warn!(user = %s.user, error = %err, "re-check failed; session kept"),
+                // Live sessions survive a database outage, but an unanswered
+                // re-check is no answer: the session keeps its deadline, brought
+                // forward to now, so the next sweep (within a second) asks
+                // again until the store answers.
+                Err(err) => {
+                    let retry_at = s.allowed_until.map_or(now, |t| t.min(now));
+                    self.registry.set_allowed_until(info.id, Some(retry_at));
+                    failed += 1;
+                    first_error.get_or_insert(err);
+                }
             }
+        }
+        if let Some(err) = first_error {
+            metrics::counter!(m::RECHECK_FAILURES).increment(failed);
+            warn!(sessions = failed, error = %err, "re-check failed; sessions kept, retrying");
         }
     }
 

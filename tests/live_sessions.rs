@@ -148,6 +148,54 @@ async fn an_expiring_app_password_ends_its_session_when_it_expires() {
     dropped_with(&mut client, "expired").await;
 }
 
+/// `postern_recheck_failures_total` as this process's `/metrics` shows it.
+fn recheck_failures() -> u64 {
+    postern::metrics::render()
+        .lines()
+        .find_map(|line| line.strip_prefix("postern_recheck_failures_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_recheck_the_store_cannot_answer_keeps_the_expiry_and_is_asked_again() {
+    let (_fake, gateway) = setup().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (_, short) = gateway.app_password(ALICE, "imap", Some(now + 8)).await;
+    let mut client = session(&gateway, ALICE, &short).await;
+
+    // The users table goes away (as a store that cannot be read), then a change
+    // makes every session of the domain due for a re-check.
+    let db = sqlx::SqlitePool::connect(&gateway.config.store.url)
+        .await
+        .expect("open the test database");
+    sqlx::query("ALTER TABLE users RENAME TO users_away")
+        .execute(&db)
+        .await
+        .expect("rename");
+    let failures_before = recheck_failures();
+    gateway
+        .store()
+        .set_domain_status("example.test", DomainStatus::Enabled, None, "test")
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while recheck_failures() == failures_before {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the failed re-check was not reported");
+    still_alive(&mut client).await;
+    sqlx::query("ALTER TABLE users_away RENAME TO users")
+        .execute(&db)
+        .await
+        .expect("rename back");
+    // The session was kept, and the app password's expiry still ends it.
+    dropped_with(&mut client, "expired").await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_listeners_lets_sessions_finish_then_says_goodbye() {
     let (_fake, gateway) = setup().await;

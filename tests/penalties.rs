@@ -73,8 +73,7 @@ fn client(n: u32) -> Option<String> {
 }
 
 async fn stored_failures(gateway: &Gateway) -> i64 {
-    let user = gateway.store().user(ALICE).await.unwrap().unwrap();
-    user.failed_logins
+    gateway.store().login_failures(ALICE).await.unwrap().count
 }
 
 #[tokio::test]
@@ -135,6 +134,32 @@ async fn nodes_sharing_a_store_count_failures_towards_one_account_block() {
         let reply = attempt(node, client(2000 + n as u32), "alice-primary").await;
         assert!(reply.starts_with("a OK"), "{reply}");
     }
+}
+
+#[tokio::test]
+async fn a_refused_login_for_an_unknown_address_stores_no_user_but_counts_towards_its_block() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let gateway = gateway_behind_a_proxy(&fake).await;
+    gateway.domain("example.test", DomainStatus::Enabled).await;
+    // Alice has never logged in through postern: she has no row yet.
+    for n in 0..3 {
+        let reply = attempt(&gateway, client(n), &format!("guess-{n}")).await;
+        assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    }
+    let users = gateway.store().list_users("example.test").await.unwrap();
+    assert!(users.is_empty(), "guessed addresses are listed: {users:?}");
+    assert!(gateway.store().user(ALICE).await.unwrap().is_none());
+    assert_eq!(stored_failures(&gateway).await, 3);
+
+    // Her first successful login creates her row and forgets the failures.
+    let reply = attempt(&gateway, client(10), "alice-primary").await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    let users = gateway.store().list_users("example.test").await.unwrap();
+    assert_eq!(
+        users.iter().map(|u| u.address.as_str()).collect::<Vec<_>>(),
+        [ALICE]
+    );
+    assert_eq!(stored_failures(&gateway).await, 0);
 }
 
 #[tokio::test]

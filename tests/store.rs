@@ -450,57 +450,43 @@ async fn disabling_a_user_is_audited_and_announced() {
 async fn failed_logins_are_counted_forgotten_and_cleared() {
     on_each_db!(|s| {
         let user = s.ensure_user("fay@example.org").await.unwrap();
-        assert_eq!((user.failed_logins, user.last_failed_at), (0, 0));
+        let failures = s.login_failures("fay@example.org").await.unwrap();
+        assert_eq!((failures.count, failures.last_at), (0, 0));
         for now in [100, 101, 102] {
             s.count_login_failure("Fay@example.org", now, now - 900)
                 .await
                 .unwrap();
         }
-        let user = s.user("fay@example.org").await.unwrap().unwrap();
-        assert_eq!((user.failed_logins, user.last_failed_at), (3, 102));
+        let failures = s.login_failures("fay@example.org").await.unwrap();
+        assert_eq!((failures.count, failures.last_at), (3, 102));
         // The login path reads the count with the user's row.
-        let (_, context) = s
-            .login_context("fay@example.org", "example.org")
-            .await
-            .unwrap();
-        assert_eq!(context.failed_logins, 3);
+        let account = s.account("fay@example.org").await.unwrap();
+        assert_eq!(account.failures.count, 3);
         // After a quiet period the next failure starts a new count.
         s.count_login_failure("fay@example.org", 2000, 2000 - 900)
             .await
             .unwrap();
-        let user = s.user("fay@example.org").await.unwrap().unwrap();
-        assert_eq!((user.failed_logins, user.last_failed_at), (1, 2000));
+        let failures = s.login_failures("fay@example.org").await.unwrap();
+        assert_eq!((failures.count, failures.last_at), (1, 2000));
         // A success clears it; so does an administrator's enable or reset.
-        s.clear_login_failures(user.id).await.unwrap();
-        assert_eq!(
-            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
-            0
-        );
+        s.clear_login_failures(&user.address).await.unwrap();
+        assert_eq!(s.login_failures(&user.address).await.unwrap().count, 0);
         s.count_login_failure("fay@example.org", 2001, 0)
             .await
             .unwrap();
         s.set_user_disabled("fay@example.org", true, "cli")
             .await
             .unwrap();
-        assert_eq!(
-            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
-            1
-        );
+        assert_eq!(s.login_failures(&user.address).await.unwrap().count, 1);
         s.set_user_disabled("fay@example.org", false, "cli")
             .await
             .unwrap();
-        assert_eq!(
-            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
-            0
-        );
+        assert_eq!(s.login_failures(&user.address).await.unwrap().count, 0);
         s.count_login_failure("fay@example.org", 2002, 0)
             .await
             .unwrap();
         s.reset_user("fay@example.org", "cli").await.unwrap();
-        assert_eq!(
-            s.user_by_id(user.id).await.unwrap().unwrap().failed_logins,
-            0
-        );
+        assert_eq!(s.login_failures(&user.address).await.unwrap().count, 0);
         // An address never seen is not created by a failure.
         s.count_login_failure("nobody@example.org", 2003, 0)
             .await

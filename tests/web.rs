@@ -66,6 +66,9 @@ async fn a_wrong_primary_password_is_refused_by_the_upstream() {
     assert_eq!(w.fake.refused(), 1);
     // Not logged in.
     assert_eq!(browser.get("/account").await.location(), "/login");
+    // And a refused address leaves no user behind (none is listed for the domain).
+    let stored = w.gateway.store().user(ALICE).await.expect("store");
+    assert!(stored.is_none(), "{stored:?}");
 }
 
 #[tokio::test]
@@ -82,8 +85,13 @@ async fn a_wrong_web_password_delays_that_client_like_a_wrong_mail_password() {
         postern::penalty::BASE_DELAY
     );
     // And it counts toward the account's block, which every node shares.
-    let alice = w.gateway.store().user(ALICE).await.expect("store");
-    assert_eq!(alice.map(|a| a.failed_logins), Some(1));
+    let failures = w
+        .gateway
+        .store()
+        .login_failures(ALICE)
+        .await
+        .expect("store");
+    assert_eq!(failures.count, 1);
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use crate::store::Store;
-use crate::store::{AppPasswordRecord, DomainRecord, UserRecord, normalize_address};
+use crate::store::{Account, AppPasswordRecord, normalize_address};
 
 /// How recent the last successful event-log read must be for entries to count
 /// (the tail reads every 200 ms).
@@ -44,8 +44,7 @@ const CAPACITY: usize = 50_000;
 /// The store's answer for one login.
 #[derive(Clone, Debug)]
 pub struct LoginContext {
-    pub domain: Option<DomainRecord>,
-    pub user: UserRecord,
+    pub account: Account,
     /// The app-password row the presented password's lookup key found.
     pub app_password: Option<AppPasswordRecord>,
 }
@@ -173,26 +172,28 @@ impl LoginCache {
 mod tests {
     use super::*;
     use crate::policy::DomainStatus;
+    use crate::store::{DomainRecord, UserRecord};
 
     fn context() -> LoginContext {
         LoginContext {
-            domain: Some(DomainRecord {
-                name: "example.test".into(),
-                feature: true,
-                status: DomainStatus::Enabled,
-                grace_until: None,
-                created_at: 0,
-            }),
-            user: UserRecord {
-                id: 7,
-                address: "alice@example.test".into(),
-                domain: "example.test".into(),
-                disabled: false,
-                domain_admin: false,
-                enrolled: false,
-                created_at: 0,
-                failed_logins: 0,
-                last_failed_at: 0,
+            account: Account {
+                domain: Some(DomainRecord {
+                    name: "example.test".into(),
+                    feature: true,
+                    status: DomainStatus::Enabled,
+                    grace_until: None,
+                    created_at: 0,
+                }),
+                user: Some(UserRecord {
+                    id: 7,
+                    address: "alice@example.test".into(),
+                    domain: "example.test".into(),
+                    disabled: false,
+                    domain_admin: false,
+                    enrolled: false,
+                    created_at: 0,
+                }),
+                failures: Default::default(),
             },
             app_password: None,
         }
@@ -216,7 +217,7 @@ mod tests {
 
         cache.confirm(Instant::now());
         let hit = cache.get(&key("alice@example.test"), 3).expect("hit");
-        assert_eq!(hit.user.id, 7);
+        assert_eq!(hit.account.user.map(|u| u.id), Some(7));
         assert!(
             cache.get(&key("alice@example.test"), 4).is_none(),
             "a change since"

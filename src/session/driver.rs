@@ -265,7 +265,7 @@ async fn login<H: ProtocolHandler>(
     // Before reading the stored state: see `SessionRegistry::generation`.
     let generation = ctx.registry.generation();
     let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
-    let (user, credential, upstream, allowed_until, clear_failures) = match verdict {
+    let (user, credential, upstream, allowed_until, after_success) = match verdict {
         Verdict::Refuse { user, reason } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
             return refused(ctx, protocol, &user, ip, attempt, reason.as_str()).await;
@@ -284,8 +284,8 @@ async fn login<H: ProtocolHandler>(
             credential,
             upstream,
             allowed_until,
-            clear_failures,
-        } => (user, credential, upstream, allowed_until, clear_failures),
+            after_success,
+        } => (user, credential, upstream, allowed_until, after_success),
     };
     let request = UpstreamRequest {
         credentials: upstream,
@@ -315,9 +315,7 @@ async fn login<H: ProtocolHandler>(
         } => {
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
             ctx.penalties.succeeded(ip, &user);
-            if let Some(user_id) = clear_failures {
-                ctx.gate.clear_login_failures(user_id).await;
-            }
+            ctx.gate.login_succeeded(&user, after_success).await;
             ctx.gate
                 .audit_login(&user, protocol, ip, "ok", &credential.to_string());
             Ok(LoggedIn {

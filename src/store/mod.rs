@@ -39,8 +39,9 @@ pub use email_codes::{
 };
 pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
+pub use login_failures::LoginFailures;
 pub use sessions::SessionRow;
-pub use users::{UserRecord, UserSummary, normalize_address};
+pub use users::{Account, UserRecord, UserSummary, normalize_address};
 
 /// Migrations for each backend; the right one is picked at runtime by [`Store::connect`].
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

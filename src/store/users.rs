@@ -8,6 +8,7 @@ use sqlx::{AnyConnection, Row};
 use super::audit::insert_audit;
 use super::domains::DomainRecord;
 use super::events::{EventKind, insert_event};
+use super::login_failures::{self, LoginFailures};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
 use crate::policy::UserState;
 
@@ -18,7 +19,6 @@ const MAX_ADDRESS_LEN: usize = 256;
 macro_rules! user_columns {
     () => {
         "u.id, u.address, u.domain, u.disabled, u.domain_admin, u.created_at, \
-         u.failed_logins, u.last_failed_at, \
          CAST(CASE WHEN EXISTS (SELECT 1 FROM second_factors f \
                                 WHERE f.user_id = u.id AND f.confirmed = 1) \
               THEN 1 ELSE 0 END AS BIGINT) AS enrolled"
@@ -38,11 +38,6 @@ pub struct UserRecord {
     /// A confirmed second factor exists.
     pub enrolled: bool,
     pub created_at: i64,
-    /// Consecutive failed mail logins, shared by every node (see
-    /// [`crate::penalty::account_blocked`]).
-    pub failed_logins: i64,
-    /// Unix time of the latest counted failure (0: never).
-    pub last_failed_at: i64,
 }
 
 impl UserRecord {
@@ -52,6 +47,38 @@ impl UserRecord {
             enrolled: self.enrolled,
             disabled: self.disabled,
         }
+    }
+}
+
+/// What a login, and the re-check of a live session, read about an address:
+/// read in one round trip, and nothing is created by reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// The address's domain, if postern knows it (an unknown one is Disabled).
+    pub domain: Option<DomainRecord>,
+    /// The user's row, if postern has one (created by a successful login or an
+    /// administrator; a refused login creates none).
+    pub user: Option<UserRecord>,
+    /// Recent failed logins, counted for any address.
+    pub failures: LoginFailures,
+}
+
+impl Account {
+    /// What the policy function needs: a user without a row has no factors and
+    /// is not disabled.
+    pub fn state(&self) -> UserState {
+        self.user.as_ref().map_or(
+            UserState {
+                enrolled: false,
+                disabled: false,
+            },
+            UserRecord::state,
+        )
+    }
+
+    /// The domain's policy, `None` for a domain postern does not know.
+    pub fn policy(&self) -> Option<crate::policy::DomainPolicy> {
+        self.domain.as_ref().map(DomainRecord::policy)
     }
 }
 
@@ -98,8 +125,20 @@ fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
         domain_admin: get_flag(row, "domain_admin")?,
         enrolled: get_flag(row, "enrolled")?,
         created_at: row.try_get("created_at")?,
-        failed_logins: row.try_get("failed_logins")?,
-        last_failed_at: row.try_get("last_failed_at")?,
+    })
+}
+
+/// The `d_`-prefixed domain columns of a `LEFT JOIN domains d`.
+fn domain_from_row(row: &AnyRow) -> Result<Option<DomainRecord>, StoreError> {
+    Ok(match row.try_get::<Option<String>, _>("d_name")? {
+        None => None,
+        Some(name) => Some(DomainRecord {
+            name,
+            feature: get_flag(row, "d_feature")?,
+            status: get_parsed(row, "d_status")?,
+            grace_until: row.try_get("d_grace_until")?,
+            created_at: row.try_get("d_created_at")?,
+        }),
     })
 }
 
@@ -182,8 +221,48 @@ impl Store {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    /// What a mail login needs: the domain's record (None if unknown) and the user's
-    /// (created on first sight). One round trip for a user seen before.
+    /// The address's [`Account`]: its domain, its user row and its failed
+    /// logins, in one round trip; nothing is created. The one read behind every
+    /// "may this credential log in" answer, at login and at re-check.
+    pub async fn account(&self, address: &str) -> Result<Account, StoreError> {
+        let address = normalize_address(address)?;
+        let domain = normalize_domain(address.rsplit_once('@').map_or("", |(_, d)| d))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
+             d.grace_until AS d_grace_until, d.created_at AS d_created_at, \
+             f.failed_logins AS f_count, f.last_failed_at AS f_last \
+             FROM (SELECT CAST($1 AS TEXT) AS address) q \
+             LEFT JOIN users u ON u.address = q.address \
+             LEFT JOIN domains d ON d.name = $2 \
+             LEFT JOIN login_failures f ON f.address = q.address"
+        ))
+        .bind(&address)
+        .bind(&domain)
+        .fetch_one(&self.pool)
+        .await?;
+        let user = match row.try_get::<Option<i64>, _>("id")? {
+            Some(_) => Some(user_from_row(&row)?),
+            None => None,
+        };
+        let failures = match row.try_get::<Option<i64>, _>("f_count")? {
+            Some(count) => LoginFailures {
+                count,
+                last_at: row.try_get::<Option<i64>, _>("f_last")?.unwrap_or(0),
+            },
+            None => LoginFailures::default(),
+        };
+        Ok(Account {
+            domain: domain_from_row(&row)?,
+            user,
+            failures,
+        })
+    }
+
+    /// A signed-in web user's domain record (None if unknown) and user record
+    /// (created on first sight). One round trip for a user seen before. Logins
+    /// read [`Store::account`] instead, which creates nothing.
     pub async fn login_context(
         &self,
         address: &str,
@@ -205,18 +284,7 @@ impl Store {
             .fetch_optional(&mut *conn)
             .await?;
             if let Some(row) = row {
-                let user = user_from_row(&row)?;
-                let domain = match row.try_get::<Option<String>, _>("d_name")? {
-                    None => None,
-                    Some(name) => Some(DomainRecord {
-                        name,
-                        feature: get_flag(&row, "d_feature")?,
-                        status: get_parsed(&row, "d_status")?,
-                        grace_until: row.try_get("d_grace_until")?,
-                        created_at: row.try_get("d_created_at")?,
-                    }),
-                };
-                return Ok((domain, user));
+                return Ok((domain_from_row(&row)?, user_from_row(&row)?));
             }
             insert_user(&mut conn, &address).await?;
         }
@@ -264,16 +332,15 @@ impl Store {
         let address = normalize_address(address)?;
         let mut tx = self.begin().await?;
         let user = ensure_user_in(&mut tx, &address).await?;
-        // Enabling is also how an administrator clears a guessing block.
-        sqlx::query(
-            "UPDATE users SET disabled = $2, \
-             failed_logins = CASE WHEN $2 = 0 THEN 0 ELSE failed_logins END \
-             WHERE id = $1",
-        )
-        .bind(user.id)
-        .bind(i64::from(disabled))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE users SET disabled = $2 WHERE id = $1")
+            .bind(user.id)
+            .bind(i64::from(disabled))
+            .execute(&mut *tx)
+            .await?;
+        if !disabled {
+            // Enabling is also how an administrator clears a guessing block.
+            login_failures::clear_in(&mut tx, &address).await?;
+        }
         let (action, kind) = if disabled {
             ("user.disable", EventKind::UserDisabled)
         } else {
@@ -306,10 +373,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1")
-            .bind(user.id)
-            .execute(&mut *tx)
-            .await?;
+        login_failures::clear_in(&mut tx, &address).await?;
         let detail = format!("second_factors={factors} app_passwords={app_passwords}");
         insert_audit(&mut tx, actor, "user.reset", &address, &detail, None).await?;
         insert_event(

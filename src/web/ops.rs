@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::session::Auth;
 use super::{WebState, recovery};
 use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
-use crate::penalty;
+use crate::gate::AfterSuccess;
 use crate::policy::{DomainStatus, Scopes, WebLoginStep, decide_web_login};
 use crate::secret::Secret;
 use crate::store::{
@@ -132,10 +132,11 @@ pub async fn password_step(
         tokio::time::sleep(delay).await;
     }
     // Read before the upstream is asked: a blocked account is refused without
-    // asking it. The account's failure count is on this row, shared by every node.
-    let (domain, user) = user_context(state, &address).await?;
+    // asking it. The account's failure count is read with it, shared by every
+    // node; reading creates nothing, so a refused address leaves no user row.
+    let account = state.store.account(&address).await?;
     let now = unix_now();
-    if penalty::account_blocked(user.failed_logins, user.last_failed_at, now) {
+    if account.failures.block(now) {
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "account-blocked");
         return Ok(PasswordOutcome::Wrong);
     }
@@ -163,19 +164,17 @@ pub async fn password_step(
         return Ok(PasswordOutcome::Wrong);
     }
     state.penalties.succeeded(ip, &address);
-    if user.failed_logins != 0
-        && let Err(err) = state.store.clear_login_failures(user.id).await
-    {
-        warn!(user = %address, error = %err, "web login: could not clear failed logins");
-    }
-    if user.disabled {
+    state
+        .gate
+        .login_succeeded(&address, AfterSuccess::for_account(&account))
+        .await;
+    if account.state().disabled {
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "disabled");
         return Err(WebError::Forbidden(
             "this account is disabled; ask your administrator".into(),
         ));
     }
-    let policy = domain.as_ref().map(DomainRecord::policy);
-    let step = decide_web_login(policy.as_ref(), user.state(), unix_now());
+    let step = decide_web_login(account.policy().as_ref(), account.state(), now);
     info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "password-ok", next = ?step);
     Ok(PasswordOutcome::Next(match step {
         WebLoginStep::Done | WebLoginStep::DoneMayEnroll => Auth::User {
