@@ -196,6 +196,7 @@ ca_file = "$DOVECOT_DIR/cert.pem"
 [limits]
 trusted_networks = ["127.0.0.0/8"]
 max_connections_per_ip = 100000
+max_connections_per_user_ip = 100000
 max_connections = 100000
 ${BENCH_WORKER_THREADS:+worker_threads = $BENCH_WORKER_THREADS}
 TOML

@@ -58,6 +58,7 @@ master_password = "masterpw"
 [limits]
 trusted_networks = ["127.0.0.0/8"]
 max_connections_per_ip = 100000
+max_connections_per_user_ip = 100000
 TOML
 $P admin --config $OUT/p.toml domain add example.test >/dev/null
 $P admin --config $OUT/p.toml domain feature example.test on >/dev/null

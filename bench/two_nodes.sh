@@ -82,6 +82,7 @@ master_password = "masterpw"
 [limits]
 trusted_networks = ["127.0.0.0/8"]
 max_connections_per_ip = 100000
+max_connections_per_user_ip = 100000
 max_connections = 100000
 [node]
 name = "$node"

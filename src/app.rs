@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, LogFormat, ProtocolSettings};
 use crate::credentials::{AppPasswordVerifier, InstanceKey};
 use crate::gate::{Gate, MasterAccount};
-use crate::net::limiter::ConnectionLimiter;
+use crate::net::limiter::{ConnectionLimiter, UserClientLimiter};
 use crate::net::proxy::{self, TrustedProxies};
 use crate::net::tls::{self, ServerTls};
 use crate::penalty::Penalties;
@@ -45,6 +45,8 @@ pub struct Runtime {
     pub tls: ServerTls,
     pub registry: SessionRegistry,
     pub limiter: ConnectionLimiter,
+    /// Logged-in sessions per user and client network, all protocols.
+    pub user_client_limiter: UserClientLimiter,
     pub proxies: TrustedProxies,
     pub penalties: Arc<Penalties>,
     /// Accept loops, stopped first on shutdown.
@@ -92,6 +94,7 @@ impl Runtime {
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
             ),
+            user_client_limiter: UserClientLimiter::new(config.limits.max_connections_per_user_ip),
             proxies: TrustedProxies::new(config.proxy_protocol.trusted_proxies.clone()),
             penalties: Arc::new(Penalties::new(config.limits.trusted_networks.clone())),
             listeners: std::sync::Mutex::default(),
@@ -148,6 +151,7 @@ impl Runtime {
             upstream_tls: tls::upstream_connector(&config.upstream_auth.ca_file)?,
             registry: self.registry.clone(),
             penalties: self.penalties.clone(),
+            user_client_limiter: self.user_client_limiter.clone(),
             handshake_timeout: Duration::from_secs(config.tls.handshake_timeout_secs),
         }))
     }
@@ -282,9 +286,15 @@ async fn accept_loop<H: ProtocolHandler>(
                 }
             };
             // Limits apply to the real client, not to a load balancer in front.
-            let Some(_permit) = limiter.try_acquire(client.ip()) else {
-                warn!(%protocol, client = %client.ip(), "connection limit reached; closing");
-                return;
+            let _permit = match limiter.try_acquire(client.ip()) {
+                Ok(permit) => permit,
+                Err(limit) => {
+                    metrics::counter!(crate::metrics::CONNECTIONS_REJECTED,
+                        "protocol" => protocol.as_str(), "limit" => limit.as_str())
+                    .increment(1);
+                    warn!(%protocol, client = %client.ip(), limit = limit.as_str(), "connection limit reached; closing");
+                    return;
+                }
             };
             session::handle_connection(ctx, handler, tcp, client, implicit_tls).await;
         });

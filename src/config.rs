@@ -362,9 +362,14 @@ pub struct LimitsConfig {
     /// Idle seconds after login before the session is closed (0: never).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
-    /// Open connections from one IP address.
+    /// Open connections from one client network (an IPv4 address, an IPv6
+    /// /64): a ceiling for a whole office behind one NAT address.
     #[serde(default = "default_per_ip")]
     pub max_connections_per_ip: usize,
+    /// Logged-in sessions of one user from one client network, on this node,
+    /// all protocols together (Dovecot's `mail_max_userip_connections`).
+    #[serde(default = "default_per_user_ip")]
+    pub max_connections_per_user_ip: usize,
     /// Open connections in all.
     #[serde(default = "default_total")]
     pub max_connections: usize,
@@ -399,6 +404,7 @@ impl Default for LimitsConfig {
             prelogin_timeout_secs: default_prelogin_timeout(),
             idle_timeout_secs: default_idle_timeout(),
             max_connections_per_ip: default_per_ip(),
+            max_connections_per_user_ip: default_per_user_ip(),
             max_connections: default_total(),
             argon2_parallelism: cpu_count(),
             worker_threads: cpu_count(),
@@ -425,7 +431,10 @@ fn default_idle_timeout() -> u64 {
     1800
 }
 fn default_per_ip() -> usize {
-    50
+    1000
+}
+fn default_per_user_ip() -> usize {
+    20
 }
 fn default_total() -> usize {
     20_000

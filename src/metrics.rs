@@ -33,6 +33,9 @@ pub const LOGIN_CACHE: &str = "postern_login_cache_total";
 /// reaches its id).
 pub const EVENT_LOG_POSITION: &str = "postern_event_log_position";
 
+/// Connections closed because a limit was reached, by `protocol` and `limit`
+/// (`total`, `per_ip`, `per_user_ip`).
+pub const CONNECTIONS_REJECTED: &str = "postern_connections_rejected_total";
 /// Live-session re-checks the store could not answer (each session is kept
 /// and asked again within a second).
 pub const RECHECK_FAILURES: &str = "postern_recheck_failures_total";

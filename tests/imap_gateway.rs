@@ -514,11 +514,12 @@ async fn a_10_mb_line_gets_one_error_without_echo_while_others_log_in() {
 #[tokio::test]
 async fn invalid_base64_from_one_client_while_50_valid_logins_run() {
     let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
-    // 51 connections from one address: above the default per-address cap.
+    // 60 connections of one user from one address: above the default
+    // per-user-and-address cap.
     let gateway = Gateway::start(
         fake.addr,
         "allow_plaintext_auth = true",
-        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nmax_connections_per_ip = 60",
+        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nmax_connections_per_ip = 60\nmax_connections_per_user_ip = 60",
     )
     .await;
     let addr = gateway.addr(Protocol::Imap, false);
@@ -767,6 +768,83 @@ async fn a_client_over_the_per_address_cap_is_closed_and_a_silent_one_times_out(
     );
     assert!(first.closed().await);
     assert_eq!(fake.logins().len(), 0);
+}
+
+#[tokio::test]
+async fn an_office_behind_one_address_keeps_more_than_fifty_connections_open() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    // The default limits: a hundred connections from one address (everyone
+    // behind an office's NAT) are all served.
+    let gateway = Gateway::start(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]",
+    )
+    .await;
+    let addr = gateway.addr(Protocol::Imap, false);
+    let mut open = Vec::new();
+    for n in 0..100 {
+        let mut client = connect(addr).await;
+        let greeting = client.line().await;
+        assert!(greeting.starts_with("* OK"), "connection {n}: {greeting:?}");
+        open.push(client);
+    }
+}
+
+/// `name`'s value for the labels `labels` in this process's `/metrics`.
+fn metric(name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    postern::metrics::render()
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn one_user_from_one_address_gets_a_limited_number_of_sessions() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
+    let gateway = Gateway::start(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = [\"127.0.0.0/8\"]\nmax_connections_per_user_ip = 2",
+    )
+    .await;
+    let addr = gateway.addr(Protocol::Imap, false);
+    let login = |user: &'static str, password: &'static str| async move {
+        let mut client = connect(addr).await;
+        client.line().await;
+        client
+            .send(format!("a LOGIN {user} {password}\r\n").as_bytes())
+            .await;
+        let reply = client.until("a ").await.concat();
+        (reply, client)
+    };
+    let (first, _phone) = login(ALICE, "alice-primary").await;
+    let (second, _laptop) = login(ALICE, "alice-primary").await;
+    assert!(first.starts_with("a OK") && second.starts_with("a OK"));
+    let rejected = metric(
+        "postern_connections_rejected_total",
+        "protocol=\"imap\",limit=\"per_user_ip\"",
+    );
+    // A third session of Alice from the same address is told why, and may retry.
+    let (third, mut client) = login(ALICE, "alice-primary").await;
+    assert_eq!(
+        third,
+        "a NO [LIMIT] Too many connections for this account from your address; \
+         close some and try again.\r\n"
+    );
+    client.send(b"b NOOP\r\n").await;
+    assert!(client.line().await.starts_with("b OK"));
+    assert!(
+        metric(
+            "postern_connections_rejected_total",
+            "protocol=\"imap\",limit=\"per_user_ip\""
+        ) > rejected
+    );
+    // Another user behind the same address is not held back.
+    let (bob, _bobs) = login(BOB, "bob-primary").await;
+    assert!(bob.starts_with("a OK"), "{bob}");
 }
 
 #[tokio::test]

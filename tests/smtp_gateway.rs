@@ -286,7 +286,8 @@ async fn a_10_mb_line_gets_one_error_without_echo_while_others_log_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_base64_from_one_client_while_50_valid_logins_run() {
     // 51 connections from one address: above the default per-address cap.
-    let (postern, log) = setup("[limits]\nmax_connections_per_ip = 60").await;
+    let (postern, log) =
+        setup("[limits]\nmax_connections_per_ip = 60\nmax_connections_per_user_ip = 60").await;
     let addr = postern.plain_addr();
     let logins: Vec<_> = (0..50)
         .map(|_| {

@@ -107,6 +107,9 @@ pub enum LoginFailure {
     Refused,
     /// The database or the upstream is unavailable; the client should retry later.
     Temporary,
+    /// The credentials were right, but the user already has as many sessions
+    /// from this client as allowed (`[limits] max_connections_per_user_ip`).
+    TooManySessions,
 }
 
 /// A client-facing pre-login core (IMAP, POP3, SMTP) as everything that drives it

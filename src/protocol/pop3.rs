@@ -36,6 +36,9 @@ pub const TEMPORARY: &[u8] =
 /// Reply to a login command before TLS when plaintext logins are off.
 pub const TLS_REQUIRED: &[u8] =
     b"-ERR [SYS/PERM] Logins require TLS: use STLS or the POP3S port first\r\n";
+/// RFC 2449 IN-USE: the account is busy (here: too many sessions from this client).
+pub const TOO_MANY_SESSIONS: &[u8] =
+    b"-ERR [IN-USE] Too many connections for this account from your address\r\n";
 const TOO_MANY_BAD: &[u8] = b"-ERR Too many bad commands, closing connection\r\n";
 
 /// The client's side of the AUTHORIZATION state.
@@ -265,6 +268,7 @@ impl PreAuthCore for Pop3PreAuth {
         match failure {
             LoginFailure::Refused => REFUSED.to_vec(),
             LoginFailure::Temporary => TEMPORARY.to_vec(),
+            LoginFailure::TooManySessions => TOO_MANY_SESSIONS.to_vec(),
         }
     }
 

@@ -32,6 +32,9 @@ pub const REFUSED: &[u8] =
 pub const TEMPORARY: &[u8] =
     b"454 4.7.0 Temporary authentication failure, please try again later\r\n";
 /// Reply to AUTH before STARTTLS when plaintext logins are off (RFC 3207 §4).
+/// RFC 4954 §6 temporary authentication failure, saying why.
+pub const TOO_MANY_SESSIONS: &[u8] =
+    b"454 4.7.0 Too many connections for this account from your address\r\n";
 pub const TLS_REQUIRED: &[u8] = b"530 5.7.0 Must issue a STARTTLS command first\r\n";
 /// Reply to mail transaction commands before AUTH (RFC 4954 §6).
 pub const AUTH_REQUIRED: &[u8] = b"530 5.7.0 Authentication required\r\n";
@@ -317,6 +320,7 @@ impl PreAuthCore for SmtpPreAuth {
         match failure {
             LoginFailure::Refused => REFUSED.to_vec(),
             LoginFailure::Temporary => TEMPORARY.to_vec(),
+            LoginFailure::TooManySessions => TOO_MANY_SESSIONS.to_vec(),
         }
     }
 

@@ -16,6 +16,7 @@ use super::{ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
 use crate::gate::{SessionCredential, Verdict};
 use crate::metrics as m;
+use crate::net::limiter::{Limit, UserClientPermit};
 use crate::net::stream::MaybeTls;
 use crate::net::tls;
 use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthCore};
@@ -37,6 +38,8 @@ struct Established {
     allowed_until: Option<i64>,
     /// The registry's generation when the policy was checked.
     generation: u64,
+    /// This session's place under `max_connections_per_user_ip`.
+    slot: UserClientPermit,
 }
 
 /// Serves one accepted connection until it ends.
@@ -154,6 +157,7 @@ async fn pre_login<H: ProtocolHandler>(
                         credential,
                         allowed_until,
                         generation,
+                        slot,
                     }) => {
                         client.write_all(&reply).await?;
                         client.write_all(&leftover).await?;
@@ -166,6 +170,7 @@ async fn pre_login<H: ProtocolHandler>(
                             credential,
                             allowed_until,
                             generation,
+                            slot,
                         }));
                     }
                     Err(failure) => {
@@ -200,6 +205,7 @@ fn counted<T>(
         Ok(_) => "ok",
         Err(LoginFailure::Refused) => "refused",
         Err(LoginFailure::Temporary) => "unavailable",
+        Err(LoginFailure::TooManySessions) => "limited",
     };
     metrics::counter!(m::LOGINS, "protocol" => protocol.as_str(), "result" => label).increment(1);
     result
@@ -213,6 +219,7 @@ struct LoggedIn {
     credential: SessionCredential,
     allowed_until: Option<i64>,
     generation: u64,
+    slot: UserClientPermit,
 }
 
 fn unix_now() -> i64 {
@@ -309,10 +316,22 @@ async fn login<H: ProtocolHandler>(
         .record(started.elapsed());
     match outcome {
         UpstreamOutcome::LoggedIn {
-            stream,
+            mut stream,
             reply,
             leftover,
         } => {
+            // Checked once the upstream accepted, as Dovecot does: the answer
+            // tells nothing to someone without the credentials.
+            let Some(slot) = ctx.user_client_limiter.try_acquire(&user, ip) else {
+                let _ = stream.shutdown().await;
+                metrics::counter!(m::CONNECTIONS_REJECTED,
+                    "protocol" => protocol.as_str(), "limit" => Limit::PerUserClient.as_str())
+                .increment(1);
+                warn!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "limited", reason = "too-many-sessions");
+                ctx.gate
+                    .audit_login(&user, protocol, ip, "limited", "too-many-sessions");
+                return Err(LoginFailure::TooManySessions);
+            };
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
             ctx.penalties.succeeded(ip, &user);
             ctx.gate.login_succeeded(&user, after_success).await;
@@ -326,6 +345,7 @@ async fn login<H: ProtocolHandler>(
                 credential,
                 allowed_until,
                 generation,
+                slot,
             })
         }
         UpstreamOutcome::Refused(detail) => {
@@ -470,6 +490,7 @@ async fn relay<H: ProtocolHandler>(
         credential,
         allowed_until,
         generation,
+        slot: _slot,
     } = established;
     let protocol = handler.protocol();
     let mut handle = Box::pin(ctx.registry.register(NewSession {

@@ -23,6 +23,7 @@ pub use primary::{PrimaryCheckError, verify_primary_password};
 
 use crate::config::{LimitsConfig, ProtocolSettings};
 use crate::gate::Gate;
+use crate::net::limiter::UserClientLimiter;
 use crate::net::tls::ServerTls;
 use crate::penalty::Penalties;
 use crate::policy::Protocol;
@@ -65,6 +66,8 @@ pub struct Context {
     pub upstream_tls: TlsConnector,
     pub registry: SessionRegistry,
     pub penalties: Arc<Penalties>,
+    /// Logged-in sessions per user and client network (shared by the protocols).
+    pub user_client_limiter: UserClientLimiter,
     pub handshake_timeout: Duration,
 }
 

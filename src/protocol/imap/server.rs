@@ -293,6 +293,12 @@ impl PreAuthCore for ImapPreAuth {
                 format!("{tag} NO [UNAVAILABLE] Temporary failure, please try again later.\r\n")
                     .into_bytes()
             }
+            // RFC 5530 LIMIT: an operational limit, not a refusal.
+            LoginFailure::TooManySessions => format!(
+                "{tag} NO [LIMIT] Too many connections for this account from your address; \
+                 close some and try again.\r\n"
+            )
+            .into_bytes(),
         }
     }
 
