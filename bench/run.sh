@@ -347,8 +347,8 @@ run_idle() {   # NAME PLAIN TLS USERS
             nginx) stop_nginx; start_nginx ;;
         esac
         pids=$(server_pids "$name")
-        # Warm it up with a few logins of the same credentials first: postern's first
-        # logins with an app password run Argon2 (19 MiB each), which is not per session.
+        # Warm it up with a few logins of the same credentials first, so one-time
+        # start-up work is not counted per session.
         loadgen "$addr" latency --creds "$users" --count 5 $( [ "$mode" = tls ] && echo --tls ) >/dev/null
         if [ -n "$pids" ]; then m0=$(smaps_kb Pss $pids); r0=$(smaps_kb Rss $pids); fi
         # shellcheck disable=SC2046

@@ -5,7 +5,7 @@
 #   c0  a name that is no address ("nodomain"): no store read;
 #   c1  a primary password in a domain postern does not manage: one read
 #       (user and domain);
-#   c2  an app password (cached Argon2 result): two reads (user and domain,
+#   c2  an app password: two reads (user and domain,
 #       then the app-password row).
 # Since the login cache (src/gate/cache.rs), c1 and c2 read the store on the
 # first login of each device only; the three lines show what remains of the

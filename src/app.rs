@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat, ProtocolSettings};
-use crate::credentials::{AppPasswordVerifier, InstanceKey};
+use crate::credentials::InstanceKey;
 use crate::gate::{Gate, MasterAccount};
 use crate::net::limiter::{ConnectionLimiter, UserClientLimiter};
 use crate::net::proxy::{self, TrustedProxies};
@@ -75,7 +75,12 @@ impl Runtime {
         if master.is_none() {
             warn!("upstream_auth has no master password: app-password logins will fail");
         }
-        let verifier = AppPasswordVerifier::new(key.clone(), config.limits.argon2_parallelism);
+        if config.limits.argon2_parallelism.is_some() {
+            warn!(
+                "limits.argon2_parallelism has no effect any more (app passwords need no \
+                 Argon2); remove it from the config"
+            );
+        }
         let node = node_name(config);
         if let Err(err) = store.remove_node_sessions(&node).await {
             warn!(error = %err, "could not clear this node's stale sessions");
@@ -84,7 +89,6 @@ impl Runtime {
             gate: Gate::new(
                 store.clone(),
                 key,
-                verifier,
                 master,
                 std::time::Duration::from_secs(config.limits.login_cache_secs),
             ),

@@ -1,8 +1,8 @@
 //! The login gate: turns what a client presented into a decision and, when the
 //! login may proceed, the credentials postern presents upstream.
 //!
-//! It classifies the credential (one of the user's app passwords, found by keyed
-//! hash and verified with at most one Argon2 run, or else a primary password), reads
+//! It classifies the credential (one of the user's app passwords, found and so
+//! verified by its keyed hash, or else a primary password), reads
 //! the domain and user state, and asks [`crate::policy::decide_mail_login`]. An
 //! account blocked after too many failed logins (its count is kept by address,
 //! read in the same round trip: [`Store::account`]) is refused before the
@@ -12,10 +12,11 @@
 //! so a refusal is no password oracle. Any store failure fails closed with a
 //! temporary error.
 //!
-//! Every refusal costs exactly one Argon2 verification, whatever its cause: the
-//! stored hash's when an app password was found and hashed, else a dummy one
-//! ([`Gate::spend_refusal`]), also after a cache hit, so neither the cache nor a
-//! missing row makes one refusal faster than another.
+//! No login runs a password-hashing function: an app password is a generated
+//! secret whose keyed hash is its verification, so a cold login costs what a
+//! warm one does, and a restart's reconnecting devices queue for nothing.
+//! Refusals are held to the refusal floor by the session driver, which makes
+//! them take the same time whatever their cause.
 //!
 //! The store reads of a login that proceeded are remembered ([`cache`]) and
 //! reused for the same address and credential until any change reaches the
@@ -24,7 +25,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::credentials::{AppPasswordVerifier, CanonicalAppPassword, InstanceKey};
+use crate::credentials::{CanonicalAppPassword, InstanceKey};
 use crate::penalty;
 use crate::policy::{self, Credential, Decision, Protocol, Refusal, UpstreamLogin};
 use crate::protocol::sasl::Credentials;
@@ -84,7 +85,7 @@ pub enum Verdict {
     /// Refused by policy; the reason is for the log only.
     Refuse { user: String, reason: Refusal },
     /// Refused because the account is blocked after too many failed logins
-    /// (see [`crate::penalty`]); it costs the same work as any refusal.
+    /// (see [`crate::penalty`]); answered like any refusal.
     Blocked { user: String },
     /// The store or the configuration failed: try again later.
     Unavailable { user: String, detail: String },
@@ -116,7 +117,6 @@ impl AfterSuccess {
 pub struct Gate {
     store: Store,
     key: InstanceKey,
-    verifier: AppPasswordVerifier,
     master: Option<MasterAccount>,
     /// Last use written per app password, so a device reconnecting every few
     /// minutes costs one write per [`LAST_USE_RESOLUTION`], not one per login.
@@ -234,14 +234,12 @@ impl Gate {
     pub fn new(
         store: Store,
         key: InstanceKey,
-        verifier: AppPasswordVerifier,
         master: Option<MasterAccount>,
         login_cache: std::time::Duration,
     ) -> Self {
         Self {
             store,
             key,
-            verifier,
             master,
             last_use: Default::default(),
             audit: AuditQueue::new(),
@@ -297,9 +295,7 @@ impl Gate {
                 }
             }
         };
-        let verdict = self
-            .decide(presented, protocol, now, &key, &context, candidate)
-            .await;
+        let verdict = self.decide(presented, protocol, now, &key, &context);
         // A context without a user row is not remembered: the success creates
         // the row, and the next login reads it.
         if let (Verdict::Proceed { .. }, Some(changes), true) =
@@ -331,64 +327,40 @@ impl Gate {
     }
 
     /// Decides a login from the stored context (fresh or cached).
-    async fn decide(
+    fn decide(
         &self,
         presented: &Credentials,
         protocol: Protocol,
         now: i64,
         key: &CacheKey,
         context: &LoginContext,
-        candidate: Option<CanonicalAppPassword>,
     ) -> Verdict {
         let address = key.address.clone();
         let account = &context.account;
         if account.failures.block(now) {
-            self.spend_refusal().await;
             return Verdict::Blocked { user: address };
         }
         let after_success = AfterSuccess::for_account(account);
-
-        let mut credential = Credential::Primary;
-        let mut app_password_id = None;
-        let mut hashed = false;
-        if let (Some(candidate), Some(record)) = (candidate, &context.app_password) {
-            match self
-                .verifier
-                .check(record.id, &candidate, &record.hash)
-                .await
-            {
-                Ok(verified) => {
-                    hashed = verified.hashed;
-                    if verified.matches {
-                        credential = Credential::AppPassword {
-                            scopes: record.scopes,
-                            expires_at: record.expires_at,
-                        };
-                        app_password_id = Some(record.id);
-                    }
-                }
-                Err(err) => {
-                    return Verdict::Unavailable {
-                        user: address,
-                        detail: err.to_string(),
-                    };
-                }
-            }
-        }
+        // A row found by the presented password's keyed hash is that password.
+        let (credential, app_password_id) = match &context.app_password {
+            Some(record) => (
+                Credential::AppPassword {
+                    scopes: record.scopes,
+                    expires_at: record.expires_at,
+                },
+                Some(record.id),
+            ),
+            None => (Credential::Primary, None),
+        };
 
         let domain_policy = account.policy();
         let state = account.state();
         let allowed_until = policy::allowed_until(domain_policy.as_ref(), state, credential);
         match policy::decide_mail_login(domain_policy.as_ref(), state, credential, protocol, now) {
-            Decision::Refuse(reason) => {
-                if !hashed {
-                    self.spend_refusal().await;
-                }
-                Verdict::Refuse {
-                    user: address,
-                    reason,
-                }
-            }
+            Decision::Refuse(reason) => Verdict::Refuse {
+                user: address,
+                reason,
+            },
             Decision::Allow(UpstreamLogin::Passthrough) => {
                 Self::passthrough(presented, address, allowed_until, after_success)
             }
@@ -412,15 +384,6 @@ impl Gate {
                     after_success,
                 }
             }
-        }
-    }
-
-    /// The Argon2 run a refusal costs when it has not verified a stored hash
-    /// (an upstream refusal, a blocked account, a primary password refused by
-    /// policy, an app password not found or served from the cache).
-    pub async fn spend_refusal(&self) {
-        if self.verifier.spend_refusal().await.is_err() {
-            tracing::warn!("the refusal's Argon2 run failed");
         }
     }
 
@@ -474,11 +437,6 @@ impl Gate {
     /// Resolves once every audit row queued so far is written (shutdown).
     pub async fn flush_audit(&self) {
         self.audit.flush().await;
-    }
-
-    /// Argon2 verifications run since start.
-    pub fn argon2_runs(&self) -> u64 {
-        self.verifier.argon2_runs()
     }
 
     fn passthrough(

@@ -21,8 +21,6 @@ pub const UPSTREAM_LOGIN_SECONDS: &str = "postern_upstream_login_seconds";
 pub const SESSIONS_DROPPED: &str = "postern_sessions_dropped_total";
 /// Seconds of login penalty delay applied.
 pub const PENALTY_SECONDS: &str = "postern_login_penalty_seconds_total";
-/// Argon2 verifications waiting for a permit.
-pub const ARGON2_QUEUE: &str = "postern_argon2_queue_depth";
 /// Seconds between the last applied event's `at` and when this node applied it.
 pub const EVENT_LAG_SECONDS: &str = "postern_event_lag_seconds";
 /// Mail logins answered from the login cache (`result` = `hit`) or read from
@@ -101,7 +99,6 @@ fn describe() {
         Unit::Seconds,
         "Login penalty delay applied"
     );
-    describe_gauge!(ARGON2_QUEUE, "Argon2 verifications waiting for a permit");
     describe_counter!(LOGIN_CACHE, "Mail logins answered from memory or the store");
     describe_gauge!(
         EVENT_LOG_POSITION,

@@ -1,18 +1,10 @@
-//! Issuing an app password: generate, hash off the runtime, store with its keyed
-//! lookup. The one path used by the CLI, the web UI and tests.
+//! Issuing an app password: generate, store its keyed lookup. The one path used
+//! by the CLI, the web UI and tests.
 
 use super::app_password::AppPassword;
 use super::key::InstanceKey;
 use crate::policy::Scopes;
 use crate::store::{NewAppPassword, Store, StoreError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum IssueError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("hashing the app password failed: {0}")]
-    Hash(String),
-}
 
 /// What the user needs, shown once.
 #[derive(Debug)]
@@ -31,22 +23,16 @@ pub async fn issue_app_password(
     scopes: Scopes,
     expires_at: Option<i64>,
     actor: &str,
-) -> Result<IssuedAppPassword, IssueError> {
+) -> Result<IssuedAppPassword, StoreError> {
     let user = store.ensure_user(address).await?;
     let password = AppPassword::generate();
-    let canonical = password.canonical();
-    let lookup = canonical.lookup_key(key, &user.address);
-    let hash = tokio::task::spawn_blocking(move || canonical.hash())
-        .await
-        .map_err(|e| IssueError::Hash(e.to_string()))?
-        .map_err(|e| IssueError::Hash(e.to_string()))?;
+    let lookup = password.canonical().lookup_key(key, &user.address);
     let id = store
         .create_app_password(
             user.id,
             NewAppPassword {
                 name: name.to_owned(),
                 lookup,
-                hash,
                 scopes,
                 expires_at,
             },

@@ -267,7 +267,7 @@ async fn login<H: ProtocolHandler>(
     ]);
     if ctx.penalties.blocked(&credentials.username) {
         // A name the store keeps no row for, blocked on this node.
-        return blocked(ctx, protocol, &credentials.username, ip, method, true).await;
+        return blocked(ctx, protocol, &credentials.username, ip, method).await;
     }
     // Before reading the stored state: see `SessionRegistry::generation`.
     let generation = ctx.registry.generation();
@@ -278,7 +278,7 @@ async fn login<H: ProtocolHandler>(
             return refused(ctx, protocol, &user, ip, attempt, reason.as_str()).await;
         }
         Verdict::Blocked { user } => {
-            return blocked(ctx, protocol, &user, ip, method, false).await;
+            return blocked(ctx, protocol, &user, ip, method).await;
         }
         Verdict::Unavailable { user, detail } => {
             warn!(target: "postern::login", %protocol, %user, client = %ip, method, result = "unavailable", reason = %detail);
@@ -349,7 +349,6 @@ async fn login<H: ProtocolHandler>(
             })
         }
         UpstreamOutcome::Refused(detail) => {
-            ctx.gate.spend_refusal().await;
             info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "refused", reason = "upstream-refused", upstream = %detail);
             refused(ctx, protocol, &user, ip, attempt, "upstream-refused").await
         }
@@ -384,19 +383,14 @@ async fn refused<T>(
 }
 
 /// Refuses a blocked account. Not counted: a block ends after a quiet period,
-/// which further guesses do not extend. `spend` is false when the gate has
-/// already spent the refusal's Argon2 run.
+/// which further guesses do not extend.
 async fn blocked<T>(
     ctx: &SharedContext,
     protocol: crate::policy::Protocol,
     user: &str,
     ip: std::net::IpAddr,
     method: &str,
-    spend: bool,
 ) -> Result<T, LoginFailure> {
-    if spend {
-        ctx.gate.spend_refusal().await;
-    }
     info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = "account-blocked");
     ctx.gate
         .audit_login(user, protocol, ip, "refused", "account-blocked");

@@ -1,6 +1,7 @@
-//! App passwords: per-device credentials for mail clients. Only hashes are stored: a
-//! keyed `lookup` hash to find the one candidate, and an Argon2 PHC string to verify
-//! it. At most [`MAX_APP_PASSWORDS`] per user, checked inside the creating transaction.
+//! App passwords: per-device credentials for mail clients. Only a keyed hash is
+//! stored: `lookup`, HMAC under the instance key of the user and the generated
+//! secret, unique per user, so finding the row is the verification. At most
+//! [`MAX_APP_PASSWORDS`] per user, checked inside the creating transaction.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -21,8 +22,6 @@ pub struct NewAppPassword {
     pub name: String,
     /// Hex keyed hash of the normalised password, unique per user.
     pub lookup: String,
-    /// Argon2 PHC string.
-    pub hash: String,
     pub scopes: Scopes,
     /// Unix seconds.
     pub expires_at: Option<i64>,
@@ -34,8 +33,6 @@ pub struct AppPasswordRecord {
     pub id: i64,
     pub user_id: i64,
     pub name: String,
-    /// Argon2 PHC string.
-    pub hash: String,
     pub scopes: Scopes,
     pub created_at: i64,
     pub expires_at: Option<i64>,
@@ -50,7 +47,6 @@ fn app_password_from_row(row: &AnyRow) -> Result<AppPasswordRecord, StoreError> 
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
         name: row.try_get("name")?,
-        hash: row.try_get("hash")?,
         scopes: get_parsed(row, "scopes")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
@@ -62,7 +58,7 @@ fn app_password_from_row(row: &AnyRow) -> Result<AppPasswordRecord, StoreError> 
 
 macro_rules! app_password_columns {
     () => {
-        "id, user_id, name, hash, scopes, created_at, expires_at, last_used_at, \
+        "id, user_id, name, scopes, created_at, expires_at, last_used_at, \
          last_used_ip, last_used_protocol"
     };
 }
@@ -99,13 +95,12 @@ impl Store {
             return Err(StoreError::TooManyAppPasswords);
         }
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO app_passwords (user_id, name, lookup, hash, scopes, created_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO app_passwords (user_id, name, lookup, scopes, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(user_id)
         .bind(&new.name)
         .bind(&new.lookup)
-        .bind(&new.hash)
         .bind(new.scopes.to_string())
         .bind(unix_now())
         .bind(new.expires_at)

@@ -507,14 +507,10 @@ pub async fn create_app_password(
     )
     .await
     .map_err(|err| match err {
-        crate::credentials::issue::IssueError::Store(StoreError::TooManyAppPasswords) => {
+        StoreError::TooManyAppPasswords => {
             WebError::BadRequest("at most 40 application passwords; revoke one first".into())
         }
-        crate::credentials::issue::IssueError::Store(err) => WebError::from(err),
-        crate::credentials::issue::IssueError::Hash(detail) => {
-            warn!(%detail, "hashing an app password failed");
-            WebError::BadRequest("could not create the password; try again".into())
-        }
+        err => WebError::from(err),
     })
 }
 
