@@ -350,7 +350,8 @@ pub struct LimitsConfig {
     /// CIDRs exempt from login penalties (e.g. webmail hosts).
     #[serde(default)]
     pub trusted_networks: Vec<IpNet>,
-    /// Longest command line or literal accepted before login, in bytes.
+    /// Longest command line or literal accepted before login, in bytes. IMAP
+    /// never goes below 64 KiB: the largest ID command RFC 2971 allows must fit.
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
     /// Invalid commands before login before the connection is closed.
