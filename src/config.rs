@@ -377,7 +377,8 @@ pub struct LimitsConfig {
     /// and cost less CPU per login; Argon2 runs on threads of its own.
     #[serde(default = "cpu_count")]
     pub worker_threads: usize,
-    /// Seconds SIGTERM lets live sessions finish before saying goodbye.
+    /// Seconds SIGTERM lets live sessions (and web requests in flight) finish
+    /// before saying goodbye; clients not logged in are told at once.
     #[serde(default = "default_drain")]
     pub drain_secs: u64,
     /// No refused mail login is answered sooner than this many milliseconds

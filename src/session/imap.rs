@@ -47,4 +47,9 @@ impl ProtocolHandler for Imap {
     fn timeout_goodbye(&self) -> Vec<u8> {
         b"* BYE Autologout; too long without logging in\r\n".to_vec()
     }
+
+    /// RFC 5530 §3: UNAVAILABLE, a temporary failure.
+    fn shutdown_goodbye(&self, reason: &str) -> Vec<u8> {
+        format!("* BYE [UNAVAILABLE] {reason}\r\n").into_bytes()
+    }
 }
