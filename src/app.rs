@@ -38,6 +38,9 @@ pub fn init_logging(config: &Config) {
     };
 }
 
+/// What every connection is told when postern shuts down.
+const SHUTDOWN_REASON: &str = "postern is shutting down; please reconnect.";
+
 /// Shared state built once at start.
 pub struct Runtime {
     pub store: Store,
@@ -106,22 +109,24 @@ impl Runtime {
         })
     }
 
-    /// Graceful shutdown: close the listeners, let live sessions finish for up to
-    /// `drain`, then end the rest with a goodbye.
+    /// Graceful shutdown: close the mail listeners; tell every connection not
+    /// logged in yet goodbye and stop the web listener (its requests in flight
+    /// finish); let live sessions finish for up to `drain`, then end the rest
+    /// with a goodbye.
     pub async fn shutdown(&self, drain: Duration) {
         self.stop_accepting();
+        self.registry.begin_shutdown(SHUTDOWN_REASON);
         info!(
             sessions = self.registry.len(),
+            connections = self.registry.connections(),
             drain_secs = drain.as_secs(),
             "shutting down: listeners closed, letting sessions finish"
         );
-        if tokio::time::timeout(drain, self.registry.wait_empty())
+        if tokio::time::timeout(drain, self.registry.wait_connections_closed())
             .await
             .is_err()
         {
-            let dropped = self
-                .registry
-                .kill_where("postern is shutting down; please reconnect.", |_| true);
+            let dropped = self.registry.kill_where(SHUTDOWN_REASON, |_| true);
             metrics::counter!(crate::metrics::SESSIONS_DROPPED, "reason" => "shutdown")
                 .increment(dropped as u64);
             info!(
@@ -129,7 +134,11 @@ impl Runtime {
                 "drain time over; ending the remaining sessions"
             );
             // Each session writes its goodbye and closes; give them a moment.
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.registry.wait_empty()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.registry.wait_connections_closed(),
+            )
+            .await;
         }
     }
 
@@ -268,6 +277,8 @@ async fn accept_loop<H: ProtocolHandler>(
                 continue;
             }
         };
+        // From accept on, the connection is reached by shutdown.
+        let mut connection = ctx.registry.admit();
         let (ctx, handler, limiter, proxies) = (
             ctx.clone(),
             handler.clone(),
@@ -275,14 +286,14 @@ async fn accept_loop<H: ProtocolHandler>(
             proxies.clone(),
         );
         tokio::spawn(async move {
-            let client = match Box::pin(proxy::client_address(
-                &mut tcp,
-                peer,
-                &proxies,
-                ctx.handshake_timeout,
-            ))
-            .await
-            {
+            let header = proxy::client_address(&mut tcp, peer, &proxies, ctx.handshake_timeout);
+            let client = tokio::select! {
+                biased;
+                // Nothing of the mail protocol has been said yet: just close.
+                _ = connection.shutdown() => return,
+                header = Box::pin(header) => header,
+            };
+            let client = match client {
                 Ok(client) => client,
                 Err(err) => {
                     warn!(%protocol, proxy = %peer.ip(), error = %err, "PROXY header refused; closing");
@@ -300,7 +311,7 @@ async fn accept_loop<H: ProtocolHandler>(
                     return;
                 }
             };
-            session::handle_connection(ctx, handler, tcp, client, implicit_tls).await;
+            session::handle_connection(ctx, handler, tcp, client, implicit_tls, connection).await;
         });
     }
 }

@@ -350,7 +350,8 @@ pub struct LimitsConfig {
     /// CIDRs exempt from login penalties (e.g. webmail hosts).
     #[serde(default)]
     pub trusted_networks: Vec<IpNet>,
-    /// Longest command line or literal accepted before login, in bytes.
+    /// Longest command line or literal accepted before login, in bytes. IMAP
+    /// never goes below 64 KiB: the largest ID command RFC 2971 allows must fit.
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
     /// Invalid commands before login before the connection is closed.
@@ -382,7 +383,8 @@ pub struct LimitsConfig {
     /// and cost less CPU per login; Argon2 runs on threads of its own.
     #[serde(default = "cpu_count")]
     pub worker_threads: usize,
-    /// Seconds SIGTERM lets live sessions finish before saying goodbye.
+    /// Seconds SIGTERM lets live sessions (and web requests in flight) finish
+    /// before saying goodbye; clients not logged in are told at once.
     #[serde(default = "default_drain")]
     pub drain_secs: u64,
     /// No refused mail login is answered sooner than this many milliseconds

@@ -8,6 +8,13 @@
 //! within that time (a client checking mail and leaving) never reaches the table. Killing a session and shutting down use the same path: the entry's
 //! watch channel carries the reason, and the session's relay loop says goodbye
 //! and closes both sides.
+//!
+//! Shutdown must also reach what is not a session yet: every accepted
+//! connection (a client before login, in its TLS handshake or PROXY header)
+//! and the web server hold a [`ConnectionHandle`]. [`SessionRegistry::begin_shutdown`]
+//! tells them all at once through one watch channel; a client before login is
+//! told goodbye, the web server stops accepting; and the drain waits until
+//! every handle is gone ([`SessionRegistry::wait_connections_closed`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -189,6 +196,10 @@ struct Inner {
     sessions: Mutex<HashMap<u64, Entry>>,
     /// Tells `wait_empty` that a session left.
     left: watch::Sender<usize>,
+    /// Accepted connections and servers holding a [`ConnectionHandle`].
+    connections: watch::Sender<usize>,
+    /// The reason once shutdown began; `None` while running.
+    closing: watch::Sender<Option<String>>,
     /// Events applied to this node's sessions so far (see [`SessionRegistry::generation`]).
     generation: AtomicU64,
 }
@@ -211,6 +222,8 @@ impl SessionRegistry {
                 next_id: AtomicU64::new(0),
                 sessions: Mutex::new(HashMap::new()),
                 left: watch::channel(0).0,
+                connections: watch::channel(0).0,
+                closing: watch::channel(None).0,
                 generation: AtomicU64::new(0),
             }),
         }
@@ -351,6 +364,84 @@ impl SessionRegistry {
     }
 }
 
+/// Held by every accepted connection, logged in or not, and by the web server,
+/// from accept to close: shutdown reaches it, and the drain waits for it.
+pub struct ConnectionHandle {
+    registry: SessionRegistry,
+    closing: watch::Receiver<Option<String>>,
+}
+
+impl SessionRegistry {
+    /// Counts a connection (or a server) until the handle is dropped.
+    pub fn admit(&self) -> ConnectionHandle {
+        self.inner.connections.send_modify(|n| *n += 1);
+        ConnectionHandle {
+            registry: self.clone(),
+            closing: self.inner.closing.subscribe(),
+        }
+    }
+
+    /// Tells every connection handle that postern is shutting down (once; the
+    /// first reason stays). Live sessions are not ended by this: they drain,
+    /// and [`SessionRegistry::kill_where`] ends those left.
+    pub fn begin_shutdown(&self, reason: &str) {
+        self.inner.closing.send_if_modified(|closing| {
+            if closing.is_some() {
+                return false;
+            }
+            *closing = Some(reason.to_owned());
+            true
+        });
+    }
+
+    /// Connections (and servers) still open.
+    pub fn connections(&self) -> usize {
+        *self.inner.connections.borrow()
+    }
+
+    /// Resolves once every connection handle is dropped.
+    pub async fn wait_connections_closed(&self) {
+        let mut open = self.inner.connections.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl ConnectionHandle {
+    /// [`ConnectionHandle::shutdown`] as a future of its own, for a server
+    /// that stops itself (axum's graceful shutdown) while this handle, held
+    /// until the server returns, keeps the drain waiting.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.clone();
+        async move {
+            if closing.wait_for(Option::is_some).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Resolves with the reason once shutdown has begun (at once if it has).
+    pub async fn shutdown(&mut self) -> String {
+        let reason = match self.closing.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            // The registry is gone with its sender: nothing will shut us down.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for ConnectionHandle {
+    fn drop(&mut self) {
+        self.registry
+            .inner
+            .connections
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 impl SessionHandle {
     pub fn id(&self) -> u64 {
         self.id
@@ -428,6 +519,27 @@ mod tests {
         drop(live);
         registry.flush().await;
         assert!(store.list_sessions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shutdown_reaches_every_connection_and_the_drain_waits_for_them() {
+        let registry = SessionRegistry::new("n1".into(), None);
+        let mut before = registry.admit();
+        let web = registry.admit();
+        assert_eq!(registry.connections(), 2);
+        let waiting = registry.clone();
+        let drained = tokio::spawn(async move { waiting.wait_connections_closed().await });
+        registry.begin_shutdown("going away");
+        registry.begin_shutdown("a second reason is ignored");
+        assert_eq!(before.shutdown().await, "going away");
+        // A connection accepted just before the listeners closed hears it too.
+        let mut late = registry.admit();
+        assert_eq!(late.shutdown().await, "going away");
+        drop((before, late));
+        assert!(!drained.is_finished());
+        drop(web);
+        drained.await.unwrap();
+        assert_eq!(registry.connections(), 0);
     }
 
     #[tokio::test]

@@ -492,8 +492,67 @@ async fn tls_clients_offering_another_alpn_are_refused() {
     }
 }
 
+/// The largest ID RFC 2971 §3.3 allows (30 pairs, 30-octet fields, 1024-octet
+/// values), as Dovecot's imaptest `id` test sends it before login.
+fn largest_id(tag: &str) -> String {
+    let pairs: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                "\"x-field-{i:02}{}\" \"{}\"",
+                "f".repeat(20),
+                "v".repeat(1024)
+            )
+        })
+        .collect();
+    format!("{tag} ID ({})\r\n", pairs.join(" "))
+}
+
 #[tokio::test]
-async fn a_10_mb_line_gets_one_error_without_echo_while_others_log_in() {
+async fn the_largest_id_rfc_2971_allows_is_answered_at_once() {
+    let (_fake, gateway) = setup().await;
+    // The configured line cap stays at its 8 KiB default: IMAP raises it.
+    assert_eq!(gateway.config.limits.max_line_bytes, 8192);
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    let id = largest_id("a");
+    assert_eq!(id.len(), 31_808);
+    let sent = std::time::Instant::now();
+    client.send(id.as_bytes()).await;
+    let reply = client.until("a ").await.concat();
+    assert_eq!(
+        reply,
+        "* ID (\"name\" \"postern\")\r\na OK ID completed\r\n"
+    );
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    // The session goes on to log in.
+    client
+        .send(format!("b LOGIN {ALICE} alice-primary\r\n").as_bytes())
+        .await;
+    assert!(client.until("b ").await.concat().contains("b OK"));
+}
+
+#[tokio::test]
+async fn a_line_past_the_cap_without_a_line_end_is_answered_and_closed() {
+    let (_fake, gateway) = setup().await;
+    let mut client = connect(gateway.addr(Protocol::Imap, false)).await;
+    client.line().await;
+    let mut line = b"a LOGIN ".to_vec();
+    line.resize(70 * 1024, b'x');
+    client.send(&line).await;
+    // No line end will come: the answer must not wait for one.
+    assert_eq!(
+        client.line().await,
+        "* BYE [TOOBIG] Command line too long\r\n"
+    );
+    assert!(client.closed().await);
+}
+
+#[tokio::test]
+async fn a_10_mb_line_is_refused_before_it_is_sent_while_others_log_in() {
     let (fake, gateway) = setup().await;
     let addr = gateway.addr(Protocol::Imap, false);
     let mut flood = connect(addr).await;
@@ -501,27 +560,30 @@ async fn a_10_mb_line_gets_one_error_without_echo_while_others_log_in() {
     let (read, mut write) = tokio::io::split(flood.into_inner());
     let sender = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
+        write.write_all(b"a LOGIN ").await?;
         let chunk = vec![b'A'; 64 * 1024];
         for _ in 0..160 {
             write.write_all(&chunk).await?;
         }
-        write.write_all(b"\r\n").await?;
-        Ok::<_, std::io::Error>(write)
+        write.write_all(b"\r\n").await
     });
-    // The gateway answers other clients while the line streams in.
+    let mut client = LineClient::new(tokio::io::join(read, tokio::io::sink()));
+    // One goodbye, without the input (not even as a tag), and the close...
+    assert_eq!(
+        client.line().await,
+        "* BYE [TOOBIG] Command line too long\r\n"
+    );
+    assert!(client.closed().await);
+    // ...while the client was still sending: the gateway stopped reading at the
+    // cap instead of taking in 10 MB.
+    let sent = tokio::time::timeout(common::IO_TIMEOUT, sender)
+        .await
+        .expect("the sender ends")
+        .unwrap();
+    assert!(sent.is_err(), "all 10 MB were taken in");
+    // Other clients are served all along.
     let (reply, _) = login(&gateway, ALICE, "alice-primary").await;
     assert!(reply.starts_with("a OK"), "{reply}");
-    let write = tokio::time::timeout(common::IO_TIMEOUT, sender)
-        .await
-        .expect("10 MB sent in time")
-        .unwrap()
-        .expect("the gateway drains the line instead of buffering or resetting");
-    let mut client = LineClient::new(read.unsplit(write));
-    // One error, without the input (not even as a tag), and the connection
-    // goes on.
-    assert_eq!(client.line().await, "* BAD Command line too long\r\n");
-    client.send(b"b NOOP\r\n").await;
-    assert_eq!(client.line().await, "b OK NOOP completed\r\n");
     assert_eq!(fake.logins(), vec![ALICE]);
 }
 

@@ -175,3 +175,183 @@ async fn sigterm_refuses_new_connections_drains_and_exits_zero() {
         "{audit:?}"
     );
 }
+
+/// The address a listener logged: `protocol=P listen=ADDR tls="TLS"`, or the
+/// web listener's `listen=ADDR` when `protocol` is "web".
+fn logged_addr(output: &str, protocol: &str, tls: &str) -> std::net::SocketAddr {
+    let line = output
+        .lines()
+        .find(|l| {
+            if protocol == "web" {
+                l.contains("web UI and API listening")
+            } else {
+                l.contains(" listening ")
+                    && l.contains(&format!("protocol={protocol} "))
+                    && l.contains(&format!("tls=\"{tls}\""))
+            }
+        })
+        .unwrap_or_else(|| panic!("no {protocol} listener in:\n{output}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+}
+
+/// Connects until the port refuses; the listener closes as its task sees the
+/// shutdown, so a few short retries are allowed (a connection the kernel put in
+/// the backlog just before the socket closed is reset, which is a retry too).
+async fn assert_refused_soon(addr: std::net::SocketAddr) {
+    for _ in 0..50 {
+        match TcpStream::connect(addr).await {
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+            Ok(stream) => drop(stream),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{addr} still accepts connections after SIGTERM");
+}
+
+/// Reads from a raw HTTP connection until `needle` has arrived (bounded).
+async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(IO_TIMEOUT, async {
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} in {}", String::from_utf8_lossy(seen)));
+}
+
+#[tokio::test]
+async fn sigterm_tells_clients_before_login_goodbye_and_stops_the_web_listener() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    // POP3 and SMTP are never logged in here: an upstream nothing listens on.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[pop3]\nlisten = [\"127.0.0.1:0\"]\nlisten_tls = []\nupstream = \"{nowhere}\"\n\
+         [smtp]\nlisten = [\"127.0.0.1:0\"]\nlisten_tls = []\nupstream = \"{nowhere}\"\n"
+    );
+    let config = write_config(
+        dir.path(),
+        fake.addr,
+        None,
+        None,
+        "drain_secs = 20",
+        &sections,
+    );
+    let mut serve = ServeProcess::start(&config, 4).await;
+    let output = serve.output();
+    let web = logged_addr(&output, "web", "");
+
+    // A live session, which keeps the drain going until it leaves.
+    let mut session = connect(serve.addr(false)).await;
+    assert!(session.line().await.starts_with("* OK"));
+    login(&mut session).await;
+
+    // One client before login on each protocol, greeted and silent.
+    let mut waiting = Vec::new();
+    for (protocol, greeting) in [("imap", "* OK"), ("pop3", "+OK"), ("smtp", "220 ")] {
+        let mut client = connect(logged_addr(&output, protocol, "starttls")).await;
+        let line = client.line().await;
+        assert!(line.starts_with(greeting), "{protocol}: {line:?}");
+        waiting.push((protocol, client));
+    }
+
+    // A web request in flight: its headers are read and its handler waits for
+    // the body (hyper says "100 Continue" once the body is asked for).
+    let mut page = TcpStream::connect(web).await.expect("web");
+    page.write_all(b"GET /login HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut page, &mut seen, "</html>").await;
+    let form = String::from_utf8_lossy(&seen).into_owned();
+    let cookie = form
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no cookie in {form}"))
+        .to_owned();
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf field in {form}"))
+        .to_owned();
+    let body = format!("csrf={csrf}&address=nobody%40example.test&password=wrong");
+    let mut in_flight = TcpStream::connect(web).await.expect("web");
+    in_flight
+        .write_all(
+            format!(
+                "POST /login HTTP/1.1\r\nHost: p\r\nCookie: {cookie}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    read_until(&mut in_flight, &mut answer, "100 Continue\r\n\r\n").await;
+    answer.clear();
+
+    serve.signal("TERM");
+    let term_sent = Instant::now();
+
+    // Every client before login is told at once, in its protocol's words, and
+    // closed, long before the drain is over.
+    for (protocol, mut client) in waiting {
+        let expected = match protocol {
+            "imap" => "* BYE [UNAVAILABLE] postern is shutting down; please reconnect.\r\n",
+            "pop3" => "-ERR [SYS/TEMP] postern is shutting down; please reconnect.\r\n",
+            _ => "421 4.3.2 postern is shutting down; please reconnect.\r\n",
+        };
+        assert_eq!(client.line().await, expected, "{protocol}");
+        assert!(client.closed().await, "{protocol} left open");
+    }
+    assert!(
+        term_sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        term_sent.elapsed()
+    );
+
+    // The web listener takes no new connection...
+    serve.wait_for(|l| l.contains("shutting down")).await;
+    assert_refused_soon(web).await;
+    // ...while the request in flight is answered.
+    in_flight.write_all(body.as_bytes()).await.unwrap();
+    read_until(&mut in_flight, &mut answer, "\r\n\r\n").await;
+    let status = String::from_utf8_lossy(&answer).into_owned();
+    assert!(status.starts_with("HTTP/1.1 "), "{status}");
+
+    // The live session was left alone; once it leaves, the drain is over and
+    // postern exits without waiting for the rest of drain_secs.
+    session.send(b"c NOOP\r\n").await;
+    assert!(session.until("c ").await.concat().contains("c OK"));
+    session.send(b"d LOGOUT\r\n").await;
+    session.until("d OK").await;
+    drop((session, page, in_flight));
+    let status = serve.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}\n{}", serve.output());
+    assert!(term_sent.elapsed() < Duration::from_secs(15));
+    assert!(
+        !serve.output().contains("drain time over"),
+        "{}",
+        serve.output()
+    );
+}

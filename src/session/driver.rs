@@ -1,4 +1,11 @@
 //! The one session loop: pre-login, login, relay.
+//!
+//! Every wait on the client before login (reads, writes, a STARTTLS or
+//! implicit-TLS handshake) goes through [`interruptible`], one `select!` over
+//! the client, the pre-login deadline and shutdown, so a client that says
+//! nothing, reads nothing or is mid-handshake when postern stops is told
+//! goodbye (when it can be) and closed. After login the relay's loop does the
+//! same over both sides, the kill signal and the idle timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
@@ -23,11 +30,14 @@ use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthC
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 use crate::recheck::Rechecker;
-use crate::registry::NewSession;
+use crate::registry::{ConnectionHandle, NewSession};
 use crate::store::normalize_address;
 
 /// Read buffer for the pre-login phase and the upstream login.
 const READ_CHUNK: usize = 4096;
+/// How long a goodbye may take to write before the connection is closed
+/// anyway (a client that reads nothing must not hold its task).
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A logged-in session, ready to relay.
 struct Established {
@@ -42,13 +52,15 @@ struct Established {
     slot: UserClientPermit,
 }
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection until it ends. `connection` is its place in
+/// the registry's shutdown, held until the connection closes.
 pub async fn handle_connection<H: ProtocolHandler>(
     ctx: SharedContext,
     handler: Arc<H>,
     tcp: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
+    mut connection: ConnectionHandle,
 ) {
     let _ = tcp.set_nodelay(true);
     let protocol = handler.protocol();
@@ -59,22 +71,34 @@ pub async fn handle_connection<H: ProtocolHandler>(
     // into the state an idle session holds.
     let client = if implicit_tls {
         let acceptor = ctx.tls.acceptor(protocol);
-        match Box::pin(timeout(ctx.handshake_timeout, acceptor.accept(tcp))).await {
-            Ok(Ok(stream)) => MaybeTls::ServerTls(Box::new(stream)),
-            Ok(Err(err)) => {
+        let handshake = timeout(ctx.handshake_timeout, acceptor.accept(tcp));
+        match Box::pin(interruptible(handshake, None, &mut connection)).await {
+            Ok(Ok(Ok(stream))) => MaybeTls::ServerTls(Box::new(stream)),
+            Ok(Ok(Err(err))) => {
                 debug!(%protocol, client = %peer.ip(), error = %err, "TLS handshake failed");
                 return;
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 debug!(%protocol, client = %peer.ip(), "TLS handshake timed out");
                 return;
             }
+            // Shutting down: nothing can be said before the handshake is over.
+            Err(_) => return,
         }
     } else {
         MaybeTls::Plain(tcp)
     };
     let deadline = Instant::now() + Duration::from_secs(ctx.limits.prelogin_timeout_secs);
-    match Box::pin(pre_login(&ctx, &*handler, client, peer, deadline)).await {
+    match Box::pin(pre_login(
+        &ctx,
+        &*handler,
+        client,
+        peer,
+        deadline,
+        &mut connection,
+    ))
+    .await
+    {
         Ok(Some(established)) => {
             // After the client has its answer, before relaying: last use is
             // recorded off the reply's critical path, yet before any later command.
@@ -102,45 +126,119 @@ fn core_options(ctx: &SharedContext, tls_active: bool) -> Options {
     }
 }
 
+/// Why the pre-login phase stopped waiting on the client.
+enum Interrupted {
+    /// The pre-login deadline passed.
+    Deadline,
+    /// postern is shutting down, for this reason.
+    Shutdown(String),
+}
+
+/// The one place a connection waits on its client before login: `io` (a read,
+/// a write, a TLS handshake) against the pre-login deadline (none before it
+/// starts) and shutdown, both of which win over a ready `io`. Reads on a tokio
+/// stream are cancel-safe: an interrupted read loses no byte the core has seen.
+async fn interruptible<T>(
+    io: impl Future<Output = T>,
+    deadline: Option<Instant>,
+    connection: &mut ConnectionHandle,
+) -> Result<T, Interrupted> {
+    let deadline = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    // Shutdown and the deadline first: a client that keeps sending must not
+    // keep its read ready forever and so never hear of either.
+    tokio::select! {
+        biased;
+        reason = connection.shutdown() => Err(Interrupted::Shutdown(reason)),
+        () = deadline => Err(Interrupted::Deadline),
+        output = io => Ok(output),
+    }
+}
+
+/// Writes a last line (bounded in time), then closes.
+async fn goodbye(client: &mut MaybeTls, bytes: &[u8]) {
+    let _ = timeout(GOODBYE_TIMEOUT, async {
+        client.write_all(bytes).await?;
+        client.shutdown().await
+    })
+    .await;
+}
+
 async fn pre_login<H: ProtocolHandler>(
     ctx: &SharedContext,
     handler: &H,
     mut client: MaybeTls,
     peer: SocketAddr,
     deadline: Instant,
+    connection: &mut ConnectionHandle,
 ) -> io::Result<Option<Established>> {
-    handler.prepare(ctx).await;
+    // Waits on the client through `interruptible`; interrupted, the client is
+    // told why (bounded in time: it may have stopped reading) and closed.
+    macro_rules! wait {
+        ($io:expr) => {
+            match interruptible($io, Some(deadline), connection).await {
+                Ok(result) => result?,
+                Err(interrupted) => {
+                    let bytes = match interrupted {
+                        Interrupted::Deadline => handler.timeout_goodbye(),
+                        Interrupted::Shutdown(reason) => handler.shutdown_goodbye(&reason),
+                    };
+                    goodbye(&mut client, &bytes).await;
+                    return Ok(None);
+                }
+            }
+        };
+    }
+
+    wait!(async {
+        handler.prepare(ctx).await;
+        io::Result::Ok(())
+    });
     let mut core = handler.client_core(core_options(ctx, client.is_tls()));
-    client.write_all(&core.greeting()).await?;
+    wait!(client.write_all(&core.greeting()));
     // Read into spare capacity: nothing to zero per connection.
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         while let Some(action) = core.next_action() {
             match action {
-                Action::Send(bytes) => client.write_all(&bytes).await?,
+                Action::Send(bytes) => wait!(client.write_all(&bytes)),
                 Action::Close(bytes) => {
-                    client.write_all(&bytes).await?;
-                    let _ = client.shutdown().await;
+                    wait!(client.write_all(&bytes));
+                    goodbye(&mut client, b"").await;
                     return Ok(None);
                 }
                 Action::StartTls(bytes) => {
-                    client.write_all(&bytes).await?;
-                    client.flush().await?;
+                    wait!(client.write_all(&bytes));
+                    wait!(client.flush());
                     let MaybeTls::Plain(tcp) = client else {
                         return Ok(None);
                     };
                     let acceptor = ctx.tls.acceptor(handler.protocol());
-                    let accepted = timeout(ctx.handshake_timeout, acceptor.accept(tcp))
-                        .await
-                        .map_err(|_| {
+                    let handshake = timeout(ctx.handshake_timeout, acceptor.accept(tcp));
+                    let accepted = match interruptible(handshake, Some(deadline), connection).await
+                    {
+                        Ok(accepted) => accepted.map_err(|_| {
                             io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                        })??;
+                        })??,
+                        // Mid-handshake: nothing can be said in clear any more.
+                        Err(_) => return Ok(None),
+                    };
                     client = MaybeTls::ServerTls(Box::new(accepted));
                     // The old core and whatever it had buffered in clear are dropped
                     // here: nothing sent before the handshake is executed after it.
-                    handler.prepare(ctx).await;
+                    wait!(async {
+                        handler.prepare(ctx).await;
+                        io::Result::Ok(())
+                    });
                     core = handler.client_core(core_options(ctx, true));
                 }
+                // The login itself is not interrupted: it is bounded by the
+                // upstream timeout, and its client gets a true answer (a
+                // session that results drains like any other).
                 Action::Login {
                     credentials,
                     method,
@@ -159,6 +257,8 @@ async fn pre_login<H: ProtocolHandler>(
                         generation,
                         slot,
                     }) => {
+                        // Logged in: from here on this is a session, which
+                        // drains on shutdown instead of being cut.
                         client.write_all(&reply).await?;
                         client.write_all(&leftover).await?;
                         let pipelined = core.into_pipelined();
@@ -175,20 +275,13 @@ async fn pre_login<H: ProtocolHandler>(
                     }
                     Err(failure) => {
                         let reply = core.login_failed(failure);
-                        client.write_all(&reply).await?;
+                        wait!(client.write_all(&reply));
                     }
                 },
             }
         }
         buf.clear();
-        let n = match timeout_at(deadline, client.read_buf(&mut buf)).await {
-            Ok(read) => read?,
-            Err(_) => {
-                let _ = client.write_all(&handler.timeout_goodbye()).await;
-                let _ = client.shutdown().await;
-                return Ok(None);
-            }
-        };
+        let n = wait!(client.read_buf(&mut buf));
         if n == 0 {
             return Ok(None);
         }
@@ -538,9 +631,8 @@ async fn relay<H: ProtocolHandler>(
             debug!(%protocol, %user, client = %peer.ip(), error = %err, "session ended");
         }
         RelayEnd::Killed(reason) => {
-            let _ = client.write_all(&handler.goodbye(&reason)).await;
-            let _ = client.shutdown().await;
-            let _ = upstream.shutdown().await;
+            goodbye(&mut client, &handler.goodbye(&reason)).await;
+            let _ = timeout(GOODBYE_TIMEOUT, upstream.shutdown()).await;
             info!(%protocol, %user, client = %peer.ip(), %credential, reason = %reason, "session dropped");
             ctx.gate
                 .audit_session_drop(&user, protocol, peer.ip(), &reason);

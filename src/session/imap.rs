@@ -1,7 +1,7 @@
 //! IMAP's plug-in for the session driver.
 
 use crate::policy::Protocol;
-use crate::protocol::imap::server::ImapPreAuth;
+use crate::protocol::imap::server::{ImapPreAuth, MIN_MESSAGE_CAP};
 use crate::protocol::imap::upstream::ImapUpstreamLogin;
 use crate::protocol::line::Options;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
@@ -27,8 +27,13 @@ impl ProtocolHandler for Imap {
         Protocol::Imap
     }
 
+    /// The configured line cap, raised to what RFC 2971 lets an ID command
+    /// occupy before login ([`MIN_MESSAGE_CAP`]).
     fn client_core(&self, options: Options) -> ImapPreAuth {
-        ImapPreAuth::new(options)
+        ImapPreAuth::new(Options {
+            max_line: options.max_line.max(MIN_MESSAGE_CAP),
+            ..options
+        })
     }
 
     fn upstream_core(&self, client: &ImapPreAuth, request: UpstreamRequest) -> ImapUpstreamLogin {
@@ -41,5 +46,10 @@ impl ProtocolHandler for Imap {
 
     fn timeout_goodbye(&self) -> Vec<u8> {
         b"* BYE Autologout; too long without logging in\r\n".to_vec()
+    }
+
+    /// RFC 5530 §3: UNAVAILABLE, a temporary failure.
+    fn shutdown_goodbye(&self, reason: &str) -> Vec<u8> {
+        format!("* BYE [UNAVAILABLE] {reason}\r\n").into_bytes()
     }
 }

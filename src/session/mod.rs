@@ -55,6 +55,9 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     fn goodbye(&self, reason: &str) -> Vec<u8>;
     /// Sent when the client took too long to log in.
     fn timeout_goodbye(&self) -> Vec<u8>;
+    /// Sent to a client not yet logged in when postern shuts down: the service
+    /// is going away for now, try again (another node, or this one restarted).
+    fn shutdown_goodbye(&self, reason: &str) -> Vec<u8>;
 }
 
 /// Everything a session of one protocol needs, shared by its listeners.

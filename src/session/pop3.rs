@@ -42,6 +42,11 @@ impl ProtocolHandler for Pop3 {
     fn timeout_goodbye(&self) -> Vec<u8> {
         b"-ERR Autologout; too long without logging in\r\n".to_vec()
     }
+
+    /// RFC 3206 §4: SYS/TEMP, a temporary system failure.
+    fn shutdown_goodbye(&self, reason: &str) -> Vec<u8> {
+        format!("-ERR [SYS/TEMP] {}\r\n", one_line(reason)).into_bytes()
+    }
 }
 
 /// A reason as one protocol line: no CR, LF or NUL.

@@ -95,6 +95,12 @@ impl ProtocolHandler for Smtp {
     fn timeout_goodbye(&self) -> Vec<u8> {
         b"421 4.4.2 Timeout waiting for authentication, closing connection\r\n".to_vec()
     }
+
+    /// RFC 5321 §3.8 (421, closing) with RFC 3463's 4.3.2, "system not
+    /// accepting network messages".
+    fn shutdown_goodbye(&self, reason: &str) -> Vec<u8> {
+        format!("421 4.3.2 {}\r\n", one_line(reason)).into_bytes()
+    }
 }
 
 struct Learned {

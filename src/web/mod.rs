@@ -338,10 +338,17 @@ pub async fn spawn(runtime: &Runtime, config: &Config) -> anyhow::Result<SocketA
     let local = listener.local_addr()?;
     info!(listen = %local, "web UI and API listening");
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // The server is one of the registry's connections: shutdown stops its
+    // listener at once, and the drain waits for the requests in flight.
+    let connection = runtime.registry.admit();
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(connection.shutdown_signal())
+            .await;
+        if let Err(err) = served {
             error!(error = %err, "the web listener stopped");
         }
+        drop(connection);
     });
     Ok(local)
 }

@@ -11,9 +11,19 @@ use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::LiteralMode;
 
-use super::framer::Framer;
+use super::framer::{Framed, Framer};
 pub use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthCore};
 use crate::protocol::sasl::{self, Credentials, Mechanism, SaslError, SaslExchange, Step};
+
+/// The smallest cap on one pre-login message (a command with its literals)
+/// postern runs with, whatever `limits.max_line_bytes` says; the session's IMAP
+/// plug-in raises `Options::max_line` to it. RFC 2971 §3.3 lets a client send,
+/// before login, an ID of 30 pairs with fields up to 30 octets and values up to
+/// 1024: 31,808 bytes as plain quoted strings (Dovecot's imaptest sends that),
+/// nearly twice as much if every octet is an escaped `"` or `\`. 64 KiB holds
+/// the largest with room for a long tag; it is also Dovecot's own
+/// `imap_max_line_length`.
+pub const MIN_MESSAGE_CAP: usize = 64 * 1024;
 
 /// The wording of every refusal, whatever its cause (no oracle).
 pub const REFUSAL_TEXT: &str = "Authentication failed. If 2-Step Authentication is on for your account, sign in with an application password.";
@@ -99,9 +109,6 @@ impl ImapPreAuth {
                 exchange,
             } => {
                 let line = strip_line_ending(self.framer.message()).to_vec();
-                if self.framer.is_too_long() {
-                    return self.bad(&tag, "Authentication line too long");
-                }
                 self.sasl_step(tag, mechanism, exchange.step(&line))
             }
             State::Commands | State::Done => self.command(),
@@ -137,10 +144,24 @@ impl ImapPreAuth {
         }
     }
 
+    /// A message passed the cap (RFC 9051 §7.1.5: BYE, the server is closing).
+    /// Nothing of it is echoed, not even its tag: an overlong line is as likely
+    /// another protocol's request as an IMAP command. The tag of an AUTHENTICATE
+    /// whose response is too long was parsed from a whole command, so that
+    /// command gets its tagged answer.
+    fn too_long(&mut self) -> Action {
+        let reply = match std::mem::replace(&mut self.state, State::Done) {
+            State::Sasl { tag, .. } => {
+                format!(
+                    "{tag} BAD Authentication line too long\r\n* BYE [TOOBIG] Line too long\r\n"
+                )
+            }
+            State::Commands | State::Done => "* BYE [TOOBIG] Command line too long\r\n".to_owned(),
+        };
+        Action::Close(reply.into_bytes())
+    }
+
     fn command(&mut self) -> Action {
-        if self.framer.is_too_long() {
-            return self.bad("*", "Command line too long");
-        }
         let tag = self.tag_or_star();
         let command = match self
             .framer
@@ -246,7 +267,11 @@ impl PreAuthCore for ImapPreAuth {
             return None;
         }
         loop {
-            let fragment = self.framer.progress()?;
+            let fragment = match self.framer.progress() {
+                Framed::Fragment(fragment) => fragment,
+                Framed::Incomplete => return None,
+                Framed::TooLong => return Some(self.too_long()),
+            };
             if let FragmentInfo::Line {
                 announcement: Some(announcement),
                 end,

@@ -188,28 +188,183 @@ fn transcripts() {
     }
 }
 
+/// The largest ID RFC 2971 §3.3 allows: 30 pairs, 30-octet fields, 1024-octet
+/// values (what Dovecot's imaptest `id` test sends before login).
+fn largest_id(tag: &str) -> Vec<u8> {
+    let pairs: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                "\"x-field-{i:02}{}\" \"{}\"",
+                "f".repeat(20),
+                "v".repeat(1024)
+            )
+        })
+        .collect();
+    format!("{tag} ID ({})\r\n", pairs.join(" ")).into_bytes()
+}
+
+/// Feeds `input` in chunks of `chunk` bytes the way the driver does (actions
+/// taken after every feed); returns what the core sent and whether it closed,
+/// and checks that it never holds more than `cap` plus one feed.
+fn drive(core: &mut ImapPreAuth, input: &[u8], chunk: usize, cap: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    for c in input.chunks(chunk) {
+        core.feed(c);
+        assert!(core.buffered() <= cap + c.len(), "chunk {chunk}");
+        while let Some(action) = core.next_action() {
+            match action {
+                Action::Send(bytes) => out.extend(bytes),
+                Action::Close(bytes) => {
+                    out.extend(bytes);
+                    return (out, true);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(core.buffered() <= cap, "chunk {chunk}");
+    }
+    (out, false)
+}
+
 #[test]
-fn ten_megabyte_line_stays_bounded_and_is_refused() {
+fn the_largest_rfc_2971_id_is_answered_at_every_split() {
+    let mut input = largest_id("a");
+    assert_eq!(input.len(), 31_808);
+    input.extend_from_slice(b"b NOOP\r\n");
+    let options = Options {
+        max_line: MIN_MESSAGE_CAP,
+        ..Options::default()
+    };
+    // Every size a read of the driver can return (it reads 4 KiB at most), and
+    // the whole input at once.
+    for chunk in (1..=4096).chain([input.len()]) {
+        let mut core = ImapPreAuth::new(options.clone());
+        let (out, closed) = drive(&mut core, &input, chunk, MIN_MESSAGE_CAP);
+        assert!(!closed, "chunk {chunk}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "* ID (\"name\" \"postern\")\r\na OK ID completed\r\nb OK NOOP completed\r\n",
+            "chunk {chunk}"
+        );
+    }
+}
+
+#[test]
+fn the_largest_id_fits_even_with_every_octet_escaped() {
+    let pairs: Vec<String> = (0..30)
+        .map(|_| format!("\"{}\" \"{}\"", "\\\\".repeat(30), "\\\"".repeat(1024)))
+        .collect();
+    let input = format!("{} ID ({})\r\n", "t".repeat(1000), pairs.join(" "));
+    assert!(input.len() < MIN_MESSAGE_CAP, "{}", input.len());
     let mut core = ImapPreAuth::new(Options {
+        max_line: MIN_MESSAGE_CAP,
+        ..Options::default()
+    });
+    let (out, closed) = drive(&mut core, input.as_bytes(), 4096, MIN_MESSAGE_CAP);
+    assert!(!closed);
+    assert!(
+        out.ends_with(b" OK ID completed\r\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn a_line_past_the_cap_without_a_line_end_is_answered_and_closed_at_every_split() {
+    // A small cap keeps every split fast; the production cap is the same code.
+    let cap = 1024;
+    let mut input = b"a NOOP\r\nb LOGIN ".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 3 * cap));
+    for chunk in 1..=input.len() {
+        let mut core = ImapPreAuth::new(Options {
+            max_line: cap,
+            allow_plaintext_auth: true,
+            ..Options::default()
+        });
+        let mut out = Vec::new();
+        let mut fed = 0;
+        let mut closed_at = None;
+        for c in input.chunks(chunk) {
+            core.feed(c);
+            fed += c.len();
+            while let Some(action) = core.next_action() {
+                match action {
+                    Action::Send(bytes) => out.extend(bytes),
+                    Action::Close(bytes) => {
+                        out.extend(bytes);
+                        closed_at = Some(fed);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(core.buffered() <= cap, "chunk {chunk}");
+            if closed_at.is_some() {
+                break;
+            }
+        }
+        // Answered in the feed that passed the cap, without echoing the line.
+        let closed_at = closed_at.unwrap_or_else(|| panic!("never closed at chunk {chunk}"));
+        assert!(
+            closed_at > 8 + cap && closed_at <= 8 + cap + chunk,
+            "chunk {chunk}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "a OK NOOP completed\r\n* BYE [TOOBIG] Command line too long\r\n",
+            "chunk {chunk}"
+        );
+        assert_eq!(core.next_action(), None);
+    }
+}
+
+#[test]
+fn ten_megabytes_without_a_line_end_are_refused_once_the_cap_is_passed() {
+    let mut core = ImapPreAuth::new(Options {
+        max_line: MIN_MESSAGE_CAP,
         allow_plaintext_auth: true,
         ..Options::default()
     });
-    let chunk = vec![b'a'; 64 * 1024];
-    for _ in 0..160 {
+    core.feed(b"a LOGIN ");
+    assert_eq!(core.next_action(), None);
+    let chunk = vec![b'a'; 4096];
+    let mut fed = 8;
+    let action = loop {
         core.feed(&chunk);
-        assert_eq!(core.next_action(), None);
-        assert!(core.framer.message().len() <= 8192);
-        assert!(core.framer.unconsumed().is_empty());
-    }
-    core.feed(b"\r\nb NOOP\r\n");
+        fed += chunk.len();
+        let action = core.next_action();
+        assert!(core.buffered() <= MIN_MESSAGE_CAP);
+        if let Some(action) = action {
+            break action;
+        }
+        assert!(fed < 10 * 1024 * 1024, "never answered");
+    };
+    assert!(fed > MIN_MESSAGE_CAP && fed <= MIN_MESSAGE_CAP + chunk.len());
     // The overlong input is not echoed back, not even as a tag.
     assert_eq!(
-        core.next_action(),
-        Some(Action::Send(b"* BAD Command line too long\r\n".to_vec()))
+        action,
+        Action::Close(b"* BYE [TOOBIG] Command line too long\r\n".to_vec())
     );
+    // Nothing more is taken in.
+    core.feed(b"\r\nb NOOP\r\n");
+    assert_eq!(core.next_action(), None);
+    assert_eq!(core.buffered(), MIN_MESSAGE_CAP);
+}
+
+#[test]
+fn an_authentication_response_past_the_cap_gets_its_tagged_answer() {
+    let mut core = ImapPreAuth::new(Options {
+        max_line: 1024,
+        tls_active: true,
+        ..Options::default()
+    });
+    core.feed(b"a AUTHENTICATE PLAIN\r\n");
+    assert_eq!(core.next_action(), Some(Action::Send(b"+ \r\n".to_vec())));
+    core.feed(&[b'A'; 2000]);
     assert_eq!(
         core.next_action(),
-        Some(Action::Send(b"b OK NOOP completed\r\n".to_vec()))
+        Some(Action::Close(
+            b"a BAD Authentication line too long\r\n* BYE [TOOBIG] Line too long\r\n".to_vec()
+        ))
     );
 }
 
