@@ -9,12 +9,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::relay::Relay;
 use super::{ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
 use crate::gate::{SessionCredential, Verdict};
+use crate::login_log::LoginAttempt;
 use crate::metrics as m;
 use crate::net::stream::MaybeTls;
 use crate::net::tls;
@@ -267,14 +268,14 @@ async fn login<H: ProtocolHandler>(
     let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
     let (user, credential, upstream, allowed_until, clear_failures) = match verdict {
         Verdict::Refuse { user, reason } => {
-            info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
+            LoginAttempt::new(protocol.as_str(), method, &user, ip).refused(reason.as_str());
             return refused(ctx, protocol, &user, ip, attempt, reason.as_str()).await;
         }
         Verdict::Blocked { user } => {
             return blocked(ctx, protocol, &user, ip, method, false).await;
         }
         Verdict::Unavailable { user, detail } => {
-            warn!(target: "postern::login", %protocol, %user, client = %ip, method, result = "unavailable", reason = %detail);
+            LoginAttempt::new(protocol.as_str(), method, &user, ip).unavailable(&detail);
             ctx.gate
                 .audit_login(&user, protocol, ip, "unavailable", &detail);
             return Err(LoginFailure::Temporary);
@@ -313,7 +314,9 @@ async fn login<H: ProtocolHandler>(
             reply,
             leftover,
         } => {
-            info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
+            LoginAttempt::new(protocol.as_str(), method, &user, ip)
+                .credential(&credential)
+                .ok();
             ctx.penalties.succeeded(ip, &user);
             if let Some(user_id) = clear_failures {
                 ctx.gate.clear_login_failures(user_id).await;
@@ -332,11 +335,16 @@ async fn login<H: ProtocolHandler>(
         }
         UpstreamOutcome::Refused(detail) => {
             ctx.gate.spend_refusal().await;
-            info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "refused", reason = "upstream-refused", upstream = %detail);
+            LoginAttempt::new(protocol.as_str(), method, &user, ip)
+                .credential(&credential)
+                .upstream(&detail)
+                .refused("upstream-refused");
             refused(ctx, protocol, &user, ip, attempt, "upstream-refused").await
         }
         UpstreamOutcome::Failed(detail) => {
-            warn!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "unavailable", reason = %detail);
+            LoginAttempt::new(protocol.as_str(), method, &user, ip)
+                .credential(&credential)
+                .unavailable(&detail);
             ctx.gate
                 .audit_login(&user, protocol, ip, "unavailable", &detail);
             Err(LoginFailure::Temporary)
@@ -379,7 +387,7 @@ async fn blocked<T>(
     if spend {
         ctx.gate.spend_refusal().await;
     }
-    info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = "account-blocked");
+    LoginAttempt::new(protocol.as_str(), method, user, ip).refused("account-blocked");
     ctx.gate
         .audit_login(user, protocol, ip, "refused", "account-blocked");
     Err(LoginFailure::Refused)
