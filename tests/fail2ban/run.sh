@@ -65,6 +65,10 @@ if ! command -v fail2ban-regex >/dev/null 2>&1; then
         || { apt-get update && apt-get install -y --no-install-recommends fail2ban; }
 fi
 
+log "the filter over contrib/fail2ban/sample.log (names that imitate the line, every channel)"
+python3 contrib/fail2ban/check.py
+fail2ban-regex contrib/fail2ban/sample.log "$FILTER" >/dev/null
+
 if [ -z "${POSTERN_BIN:-}" ]; then
     log "cargo build --release"
     cargo build --release
