@@ -479,21 +479,30 @@ fn a_store_that_cannot_be_opened_is_named_without_its_password_and_each_cause_on
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_postern"))
-        .args(["--config".as_ref(), config.as_os_str()])
-        .args(["admin", "domain", "list"])
-        .env_remove("POSTERN_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    for command in [&["admin", "domain", "list"][..], &["serve"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(["--config".as_ref(), config.as_os_str()])
+            .args(command)
+            .env_remove("POSTERN_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{command:?}: {stderr}");
+        assert!(!stdout.contains("s3cret"), "{command:?}: {stdout}");
+        assert_store_error_is_redacted_once(&stderr);
+    }
+}
+
+/// `stderr` names the store without its password and says each cause once.
+fn assert_store_error_is_redacted_once(stderr: &str) {
     assert!(!stderr.contains("s3cret"), "{stderr}");
     assert!(
         stderr.contains("postgres://postern:***@127.0.0.1:1/x?password=***"),
         "{stderr}"
     );
-    assert_eq!(occurrences(&stderr, "cannot open the store"), 1, "{stderr}");
+    assert_eq!(occurrences(stderr, "cannot open the store"), 1, "{stderr}");
     // Whatever sqlx says went wrong (a refused connection or a pool timeout), it is
     // said once: no part of the message repeats.
     let cause = stderr
@@ -503,7 +512,7 @@ fn a_store_that_cannot_be_opened_is_named_without_its_password_and_each_cause_on
         .unwrap_or_default()
         .to_owned();
     assert!(!cause.is_empty(), "{stderr}");
-    assert_eq!(occurrences(&stderr, &cause), 1, "{stderr}");
+    assert_eq!(occurrences(stderr, &cause), 1, "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
