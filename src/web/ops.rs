@@ -136,7 +136,9 @@ pub async fn password_step(
     }
     // Read before the upstream is asked: a blocked account is refused without
     // asking it. The account's failure count is on this row, shared by every node.
-    let (domain, user) = user_context(state, &address).await?;
+    let (domain, user) = user_context(state, &address).await.inspect_err(|err| {
+        LoginAttempt::new("web", "password", &address, ip).unavailable(&err.to_string());
+    })?;
     let now = unix_now();
     if penalty::account_blocked(user.failed_logins, user.last_failed_at, now) {
         LoginAttempt::new("web", "password", &address, ip).refused("account-blocked");
@@ -241,8 +243,17 @@ pub async fn second_step(
         attempt.refused("locked");
         return Ok(CodeOutcome::Locked);
     }
-    let (_, user) = user_context(state, address).await?;
-    let outcome = check_code(state, &user, code).await?;
+    let checked = match user_context(state, address).await {
+        Ok((_, user)) => check_code(state, &user, code).await,
+        Err(err) => Err(err),
+    };
+    let outcome = match checked {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            attempt.unavailable(&err.to_string());
+            return Err(err);
+        }
+    };
     match outcome {
         CodeOutcome::Accepted => {
             attempt.ok();
