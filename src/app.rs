@@ -60,9 +60,7 @@ impl Runtime {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         tls::install_provider();
         crate::metrics::install();
-        let store = Store::connect(&config.store.url)
-            .await
-            .with_context(|| format!("opening the store {}", redact_url(&config.store.url)))?;
+        let store = Store::connect(&config.store.url).await?;
         let key = InstanceKey::load_or_create(&config.secrets.key_file)?;
         if tls::ensure_certificate(&config.tls.cert, &config.tls.key)? {
             warn!(
@@ -327,16 +325,6 @@ pub fn node_name(config: &Config) -> String {
     })
 }
 
-/// A database URL without its password, for logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…{}", &url[..scheme], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// The async runtime: `workers` threads serve connections (`None`: one per
 /// CPU, or `TOKIO_WORKER_THREADS`; the default for `admin` and `demo`).
 pub fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
@@ -427,18 +415,6 @@ impl Signals {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn database_passwords_stay_out_of_logs() {
-        assert_eq!(
-            super::redact_url("postgres://postern:s3cret@db/postern"),
-            "postgres://…@db/postern"
-        );
-        assert_eq!(
-            super::redact_url("sqlite://data/p.db"),
-            "sqlite://data/p.db"
-        );
-    }
-
     #[test]
     fn the_runtime_has_the_configured_worker_threads() {
         for workers in [1, 3] {

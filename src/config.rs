@@ -523,10 +523,10 @@ pub struct NodeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -536,9 +536,9 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text).map_err(|err| match err {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -596,9 +596,9 @@ impl Config {
     /// The master password, from the file if one is named.
     pub fn master_password(&self) -> Result<Option<crate::secret::Secret<String>>, ConfigError> {
         if let Some(path) = &self.upstream_auth.master_password_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.clone(),
-                source,
+                error,
             })?;
             let first = text.lines().next().unwrap_or_default().trim_end();
             return Ok(Some(crate::secret::Secret::from(first)));

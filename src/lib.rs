@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod gate;
+pub mod login_log;
 pub mod metrics;
 pub mod net;
 pub mod penalty;

@@ -458,3 +458,80 @@ fn audit_lists_changes_and_logins_with_filters() {
     );
     env.fails(&["admin", "audit", "--limit", "0"]);
 }
+
+/// Counts the non-overlapping occurrences of `needle` in `text`.
+fn occurrences(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_is_named_without_its_password_and_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    // Port 1 on loopback: nothing listens there, so the connection is refused.
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"postgres://postern:s3cret@127.0.0.1:1/x?password=s3cret\"\n\
+             [secrets]\nkey_file = \"{}\"\n",
+            dir.path().join("k").display()
+        ),
+    )
+    .unwrap();
+    for command in [&["admin", "domain", "list"][..], &["serve"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(["--config".as_ref(), config.as_os_str()])
+            .args(command)
+            .env_remove("POSTERN_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{command:?}: {stderr}");
+        assert!(!stdout.contains("s3cret"), "{command:?}: {stdout}");
+        assert_store_error_is_redacted_once(&stderr);
+    }
+}
+
+/// `stderr` names the store without its password and says each cause once.
+fn assert_store_error_is_redacted_once(stderr: &str) {
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(
+        stderr.contains("postgres://postern:***@127.0.0.1:1/x?password=***"),
+        "{stderr}"
+    );
+    assert_eq!(occurrences(stderr, "cannot open the store"), 1, "{stderr}");
+    // Whatever sqlx says went wrong (a refused connection or a pool timeout), it is
+    // said once: no part of the message repeats.
+    let cause = stderr
+        .trim_end()
+        .rsplit(": ")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!cause.is_empty(), "{stderr}");
+    assert_eq!(occurrences(stderr, &cause), 1, "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn an_unreadable_config_file_is_named_once_with_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["--config".as_ref(), missing.as_os_str()])
+        .args(["admin", "domain", "list"])
+        .env_remove("POSTERN_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(occurrences(&stderr, "missing.toml"), 1, "{stderr}");
+    assert_eq!(
+        occurrences(&stderr, "No such file or directory"),
+        1,
+        "{stderr}"
+    );
+}

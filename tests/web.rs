@@ -748,3 +748,219 @@ async fn metrics_require_the_bearer_token_when_one_is_configured() {
     let page = Browser::new(&w.app).get("/metrics").await;
     assert_eq!(page.status, StatusCode::OK);
 }
+
+fn content_type(page: &common::browser::Page) -> &str {
+    page.headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_form_posted_after_the_session_ended_gets_a_page_with_a_link_to_sign_in() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(BOB, "bob-primary").await;
+    let page = browser.get("/account/app-passwords").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let csrf = page.csrf();
+    // The session ends (signed out in another tab, idle, postern restarted) while
+    // the form is open; then the form is sent.
+    let logout = browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert!(logout.status.is_redirection(), "{}", logout.status);
+    let page = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &csrf), ("name", "phone"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(
+        content_type(&page).starts_with("text/html"),
+        "{:?}",
+        page.headers
+    );
+    assert!(page.body.contains("session has ended"), "{}", page.body);
+    assert!(page.body.contains("href=\"/login\""), "{}", page.body);
+
+    // The system administrator's console links to its own sign-in.
+    let mut stranger = Browser::new(&w.app);
+    let page = stranger
+        .post("/admin/domains", &[("csrf", "x"), ("domain", "new.test")])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(
+        content_type(&page).starts_with("text/html"),
+        "{:?}",
+        page.headers
+    );
+    assert!(page.body.contains("href=\"/admin/login\""), "{}", page.body);
+
+    // A live session with a form from an earlier one: a page too, not plain text.
+    stranger.get("/login").await;
+    let page = stranger
+        .post(
+            "/login",
+            &[
+                ("csrf", "stale"),
+                ("address", BOB),
+                ("password", "bob-primary"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(
+        content_type(&page).starts_with("text/html"),
+        "{:?}",
+        page.headers
+    );
+    assert!(page.body.contains("out of date"), "{}", page.body);
+}
+
+/// Asserts `page` is `{"error": "<some text>"}` with `status`; returns the text.
+fn api_error(page: &common::browser::Page, status: StatusCode) -> String {
+    assert_eq!(page.status, status, "{}", page.body);
+    assert!(
+        content_type(page).starts_with("application/json"),
+        "{status}: {:?} {}",
+        page.headers,
+        page.body
+    );
+    let value: serde_json::Value = serde_json::from_str(&page.body)
+        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {}", page.body));
+    let error = value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", page.body));
+    assert!(!error.is_empty(), "{}", page.body);
+    error.to_owned()
+}
+
+#[tokio::test]
+async fn malformed_api_requests_get_the_documented_json_error() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    // No session, and a wrong token: refused before any handler.
+    let page = browser
+        .json(
+            "POST",
+            "/api/v1/login",
+            None,
+            r#"{"address":"a","password":"b"}"#,
+        )
+        .await;
+    api_error(&page, StatusCode::FORBIDDEN);
+    let session = browser.get("/api/v1/session").await;
+    let csrf = between(&session.body, "\"csrf\":\"", "\"");
+    let page = browser
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some("wrong"),
+            r#"{"address":"a","password":"b"}"#,
+        )
+        .await;
+    api_error(&page, StatusCode::FORBIDDEN);
+
+    // Bodies: not JSON, JSON of the wrong shape or types, not sent as JSON.
+    for (body, status) in [
+        ("{", StatusCode::BAD_REQUEST),
+        ("", StatusCode::BAD_REQUEST),
+        (
+            r#"{"address":"alice@example.test"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"address":1,"password":2}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let page = browser
+            .json("POST", "/api/v1/login", Some(&csrf), body)
+            .await;
+        api_error(&page, status);
+    }
+    let page = browser
+        .send(
+            Request::post("/api/v1/login")
+                .header("x-csrf-token", &csrf)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(r#"{"address":"a","password":"b"}"#))
+                .expect("request"),
+        )
+        .await;
+    let error = api_error(&page, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(error.contains("application/json"), "{error}");
+    assert!(w.fake.logins().is_empty(), "the upstream was never asked");
+
+    // Signed in: a path segment that does not parse, unknown paths and methods,
+    // and no sign-in at all.
+    let page = browser
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some(&csrf),
+            r#"{"address":"bob@example.test","password":"bob-primary"}"#,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let csrf = between(&page.body, "\"csrf\":\"", "\"");
+    let page = browser
+        .json(
+            "DELETE",
+            "/api/v1/account/app-passwords/abc",
+            Some(&csrf),
+            "",
+        )
+        .await;
+    api_error(&page, StatusCode::BAD_REQUEST);
+    let page = browser
+        .json("GET", "/api/v1/admin/audit?limit=many", None, "")
+        .await;
+    api_error(&page, StatusCode::BAD_REQUEST);
+    let page = browser.get("/api/v1/no-such-thing").await;
+    api_error(&page, StatusCode::NOT_FOUND);
+    let page = browser
+        .json("PUT", "/api/v1/account/app-passwords", Some(&csrf), "{}")
+        .await;
+    api_error(&page, StatusCode::METHOD_NOT_ALLOWED);
+    let mut stranger = Browser::new(&w.app);
+    let page = stranger.get("/api/v1/account/app-passwords").await;
+    api_error(&page, StatusCode::UNAUTHORIZED);
+}
+
+/// The `<input ...>` tag with `id="<id>"` on `page`.
+fn input_tag(page: &common::browser::Page, id: &str) -> String {
+    let start = page
+        .body
+        .find(&format!("<input id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no input #{id} in {}", page.body));
+    let len = page.body[start..].find('>').expect("tag end");
+    page.body[start..start + len].to_owned()
+}
+
+#[tokio::test]
+async fn the_second_step_field_takes_backup_codes_on_a_phone_keyboard() {
+    let w = world().await;
+    w.gateway.enroll(ALICE).await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    let page = browser.get("/login/code").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    // A backup code has letters: a digits-only keypad could not type it, and a
+    // capitalised or "corrected" first letter would be a wrong code.
+    let field = input_tag(&page, "code");
+    assert!(field.contains("inputmode=\"text\""), "{field}");
+    assert!(!field.contains("numeric"), "{field}");
+    assert!(field.contains("autocapitalize=\"off\""), "{field}");
+    assert!(field.contains("autocomplete=\"one-time-code\""), "{field}");
+
+    // Where only a 6-digit app code is valid (confirming a new app), the keypad
+    // stays numeric.
+    let mut forced = Browser::new(&w.app);
+    let page = forced.password_step(DAVE, "dave-primary").await;
+    assert_eq!(page.location(), "/login/enroll");
+    let page = forced.get("/login/enroll").await;
+    let field = input_tag(&page, "code");
+    assert!(field.contains("inputmode=\"numeric\""), "{field}");
+}

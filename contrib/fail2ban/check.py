@@ -2,7 +2,7 @@
 """Checks postern.conf's failregex against sample.log without fail2ban installed.
 
 Each line of sample.log is a postern log line; the expected ban address is the
-`client=` that postern itself wrote (the last one before `method=`) on lines with
+`client=` that postern itself wrote (the last one before `result=`) on lines with
 the final result="refused", and nothing on any other line. With fail2ban installed,
 `fail2ban-regex sample.log postern.conf` shows the same.
 """
@@ -25,6 +25,12 @@ expected = {
     4: None,  # result="unavailable"
     5: "192.0.2.66",  # the injected client= in the user name is not used
     6: None,  # injected result="refused", real result="ok"
+    7: "192.0.2.10",  # web sign-in, wrong password
+    8: None,  # web sign-in, password right (result="password-ok")
+    9: "192.0.2.11",  # web second step, wrong code
+    10: "192.0.2.12",  # system administrator's sign-in
+    11: "192.0.2.13",  # POP3
+    12: None,  # web second step accepted
 }
 failed = False
 for number, line in enumerate((here / "sample.log").read_text().splitlines(), 1):

@@ -196,9 +196,7 @@ pub async fn run(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(&config.store.url)
-        .await
-        .with_context(|| format!("cannot open the store {}", config.store.url))?;
+    let store = Store::connect(&config.store.url).await?;
     let result = Admin {
         config,
         store: &store,

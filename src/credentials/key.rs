@@ -15,11 +15,8 @@ pub struct InstanceKey(Secret<Vec<u8>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read or write the key file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read or write the key file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("the key file {0} does not hold 64 hex digits")]
     Malformed(String),
 }
@@ -27,9 +24,9 @@ pub enum KeyError {
 impl InstanceKey {
     /// Reads the key file, or creates it (mode 0600) with a fresh key if missing.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
+        let io = |error| KeyError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         match std::fs::read_to_string(path) {
             Ok(text) => {

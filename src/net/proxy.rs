@@ -32,7 +32,15 @@ pub enum ProxyError {
     #[error("timed out waiting for the PROXY header")]
     Timeout,
     #[error("connection failed while reading the PROXY header: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// Not `#[from]`: that would also make the I/O error the `source`, and a printed
+// chain would show it twice.
+impl From<std::io::Error> for ProxyError {
+    fn from(err: std::io::Error) -> Self {
+        Self::Io(err)
+    }
 }
 
 /// Which peers may send a header.

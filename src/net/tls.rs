@@ -42,19 +42,30 @@ fn index(protocol: Protocol) -> usize {
 pub enum TlsError {
     #[error("cannot read {path}: {message}")]
     Pem { path: String, message: String },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {error}")]
+    Write { path: String, error: std::io::Error },
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
     #[error("certificate generation: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     #[error("{0} names no certificate")]
     Empty(String),
     #[error("invalid upstream TLS name {0:?}")]
     ServerName(String),
+}
+
+// Causes are kept as data, not as `source`: their text is already in the
+// message, and a printed chain would repeat it.
+impl From<rustls::Error> for TlsError {
+    fn from(err: rustls::Error) -> Self {
+        Self::Rustls(err)
+    }
+}
+
+impl From<rcgen::Error> for TlsError {
+    fn from(err: rcgen::Error) -> Self {
+        Self::Generate(err)
+    }
 }
 
 /// Installs the `ring` provider as the process default (once; later calls no-op).
@@ -96,9 +107,9 @@ pub fn ensure_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
         Ok(()) => {
             let linked = std::fs::hard_link(&cert_tmp, cert);
             remove_temporaries();
-            linked.map_err(|source| TlsError::Write {
+            linked.map_err(|error| TlsError::Write {
                 path: cert.display().to_string(),
-                source,
+                error,
             })?;
             Ok(true)
         }
@@ -108,11 +119,11 @@ pub fn ensure_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
             wait_for_certificate(cert)?;
             Ok(false)
         }
-        Err(source) => {
+        Err(error) => {
             remove_temporaries();
             Err(TlsError::Write {
                 path: key.display().to_string(),
-                source,
+                error,
             })
         }
     }
@@ -128,7 +139,7 @@ fn wait_for_certificate(cert: &Path) -> Result<(), TlsError> {
         if std::time::Instant::now() > deadline {
             return Err(TlsError::Write {
                 path: cert.display().to_string(),
-                source: std::io::Error::new(
+                error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "another process generated the key but no certificate appeared",
                 ),
@@ -141,9 +152,9 @@ fn wait_for_certificate(cert: &Path) -> Result<(), TlsError> {
 
 /// Writes `text` to a new file next to `path` and returns its name.
 fn write_temporary(path: &Path, text: &str, private: bool) -> Result<std::path::PathBuf, TlsError> {
-    let write = |source| TlsError::Write {
+    let write = |error| TlsError::Write {
         path: path.display().to_string(),
-        source,
+        error,
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(write)?;

@@ -16,12 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::relay::Relay;
 use super::{ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
 use crate::gate::{SessionCredential, Verdict};
+use crate::login_log::LoginAttempt;
 use crate::metrics as m;
 use crate::net::limiter::{Limit, UserClientPermit};
 use crate::net::stream::MaybeTls;
@@ -367,14 +368,14 @@ async fn login<H: ProtocolHandler>(
     let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
     let (user, credential, upstream, allowed_until, after_success) = match verdict {
         Verdict::Refuse { user, reason } => {
-            info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = reason.as_str());
+            LoginAttempt::new(protocol.as_str(), method, &user, ip).refused(reason.as_str());
             return refused(ctx, protocol, &user, ip, attempt, reason.as_str()).await;
         }
         Verdict::Blocked { user } => {
             return blocked(ctx, protocol, &user, ip, method).await;
         }
         Verdict::Unavailable { user, detail } => {
-            warn!(target: "postern::login", %protocol, %user, client = %ip, method, result = "unavailable", reason = %detail);
+            LoginAttempt::new(protocol.as_str(), method, &user, ip).unavailable(&detail);
             ctx.gate
                 .audit_login(&user, protocol, ip, "unavailable", &detail);
             return Err(LoginFailure::Temporary);
@@ -420,12 +421,16 @@ async fn login<H: ProtocolHandler>(
                 metrics::counter!(m::CONNECTIONS_REJECTED,
                     "protocol" => protocol.as_str(), "limit" => Limit::PerUserClient.as_str())
                 .increment(1);
-                warn!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "limited", reason = "too-many-sessions");
+                LoginAttempt::new(protocol.as_str(), method, &user, ip)
+                    .credential(&credential)
+                    .limited("too-many-sessions");
                 ctx.gate
                     .audit_login(&user, protocol, ip, "limited", "too-many-sessions");
                 return Err(LoginFailure::TooManySessions);
             };
-            info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "ok");
+            LoginAttempt::new(protocol.as_str(), method, &user, ip)
+                .credential(&credential)
+                .ok();
             ctx.penalties.succeeded(ip, &user);
             ctx.gate.login_succeeded(&user, after_success).await;
             ctx.gate
@@ -442,11 +447,16 @@ async fn login<H: ProtocolHandler>(
             })
         }
         UpstreamOutcome::Refused(detail) => {
-            info!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "refused", reason = "upstream-refused", upstream = %detail);
+            LoginAttempt::new(protocol.as_str(), method, &user, ip)
+                .credential(&credential)
+                .upstream(&detail)
+                .refused("upstream-refused");
             refused(ctx, protocol, &user, ip, attempt, "upstream-refused").await
         }
         UpstreamOutcome::Failed(detail) => {
-            warn!(target: "postern::login", %protocol, %user, client = %ip, method, %credential, result = "unavailable", reason = %detail);
+            LoginAttempt::new(protocol.as_str(), method, &user, ip)
+                .credential(&credential)
+                .unavailable(&detail);
             ctx.gate
                 .audit_login(&user, protocol, ip, "unavailable", &detail);
             Err(LoginFailure::Temporary)
@@ -484,7 +494,7 @@ async fn blocked<T>(
     ip: std::net::IpAddr,
     method: &str,
 ) -> Result<T, LoginFailure> {
-    info!(target: "postern::login", %protocol, %user, client = %ip, method, result = "refused", reason = "account-blocked");
+    LoginAttempt::new(protocol.as_str(), method, user, ip).refused("account-blocked");
     ctx.gate
         .audit_login(user, protocol, ip, "refused", "account-blocked");
     Err(LoginFailure::Refused)

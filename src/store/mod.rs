@@ -28,7 +28,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
 pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
@@ -47,15 +47,29 @@ pub use users::{Account, UserRecord, UserSummary, normalize_address};
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Everything that can go wrong in the store.
+/// Everything that can go wrong in the store (all of it on postern's side, never
+/// the client's).
+///
+/// Each variant's `Display` says everything once, causes included: sqlx's errors
+/// are kept as data, not as [`std::error::Error::source`], because their own
+/// `Display` already repeats their source, and a chain printed with `{:#}` (the
+/// binary's edge) or a log line's `%err` would show it two or three times.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// [`Store::connect`] failed; `url` is already redacted ([`redact_url`]).
+    #[error("cannot open the store {url}: {error}")]
+    Open {
+        /// The store URL without its password.
+        url: String,
+        /// Why: a database or migration error.
+        error: Box<StoreError>,
+    },
     /// The database could not be reached or refused a statement.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The schema could not be brought up to date.
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// A domain setting was changed for a domain postern does not know.
     #[error("unknown domain {0:?}: add it first with `postern admin domain add {0}`")]
     UnknownDomain(String),
@@ -81,6 +95,70 @@ pub enum StoreError {
         /// The parse error.
         detail: String,
     },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Database(err)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(err)
+    }
+}
+
+/// A store URL fit to print: the password in the user part and any `password=`
+/// (or `sslpassword=`) query parameter become `***`; everything else (scheme, user,
+/// host, port, database, other parameters) is kept so an operator can tell which
+/// database is meant. Every place that prints a store URL goes through this.
+pub fn redact_url(url: &str) -> String {
+    const HIDDEN: &str = "***";
+    let (before_query, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    match before_query.split_once("://") {
+        // The user part ends at the last `@` (a password may hold `/` or `@`).
+        Some((scheme, rest)) if rest.contains('@') => {
+            let at = rest.rfind('@').unwrap_or_default();
+            let (userinfo, host) = rest.split_at(at);
+            out.push_str(scheme);
+            out.push_str("://");
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(HIDDEN);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(host);
+        }
+        _ => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((key, _))
+                    if key.eq_ignore_ascii_case("password")
+                        || key.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    out.push_str(key);
+                    out.push('=');
+                    out.push_str(HIDDEN);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out
 }
 
 /// The database behind a [`Store`].
@@ -126,23 +204,24 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (`sqlite://path`, `sqlite:path`, `postgres://...`) and brings
     /// the schema up to date. A SQLite file and its folder are created if missing.
+    /// A failure is [`StoreError::Open`], which names the URL without its password.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::open(url).await.map_err(|err| StoreError::Open {
+            url: redact_url(url),
+            error: Box::new(err),
+        })
+    }
+
+    async fn open(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url).ok_or_else(|| {
             sqlx::Error::Configuration(
-                format!("unsupported database URL {url:?}: expected sqlite: or postgres:").into(),
+                "unsupported database URL: expected sqlite: or postgres:".into(),
             )
         })?;
         let (pool, migrator) = match backend {
             Backend::Sqlite => (connect_sqlite(url).await?, &SQLITE_MIGRATOR),
-            Backend::Postgres => (
-                AnyPoolOptions::new()
-                    .max_connections(10)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect(url)
-                    .await?,
-                &POSTGRES_MIGRATOR,
-            ),
+            Backend::Postgres => (connect_postgres(url).await?, &POSTGRES_MIGRATOR),
         };
         migrator.run(&pool).await?;
         Ok(Store {
@@ -192,6 +271,26 @@ impl Store {
         tx.commit().await?;
         self.note_change();
         Ok(())
+    }
+}
+
+async fn connect_postgres(url: &str) -> Result<AnyPool, StoreError> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await;
+    match pool {
+        Ok(pool) => Ok(pool),
+        // The pool retries until its timeout and then says only that it timed
+        // out; one direct attempt tells the operator why (refused, bad password).
+        Err(sqlx::Error::PoolTimedOut) => {
+            match tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::AnyConnection::connect(url)).await {
+                Ok(Err(err)) => Err(err.into()),
+                _ => Err(sqlx::Error::PoolTimedOut.into()),
+            }
+        }
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -309,6 +408,44 @@ mod tests {
             Some(Backend::Postgres)
         );
         assert_eq!(Backend::from_url("mysql://h/db"), None);
+    }
+
+    #[test]
+    fn store_urls_are_printed_without_passwords() {
+        for (url, shown) in [
+            (
+                "postgres://postern:s3cret@db:5432/postern",
+                "postgres://postern:***@db:5432/postern",
+            ),
+            // A password with `@` and `/` in it (not percent-encoded).
+            (
+                "postgres://u:a@b/c@db/postern",
+                "postgres://u:***@db/postern",
+            ),
+            (
+                "postgresql://db/postern?user=u&password=s3cret&sslmode=require",
+                "postgresql://db/postern?user=u&password=***&sslmode=require",
+            ),
+            (
+                "postgres://postern@db/postern",
+                "postgres://postern@db/postern",
+            ),
+            ("sqlite://data/p.db", "sqlite://data/p.db"),
+            ("sqlite:data/p.db?mode=rwc", "sqlite:data/p.db?mode=rwc"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_url_is_refused_without_its_password() {
+        let err = Store::connect("mysql://root:s3cret@db/x")
+            .await
+            .expect_err("mysql is not supported");
+        let text = format!("{err}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("mysql://root:***@db/x"), "{text}");
+        assert!(std::error::Error::source(&err).is_none(), "{text}");
     }
 
     #[test]

@@ -2,12 +2,21 @@
 //! actions as the pages, through the same `ops`. Authentication is the session
 //! cookie; every mutation carries the session's token in `X-CSRF-Token` (get it,
 //! and a session, from `GET /api/v1/session`).
+//!
+//! Every answer that is not a success is `{"error": "..."}` with its status, also
+//! when the request itself is malformed: bodies, path segments and query strings
+//! are read through [`ApiJson`], [`ApiPath`] and [`ApiQuery`], which turn axum's
+//! plain-text rejections into [`ApiError`], and unknown paths and methods get the
+//! same shape. `docs/openapi.yaml` lists every status.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -51,10 +60,86 @@ pub fn routes() -> Router<WebState> {
         .route("/admin/domains/{name}/admins", post(admin_add_admin))
         .route("/admin/impersonate", post(admin_impersonate))
         .route("/admin/audit", get(admin_audit))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this API path does not take that method".into(),
+            )
+        })
 }
 
 /// An error as `{"error": "..."}` with its status.
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    /// `{"error": message}` with `status`; also what the guard answers for API paths.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, message.into())
+    }
+}
+
+/// A JSON request body; a malformed one is answered as an [`ApiError`] with
+/// axum's status (400 bad JSON, 415 not `application/json`, 422 JSON of the wrong
+/// shape, 413 too large) and its explanation.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let message = match &rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            "the body must be JSON, sent with Content-Type: application/json".to_owned()
+        }
+        _ => rejection.body_text(),
+    };
+    ApiError(rejection.status(), message)
+}
+
+/// A path parameter; one that does not parse is a 400 [`ApiError`].
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(path_rejection(rejection)),
+        }
+    }
+}
+
+fn path_rejection(rejection: PathRejection) -> ApiError {
+    ApiError(rejection.status(), rejection.body_text())
+}
+
+/// A query string; one that does not parse is a 400 [`ApiError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    ApiError(rejection.status(), rejection.body_text())
+}
 
 impl From<WebError> for ApiError {
     fn from(err: WebError) -> Self {
@@ -176,7 +261,7 @@ struct LoginBody {
 async fn login(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<LoginBody>,
+    ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult {
     let (id, _) = live(&current)?;
     match ops::password_step(&state, &body.address, &body.password, current.client).await? {
@@ -196,7 +281,7 @@ struct CodeBody {
 async fn login_code(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<CodeBody>,
+    ApiJson(body): ApiJson<CodeBody>,
 ) -> ApiResult {
     let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
@@ -293,7 +378,7 @@ struct RecoveryBody {
 async fn recovery_add(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<RecoveryBody>,
+    ApiJson(body): ApiJson<RecoveryBody>,
 ) -> ApiResult {
     let (address, actor, _) = enrolling(&current)?;
     let ip = current.ip_string();
@@ -306,7 +391,7 @@ async fn recovery_add(
 async fn recovery_confirm(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<CodeBody>,
+    ApiJson(body): ApiJson<CodeBody>,
 ) -> ApiResult {
     let (address, actor, forced) = enrolling(&current)?;
     match recovery::confirm_recovery_address(&state, &address, &body.code, &actor).await? {
@@ -358,7 +443,7 @@ async fn totp_start(
 async fn enroll_confirm(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<CodeBody>,
+    ApiJson(body): ApiJson<CodeBody>,
 ) -> ApiResult {
     let (address, actor, forced) = enrolling(&current)?;
     if !ops::confirm_totp(&state, &address, &body.code, &actor).await? {
@@ -447,7 +532,7 @@ struct CreateBody {
 async fn create_app_password(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<CreateBody>,
+    ApiJson(body): ApiJson<CreateBody>,
 ) -> ApiResult {
     let (address, actor) = user(&current)?;
     let scopes = match &body.scopes {
@@ -478,7 +563,7 @@ async fn create_app_password(
 async fn revoke_app_password(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult {
     let (address, actor) = user(&current)?;
     ops::revoke_app_password(&state, &address, id, &actor).await?;
@@ -536,7 +621,7 @@ struct StatusBody {
 async fn domain_status(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<StatusBody>,
+    ApiJson(body): ApiJson<StatusBody>,
 ) -> ApiResult {
     let (domain, actor) = domain_admin(&state, &current).await?;
     ops::set_domain_status(&state, &domain, body.status, body.grace_days, &actor).await?;
@@ -546,7 +631,7 @@ async fn domain_status(
 async fn domain_reset(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Path(address): Path<String>,
+    ApiPath(address): ApiPath<String>,
 ) -> ApiResult {
     let (domain, actor) = domain_admin(&state, &current).await?;
     ops::reset_user(&state, &domain, &address, &actor).await?;
@@ -562,7 +647,7 @@ struct AdminLoginBody {
 async fn admin_login(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<AdminLoginBody>,
+    ApiJson(body): ApiJson<AdminLoginBody>,
 ) -> ApiResult {
     let (id, _) = live(&current)?;
     let ip = current.ip_string();
@@ -605,7 +690,7 @@ struct DomainBody {
 async fn admin_add_domain(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<DomainBody>,
+    ApiJson(body): ApiJson<DomainBody>,
 ) -> ApiResult {
     let (_, actor) = sysadmin(&current)?;
     let added = state.store.add_domain(&body.domain, &actor).await?;
@@ -620,8 +705,8 @@ struct FeatureBody {
 async fn admin_feature(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Path(name): Path<String>,
-    Json(body): Json<FeatureBody>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<FeatureBody>,
 ) -> ApiResult {
     let (_, actor) = sysadmin(&current)?;
     state
@@ -639,8 +724,8 @@ struct AddressBody {
 async fn admin_add_admin(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Path(name): Path<String>,
-    Json(body): Json<AddressBody>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<AddressBody>,
 ) -> ApiResult {
     let (_, actor) = sysadmin(&current)?;
     state
@@ -653,7 +738,7 @@ async fn admin_add_admin(
 async fn admin_impersonate(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<AddressBody>,
+    ApiJson(body): ApiJson<AddressBody>,
 ) -> ApiResult {
     let (name, _) = sysadmin(&current)?;
     let (id, _) = live(&current)?;
@@ -679,7 +764,7 @@ struct AuditQuery {
 async fn admin_audit(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Query(query): Query<AuditQuery>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult {
     sysadmin(&current)?;
     let filter = AuditFilter {

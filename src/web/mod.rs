@@ -231,8 +231,41 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-fn forbidden(why: &'static str) -> Response {
-    (StatusCode::FORBIDDEN, why).into_response()
+/// Why the guard refused a request before any handler saw it.
+#[derive(Clone, Copy, Debug)]
+pub enum Refusal {
+    /// A POST with no live session: it ended (idle, signed out, postern restarted)
+    /// while the page was open, or there never was one.
+    NoSession,
+    /// A live session, but the request does not carry its CSRF token (a page
+    /// from an earlier session, or another site's form).
+    WrongToken,
+    /// A form body over [`MAX_BODY`].
+    TooLarge,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::NoSession | Self::WrongToken => StatusCode::FORBIDDEN,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+}
+
+/// The guard's refusal in the caller's language: `{"error": ...}` under
+/// `/api/`, a page with a way on everywhere else.
+fn refuse(path: &str, why: Refusal) -> Response {
+    if path == "/api" || path.starts_with("/api/") {
+        let message = match why {
+            Refusal::NoSession => "no session: GET /api/v1/session first",
+            Refusal::WrongToken => "missing or wrong X-CSRF-Token: GET /api/v1/session for it",
+            Refusal::TooLarge => "request body too large",
+        };
+        api::ApiError::new(why.status(), message).into_response()
+    } else {
+        pages::refusal_page(path, why)
+    }
 }
 
 /// Sessions, CSRF and the security headers, around every route.
@@ -246,7 +279,7 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
     let mut request = request;
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let Some((_, live)) = &session else {
-            return secure(forbidden("no session: reload the page"), true);
+            return secure(refuse(request.uri().path(), Refusal::NoSession), true);
         };
         let header_token = request
             .headers()
@@ -266,10 +299,7 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
                 } else {
                     let (parts, body) = request.into_parts();
                     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-                        return secure(
-                            (StatusCode::PAYLOAD_TOO_LARGE, "form too large").into_response(),
-                            true,
-                        );
+                        return secure(refuse(parts.uri.path(), Refusal::TooLarge), true);
                     };
                     let token = csrf::form_token(&bytes);
                     request = Request::from_parts(parts, Body::from(bytes));
@@ -278,10 +308,7 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
             }
         };
         if !csrf::matches(presented.as_deref(), &live.csrf) {
-            return secure(
-                forbidden("missing or wrong CSRF token: reload the page"),
-                true,
-            );
+            return secure(refuse(request.uri().path(), Refusal::WrongToken), true);
         }
     }
     let cacheable = request.uri().path() == "/style.css";

@@ -1,19 +1,20 @@
 //! The actions behind both the HTML pages and the JSON API, so the two cannot
 //! drift: each checks who may do what and then calls the store.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::http::StatusCode;
 use subtle::ConstantTimeEq;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::session::Auth;
 use super::{WebState, recovery};
 use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
 use crate::gate::AfterSuccess;
+use crate::login_log::LoginAttempt;
 use crate::policy::{DomainStatus, Scopes, WebLoginStep, decide_web_login};
 use crate::secret::Secret;
 use crate::store::{
@@ -112,18 +113,20 @@ pub async fn password_step(
     password: &str,
     client: Option<SocketAddr>,
 ) -> Result<PasswordOutcome, WebError> {
+    let client = client.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let ip = client.ip();
     let Ok(address) = normalize_address(address) else {
+        LoginAttempt::new("web", "password", address, ip).refused("invalid-address");
         return Ok(PasswordOutcome::Wrong);
     };
     if password.is_empty() {
+        LoginAttempt::new("web", "password", &address, ip).refused("empty-password");
         return Ok(PasswordOutcome::Wrong);
     }
     let Some(settings) = &state.imap else {
         warn!("web login: no [imap] section, so primary passwords cannot be checked");
         return Err(WebError::Upstream);
     };
-    let client = client.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let ip = client.ip();
     // The mail ports' penalties apply here too, so the web form is no faster
     // way to guess a primary password than IMAP is.
     let delay = state.penalties.delay(ip);
@@ -134,10 +137,12 @@ pub async fn password_step(
     // Read before the upstream is asked: a blocked account is refused without
     // asking it. The account's failure count is read with it, shared by every
     // node; reading creates nothing, so a refused address leaves no user row.
-    let account = state.store.account(&address).await?;
+    let account = state.store.account(&address).await.inspect_err(|err| {
+        LoginAttempt::new("web", "password", &address, ip).unavailable(&err.to_string());
+    })?;
     let now = unix_now();
     if account.failures.block(now) {
-        info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "account-blocked");
+        LoginAttempt::new("web", "password", &address, ip).refused("account-blocked");
         return Ok(PasswordOutcome::Wrong);
     }
     let attempt = state
@@ -153,14 +158,14 @@ pub async fn password_step(
     )
     .await
     .map_err(|err| {
-        warn!(user = %address, error = %err, "web login: upstream check failed");
+        LoginAttempt::new("web", "password", &address, ip).unavailable(&format!("upstream: {err}"));
         WebError::Upstream
     })?;
     if !right {
         if state.penalties.failed(ip, attempt) {
             state.gate.count_login_failure(&address, now).await;
         }
-        info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "upstream-refused");
+        LoginAttempt::new("web", "password", &address, ip).refused("upstream-refused");
         return Ok(PasswordOutcome::Wrong);
     }
     state.penalties.succeeded(ip, &address);
@@ -169,13 +174,17 @@ pub async fn password_step(
         .login_succeeded(&address, AfterSuccess::for_account(&account))
         .await;
     if account.state().disabled {
-        info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "disabled");
+        LoginAttempt::new("web", "password", &address, ip).refused("disabled");
         return Err(WebError::Forbidden(
             "this account is disabled; ask your administrator".into(),
         ));
     }
     let step = decide_web_login(account.policy().as_ref(), account.state(), now);
-    info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "password-ok", next = ?step);
+    LoginAttempt::new("web", "password", &address, ip).password_ok(match step {
+        WebLoginStep::Done | WebLoginStep::DoneMayEnroll => "done",
+        WebLoginStep::SecondStep => "second-step",
+        WebLoginStep::MustEnroll => "must-enroll",
+    });
     Ok(PasswordOutcome::Next(match step {
         WebLoginStep::Done | WebLoginStep::DoneMayEnroll => Auth::User {
             address,
@@ -225,13 +234,28 @@ pub async fn second_step(
     let session_key = format!("s:{session_id}");
     let user_key = format!("u:{address}");
     let keys = [session_key.as_str(), user_key.as_str()];
+    let client = ip
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let attempt = LoginAttempt::new("web", "second-step", address, client);
     if state.attempts.locked(&keys) {
+        attempt.refused("locked");
         return Ok(CodeOutcome::Locked);
     }
-    let (_, user) = user_context(state, address).await?;
-    let outcome = check_code(state, &user, code).await?;
+    let checked = match user_context(state, address).await {
+        Ok((_, user)) => check_code(state, &user, code).await,
+        Err(err) => Err(err),
+    };
+    let outcome = match checked {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            attempt.unavailable(&err.to_string());
+            return Err(err);
+        }
+    };
     match outcome {
         CodeOutcome::Accepted => {
+            attempt.ok();
             state.attempts.succeed(&keys);
             state
                 .store
@@ -245,6 +269,11 @@ pub async fn second_step(
                 .await?;
         }
         _ => {
+            attempt.refused(match outcome {
+                CodeOutcome::Replayed => "code-replayed",
+                CodeOutcome::Expired => "code-expired",
+                _ => "wrong-code",
+            });
             state.attempts.fail(&keys);
             state
                 .store

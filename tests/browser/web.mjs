@@ -22,6 +22,8 @@ const IMAP = env('POSTERN_IMAP');
 const SHOTS = env('SCREENSHOTS');
 const TOUR = process.env.TOUR_DIR || '';
 const SYSADMIN = { name: env('SYSADMIN_NAME'), password: env('SYSADMIN_PASSWORD') };
+// A domain with a 60-character name and no hyphen (run.sh adds it).
+const LONG_DOMAIN = env('LONG_DOMAIN');
 // Users of the private Dovecot (tests/interop/dovecot.sh).
 const ALICE = { address: 'alice@example.test', password: 'alice-primary' };
 const BOB = { address: 'bob@example.test', password: 'bob-primary' };
@@ -80,6 +82,24 @@ async function inView(page, selector) {
     .map((e) => `${e.scrollWidth} px in ${e.clientWidth} px`));
   expect(scrolling.length === 0, `a table scrolls sideways: ${scrolling.join(', ')}`);
   return `${found.length} in view`;
+}
+
+/**
+ * Every `selector` element ends inside the card that holds it (a long word in a
+ * table cell must wrap, not push the table past the card's border).
+ */
+async function insideCards(page, selector) {
+  const found = await page.locator(selector).evaluateAll((els) => els.map((e) => {
+    const card = e.closest('.card');
+    const r = e.getBoundingClientRect();
+    const c = card?.getBoundingClientRect();
+    return { right: r.right, card: c?.right, cardWidth: card?.clientWidth, cardScroll: card?.scrollWidth, text: e.textContent.trim() };
+  }));
+  expect(found.length > 0, `nothing matches ${selector}`);
+  const out = found.filter((b) => b.card === undefined || b.right > b.card || b.cardScroll > b.cardWidth);
+  expect(out.length === 0,
+    `"${out[0]?.text}" reaches ${Math.round(out[0]?.right)} px, its card ends at ${Math.round(out[0]?.card)} px (content ${out[0]?.cardScroll} px in ${out[0]?.cardWidth} px)`);
+  return `${found.length} inside their cards`;
 }
 
 /** The code in a recovery e-mail (`1234 5678`), from the message as the sink got it. */
@@ -479,6 +499,21 @@ scenario('a user of a Forced domain enrolls on a phone-sized screen', async (ctx
   await shot(auditPage, '23-phone-audit', { full: false });
   await check('the audit log fits a phone screen', () => fitsWidth(auditPage));
   await check('every audit entry is on screen, no sideways scrolling', () => inView(auditPage, 'table.audit td'));
+
+  // The domains table with a 60-character domain name.
+  const consolePage = await phoneAdmin.newPage();
+  consolePage.setDefaultTimeout(15_000);
+  await consolePage.goto(`${BASE}/admin`);
+  await shot(consolePage, '24-phone-long-domain');
+  await check('the domains list fits a phone screen with a 60-character domain name', () => fitsWidth(consolePage));
+  await check('the 60-character domain name wraps inside its card', () => insideCards(consolePage, `td:has(a[href="/admin/domains/${LONG_DOMAIN}"])`));
+  await check('every cell of the domains table is inside its card, no sideways scrolling', async () => {
+    await insideCards(consolePage, '.card.table td');
+    return inView(consolePage, '.card.table td');
+  });
+  await consolePage.goto(`${BASE}/admin/domains/${LONG_DOMAIN}`);
+  await shot(consolePage, '25-phone-long-domain-page');
+  await check('the page of a 60-character domain fits a phone screen', () => fitsWidth(consolePage));
 });
 
 // Scenarios appended here run last (example.test is Forced by then); ctx.mail

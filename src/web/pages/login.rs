@@ -140,7 +140,9 @@ fn code_page(csrf: &str, address: &str, notes: CodeNotes<'_>) -> Markup {
                             "Code from your authenticator app, or a backup code"
                         }
                     }
-                    input #code type="text" name="code" inputmode="numeric" autocomplete="one-time-code" required autofocus;
+                    // A backup code has letters: a full keyboard, nothing capitalised or
+                    // corrected. Only digits are valid where the app's code alone is.
+                    input #code type="text" name="code" inputmode="text" autocapitalize="off" autocorrect="off" spellcheck="false" autocomplete="one-time-code" required autofocus;
                     button type="submit" { "Verify" }
                 }
                 @if let Some(to) = notes.recovery {

@@ -17,7 +17,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::ops::WebError;
 use super::session::Auth;
-use super::{Current, WebState};
+use super::{Current, Refusal, WebState};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -262,6 +262,43 @@ pub fn error_page(err: &WebError) -> Response {
         p { a href="/" { "Back" } }
     };
     (err.status(), page("Something went wrong", html! {}, body)).into_response()
+}
+
+/// The page for a form the guard refused (see [`Refusal`]): what happened and a
+/// link to go on, the sign-in page of the console the form belonged to.
+pub fn refusal_page(path: &str, why: Refusal) -> Response {
+    let admin = path == "/admin" || path.starts_with("/admin/");
+    let sign_in = if admin { "/admin/login" } else { "/login" };
+    let (title, body) = match why {
+        Refusal::NoSession => (
+            "Your session has ended",
+            html! {
+                div.card {
+                    p { "You were signed out (after a while without activity, or because postern restarted) before this form was sent, so nothing was changed." }
+                    p { a.button href=(sign_in) { "Sign in again" } }
+                }
+            },
+        ),
+        Refusal::WrongToken => (
+            "This page is out of date",
+            html! {
+                div.card {
+                    p { "This form belongs to an earlier session, so nothing was changed. Open the page again and repeat what you did." }
+                    p { a.button href="/" { "Continue" } " " a href=(sign_in) { "Sign in" } }
+                }
+            },
+        ),
+        Refusal::TooLarge => (
+            "Too much text",
+            html! {
+                div.card {
+                    p { "What you sent is larger than postern accepts, so nothing was changed." }
+                    p { a.button href="/" { "Continue" } }
+                }
+            },
+        ),
+    };
+    (why.status(), page(title, html! {}, body)).into_response()
 }
 
 /// An error text as a sentence: capital first letter, full stop.
