@@ -156,7 +156,7 @@ pub async fn password_step(
         WebError::Upstream
     })?;
     if !right {
-        if state.penalties.failed(ip, attempt) {
+        if state.penalties.failed(ip, &address, attempt) {
             state.gate.count_login_failure(&address, now).await;
         }
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "upstream-refused");
