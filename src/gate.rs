@@ -448,6 +448,11 @@ impl Gate {
         self.verifier.argon2_runs()
     }
 
+    /// The Argon2 queue, shared with the system administrators' web logins.
+    pub fn verifier(&self) -> &AppPasswordVerifier {
+        &self.verifier
+    }
+
     fn passthrough(
         presented: &Credentials,
         user: String,

@@ -11,6 +11,10 @@
 //! A refusal must not be faster than another refusal: [`AppPasswordVerifier::spend_refusal`]
 //! runs one Argon2 verification against a fixed dummy hash, through the same
 //! queue, for refusals that did not already cost one (see `Gate`).
+//!
+//! System administrators' passwords (Argon2id with the same parameters) are
+//! hashed and checked through the same queue; an unknown name is checked
+//! against the dummy hash, so it costs what a known one costs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +23,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
 use super::app_password::CanonicalAppPassword;
 use super::key::InstanceKey;
+use crate::secret::Secret;
 
 /// How long a verified app password skips Argon2.
 pub const CACHE_TTL: Duration = Duration::from_secs(600);
@@ -150,6 +159,65 @@ impl AppPasswordVerifier {
         self.run(dummy_password(), None).await.map(|_| ())
     }
 
+    /// Whether `password` matches a system administrator's stored `phc` hash.
+    /// `None` (no such administrator) runs the same verification against the
+    /// dummy hash and matches nothing, so an unknown name costs the same work.
+    pub async fn verify_sysadmin(
+        &self,
+        password: &Secret<String>,
+        phc: Option<&str>,
+    ) -> Result<bool, VerifyError> {
+        let password = Secret::from(password.expose().as_str());
+        let known = phc.is_some();
+        let phc = phc.unwrap_or_else(|| dummy_hash()).to_owned();
+        let matches = self
+            .blocking(move || {
+                PasswordHash::new(&phc).is_ok_and(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.expose().as_bytes(), &parsed)
+                        .is_ok()
+                })
+            })
+            .await?;
+        Ok(known && matches)
+    }
+
+    /// The Argon2id PHC string of a system administrator's new password, made
+    /// through the same queue.
+    pub async fn hash_sysadmin(&self, password: &Secret<String>) -> Result<String, VerifyError> {
+        let password = Secret::from(password.expose().as_str());
+        self.blocking(move || {
+            Argon2::default()
+                .hash_password(password.expose().as_bytes())
+                .map(|h| h.to_string())
+                .ok()
+        })
+        .await?
+        .ok_or(VerifyError)
+    }
+
+    /// Runs one Argon2 job in `spawn_blocking` behind the semaphore, counted.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, VerifyError> {
+        let queued = Queued::enter();
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| VerifyError)?;
+        drop(queued);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.runs.fetch_add(1, Ordering::Relaxed);
+            job()
+        })
+        .await
+        .map_err(|_| VerifyError)
+    }
+
     /// Argon2 verifications run since start (cache hits are not counted).
     pub fn argon2_runs(&self) -> u64 {
         self.inner.runs.load(Ordering::Relaxed)
@@ -161,22 +229,11 @@ impl AppPasswordVerifier {
         password: CanonicalAppPassword,
         phc: Option<String>,
     ) -> Result<bool, VerifyError> {
-        let queued = Queued::enter();
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| VerifyError)?;
-        drop(queued);
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move || {
             let phc = phc.as_deref().unwrap_or_else(|| dummy_hash());
-            inner.runs.fetch_add(1, Ordering::Relaxed);
             password.verify(phc)
         })
         .await
-        .map_err(|_| VerifyError)
     }
 
     /// Verifications waiting for a permit right now (a metric).
@@ -267,5 +324,30 @@ mod tests {
             "same cost parameters"
         );
         assert!(!dummy_password().verify(dummy_hash()));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_system_administrator_costs_one_argon2_run_like_a_known_one() {
+        let v = AppPasswordVerifier::new(InstanceKey::from_bytes([5; 32]), 1);
+        let right = Secret::from("a long passphrase of mine");
+        let phc = v.hash_sysadmin(&right).await.unwrap();
+        assert_eq!(phc.split('$').nth(3), dummy_hash().split('$').nth(3));
+        let before = v.argon2_runs();
+        assert!(v.verify_sysadmin(&right, Some(&phc)).await.unwrap());
+        assert!(
+            !v.verify_sysadmin(&Secret::from("nope"), Some(&phc))
+                .await
+                .unwrap()
+        );
+        assert_eq!(v.argon2_runs(), before + 2);
+        // No such name: one run as well, and never a match, not even for the
+        // dummy's own password.
+        assert!(
+            !v.verify_sysadmin(&Secret::from("zzzzzzzzzzzzzzzz"), None)
+                .await
+                .unwrap()
+        );
+        assert!(!v.verify_sysadmin(&right, None).await.unwrap());
+        assert_eq!(v.argon2_runs(), before + 4);
     }
 }

@@ -40,6 +40,7 @@ pub use email_codes::{
 pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
 pub use sessions::SessionRow;
+pub use sysadmins::SysadminRecord;
 pub use users::{UserRecord, UserSummary, normalize_address};
 
 /// Migrations for each backend; the right one is picked at runtime by [`Store::connect`].
