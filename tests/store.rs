@@ -1068,6 +1068,96 @@ async fn sysadmins_are_added_and_replaced() {
 }
 
 #[tokio::test]
+async fn the_first_sysadmin_has_a_one_time_password_until_it_is_changed_once() {
+    on_each_db!(|s| {
+        assert!(
+            s.create_first_sysadmin("admin", "$argon2id$otp")
+                .await
+                .unwrap()
+        );
+        let admin = s.sysadmin("admin").await.unwrap().expect("admin");
+        assert!(admin.must_change_password);
+        // Only while no system administrator exists.
+        assert!(
+            !s.create_first_sysadmin("other", "$argon2id$x")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.create_first_sysadmin("admin", "$argon2id$x")
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.sysadmin_count().await.unwrap(), 1);
+        // A change from a stale hash (a racing change) does nothing.
+        assert!(
+            !s.change_sysadmin_password("admin", "$argon2id$stale", "$argon2id$new", None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.sysadmin("admin")
+                .await
+                .unwrap()
+                .expect("admin")
+                .must_change_password
+        );
+        assert!(
+            s.change_sysadmin_password(
+                "admin",
+                "$argon2id$otp",
+                "$argon2id$mine",
+                Some("192.0.2.1")
+            )
+            .await
+            .unwrap()
+        );
+        let admin = s.sysadmin("admin").await.unwrap().expect("admin");
+        assert_eq!(admin.password_hash, "$argon2id$mine");
+        assert!(!admin.must_change_password);
+        // The one-time password's hash works for one change only.
+        assert!(
+            !s.change_sysadmin_password("admin", "$argon2id$otp", "$argon2id$again", None)
+                .await
+                .unwrap()
+        );
+        let audit = s.list_audit(AuditFilter::default()).await.unwrap();
+        assert!(audit.iter().any(|r| r.action == "sysadmin.password"
+            && r.ip.as_deref() == Some("192.0.2.1")
+            && !r.detail.contains("argon2")));
+    });
+}
+
+#[tokio::test]
+async fn a_password_set_with_the_cli_is_not_one_time() {
+    on_each_db!(|s| {
+        assert!(
+            s.create_first_sysadmin("admin", "$argon2id$otp")
+                .await
+                .unwrap()
+        );
+        // `postern admin sysadmin add admin` replaces the one-time password.
+        s.add_sysadmin("admin", "$argon2id$chosen", "cli")
+            .await
+            .unwrap();
+        let admin = s.sysadmin("admin").await.unwrap().expect("admin");
+        assert_eq!(admin.password_hash, "$argon2id$chosen");
+        assert!(!admin.must_change_password);
+        s.add_sysadmin("root", "$argon2id$root", "cli")
+            .await
+            .unwrap();
+        assert!(
+            !s.sysadmin("root")
+                .await
+                .unwrap()
+                .expect("root")
+                .must_change_password
+        );
+        assert_eq!(s.sysadmin("nobody").await.unwrap(), None);
+    });
+}
+
+#[tokio::test]
 async fn sessions_of_all_nodes_are_listed_and_removed() {
     on_each_db!(|s| {
         let row = |id: &str, node: &str, at: i64| SessionRow {
