@@ -221,10 +221,10 @@ pub async fn change_password(
     let ip = client_or_loopback(client);
     check_caps(name, ip, &[current, new, confirm])?;
     let name = name.trim();
+    admit(state, name, ip).await?;
     if let Err(why) = acceptable_new_password(name, current, new, confirm) {
         return Ok(PasswordChange::Rejected(why));
     }
-    admit(state, name, ip).await?;
     let current = Secret::from(current);
     let Some(record) = verify(state, name, &current, ip).await? else {
         return Ok(PasswordChange::WrongCurrent);

@@ -176,9 +176,9 @@ fn login_page(csrf: &str, error: Option<&str>) -> Markup {
                 form method="post" action="/admin/login" {
                     input type="hidden" name="csrf" value=(csrf);
                     label for="name" { "Name" }
-                    input #name type="text" name="name" autocomplete="username" required autofocus;
+                    input #name type="text" name="name" autocomplete="username" maxlength=(sysadmin::MAX_NAME_BYTES) required autofocus;
                     label for="password" { "Password" }
-                    input #password type="password" name="password" autocomplete="current-password" required;
+                    input #password type="password" name="password" autocomplete="current-password" maxlength=(sysadmin::MAX_PASSWORD_BYTES) required;
                     button type="submit" { "Sign in" }
                 }
             }
@@ -258,9 +258,19 @@ fn password_page(
     error: Option<&str>,
     notice: Option<&str>,
 ) -> Markup {
+    let nav = match first_sign_in {
+        None => html! {
+            nav {
+                a href="/admin" { "Domains" }
+                a href="/admin/audit" { "Audit log" }
+                (super::post_button("/logout", csrf, "Sign out", "link"))
+            }
+        },
+        Some(_) => html! {},
+    };
     page(
         "Change password",
-        html! {},
+        nav,
         html! {
             div.card {
                 @if let Some(notice) = notice { p.warning role="status" { (notice) } }
