@@ -1424,3 +1424,83 @@ async fn a_batch_of_audit_rows_is_written_whole_across_statements() {
         assert_eq!(one.len(), 1);
     });
 }
+
+/// A SQLite store made by the version before migration 0004, holding `rows`,
+/// then opened (and so migrated) by this one.
+async fn upgraded_sqlite(rows: &str) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    for name in [
+        "0001_init.sql",
+        "0002_email_codes.sql",
+        "0003_login_failures.sql",
+    ] {
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/sqlite")
+            .join(name);
+        std::fs::copy(from, old.join(name)).unwrap();
+    }
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(AssertSqlSafe(rows.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    (Store::connect(&url).await.unwrap(), dir)
+}
+
+/// An earlier version's first start created `admin` and logged its password:
+/// upgrading makes that password one-time, while a password set with the CLI
+/// (for another name, or for `admin` since) stays.
+#[tokio::test]
+async fn upgrading_makes_an_earlier_first_start_password_one_time() {
+    let (store, _dir) = upgraded_sqlite(
+        "INSERT INTO sysadmins (name, password_hash, created_at) VALUES \
+           ('admin', '$argon2id$logged', 1), ('root', '$argon2id$root', 1); \
+         INSERT INTO audit_log (at, actor, action, target, detail) VALUES \
+           (1, 'postern', 'sysadmin.add', 'admin', ''), \
+           (2, 'cli:ops', 'sysadmin.add', 'root', '');",
+    )
+    .await;
+    assert!(
+        store
+            .sysadmin("admin")
+            .await
+            .unwrap()
+            .expect("admin")
+            .must_change_password
+    );
+    assert!(
+        !store
+            .sysadmin("root")
+            .await
+            .unwrap()
+            .expect("root")
+            .must_change_password
+    );
+
+    let (store, _dir) = upgraded_sqlite(
+        "INSERT INTO sysadmins (name, password_hash, created_at) VALUES \
+           ('admin', '$argon2id$mine', 1); \
+         INSERT INTO audit_log (at, actor, action, target, detail) VALUES \
+           (1, 'postern', 'sysadmin.add', 'admin', ''), \
+           (2, 'cli:ops', 'sysadmin.add', 'admin', '');",
+    )
+    .await;
+    assert!(
+        !store
+            .sysadmin("admin")
+            .await
+            .unwrap()
+            .expect("admin")
+            .must_change_password
+    );
+}

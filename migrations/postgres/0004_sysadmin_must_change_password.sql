@@ -3,3 +3,12 @@
 -- set with `postern admin sysadmin add` or chosen in the web UI (keep in step
 -- with migrations/sqlite/0004_sysadmin_must_change_password.sql).
 ALTER TABLE sysadmins ADD COLUMN must_change_password BIGINT NOT NULL DEFAULT 0 CHECK (must_change_password IN (0, 1));
+
+-- An `admin` still holding the password an earlier first start generated (and
+-- wrote to the log in clear) must choose a new one at its next sign-in: the
+-- latest `sysadmin.add` for it was postern's own (the CLI's has another actor).
+UPDATE sysadmins SET must_change_password = 1
+WHERE name = 'admin'
+  AND (SELECT actor FROM audit_log
+       WHERE action = 'sysadmin.add' AND target = 'admin'
+       ORDER BY id DESC LIMIT 1) = 'postern';
