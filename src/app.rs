@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat, ProtocolSettings};
-use crate::credentials::InstanceKey;
+use crate::credentials::{AdminPasswords, InstanceKey};
 use crate::gate::{Gate, MasterAccount};
 use crate::net::limiter::{ConnectionLimiter, UserClientLimiter};
 use crate::net::proxy::{self, TrustedProxies};
@@ -52,6 +52,8 @@ pub struct Runtime {
     pub user_client_limiter: UserClientLimiter,
     pub proxies: TrustedProxies,
     pub penalties: Arc<Penalties>,
+    /// System administrators' Argon2 checks, bounded.
+    pub admin_passwords: AdminPasswords,
     /// Accept loops, stopped first on shutdown.
     listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -76,12 +78,6 @@ impl Runtime {
         if master.is_none() {
             warn!("upstream_auth has no master password: app-password logins will fail");
         }
-        if config.limits.argon2_parallelism.is_some() {
-            warn!(
-                "limits.argon2_parallelism has no effect any more (app passwords need no \
-                 Argon2); remove it from the config"
-            );
-        }
         let node = node_name(config);
         if let Err(err) = store.remove_node_sessions(&node).await {
             warn!(error = %err, "could not clear this node's stale sessions");
@@ -101,6 +97,7 @@ impl Runtime {
             ),
             user_client_limiter: UserClientLimiter::new(config.limits.max_connections_per_user_ip),
             proxies: TrustedProxies::new(config.proxy_protocol.trusted_proxies.clone()),
+            admin_passwords: AdminPasswords::new(config.limits.argon2_parallelism),
             penalties: Arc::new(Penalties::new(config.limits.trusted_networks.clone())),
             listeners: std::sync::Mutex::default(),
             store,

@@ -374,10 +374,10 @@ pub struct LimitsConfig {
     /// Open connections in all.
     #[serde(default = "default_total")]
     pub max_connections: usize,
-    /// No longer used (app passwords need no Argon2); accepted so that older
-    /// configurations still load, with a warning at start.
-    #[serde(default)]
-    pub argon2_parallelism: Option<usize>,
+    /// System administrators' password checks (Argon2id) running at once;
+    /// others queue. App passwords need none.
+    #[serde(default = "cpu_count")]
+    pub argon2_parallelism: usize,
     /// Threads that serve connections (sessions, TLS, the relay); defaults to
     /// the CPU count. Fewer leave cores to a mail server on the same machine
     /// and cost less CPU per login; Argon2 runs on threads of its own.
@@ -409,7 +409,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: default_per_ip(),
             max_connections_per_user_ip: default_per_user_ip(),
             max_connections: default_total(),
-            argon2_parallelism: None,
+            argon2_parallelism: cpu_count(),
             worker_threads: cpu_count(),
             drain_secs: default_drain(),
             refusal_floor_ms: default_refusal_floor(),
@@ -573,6 +573,11 @@ impl Config {
         if self.limits.max_line_bytes < 512 {
             return Err(ConfigError::Invalid(
                 "limits.max_line_bytes: at least 512".into(),
+            ));
+        }
+        if self.limits.argon2_parallelism == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.argon2_parallelism: at least 1".into(),
             ));
         }
         if !(1..=MAX_WORKER_THREADS).contains(&self.limits.worker_threads) {

@@ -1,26 +1,35 @@
-//! Login penalties against password guessing on the mail ports.
+//! Login penalties against password guessing on the mail ports, the web login
+//! and the system administrator's login.
 //!
 //! - Per client network (IPv4 /32, IPv6 /64), shared by all its connections:
 //!   after a failed login the next answer to that client waits 2 s, then 4 s,
 //!   8 s, capped at 15 s. Kept in memory on each node.
+//! - A successful login forgives only the failures of the account it logged in
+//!   to: the client keeps its failures per account tried (the latest
+//!   [`ACCOUNTS_PER_CLIENT`]; failures of accounts it tried before those still
+//!   count but can no longer be forgiven), so one valid account does not let a
+//!   client guess the passwords of others at full speed.
 //! - Per account: after 100 consecutive failures (NIST SP 800-63B §5.2.2) the
 //!   account's mail logins are refused until a quiet period passes or an
 //!   administrator clears it (`postern admin user enable`). For an address the
 //!   count lives on the user's row in the store, so every node counts towards
 //!   one block ([`account_blocked`]); a name that is not an address (postern
 //!   stores nothing for it) is counted here, per node.
-//! - A client repeating the same wrong password (a stale device retrying) does
-//!   not escalate either counter.
+//! - A client repeating the same wrong password for an account (a stale device
+//!   retrying) does not escalate either counter.
 //! - Trusted networks (`limits.trusted_networks`) are exempt.
 //!
-//! In-memory state is bounded and forgets entries after the quiet period.
+//! In-memory state lives in size-bounded caches (`moka`) that also forget
+//! entries after the quiet period; what a record means is decided by its own
+//! time stamps, not by when the cache drops it.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
 
 /// First delay after a failure.
 pub const BASE_DELAY: Duration = Duration::from_secs(2);
@@ -32,8 +41,13 @@ pub const BLOCK_AFTER: u32 = 100;
 pub const QUIET_PERIOD: Duration = Duration::from_secs(15 * 60);
 /// [`QUIET_PERIOD`] in the store's unit.
 const QUIET_PERIOD_SECS: i64 = 15 * 60;
-/// Entries kept at most per map before old ones are swept.
-const CAPACITY: usize = 100_000;
+/// Accounts whose failures a client record tells apart (the latest tried).
+pub const ACCOUNTS_PER_CLIENT: usize = 8;
+/// Memory for client records, in bytes (about 100 000 clients with a full
+/// account list, many more with one account each).
+const CLIENTS_BYTES: u64 = 64 << 20;
+/// Memory for the names counted per node, in bytes of name.
+const ACCOUNTS_BYTES: u64 = 16 << 20;
 
 /// Whether an account's stored failure count blocks its mail logins at `now`
 /// (Unix seconds): the limit is reached and the latest failure is recent.
@@ -47,33 +61,69 @@ pub fn forget_failures_before(now: i64) -> i64 {
     now - QUIET_PERIOD_SECS
 }
 
-#[derive(Debug)]
-struct ClientRecord {
+/// One account's failures from one client.
+#[derive(Clone, Debug)]
+struct AccountFailures {
+    /// A hash of the lowercased account name (fixed size whatever the name).
+    account: [u8; 32],
     failures: u32,
-    last: Instant,
+    /// The last wrong credential tried for it (a keyed hash, never a password).
     last_attempt: [u8; 32],
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
+struct ClientRecord {
+    /// Failures counted against this client: those of every account in
+    /// `accounts`, and of the accounts pushed out of it.
+    failures: u32,
+    last: Instant,
+    /// Oldest first, at most [`ACCOUNTS_PER_CLIENT`].
+    accounts: Vec<AccountFailures>,
+}
+
+impl ClientRecord {
+    fn fresh(&self) -> bool {
+        self.last.elapsed() < QUIET_PERIOD
+    }
+
+    fn weight(&self) -> u32 {
+        let bytes = std::mem::size_of::<Self>()
+            + self.accounts.len() * std::mem::size_of::<AccountFailures>()
+            + 64;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+#[derive(Clone, Debug)]
 struct AccountRecord {
     consecutive: u32,
     last: Instant,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    clients: HashMap<IpAddr, ClientRecord>,
-    accounts: HashMap<String, AccountRecord>,
-}
-
-#[derive(Debug, Default)]
 pub struct Penalties {
     trusted: Vec<IpNet>,
-    state: Mutex<State>,
+    clients: Cache<IpAddr, ClientRecord>,
+    accounts: Cache<String, AccountRecord>,
+}
+
+impl std::fmt::Debug for Penalties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Penalties")
+            .field("trusted", &self.trusted)
+            .field("clients", &self.clients.entry_count())
+            .field("accounts", &self.accounts.entry_count())
+            .finish()
+    }
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 /// The key of a client: its /32 (IPv4) or /64 (IPv6) network.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub fn client_network(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -87,16 +137,29 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+fn account_key(account: &str) -> [u8; 32] {
+    Sha256::digest(account.to_lowercase().as_bytes()).into()
+}
+
 impl Penalties {
     pub fn new(trusted: Vec<IpNet>) -> Self {
         Self {
             trusted,
-            state: Mutex::default(),
+            clients: Cache::builder()
+                .max_capacity(CLIENTS_BYTES)
+                .weigher(|_, record: &ClientRecord| record.weight())
+                .time_to_idle(QUIET_PERIOD)
+                .build(),
+            accounts: Cache::builder()
+                .max_capacity(ACCOUNTS_BYTES)
+                .weigher(|name: &String, _| u32::try_from(name.len() + 64).unwrap_or(u32::MAX))
+                .time_to_idle(QUIET_PERIOD)
+                .build(),
         }
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        let ip = client_key(ip);
+        let ip = client_network(ip);
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
@@ -105,11 +168,8 @@ impl Penalties {
         if self.exempt(ip) {
             return Duration::ZERO;
         }
-        let Ok(state) = self.state.lock() else {
-            return Duration::ZERO;
-        };
-        match state.clients.get(&client_key(ip)) {
-            Some(record) if record.failures > 0 && record.last.elapsed() < QUIET_PERIOD => {
+        match self.clients.get(&client_network(ip)) {
+            Some(record) if record.failures > 0 && record.fresh() => {
                 let doublings = (record.failures - 1).min(4);
                 (BASE_DELAY * 2u32.pow(doublings)).min(MAX_DELAY)
             }
@@ -120,101 +180,109 @@ impl Penalties {
     /// Whether a name counted here (see [`Penalties::local_account_failed`]) is
     /// blocked on the mail protocols.
     pub fn blocked(&self, user: &str) -> bool {
-        let Ok(state) = self.state.lock() else {
-            return false;
-        };
-        state
-            .accounts
+        self.accounts
             .get(&user.to_ascii_lowercase())
             .is_some_and(|record| {
                 record.consecutive >= BLOCK_AFTER && record.last.elapsed() < QUIET_PERIOD
             })
     }
 
-    /// Records a refused login against the client. `attempt` identifies the
-    /// credential tried (a keyed hash of user and password, never the password).
-    /// Returns whether the failure counts against the account too: not from a
-    /// trusted network, and not the client's previous wrong password again.
-    pub fn failed(&self, ip: IpAddr, attempt: [u8; 32]) -> bool {
+    /// Records a refused login for `account` against the client. `attempt`
+    /// identifies the credential tried (a keyed hash of user and password, never
+    /// the password). Returns whether the failure counts against the account
+    /// too: not from a trusted network, and not the client's previous wrong
+    /// password for this account again.
+    pub fn failed(&self, ip: IpAddr, account: &str, attempt: [u8; 32]) -> bool {
         if self.exempt(ip) {
             return false;
         }
-        let Ok(mut state) = self.state.lock() else {
-            return false;
-        };
         let now = Instant::now();
-        sweep(&mut state);
-        let client = state.clients.entry(client_key(ip)).or_insert(ClientRecord {
-            failures: 0,
-            last: now,
-            last_attempt: [0; 32],
-        });
-        if client.last.elapsed() >= QUIET_PERIOD {
-            client.failures = 0;
-        }
-        let repeated = client.failures > 0 && client.last_attempt == attempt;
-        client.last = now;
-        if repeated {
-            return false;
-        }
-        client.failures = client.failures.saturating_add(1);
-        client.last_attempt = attempt;
-        true
+        let account = account_key(account);
+        let mut counted = false;
+        self.clients
+            .entry(client_network(ip))
+            .and_upsert_with(|old| {
+                let mut record = old
+                    .map(|entry| entry.into_value())
+                    .filter(ClientRecord::fresh)
+                    .unwrap_or(ClientRecord {
+                        failures: 0,
+                        last: now,
+                        accounts: Vec::new(),
+                    });
+                record.last = now;
+                let position = record.accounts.iter().position(|a| a.account == account);
+                let mut entry = match position {
+                    Some(i) => record.accounts.remove(i),
+                    None => AccountFailures {
+                        account,
+                        failures: 0,
+                        last_attempt: [0; 32],
+                    },
+                };
+                if entry.failures == 0 || entry.last_attempt != attempt {
+                    counted = true;
+                    record.failures = record.failures.saturating_add(1);
+                    entry.failures = entry.failures.saturating_add(1);
+                    entry.last_attempt = attempt;
+                }
+                record.accounts.push(entry);
+                if record.accounts.len() > ACCOUNTS_PER_CLIENT {
+                    // Its failures stay in `record.failures`: only forgiving
+                    // them is no longer possible.
+                    record.accounts.remove(0);
+                }
+                record
+            });
+        counted
     }
 
     /// Counts a failure that [`Penalties::failed`] said counts, for a name the
     /// store keeps no row for.
     pub fn local_account_failed(&self, user: &str) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
         let now = Instant::now();
-        sweep(&mut state);
-        let account = state
-            .accounts
+        self.accounts
             .entry(user.to_ascii_lowercase())
-            .or_insert(AccountRecord {
-                consecutive: 0,
-                last: now,
+            .and_upsert_with(|old| {
+                let consecutive = old
+                    .map(|entry| entry.into_value())
+                    .filter(|r| r.last.elapsed() < QUIET_PERIOD)
+                    .map_or(0, |r| r.consecutive);
+                AccountRecord {
+                    consecutive: consecutive.saturating_add(1),
+                    last: now,
+                }
             });
-        if account.last.elapsed() >= QUIET_PERIOD {
-            account.consecutive = 0;
-        }
-        account.consecutive = account.consecutive.saturating_add(1);
-        account.last = now;
     }
 
-    /// Records a successful login: the client and the account start afresh.
-    pub fn succeeded(&self, ip: IpAddr, user: &str) {
-        if let Ok(mut state) = self.state.lock() {
-            state.clients.remove(&client_key(ip));
-            state.accounts.remove(&user.to_ascii_lowercase());
-        }
+    /// Records a successful login to `account`: this client's failures for that
+    /// account are forgiven (its failures for other accounts still count), and
+    /// the account's count kept here starts afresh.
+    pub fn succeeded(&self, ip: IpAddr, account: &str) {
+        let key = account_key(account);
+        self.clients
+            .entry(client_network(ip))
+            .and_compute_with(|old| {
+                let Some(mut record) = old.map(|entry| entry.into_value()) else {
+                    return Op::Nop;
+                };
+                let Some(i) = record.accounts.iter().position(|a| a.account == key) else {
+                    return Op::Nop;
+                };
+                let forgiven = record.accounts.remove(i);
+                record.failures = record.failures.saturating_sub(forgiven.failures);
+                if record.failures == 0 && record.accounts.is_empty() {
+                    Op::Remove
+                } else {
+                    Op::Put(record)
+                }
+            });
+        self.accounts.invalidate(&account.to_ascii_lowercase());
     }
 
     /// An administrator cleared the account.
     pub fn clear_account(&self, user: &str) {
-        if let Ok(mut state) = self.state.lock() {
-            state.accounts.remove(&user.to_ascii_lowercase());
-        }
-    }
-}
-
-fn sweep(state: &mut State) {
-    if state.clients.len() >= CAPACITY {
-        state.clients.retain(|_, r| r.last.elapsed() < QUIET_PERIOD);
-        if state.clients.len() >= CAPACITY {
-            // Still full of fresh entries: forget the oldest half.
-            let mut ages: Vec<Instant> = state.clients.values().map(|r| r.last).collect();
-            ages.sort();
-            let cutoff = ages[ages.len() / 2];
-            state.clients.retain(|_, r| r.last > cutoff);
-        }
-    }
-    if state.accounts.len() >= CAPACITY {
-        state
-            .accounts
-            .retain(|_, r| r.last.elapsed() < QUIET_PERIOD);
+        self.accounts.invalidate(&user.to_ascii_lowercase());
     }
 }
 
@@ -238,13 +306,13 @@ mod tests {
         assert_eq!(p.delay(ip), Duration::ZERO);
         let expected = [2, 4, 8, 15, 15];
         for (n, secs) in expected.iter().enumerate() {
-            assert!(p.failed(ip, attempt(n as u32)));
+            assert!(p.failed(ip, "a@x", attempt(n as u32)));
             assert_eq!(p.delay(ip), Duration::from_secs(*secs));
         }
         // Another address in the same IPv6 /64 shares the penalty.
         let v6a: IpAddr = "2001:db8::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
-        p.failed(v6a, A);
+        p.failed(v6a, "a@x", A);
         assert_eq!(p.delay(v6b), BASE_DELAY);
         assert_eq!(p.delay("2001:db8:1::1".parse().unwrap()), Duration::ZERO);
         p.succeeded(ip, "a@x");
@@ -255,12 +323,68 @@ mod tests {
     fn the_same_wrong_password_again_does_not_escalate() {
         let p = Penalties::default();
         let ip: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(p.failed(ip, A));
+        assert!(p.failed(ip, "a@x", A));
         for _ in 0..10 {
-            assert!(!p.failed(ip, A), "a repeat does not count");
+            assert!(!p.failed(ip, "A@x", A), "a repeat does not count");
         }
         assert_eq!(p.delay(ip), BASE_DELAY);
-        assert!(p.failed(ip, B));
+        assert!(p.failed(ip, "a@x", B));
+        assert_eq!(p.delay(ip), BASE_DELAY * 2);
+    }
+
+    #[test]
+    fn a_success_forgives_only_the_failures_of_its_own_account() {
+        let p = Penalties::default();
+        let ip: IpAddr = "192.0.2.3".parse().unwrap();
+        assert!(p.failed(ip, "bob@x", attempt(1)));
+        assert!(p.failed(ip, "bob@x", attempt(2)));
+        assert!(p.failed(ip, "alice@x", attempt(3)));
+        assert_eq!(p.delay(ip), BASE_DELAY * 4);
+        // The attacker's own account logs in: its failure is forgiven, bob's stay.
+        p.succeeded(ip, "Alice@X");
+        assert_eq!(p.delay(ip), BASE_DELAY * 2);
+        p.succeeded(ip, "alice@x");
+        assert_eq!(p.delay(ip), BASE_DELAY * 2);
+        // The next guess on bob escalates from there.
+        assert!(p.failed(ip, "bob@x", attempt(4)));
+        assert_eq!(p.delay(ip), BASE_DELAY * 4);
+        // Bob himself logging in forgives bob's failures.
+        p.succeeded(ip, "bob@x");
+        assert_eq!(p.delay(ip), Duration::ZERO);
+    }
+
+    #[test]
+    fn failures_of_accounts_pushed_out_of_the_record_still_count() {
+        let p = Penalties::default();
+        let ip: IpAddr = "192.0.2.4".parse().unwrap();
+        let accounts = ACCOUNTS_PER_CLIENT as u32 + 4;
+        for n in 0..accounts {
+            assert!(p.failed(ip, &format!("user{n}@x"), attempt(n)));
+        }
+        let failures = |p: &Penalties| p.clients.get(&ip).map_or(0, |r| r.failures);
+        assert_eq!(failures(&p), accounts);
+        // user0 is no longer told apart: its success forgives nothing.
+        p.succeeded(ip, "user0@x");
+        assert_eq!(failures(&p), accounts);
+        // The latest account's failure is forgiven, the others' stay.
+        p.succeeded(ip, &format!("user{}@x", accounts - 1));
+        assert_eq!(failures(&p), accounts - 1);
+        assert_eq!(p.delay(ip), MAX_DELAY);
+        assert!(
+            p.clients
+                .get(&ip)
+                .is_some_and(|r| r.accounts.len() <= ACCOUNTS_PER_CLIENT)
+        );
+    }
+
+    #[test]
+    fn a_repeated_wrong_password_is_told_apart_per_account() {
+        let p = Penalties::default();
+        let ip: IpAddr = "192.0.2.5".parse().unwrap();
+        assert!(p.failed(ip, "a@x", A));
+        assert!(p.failed(ip, "b@x", B));
+        // Back to a's stale password: still a repeat for a.
+        assert!(!p.failed(ip, "a@x", A));
         assert_eq!(p.delay(ip), BASE_DELAY * 2);
     }
 
@@ -271,7 +395,7 @@ mod tests {
             assert!(!p.blocked("alice"));
             // Many clients, each guessing once: a distributed attack.
             let ip = IpAddr::from([10, 0, (n / 256) as u8, (n % 256) as u8]);
-            assert!(p.failed(ip, attempt(n)));
+            assert!(p.failed(ip, "alice", attempt(n)));
             p.local_account_failed("Alice");
         }
         assert!(p.blocked("alice"));
@@ -297,7 +421,7 @@ mod tests {
         let p = Penalties::new(vec!["10.0.0.0/8".parse().unwrap()]);
         let ip: IpAddr = "10.1.1.1".parse().unwrap();
         for n in 0..200 {
-            assert!(!p.failed(ip, attempt(n)));
+            assert!(!p.failed(ip, "a@x", attempt(n)));
         }
         assert_eq!(p.delay(ip), Duration::ZERO);
         assert!(!p.blocked("a@x"));

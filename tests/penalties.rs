@@ -193,3 +193,53 @@ async fn a_successful_app_password_login_resets_the_shared_count() {
     let reply = attempt(&first, client(400), &password).await;
     assert!(reply.starts_with("a OK"), "{reply}");
 }
+
+const BOB: &str = "bob@example.test";
+
+/// One login from `client` as `user`: the reply, and how long the client
+/// waited for it.
+async fn timed_login(
+    gateway: &Gateway,
+    client: &str,
+    user: &str,
+    password: &str,
+) -> (String, std::time::Duration) {
+    let mut connection = LineClient::new(
+        TcpStream::connect(gateway.addr(Protocol::Imap, false))
+            .await
+            .unwrap(),
+    );
+    connection
+        .send(format!("PROXY TCP4 {client} 127.0.0.1 4000 143\r\n").as_bytes())
+        .await;
+    connection.line().await;
+    let started = std::time::Instant::now();
+    connection
+        .send(format!("a LOGIN {user} {password}\r\n").as_bytes())
+        .await;
+    let reply = connection.until("a ").await.concat();
+    (reply, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_login_to_one_account_does_not_forgive_a_clients_guesses_on_another() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
+    let gateway = gateway_behind_a_proxy(&fake).await;
+    let attacker = "10.77.0.1";
+    let ip: std::net::IpAddr = attacker.parse().unwrap();
+    let penalties = &gateway.runtime.penalties;
+    let (reply, _) = timed_login(&gateway, attacker, BOB, "guess-1").await;
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    assert_eq!(penalties.delay(ip), postern::penalty::BASE_DELAY);
+    // The attacker's own account logs in (after the delay bob's guess earned)...
+    let (reply, _) = timed_login(&gateway, attacker, ALICE, "alice-primary").await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    // ...which forgives nothing of the guess on bob: the next one still waits.
+    assert_eq!(penalties.delay(ip), postern::penalty::BASE_DELAY);
+    let (reply, waited) = timed_login(&gateway, attacker, BOB, "guess-2").await;
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    assert!(waited >= postern::penalty::BASE_DELAY, "{waited:?}");
+    assert_eq!(penalties.delay(ip), postern::penalty::BASE_DELAY * 2);
+    // Another client is not delayed.
+    assert!(penalties.delay("10.77.1.1".parse().unwrap()).is_zero());
+}

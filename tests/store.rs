@@ -1052,6 +1052,96 @@ async fn sysadmins_are_added_and_replaced() {
 }
 
 #[tokio::test]
+async fn the_first_sysadmin_has_a_one_time_password_until_it_is_changed_once() {
+    on_each_db!(|s| {
+        assert!(
+            s.create_first_sysadmin("admin", "$argon2id$otp")
+                .await
+                .unwrap()
+        );
+        let admin = s.sysadmin("admin").await.unwrap().expect("admin");
+        assert!(admin.must_change_password);
+        // Only while no system administrator exists.
+        assert!(
+            !s.create_first_sysadmin("other", "$argon2id$x")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.create_first_sysadmin("admin", "$argon2id$x")
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.sysadmin_count().await.unwrap(), 1);
+        // A change from a stale hash (a racing change) does nothing.
+        assert!(
+            !s.change_sysadmin_password("admin", "$argon2id$stale", "$argon2id$new", None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.sysadmin("admin")
+                .await
+                .unwrap()
+                .expect("admin")
+                .must_change_password
+        );
+        assert!(
+            s.change_sysadmin_password(
+                "admin",
+                "$argon2id$otp",
+                "$argon2id$mine",
+                Some("192.0.2.1")
+            )
+            .await
+            .unwrap()
+        );
+        let admin = s.sysadmin("admin").await.unwrap().expect("admin");
+        assert_eq!(admin.password_hash, "$argon2id$mine");
+        assert!(!admin.must_change_password);
+        // The one-time password's hash works for one change only.
+        assert!(
+            !s.change_sysadmin_password("admin", "$argon2id$otp", "$argon2id$again", None)
+                .await
+                .unwrap()
+        );
+        let audit = s.list_audit(AuditFilter::default()).await.unwrap();
+        assert!(audit.iter().any(|r| r.action == "sysadmin.password"
+            && r.ip.as_deref() == Some("192.0.2.1")
+            && !r.detail.contains("argon2")));
+    });
+}
+
+#[tokio::test]
+async fn a_password_set_with_the_cli_is_not_one_time() {
+    on_each_db!(|s| {
+        assert!(
+            s.create_first_sysadmin("admin", "$argon2id$otp")
+                .await
+                .unwrap()
+        );
+        // `postern admin sysadmin add admin` replaces the one-time password.
+        s.add_sysadmin("admin", "$argon2id$chosen", "cli")
+            .await
+            .unwrap();
+        let admin = s.sysadmin("admin").await.unwrap().expect("admin");
+        assert_eq!(admin.password_hash, "$argon2id$chosen");
+        assert!(!admin.must_change_password);
+        s.add_sysadmin("root", "$argon2id$root", "cli")
+            .await
+            .unwrap();
+        assert!(
+            !s.sysadmin("root")
+                .await
+                .unwrap()
+                .expect("root")
+                .must_change_password
+        );
+        assert_eq!(s.sysadmin("nobody").await.unwrap(), None);
+    });
+}
+
+#[tokio::test]
 async fn sessions_of_all_nodes_are_listed_and_removed() {
     on_each_db!(|s| {
         let row = |id: &str, node: &str, at: i64| SessionRow {
@@ -1317,4 +1407,84 @@ async fn a_batch_of_audit_rows_is_written_whole_across_statements() {
             .unwrap();
         assert_eq!(one.len(), 1);
     });
+}
+
+/// A SQLite store made by the version before migration 0004, holding `rows`,
+/// then opened (and so migrated) by this one.
+async fn upgraded_sqlite(rows: &str) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    for name in [
+        "0001_init.sql",
+        "0002_email_codes.sql",
+        "0003_login_failures.sql",
+    ] {
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/sqlite")
+            .join(name);
+        std::fs::copy(from, old.join(name)).unwrap();
+    }
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(AssertSqlSafe(rows.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    (Store::connect(&url).await.unwrap(), dir)
+}
+
+/// An earlier version's first start created `admin` and logged its password:
+/// upgrading makes that password one-time, while a password set with the CLI
+/// (for another name, or for `admin` since) stays.
+#[tokio::test]
+async fn upgrading_makes_an_earlier_first_start_password_one_time() {
+    let (store, _dir) = upgraded_sqlite(
+        "INSERT INTO sysadmins (name, password_hash, created_at) VALUES \
+           ('admin', '$argon2id$logged', 1), ('root', '$argon2id$root', 1); \
+         INSERT INTO audit_log (at, actor, action, target, detail) VALUES \
+           (1, 'postern', 'sysadmin.add', 'admin', ''), \
+           (2, 'cli:ops', 'sysadmin.add', 'root', '');",
+    )
+    .await;
+    assert!(
+        store
+            .sysadmin("admin")
+            .await
+            .unwrap()
+            .expect("admin")
+            .must_change_password
+    );
+    assert!(
+        !store
+            .sysadmin("root")
+            .await
+            .unwrap()
+            .expect("root")
+            .must_change_password
+    );
+
+    let (store, _dir) = upgraded_sqlite(
+        "INSERT INTO sysadmins (name, password_hash, created_at) VALUES \
+           ('admin', '$argon2id$mine', 1); \
+         INSERT INTO audit_log (at, actor, action, target, detail) VALUES \
+           (1, 'postern', 'sysadmin.add', 'admin', ''), \
+           (2, 'cli:ops', 'sysadmin.add', 'admin', '');",
+    )
+    .await;
+    assert!(
+        !store
+            .sysadmin("admin")
+            .await
+            .unwrap()
+            .expect("admin")
+            .must_change_password
+    );
 }

@@ -661,13 +661,328 @@ async fn cookies_are_secure_behind_an_https_public_url() {
 async fn a_first_start_creates_one_system_administrator_only_once() {
     let w = world().await;
     let store = w.gateway.store();
+    let file = postern::web::sysadmin::first_password_file(&w.gateway.config.secrets.key_file);
     assert_eq!(store.sysadmin_count().await.unwrap(), 0);
-    postern::web::ops::ensure_first_sysadmin(store).await;
+    postern::web::sysadmin::ensure_first_sysadmin(store, &file).await;
     let hash = store.sysadmin_hash("admin").await.unwrap().expect("admin");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    postern::web::ops::ensure_first_sysadmin(store).await;
+    postern::web::sysadmin::ensure_first_sysadmin(store, &file).await;
     assert_eq!(store.sysadmin_count().await.unwrap(), 1);
     assert_eq!(store.sysadmin_hash("admin").await.unwrap(), Some(hash));
+}
+
+/// Signs in on `/admin/login`; the page answered.
+async fn admin_sign_in(browser: &mut Browser, name: &str, password: &str) -> common::browser::Page {
+    let form = browser.get("/admin/login").await;
+    browser
+        .post(
+            "/admin/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", name),
+                ("password", password),
+            ],
+        )
+        .await
+}
+
+/// Posts the password form (`name` only when not signed in).
+async fn post_password(
+    browser: &mut Browser,
+    csrf: &str,
+    name: Option<&str>,
+    current: &str,
+    new: &str,
+    confirm: &str,
+) -> common::browser::Page {
+    let mut fields = vec![
+        ("csrf", csrf),
+        ("current", current),
+        ("new", new),
+        ("confirm", confirm),
+    ];
+    if let Some(name) = name {
+        fields.push(("name", name));
+    }
+    browser.post("/admin/password", &fields).await
+}
+
+/// A client the test config exempts from login penalties (127.0.0.0/8), so a
+/// test can make many wrong guesses without waiting out the delays; the
+/// account locks and the rate limit still apply to it.
+const UNDELAYED: &str = "127.0.0.9:40000";
+
+#[tokio::test]
+async fn the_first_start_password_works_once_and_only_to_choose_a_new_one() {
+    let w = world().await;
+    let store = w.gateway.store();
+    let file = postern::web::sysadmin::first_password_file(&w.gateway.config.secrets.key_file);
+    postern::web::sysadmin::ensure_first_sysadmin(store, &file).await;
+    // The password is in a file only its owner can read, not in the log.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let one_time = std::fs::read_to_string(&file)
+        .expect("file")
+        .trim()
+        .to_owned();
+    assert!(!one_time.is_empty());
+
+    let mut browser = Browser::from_client(&w.app, UNDELAYED);
+    let page = admin_sign_in(&mut browser, "admin", &one_time).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("one-time password"), "{}", page.body);
+    assert!(page.body.contains("action=\"/admin/password\""));
+    // Not signed in: the console, and the API, stay closed.
+    assert_eq!(browser.get("/admin").await.location(), "/admin/login");
+    let api = browser
+        .json(
+            "POST",
+            "/api/v1/admin/login",
+            Some(&page.csrf()),
+            &format!(r#"{{"name":"admin","password":"{one_time}"}}"#),
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::FORBIDDEN, "{}", api.body);
+    assert_eq!(browser.get("/admin").await.location(), "/admin/login");
+
+    // A short new password is refused, with the rule.
+    let csrf = page.csrf();
+    let admin = Some("admin");
+    let short = post_password(
+        &mut browser,
+        &csrf,
+        admin,
+        &one_time,
+        "too-short",
+        "too-short",
+    )
+    .await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST, "{}", short.body);
+    assert!(
+        short.body.contains("at least 12 characters"),
+        "{}",
+        short.body
+    );
+    let common = post_password(
+        &mut browser,
+        &csrf,
+        admin,
+        &one_time,
+        "password1234",
+        "password1234",
+    )
+    .await;
+    assert_eq!(common.status, StatusCode::BAD_REQUEST, "{}", common.body);
+    assert!(common.body.contains("too common"), "{}", common.body);
+    let new = "my own long passphrase";
+    let changed = post_password(&mut browser, &csrf, admin, &one_time, new, new).await;
+    assert_eq!(changed.location(), "/admin", "{}", changed.body);
+    assert_eq!(browser.get("/admin").await.status, StatusCode::OK);
+    assert!(!file.exists(), "the one-time password's file is removed");
+
+    // The one-time password no longer works; the new one does, at once.
+    let mut later = Browser::from_client(&w.app, UNDELAYED);
+    let old = admin_sign_in(&mut later, "admin", &one_time).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    let new = admin_sign_in(&mut later, "admin", "my own long passphrase").await;
+    assert_eq!(new.location(), "/admin");
+    let audit = store.list_audit(AuditFilter::default()).await.unwrap();
+    assert!(audit.iter().any(|r| r.action == "sysadmin.password"));
+}
+
+#[tokio::test]
+async fn a_system_administrator_changes_their_own_password_in_the_web_ui() {
+    let w = world().await;
+    w.gateway
+        .store()
+        .add_sysadmin("root", &hash("root-secret-1").await, "cli")
+        .await
+        .unwrap();
+    let mut browser = Browser::from_client(&w.app, UNDELAYED);
+    assert_eq!(
+        admin_sign_in(&mut browser, "root", "root-secret-1")
+            .await
+            .location(),
+        "/admin",
+        "a password set with the CLI is not one-time"
+    );
+    let console = browser.get("/admin").await;
+    assert!(console.body.contains("href=\"/admin/password\""));
+    let form = browser.get("/admin/password").await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(form.body.contains("Current password"));
+    let csrf = form.csrf();
+    let new = "a brand new secret";
+    let wrong = post_password(&mut browser, &csrf, None, "not-it", new, new).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let differ = post_password(
+        &mut browser,
+        &csrf,
+        None,
+        "root-secret-1",
+        new,
+        "a brand new secrets",
+    )
+    .await;
+    assert_eq!(differ.status, StatusCode::BAD_REQUEST);
+    assert!(differ.body.contains("differ"));
+    let ok = post_password(&mut browser, &csrf, None, "root-secret-1", new, new).await;
+    assert_eq!(ok.location(), "/admin", "{}", ok.body);
+    // Without the CSRF token nothing changes.
+    let forged = browser
+        .post(
+            "/admin/password",
+            &[
+                ("current", new),
+                ("new", "the attacker's choice"),
+                ("confirm", "the attacker's choice"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    let mut later = Browser::from_client(&w.app, UNDELAYED);
+    assert_eq!(
+        admin_sign_in(&mut later, "root", "root-secret-1")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin_sign_in(&mut later, "root", "a brand new secret")
+            .await
+            .location(),
+        "/admin"
+    );
+}
+
+#[tokio::test]
+async fn wrong_admin_passwords_lock_the_name_only_for_the_client_that_guessed() {
+    let w = world().await;
+    w.gateway
+        .store()
+        .add_sysadmin("admin", &hash("admin-secret").await, "cli")
+        .await
+        .unwrap();
+    let mut attacker = Browser::from_client(&w.app, UNDELAYED);
+    for n in 0..postern::web::attempts::MAX_FAILURES {
+        let page = admin_sign_in(&mut attacker, "admin", &format!("guess-{n}")).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    // The guessing client is locked out, even with the right password...
+    let locked = admin_sign_in(&mut attacker, "admin", "admin-secret").await;
+    assert_eq!(locked.status, StatusCode::FORBIDDEN, "{}", locked.body);
+    assert!(locked.body.contains("wait 15 minutes"));
+    // ...but the administrator, elsewhere, signs in.
+    let mut admin = Browser::new(&w.app);
+    let page = admin_sign_in(&mut admin, "admin", "admin-secret").await;
+    assert_eq!(page.location(), "/admin", "{}", page.body);
+}
+
+#[tokio::test]
+async fn a_wrong_admin_password_delays_that_clients_next_answer() {
+    let w = world().await;
+    let client: std::net::IpAddr = CLIENT.parse::<std::net::SocketAddr>().expect("addr").ip();
+    let mut browser = Browser::new(&w.app);
+    let page = admin_sign_in(&mut browser, "admin", "guess").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        w.gateway.runtime.penalties.delay(client),
+        postern::penalty::BASE_DELAY
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_admin_name_costs_the_argon2_run_a_known_one_costs() {
+    let w = world().await;
+    w.gateway
+        .store()
+        .add_sysadmin("admin", &hash("admin-secret").await, "cli")
+        .await
+        .unwrap();
+    let mut browser = Browser::from_client(&w.app, UNDELAYED);
+    let runs = || w.gateway.runtime.admin_passwords.runs();
+    let before = runs();
+    let known = admin_sign_in(&mut browser, "admin", "wrong").await;
+    assert_eq!(known.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(runs(), before + 1);
+    let unknown = admin_sign_in(&mut browser, "nobody", "wrong").await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.body, known.body, "the same answer");
+    assert_eq!(runs(), before + 2, "the same Argon2 work");
+}
+
+#[tokio::test]
+async fn over_long_admin_sign_in_fields_are_refused_and_nothing_is_stored_or_locked() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .add_sysadmin("admin", &hash("admin-secret").await, "cli")
+        .await
+        .unwrap();
+    let audit_rows = || async {
+        store
+            .list_audit(AuditFilter {
+                limit: 10_000,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    };
+    let rows_before = audit_rows().await;
+    let mut browser = Browser::from_client(&w.app, UNDELAYED);
+    let long_name = "a".repeat(60_000);
+    for _ in 0..postern::web::attempts::MAX_FAILURES + 1 {
+        let page = admin_sign_in(&mut browser, &long_name, "x").await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST);
+        assert!(page.body.contains("at most 256 bytes"), "{}", page.body);
+    }
+    let long_password = "p".repeat(2000);
+    let page = admin_sign_in(&mut browser, "admin", &long_password).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("at most 1024 bytes"), "{}", page.body);
+    assert_eq!(audit_rows().await, rows_before, "nothing written");
+    // Nothing counted either: the right password works at once.
+    let page = admin_sign_in(&mut browser, "admin", "admin-secret").await;
+    assert_eq!(page.location(), "/admin");
+    // The web login's fields are capped the same way.
+    let mut user = Browser::from_client(&w.app, UNDELAYED);
+    let page = user
+        .password_step(&format!("{}@example.test", "a".repeat(60_000)), "x")
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert_eq!(w.fake.refused(), 0, "the upstream was not asked");
+}
+
+#[tokio::test]
+async fn a_client_flooding_the_admin_sign_in_is_rate_limited() {
+    let w = world().await;
+    w.gateway
+        .store()
+        .add_sysadmin("admin", &hash("admin-secret").await, "cli")
+        .await
+        .unwrap();
+    let mut flood = Browser::from_client(&w.app, "127.0.0.10:1");
+    let mut limited = 0;
+    for n in 0..postern::web::attempts::RATE_LIMIT + 5 {
+        // Another name each time: no lock applies, only the rate limit.
+        let page = admin_sign_in(&mut flood, &format!("name-{n}"), "x").await;
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 5);
+    // Past the limit the right password waits too; other clients do not.
+    let page = admin_sign_in(&mut flood, "admin", "admin-secret").await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS);
+    let mut other = Browser::from_client(&w.app, "127.0.1.10:1");
+    let page = admin_sign_in(&mut other, "admin", "admin-secret").await;
+    assert_eq!(page.location(), "/admin");
 }
 
 #[tokio::test]

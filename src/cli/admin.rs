@@ -11,8 +11,6 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, anyhow, bail};
-use argon2::Argon2;
-use argon2::password_hash::PasswordHasher;
 use clap::{Subcommand, ValueEnum};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -247,9 +245,7 @@ impl Admin<'_> {
     async fn sysadmin_add(&self, name: &str, out: &mut impl Write) -> anyhow::Result<()> {
         let hash = tokio::task::spawn_blocking(|| {
             let password = read_password_line(&mut std::io::stdin().lock())?;
-            Argon2::default()
-                .hash_password(password.expose().as_bytes())
-                .map(|hash| hash.to_string())
+            crate::credentials::admin_password::hash_blocking(password.expose())
                 .map_err(|err| anyhow!("cannot hash the password: {err}"))
         })
         .await??;

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use argon2::password_hash::PasswordHasher as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -218,9 +217,7 @@ async fn seed(runtime: &Runtime, key: &InstanceKey) -> anyhow::Result<String> {
     )
     .await?;
     let hash = tokio::task::spawn_blocking(|| {
-        argon2::Argon2::default()
-            .hash_password(ADMIN.1.as_bytes())
-            .map(|h| h.to_string())
+        crate::credentials::admin_password::hash_blocking(ADMIN.1)
             .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))
     })
     .await??;

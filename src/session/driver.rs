@@ -474,7 +474,7 @@ async fn refused<T>(
     attempt: [u8; 32],
     reason: &str,
 ) -> Result<T, LoginFailure> {
-    if ctx.penalties.failed(ip, attempt) {
+    if ctx.penalties.failed(ip, user, attempt) {
         if normalize_address(user).is_ok() {
             ctx.gate.count_login_failure(user, unix_now()).await;
         } else {

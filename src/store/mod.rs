@@ -41,6 +41,7 @@ pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
 pub use login_failures::LoginFailures;
 pub use sessions::SessionRow;
+pub use sysadmins::SysadminRecord;
 pub use users::{Account, UserRecord, UserSummary, normalize_address};
 
 /// Migrations for each backend; the right one is picked at runtime by [`Store::connect`].

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pages;
 pub mod recovery;
 pub mod session;
+pub mod sysadmin;
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
@@ -41,7 +42,7 @@ use crate::policy::Protocol;
 use crate::recovery_mail::RecoveryMailer;
 use crate::registry::SessionRegistry;
 use crate::store::Store;
-use attempts::Attempts;
+use attempts::{Attempts, ClientRate};
 use session::{SessionStore, WebSession};
 
 /// Largest form or JSON body accepted.
@@ -65,9 +66,16 @@ pub struct Inner {
     pub mailer: RecoveryMailer,
     pub sessions: SessionStore,
     pub attempts: Attempts,
+    /// System-administrator sign-in attempts per client network.
+    pub admin_rate: ClientRate,
+    /// Where a first start wrote the one-time password (removed once it is
+    /// changed).
+    pub first_password_file: Option<std::path::PathBuf>,
     /// The mail ports' login penalties: a wrong primary password on the web
     /// delays the same client and counts toward the account's block.
     pub penalties: Arc<Penalties>,
+    /// System administrators' Argon2 checks, bounded.
+    pub admin_passwords: crate::credentials::AdminPasswords,
     /// This node's live sessions; the shared table lags them by one batch.
     pub registry: SessionRegistry,
     /// `public_url` is https: cookies get `Secure`.
@@ -123,7 +131,10 @@ impl WebState {
             mailer: RecoveryMailer::from_config(&config.relay)?,
             sessions: SessionStore::default(),
             attempts: Attempts::default(),
+            admin_rate: ClientRate::default(),
+            first_password_file: Some(sysadmin::first_password_file(&config.secrets.key_file)),
             penalties: runtime.penalties.clone(),
+            admin_passwords: runtime.admin_passwords.clone(),
             registry: runtime.registry.clone(),
             secure_cookies: public_url.starts_with("https://"),
             mail_host,
@@ -357,7 +368,11 @@ fn secure(mut response: Response, no_store: bool) -> Response {
 
 /// Called once by `serve`: the first-start administrator, then the listener.
 pub async fn spawn(runtime: &Runtime, config: &Config) -> anyhow::Result<SocketAddr> {
-    ops::ensure_first_sysadmin(&runtime.store).await;
+    sysadmin::ensure_first_sysadmin(
+        &runtime.store,
+        &sysadmin::first_password_file(&config.secrets.key_file),
+    )
+    .await;
     let state = WebState::from_runtime(runtime, config)?;
     let listener = TcpListener::bind(config.web.listen)
         .await

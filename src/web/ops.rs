@@ -3,9 +3,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::http::StatusCode;
 use subtle::ConstantTimeEq;
 use tracing::warn;
@@ -18,7 +15,7 @@ use crate::login_log::LoginAttempt;
 use crate::policy::{DomainStatus, Scopes, WebLoginStep, decide_web_login};
 use crate::secret::Secret;
 use crate::store::{
-    AppPasswordRecord, DomainRecord, FactorKind, Store, StoreError, UserRecord, UserSummary,
+    AppPasswordRecord, DomainRecord, FactorKind, StoreError, UserRecord, UserSummary,
     normalize_address,
 };
 
@@ -100,6 +97,9 @@ pub fn effective_status(domain: Option<&DomainRecord>) -> DomainStatus {
     domain.map_or(DomainStatus::Disabled, |d| d.policy().effective_status())
 }
 
+/// Longest address accepted at the web login (RFC 5321 §4.5.3.1: 64 + 1 + 255).
+pub const MAX_ADDRESS_BYTES: usize = 320;
+
 /// What the primary password step led to.
 pub enum PasswordOutcome {
     Wrong,
@@ -113,6 +113,18 @@ pub async fn password_step(
     password: &str,
     client: Option<SocketAddr>,
 ) -> Result<PasswordOutcome, WebError> {
+    // Unauthenticated input: capped before it is normalised, counted or logged.
+    if address.len() > MAX_ADDRESS_BYTES {
+        return Err(WebError::BadRequest(format!(
+            "address: at most {MAX_ADDRESS_BYTES} bytes"
+        )));
+    }
+    if password.len() > super::sysadmin::MAX_PASSWORD_BYTES {
+        return Err(WebError::BadRequest(format!(
+            "password: at most {} bytes",
+            super::sysadmin::MAX_PASSWORD_BYTES
+        )));
+    }
     let client = client.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let ip = client.ip();
     let Ok(address) = normalize_address(address) else {
@@ -162,7 +174,7 @@ pub async fn password_step(
         WebError::Upstream
     })?;
     if !right {
-        if state.penalties.failed(ip, attempt) {
+        if state.penalties.failed(ip, &address, attempt) {
             state.gate.count_login_failure(&address, now).await;
         }
         LoginAttempt::new("web", "password", &address, ip).refused("upstream-refused");
@@ -648,48 +660,24 @@ pub async fn reset_user(
     Ok(state.store.reset_user(&target, actor).await?)
 }
 
-/// Checks a system administrator's password (Argon2, off the runtime).
+/// A system administrator's sign-in, for the JSON API: true when signed in.
+/// A one-time password (first start) is refused here: it must first be
+/// replaced in the web UI (see [`super::sysadmin`]).
 pub async fn sysadmin_login(
     state: &WebState,
     name: &str,
     password: &str,
     ip: Option<&str>,
 ) -> Result<bool, WebError> {
-    let key = format!("a:{}", name.trim());
-    if state.attempts.locked(&[&key]) {
-        return Err(WebError::Forbidden(
-            "too many wrong passwords; wait 15 minutes".into(),
-        ));
+    let client = ip.and_then(|ip| ip.parse().ok());
+    match super::sysadmin::sign_in(state, name, password, client).await? {
+        super::sysadmin::SysadminLogin::SignedIn => Ok(true),
+        super::sysadmin::SysadminLogin::Wrong => Ok(false),
+        super::sysadmin::SysadminLogin::MustChangePassword => Err(WebError::Forbidden(
+            "this is a one-time password: sign in at /admin/login in a browser to choose your own"
+                .into(),
+        )),
     }
-    let hash = state.store.sysadmin_hash(name).await?;
-    let password = Secret::from(password);
-    let right = match hash {
-        None => false,
-        Some(hash) => tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default()
-                    .verify_password(password.expose().as_bytes(), &parsed)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false),
-    };
-    let actor = format!("sysadmin:{}", name.trim());
-    if right {
-        state.attempts.succeed(&[&key]);
-        state
-            .store
-            .audit(&actor, "web.admin_login", name.trim(), "", ip)
-            .await?;
-    } else {
-        state.attempts.fail(&[&key]);
-        state
-            .store
-            .audit(&actor, "web.admin_login.refused", name.trim(), "", ip)
-            .await?;
-    }
-    Ok(right)
 }
 
 /// Starts impersonating a domain administrator (audited).
@@ -729,45 +717,4 @@ pub async fn domain_admins(state: &WebState, domain: &str) -> Result<Vec<String>
         .filter(|u| u.domain_admin)
         .map(|u| u.address)
         .collect())
-}
-
-/// A first start with no system administrator: create `admin` with a random
-/// password and log it once.
-pub async fn ensure_first_sysadmin(store: &Store) {
-    match store.sysadmin_count().await {
-        Ok(0) => {}
-        Ok(_) => return,
-        Err(err) => {
-            warn!(error = %err, "could not count system administrators");
-            return;
-        }
-    }
-    let password = AppPassword::generate().display();
-    let secret = password.clone();
-    let hashed = tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(secret.expose().as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    let hash = match hashed {
-        Ok(Ok(hash)) => hash,
-        Ok(Err(err)) => {
-            warn!(error = %err, "could not hash the first administrator's password");
-            return;
-        }
-        Err(err) => {
-            warn!(error = %err, "could not hash the first administrator's password");
-            return;
-        }
-    };
-    match store.add_sysadmin("admin", &hash, "postern").await {
-        Ok(()) => warn!(
-            password = %password.expose(),
-            "no system administrator existed: created `admin` with this one-time password; \
-             change it with `postern admin sysadmin add admin`"
-        ),
-        Err(err) => warn!(error = %err, "could not create the first system administrator"),
-    }
 }

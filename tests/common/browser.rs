@@ -51,20 +51,26 @@ pub fn between(text: &str, start: &str, end: &str) -> String {
 pub struct Browser {
     app: Router,
     pub cookie: Option<String>,
+    /// The address the web app sees the requests from.
+    pub client: SocketAddr,
 }
 
 impl Browser {
     pub fn new(app: &Router) -> Self {
+        Self::from_client(app, CLIENT)
+    }
+
+    /// A browser on another client address.
+    pub fn from_client(app: &Router, client: &str) -> Self {
         Self {
             app: app.clone(),
             cookie: None,
+            client: client.parse().expect("addr"),
         }
     }
 
     pub async fn send(&mut self, mut request: Request<Body>) -> Page {
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(CLIENT.parse::<SocketAddr>().expect("addr")));
+        request.extensions_mut().insert(ConnectInfo(self.client));
         if let Some(cookie) = &self.cookie {
             request.headers_mut().insert(
                 header::COOKIE,

@@ -10,12 +10,14 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    AdminSession, UserSession, admin_nav, error_page, fmt_time, page, require_user, user_nav,
+    AdminSession, UserSession, admin_nav, error_page, fmt_time, page, require_user, sentence,
+    user_nav,
 };
 use crate::policy::DomainStatus;
 use crate::store::AuditFilter;
 use crate::web::ops::{self, WebError};
 use crate::web::session::Auth;
+use crate::web::sysadmin::{self, PasswordChange, SysadminLogin};
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 async fn domain_admin(
@@ -174,9 +176,9 @@ fn login_page(csrf: &str, error: Option<&str>) -> Markup {
                 form method="post" action="/admin/login" {
                     input type="hidden" name="csrf" value=(csrf);
                     label for="name" { "Name" }
-                    input #name type="text" name="name" autocomplete="username" required autofocus;
+                    input #name type="text" name="name" autocomplete="username" maxlength=(sysadmin::MAX_NAME_BYTES) required autofocus;
                     label for="password" { "Password" }
-                    input #password type="password" name="password" autocomplete="current-password" required;
+                    input #password type="password" name="password" autocomplete="current-password" maxlength=(sysadmin::MAX_PASSWORD_BYTES) required;
                     button type="submit" { "Sign in" }
                 }
             }
@@ -214,9 +216,8 @@ pub async fn login(
     let Some((id, session)) = &current.session else {
         return Redirect::to("/admin/login").into_response();
     };
-    let ip = current.ip_string();
-    match ops::sysadmin_login(&state, &form.name, &form.password, ip.as_deref()).await {
-        Ok(true) => {
+    match sysadmin::sign_in(&state, &form.name, &form.password, current.ip()).await {
+        Ok(SysadminLogin::SignedIn) => {
             let (new_id, _) = state.sessions.rotate(
                 id,
                 Auth::Sysadmin {
@@ -225,17 +226,145 @@ pub async fn login(
             );
             with_cookie(SessionCookie::Set(new_id), Redirect::to("/admin"))
         }
-        Ok(false) => (
+        // Not signed in: the one-time password buys nothing but a new one.
+        Ok(SysadminLogin::MustChangePassword) => password_page(
+            &session.csrf,
+            Some(form.name.trim()),
+            None,
+            Some(
+                "This is a one-time password. Choose your own password to continue: \
+                 type the one-time password again, then your new password twice.",
+            ),
+        )
+        .into_response(),
+        Ok(SysadminLogin::Wrong) => (
             StatusCode::UNAUTHORIZED,
             login_page(&session.csrf, Some("Wrong name or password.")),
         )
             .into_response(),
-        Err(WebError::Forbidden(msg)) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            login_page(&session.csrf, Some(&msg)),
+        Err(err) => (
+            err.status(),
+            login_page(&session.csrf, Some(&sentence(&err.to_string()))),
         )
             .into_response(),
-        Err(err) => error_page(&err),
+    }
+}
+
+/// The password form: for a signed-in administrator (`name` None: theirs) or
+/// for one signing in with a one-time password (`name` given, typed in again).
+fn password_page(
+    csrf: &str,
+    first_sign_in: Option<&str>,
+    error: Option<&str>,
+    notice: Option<&str>,
+) -> Markup {
+    let nav = match first_sign_in {
+        None => html! {
+            nav {
+                a href="/admin" { "Domains" }
+                a href="/admin/audit" { "Audit log" }
+                (super::post_button("/logout", csrf, "Sign out", "link"))
+            }
+        },
+        Some(_) => html! {},
+    };
+    page(
+        "Change password",
+        nav,
+        html! {
+            div.card {
+                @if let Some(notice) = notice { p.warning role="status" { (notice) } }
+                @if let Some(error) = error { p.error role="alert" { (error) } }
+                form method="post" action="/admin/password" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    @if let Some(name) = first_sign_in {
+                        label for="name" { "Name" }
+                        input #name type="text" name="name" value=(name) autocomplete="username" required;
+                    }
+                    label for="current" { "Current password" }
+                    input #current type="password" name="current" autocomplete="current-password" required autofocus;
+                    label for="new" { "New password" }
+                    input #new type="password" name="new" autocomplete="new-password" minlength=(sysadmin::MIN_PASSWORD_CHARS) maxlength=(sysadmin::MAX_PASSWORD_BYTES) required;
+                    label for="confirm" { "New password again" }
+                    input #confirm type="password" name="confirm" autocomplete="new-password" required;
+                    p.muted { "At least " (sysadmin::MIN_PASSWORD_CHARS) " characters; a few unrelated words make a good one. Common passwords are refused." }
+                    button type="submit" { "Change password" }
+                }
+            }
+        },
+    )
+}
+
+pub async fn password_form(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    match &current.session {
+        Some((_, s)) => match &s.auth {
+            Auth::Sysadmin { .. } => password_page(&s.csrf, None, None, None).into_response(),
+            _ => password_page(&s.csrf, Some(""), None, None).into_response(),
+        },
+        None => {
+            let (id, session) = state.sessions.create(Auth::Anonymous);
+            with_cookie(
+                SessionCookie::Set(id),
+                password_page(&session.csrf, Some(""), None, None),
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    /// Only when not signed in (a first sign-in with a one-time password).
+    name: Option<String>,
+    current: String,
+    new: String,
+    confirm: String,
+}
+
+pub async fn change_password(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let Some((id, session)) = &current.session else {
+        return Redirect::to("/admin/password").into_response();
+    };
+    // A signed-in administrator changes their own password only.
+    let (name, first_sign_in) = match &session.auth {
+        Auth::Sysadmin { name } => (name.clone(), None),
+        _ => {
+            let name = form.name.as_deref().unwrap_or("").trim().to_owned();
+            (name.clone(), Some(name))
+        }
+    };
+    let again = |status: StatusCode, error: &str| {
+        (
+            status,
+            password_page(&session.csrf, first_sign_in.as_deref(), Some(error), None),
+        )
+            .into_response()
+    };
+    match sysadmin::change_password(
+        &state,
+        &name,
+        &form.current,
+        &form.new,
+        &form.confirm,
+        current.ip(),
+    )
+    .await
+    {
+        Ok(PasswordChange::Changed) => {
+            let (new_id, _) = state.sessions.rotate(id, Auth::Sysadmin { name });
+            with_cookie(SessionCookie::Set(new_id), Redirect::to("/admin"))
+        }
+        Ok(PasswordChange::WrongCurrent) => {
+            again(StatusCode::UNAUTHORIZED, "Wrong name or current password.")
+        }
+        Ok(PasswordChange::Rejected(why)) => again(StatusCode::BAD_REQUEST, &sentence(&why)),
+        Err(err) => again(err.status(), &sentence(&err.to_string())),
     }
 }
 

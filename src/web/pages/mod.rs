@@ -68,6 +68,10 @@ pub fn routes() -> Router<WebState> {
         .route("/domain/users/reset", post(admin::domain_reset))
         .route("/admin", get(admin::console))
         .route("/admin/login", get(admin::login_form).post(admin::login))
+        .route(
+            "/admin/password",
+            get(admin::password_form).post(admin::change_password),
+        )
         .route("/admin/domains", post(admin::add_domain))
         .route("/admin/domains/{name}", get(admin::domain_detail))
         .route("/admin/domains/{name}/feature", post(admin::feature))
@@ -250,6 +254,7 @@ pub fn admin_nav(admin: &AdminSession) -> Markup {
         nav {
             a href="/admin" { "Domains" }
             a href="/admin/audit" { "Audit log" }
+            a href="/admin/password" { "Password" }
             span.who { (admin.name) }
             (post_button("/logout", &admin.csrf, "Sign out", "link"))
         }
