@@ -24,6 +24,8 @@
 //! time stamps, not by when the cache drops it.
 
 use std::net::IpAddr;
+
+use crate::net::ClientKey;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -102,7 +104,7 @@ struct AccountRecord {
 
 pub struct Penalties {
     trusted: Vec<IpNet>,
-    clients: Cache<IpAddr, ClientRecord>,
+    clients: Cache<ClientKey, ClientRecord>,
     accounts: Cache<String, AccountRecord>,
 }
 
@@ -119,21 +121,6 @@ impl std::fmt::Debug for Penalties {
 impl Default for Penalties {
     fn default() -> Self {
         Self::new(Vec::new())
-    }
-}
-
-/// The key of a client: its /32 (IPv4) or /64 (IPv6) network.
-pub fn client_network(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
-        },
     }
 }
 
@@ -159,7 +146,7 @@ impl Penalties {
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        let ip = client_network(ip);
+        let ip = ClientKey::new(ip).network();
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
@@ -168,7 +155,7 @@ impl Penalties {
         if self.exempt(ip) {
             return Duration::ZERO;
         }
-        match self.clients.get(&client_network(ip)) {
+        match self.clients.get(&ClientKey::new(ip)) {
             Some(record) if record.failures > 0 && record.fresh() => {
                 let doublings = (record.failures - 1).min(4);
                 (BASE_DELAY * 2u32.pow(doublings)).min(MAX_DELAY)
@@ -200,7 +187,7 @@ impl Penalties {
         let account = account_key(account);
         let mut counted = false;
         self.clients
-            .entry(client_network(ip))
+            .entry(ClientKey::new(ip))
             .and_upsert_with(|old| {
                 let mut record = old
                     .map(|entry| entry.into_value())
@@ -261,7 +248,7 @@ impl Penalties {
     pub fn succeeded(&self, ip: IpAddr, account: &str) {
         let key = account_key(account);
         self.clients
-            .entry(client_network(ip))
+            .entry(ClientKey::new(ip))
             .and_compute_with(|old| {
                 let Some(mut record) = old.map(|entry| entry.into_value()) else {
                     return Op::Nop;
@@ -361,7 +348,7 @@ mod tests {
         for n in 0..accounts {
             assert!(p.failed(ip, &format!("user{n}@x"), attempt(n)));
         }
-        let failures = |p: &Penalties| p.clients.get(&ip).map_or(0, |r| r.failures);
+        let failures = |p: &Penalties| p.clients.get(&ClientKey::new(ip)).map_or(0, |r| r.failures);
         assert_eq!(failures(&p), accounts);
         // user0 is no longer told apart: its success forgives nothing.
         p.succeeded(ip, "user0@x");
@@ -372,7 +359,7 @@ mod tests {
         assert_eq!(p.delay(ip), MAX_DELAY);
         assert!(
             p.clients
-                .get(&ip)
+                .get(&ClientKey::new(ip))
                 .is_some_and(|r| r.accounts.len() <= ACCOUNTS_PER_CLIENT)
         );
     }

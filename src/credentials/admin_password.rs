@@ -131,7 +131,12 @@ mod tests {
         assert_eq!(phc.split('$').nth(3), dummy_hash().split('$').nth(3));
         let before = queue.runs();
         assert!(queue.verify(&right, Some(&phc)).await.unwrap());
-        assert!(!queue.verify(&Secret::from("nope"), Some(&phc)).await.unwrap());
+        assert!(
+            !queue
+                .verify(&Secret::from("nope"), Some(&phc))
+                .await
+                .unwrap()
+        );
         assert_eq!(queue.runs(), before + 2);
         // No such name: one run as well, and never a match, not even for the
         // dummy's own password.

@@ -11,34 +11,9 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+pub use super::ClientKey;
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// The network a client address stands for: the address itself for IPv4
-/// (and IPv4-mapped IPv6), its /64 for IPv6, as one host usually holds a
-/// whole /64. Limits and login penalties count by it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
-
-impl ClientKey {
-    pub fn new(ip: IpAddr) -> Self {
-        Self(match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let mut segments = v6.segments();
-                    segments[4..].fill(0);
-                    IpAddr::V6(segments.into())
-                }
-            },
-        })
-    }
-
-    /// The network's first address (the address itself for IPv4).
-    pub fn network(&self) -> IpAddr {
-        self.0
-    }
-}
 
 /// Which limit refused a connection (the `limit` label of
 /// [`crate::metrics::CONNECTIONS_REJECTED`]).

@@ -95,7 +95,7 @@ const RATE_CLIENTS: u64 = 100_000;
 
 /// A fixed-window counter per client network.
 pub struct ClientRate {
-    map: Cache<IpAddr, (Instant, u32)>,
+    map: Cache<crate::net::ClientKey, (Instant, u32)>,
 }
 
 impl Default for ClientRate {
@@ -113,7 +113,7 @@ impl ClientRate {
     /// Counts an attempt from `ip`; false once the client is over the limit.
     pub fn allow(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
-        let key = crate::penalty::client_network(ip);
+        let key = crate::net::ClientKey::new(ip);
         let entry = self
             .map
             .entry(key)

@@ -22,7 +22,8 @@ use tracing::{info, warn};
 use super::WebState;
 use super::ops::WebError;
 use crate::credentials::AppPassword;
-use crate::penalty::client_network;
+use crate::login_log::LoginAttempt;
+use crate::net::ClientKey;
 use crate::secret::Secret;
 use crate::store::Store;
 
@@ -66,8 +67,7 @@ fn capped(text: &str, max: usize) -> &str {
 }
 
 fn refusal(name: &str, ip: IpAddr, reason: &'static str) {
-    let name_capped = capped(name, MAX_NAME_BYTES);
-    info!(target: "postern::login", protocol = %"admin", method = %"password", user = %name_capped, client = %ip, result = "refused", reason = reason);
+    LoginAttempt::new("admin", "password", capped(name, MAX_NAME_BYTES), ip).refused(reason);
 }
 
 /// Refuses over-long fields before anything is read, stored or locked.
@@ -88,7 +88,7 @@ fn check_caps(name: &str, ip: IpAddr, passwords: &[&str]) -> Result<(), WebError
 }
 
 fn lock_key(name: &str, ip: IpAddr) -> String {
-    format!("a:{}:{}", name, client_network(ip))
+    format!("a:{}:{}", name, ClientKey::new(ip))
 }
 
 fn penalty_account(name: &str) -> String {
@@ -189,10 +189,10 @@ pub async fn sign_in(
         return Ok(SysadminLogin::Wrong);
     };
     if record.must_change_password {
-        info!(target: "postern::login", protocol = %"admin", method = %"password", user = %name, client = %ip, result = "password-ok", next = "change-password");
+        LoginAttempt::new("admin", "password", name, ip).password_ok("change-password");
         return Ok(SysadminLogin::MustChangePassword);
     }
-    info!(target: "postern::login", protocol = %"admin", method = %"password", user = %name, client = %ip, result = "ok");
+    LoginAttempt::new("admin", "password", name, ip).ok();
     let ip_text = ip.to_string();
     state
         .store
@@ -386,7 +386,8 @@ pub async fn ensure_first_sysadmin(store: &Store, file: &Path) {
     let password = AppPassword::generate().display();
     let secret = password.clone();
     let hashed = tokio::task::spawn_blocking(move || {
-        crate::credentials::admin_password::hash_blocking(secret.expose()).map_err(|e| e.to_string())
+        crate::credentials::admin_password::hash_blocking(secret.expose())
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())
