@@ -355,6 +355,44 @@ pub fn decide_web_login(domain: Option<&DomainPolicy>, user: UserState, now: i64
     }
 }
 
+/// What a signed-in user's web session may do, decided again on every request
+/// from the stored state: a session opened before the domain was forced (or
+/// before its grace ended) is bound like a new sign-in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebAccess {
+    /// Everything a user may do.
+    Full,
+    /// The domain forces 2-Step and the user has none: enroll, nothing else.
+    EnrollOnly,
+    /// The account is disabled: nothing.
+    Disabled,
+}
+
+/// The web column of the table for a session that already passed the sign-in
+/// steps. `impersonated`: a system administrator acting as the user, who signed
+/// in with their own credentials; the user's enrollment duty does not bind them
+/// (and they may not create credentials for the user, see
+/// [`decide_sensitive_action`]).
+pub fn decide_web_access(
+    domain: Option<&DomainPolicy>,
+    user: UserState,
+    impersonated: bool,
+    now: i64,
+) -> WebAccess {
+    if impersonated {
+        return WebAccess::Full;
+    }
+    if user.disabled {
+        return WebAccess::Disabled;
+    }
+    match decide_web_login(domain, user, now) {
+        WebLoginStep::MustEnroll => WebAccess::EnrollOnly,
+        WebLoginStep::Done | WebLoginStep::DoneMayEnroll | WebLoginStep::SecondStep => {
+            WebAccess::Full
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +643,54 @@ mod tests {
                 Decision::Refuse(Refusal::Revoked)
             );
         }
+    }
+
+    /// A session's access follows the stored state on every request: the same
+    /// rows as the table's web column, for a session already signed in.
+    #[test]
+    fn web_access_of_a_signed_in_session_follows_the_table() {
+        use WebAccess::{EnrollOnly, Full};
+        let rows = [
+            (Disabled, false, Full),
+            (Disabled, true, Full),
+            (Enabled, false, Full),
+            (Enabled, true, Full),
+            (Forced, false, EnrollOnly),
+            (Forced, true, Full),
+        ];
+        for (status, enrolled, access) in rows {
+            let d = domain(true, status);
+            assert_eq!(
+                decide_web_access(Some(&d), user(enrolled), false, NOW),
+                access,
+                "{status} enrolled={enrolled}"
+            );
+        }
+        let grace = DomainPolicy {
+            grace_until: Some(NOW + 10),
+            ..domain(true, Forced)
+        };
+        assert_eq!(
+            decide_web_access(Some(&grace), user(false), false, NOW),
+            Full
+        );
+        assert_eq!(
+            decide_web_access(Some(&grace), user(false), false, NOW + 10),
+            EnrollOnly
+        );
+        let disabled = UserState {
+            enrolled: true,
+            disabled: true,
+        };
+        assert_eq!(
+            decide_web_access(None, disabled, false, NOW),
+            WebAccess::Disabled
+        );
+        // The impersonating administrator signed in as themselves.
+        assert_eq!(
+            decide_web_access(Some(&domain(true, Forced)), user(false), true, NOW),
+            Full
+        );
     }
 
     #[test]

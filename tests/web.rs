@@ -236,6 +236,115 @@ async fn a_forced_user_must_enroll_before_anything_else() {
     assert_eq!(browser.get("/account").await.status, StatusCode::OK);
 }
 
+/// The app passwords a user has, as stored.
+async fn app_password_count(w: &World, address: &str) -> usize {
+    let store = w.gateway.store();
+    let user = store.user(address).await.unwrap().unwrap();
+    store.list_app_passwords(user.id).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn forcing_a_domain_binds_web_sessions_opened_before_it() {
+    let w = world().await;
+    // Bob, not enrolled, signs in while his domain is Enabled: in a browser, and
+    // through the JSON API.
+    let mut browser = Browser::new(&w.app);
+    assert_eq!(
+        browser.password_step(BOB, "bob-primary").await.location(),
+        "/account"
+    );
+    let page = browser.get("/account/app-passwords").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csrf = page.csrf();
+    let mut api = Browser::new(&w.app);
+    let session = api.json("GET", "/api/v1/session", None, "").await;
+    let token = between(&session.body, "\"csrf\":\"", "\"");
+    let login = api
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some(&token),
+            &format!(r#"{{"address":"{BOB}","password":"bob-primary"}}"#),
+        )
+        .await;
+    assert!(login.body.contains("\"state\":\"user\""), "{}", login.body);
+    let token = between(&login.body, "\"csrf\":\"", "\"");
+
+    // The domain administrator (here the CLI's store path) forces 2-Step.
+    w.gateway
+        .store()
+        .set_domain_status("example.test", DomainStatus::Forced, None, "test")
+        .await
+        .unwrap();
+
+    // The same cookie may now do nothing but enroll.
+    for path in [
+        "/account",
+        "/account/app-passwords",
+        "/account/two-step",
+        "/",
+    ] {
+        assert_eq!(
+            browser.get(path).await.location(),
+            "/login/enroll",
+            "{path}"
+        );
+    }
+    let refused = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &csrf), ("name", "laptop"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(refused.location(), "/login/enroll");
+    let listed = api
+        .json("GET", "/api/v1/account/app-passwords", None, "")
+        .await;
+    assert_eq!(listed.status, StatusCode::FORBIDDEN);
+    assert!(listed.body.contains("\"error\":"), "{}", listed.body);
+    let created = api
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&token),
+            r#"{"name":"phone"}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::FORBIDDEN, "{}", created.body);
+    assert_eq!(app_password_count(&w, BOB).await, 0);
+    let session = api.json("GET", "/api/v1/session", None, "").await;
+    assert!(
+        session.body.contains("\"state\":\"must_enroll\""),
+        "{}",
+        session.body
+    );
+
+    // Enrolling is what it may do; after it, everything works again.
+    let page = browser.get("/login/enroll").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let secret: String = page.secret().split_whitespace().collect();
+    let code = totp::code_at(&secret, now()).expect("code");
+    let done = browser
+        .post("/login/enroll", &[("csrf", &page.csrf()), ("code", &code)])
+        .await;
+    assert_eq!(done.location(), "/account/two-step", "{}", done.body);
+    let page = browser.get("/account/app-passwords").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let listed = api
+        .json("GET", "/api/v1/account/app-passwords", None, "")
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let created = api
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&token),
+            r#"{"name":"phone"}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+}
+
 #[tokio::test]
 async fn enrolling_from_the_account_page_needs_a_confirming_code() {
     let w = world().await;

@@ -16,7 +16,7 @@ use super::pages::admin_parse_since;
 use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::{Current, SessionCookie, WebState, with_cookie};
-use crate::policy::{DomainStatus, Protocol};
+use crate::policy::{DomainStatus, Protocol, WebAccess};
 use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord};
 
 pub fn routes() -> Router<WebState> {
@@ -102,17 +102,39 @@ fn second_step_pending(current: &Current) -> Result<(String, String), ApiError> 
     }
 }
 
-/// The logged-in user: `(address, actor)`.
-fn user(current: &Current) -> Result<(String, String), ApiError> {
+/// A signed-in user's session and what the policy lets it do now (read from the
+/// store for this request): `(address, impersonator, access)`.
+async fn signed_in(
+    state: &WebState,
+    current: &Current,
+) -> Result<(String, Option<String>, WebAccess), ApiError> {
     match live(current)?.1.auth {
         Auth::User {
             address,
             impersonator,
         } => {
+            let access = ops::web_access(state, &address, impersonator.is_some()).await?;
+            Ok((address, impersonator, access))
+        }
+        _ => Err(unauthorized()),
+    }
+}
+
+/// The signed-in user, if the policy gives the session full access now:
+/// `(address, actor)`. One who must enroll first gets 403.
+async fn user(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
+    match signed_in(state, current).await? {
+        (address, impersonator, WebAccess::Full) => {
             let actor = ops::user_actor(&address, impersonator.as_deref());
             Ok((address, actor))
         }
-        _ => Err(unauthorized()),
+        (_, _, WebAccess::EnrollOnly) => {
+            Err(ApiError(StatusCode::FORBIDDEN, ops::ENROLL_FIRST.into()))
+        }
+        (_, _, WebAccess::Disabled) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            ops::ACCOUNT_DISABLED.into(),
+        )),
     }
 }
 
@@ -126,45 +148,52 @@ fn sysadmin(current: &Current) -> Result<(String, String), ApiError> {
     }
 }
 
-fn describe(auth: &Auth) -> serde_json::Value {
-    match auth {
+/// The session as the API describes it; a signed-in user's state (`user` or
+/// `must_enroll`) is the policy's answer for this request.
+async fn describe(state: &WebState, auth: &Auth) -> Result<serde_json::Value, ApiError> {
+    Ok(match auth {
         Auth::Anonymous => json!({ "state": "anonymous" }),
         Auth::SecondStep { address } => json!({ "state": "second_step", "address": address }),
-        Auth::MustEnroll { address } => json!({ "state": "must_enroll", "address": address }),
         Auth::User {
             address,
             impersonator,
-        } => json!({ "state": "user", "address": address, "impersonator": impersonator }),
+        } => match ops::web_access(state, address, impersonator.is_some()).await? {
+            WebAccess::EnrollOnly => json!({ "state": "must_enroll", "address": address }),
+            WebAccess::Full | WebAccess::Disabled => {
+                json!({ "state": "user", "address": address, "impersonator": impersonator })
+            }
+        },
         Auth::Sysadmin { name } => json!({ "state": "sysadmin", "name": name }),
-    }
+    })
 }
 
 /// The session (started if there is none) and its CSRF token.
 async fn session(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-) -> Response {
+) -> ApiResult {
     match &current.session {
-        Some((_, s)) => {
-            Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })).into_response()
-        }
+        Some((_, s)) => Ok(Json(
+            json!({ "csrf": s.csrf, "session": describe(&state, &s.auth).await? }),
+        )
+        .into_response()),
         None => {
             let (id, s) = state.sessions.create(Auth::Anonymous);
-            with_cookie(
+            Ok(with_cookie(
                 SessionCookie::Set(id),
-                Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })),
-            )
+                Json(json!({ "csrf": s.csrf, "session": describe(&state, &s.auth).await? })),
+            ))
         }
     }
 }
 
 /// A rotated session: new cookie, and the new token in the body.
-fn rotated(state: &WebState, old: &str, auth: Auth) -> Response {
+async fn rotated(state: &WebState, old: &str, auth: Auth) -> ApiResult {
     let (id, s) = state.sessions.rotate(old, auth);
-    with_cookie(
+    Ok(with_cookie(
         SessionCookie::Set(id),
-        Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })),
-    )
+        Json(json!({ "csrf": s.csrf, "session": describe(state, &s.auth).await? })),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -184,7 +213,7 @@ async fn login(
             StatusCode::UNAUTHORIZED,
             "wrong address or password".into(),
         )),
-        PasswordOutcome::Next(auth) => Ok(rotated(&state, &id, auth)),
+        PasswordOutcome::Next { auth, .. } => rotated(&state, &id, auth).await,
     }
 }
 
@@ -201,14 +230,17 @@ async fn login_code(
     let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await? {
-        CodeOutcome::Accepted => Ok(rotated(
-            &state,
-            &id,
-            Auth::User {
-                address,
-                impersonator: None,
-            },
-        )),
+        CodeOutcome::Accepted => {
+            rotated(
+                &state,
+                &id,
+                Auth::User {
+                    address,
+                    impersonator: None,
+                },
+            )
+            .await
+        }
         CodeOutcome::Replayed => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "code already used".into(),
@@ -234,11 +266,12 @@ async fn login_email_code(
     let ip = current.ip_string();
     let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
     let (new_id, s) = state.sessions.rotate(&id, Auth::SecondStep { address });
+    let session = describe(&state, &s.auth).await?;
     Ok(with_cookie(
         SessionCookie::Set(new_id),
         (
             StatusCode::ACCEPTED,
-            Json(json!({ "csrf": s.csrf, "session": describe(&s.auth), "sent_to": sent_to })),
+            Json(json!({ "csrf": s.csrf, "session": session, "sent_to": sent_to })),
         ),
     ))
 }
@@ -250,22 +283,21 @@ async fn logout(State(state): State<WebState>, Extension(current): Extension<Cur
     with_cookie(SessionCookie::Clear, StatusCode::NO_CONTENT)
 }
 
-/// The enrolling address: a logged-in user, or a forced enrollment pending.
-fn enrolling(current: &Current) -> Result<(String, String, bool), ApiError> {
-    let (_, session) = live(current)?;
-    match session.auth {
-        Auth::MustEnroll { address } => {
-            let actor = ops::user_actor(&address, None);
-            Ok((address, actor, true))
-        }
-        Auth::User {
-            address,
-            impersonator,
-        } => {
+/// The enrolling user: `(address, actor, forced)`, where `forced` says the
+/// policy lets this session do nothing but enroll.
+async fn enrolling(
+    state: &WebState,
+    current: &Current,
+) -> Result<(String, String, bool), ApiError> {
+    match signed_in(state, current).await? {
+        (_, _, WebAccess::Disabled) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            ops::ACCOUNT_DISABLED.into(),
+        )),
+        (address, impersonator, access) => {
             let actor = ops::user_actor(&address, impersonator.as_deref());
-            Ok((address, actor, false))
+            Ok((address, actor, access == WebAccess::EnrollOnly))
         }
-        _ => Err(unauthorized()),
     }
 }
 
@@ -273,7 +305,7 @@ async fn two_step(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, _) = user(&current)?;
+    let (address, _) = user(&state, &current).await?;
     let (domain, record) = ops::user_context(&state, &address).await?;
     let recovery = recovery::recovery_address(&state, record.id).await?;
     Ok(Json(json!({
@@ -295,7 +327,7 @@ async fn recovery_add(
     Extension(current): Extension<Current>,
     Json(body): Json<RecoveryBody>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&current)?;
+    let (address, actor, _) = enrolling(&state, &current).await?;
     let ip = current.ip_string();
     let sent_to =
         recovery::add_recovery_address(&state, &address, &body.address, &actor, ip.as_deref())
@@ -308,17 +340,20 @@ async fn recovery_confirm(
     Extension(current): Extension<Current>,
     Json(body): Json<CodeBody>,
 ) -> ApiResult {
-    let (address, actor, forced) = enrolling(&current)?;
+    let (address, actor, forced) = enrolling(&state, &current).await?;
     match recovery::confirm_recovery_address(&state, &address, &body.code, &actor).await? {
         ConfirmOutcome::Accepted => match (forced, &current.session) {
-            (true, Some((id, _))) => Ok(rotated(
-                &state,
-                id,
-                Auth::User {
-                    address,
-                    impersonator: None,
-                },
-            )),
+            (true, Some((id, _))) => {
+                rotated(
+                    &state,
+                    id,
+                    Auth::User {
+                        address,
+                        impersonator: None,
+                    },
+                )
+                .await
+            }
             _ => Ok(Json(json!({ "enrolled": true })).into_response()),
         },
         ConfirmOutcome::Wrong { left } if left > 0 => Err(ApiError(
@@ -341,7 +376,7 @@ async fn recovery_remove(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&current)?;
+    let (address, actor, _) = enrolling(&state, &current).await?;
     recovery::remove_recovery_address(&state, &address, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -350,7 +385,7 @@ async fn totp_start(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&current)?;
+    let (address, actor, _) = enrolling(&state, &current).await?;
     let pending = ops::pending_totp(&state, &address, &actor).await?;
     Ok(Json(json!({ "secret": pending.secret, "otpauth_url": pending.otpauth })).into_response())
 }
@@ -360,19 +395,22 @@ async fn enroll_confirm(
     Extension(current): Extension<Current>,
     Json(body): Json<CodeBody>,
 ) -> ApiResult {
-    let (address, actor, forced) = enrolling(&current)?;
+    let (address, actor, forced) = enrolling(&state, &current).await?;
     if !ops::confirm_totp(&state, &address, &body.code, &actor).await? {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong code".into()));
     }
     match (forced, &current.session) {
-        (true, Some((id, _))) => Ok(rotated(
-            &state,
-            id,
-            Auth::User {
-                address,
-                impersonator: None,
-            },
-        )),
+        (true, Some((id, _))) => {
+            rotated(
+                &state,
+                id,
+                Auth::User {
+                    address,
+                    impersonator: None,
+                },
+            )
+            .await
+        }
         _ => Ok(Json(json!({ "enrolled": true })).into_response()),
     }
 }
@@ -381,7 +419,7 @@ async fn backup_codes(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor) = user(&state, &current).await?;
     let codes = ops::new_backup_codes(&state, &address, &actor).await?;
     Ok(Json(json!({ "codes": codes })).into_response())
 }
@@ -390,7 +428,7 @@ async fn two_step_off(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor) = user(&state, &current).await?;
     ops::turn_off(&state, &address, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -426,7 +464,7 @@ async fn list_app_passwords(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, _) = user(&current)?;
+    let (address, _) = user(&state, &current).await?;
     let list: Vec<AppPasswordJson> = ops::app_passwords(&state, &address)
         .await?
         .into_iter()
@@ -449,7 +487,7 @@ async fn create_app_password(
     Extension(current): Extension<Current>,
     Json(body): Json<CreateBody>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor) = user(&state, &current).await?;
     let scopes = match &body.scopes {
         None => crate::policy::Scopes::ALL,
         Some(list) => ops::scopes_from(
@@ -480,7 +518,7 @@ async fn revoke_app_password(
     Extension(current): Extension<Current>,
     Path(id): Path<i64>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor) = user(&state, &current).await?;
     ops::revoke_app_password(&state, &address, id, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -496,7 +534,7 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
 }
 
 async fn domain_admin(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
-    let (address, actor) = user(current)?;
+    let (address, actor) = user(state, current).await?;
     let domain = ops::administered_domain(state, &address).await?;
     Ok((domain, actor))
 }
@@ -567,13 +605,14 @@ async fn admin_login(
     let (id, _) = live(&current)?;
     let ip = current.ip_string();
     if ops::sysadmin_login(&state, &body.name, &body.password, ip.as_deref()).await? {
-        Ok(rotated(
+        rotated(
             &state,
             &id,
             Auth::Sysadmin {
                 name: body.name.trim().to_owned(),
             },
-        ))
+        )
+        .await
     } else {
         Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -659,14 +698,15 @@ async fn admin_impersonate(
     let (id, _) = live(&current)?;
     let ip = current.ip_string();
     let address = ops::impersonate(&state, &name, &body.address, ip.as_deref()).await?;
-    Ok(rotated(
+    rotated(
         &state,
         &id,
         Auth::User {
             address,
             impersonator: Some(name),
         },
-    ))
+    )
+    .await
 }
 
 #[derive(Deserialize)]

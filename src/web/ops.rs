@@ -14,7 +14,9 @@ use super::session::Auth;
 use super::{WebState, recovery};
 use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
 use crate::penalty;
-use crate::policy::{DomainStatus, Scopes, WebLoginStep, decide_web_login};
+use crate::policy::{
+    DomainStatus, Scopes, WebAccess, WebLoginStep, decide_web_access, decide_web_login,
+};
 use crate::secret::Secret;
 use crate::store::{
     AppPasswordRecord, DomainRecord, FactorKind, Store, StoreError, UserRecord, UserSummary,
@@ -102,8 +104,37 @@ pub fn effective_status(domain: Option<&DomainRecord>) -> DomainStatus {
 /// What the primary password step led to.
 pub enum PasswordOutcome {
     Wrong,
-    Next(Auth),
+    /// The session's new state, and the step the policy asked for (a signed-in
+    /// user who must enroll is `Auth::User` with `step == MustEnroll`).
+    Next {
+        auth: Auth,
+        step: WebLoginStep,
+    },
 }
+
+/// What a signed-in user's session may do now, from the stored state (read on
+/// every request: a domain forced after sign-in binds the session at once).
+pub async fn web_access(
+    state: &WebState,
+    address: &str,
+    impersonated: bool,
+) -> Result<WebAccess, WebError> {
+    let (domain, user) = user_context(state, address).await?;
+    let policy = domain.as_ref().map(DomainRecord::policy);
+    Ok(decide_web_access(
+        policy.as_ref(),
+        user.state(),
+        impersonated,
+        unix_now(),
+    ))
+}
+
+/// What a session that may only enroll is told when it asks for anything else.
+pub const ENROLL_FIRST: &str =
+    "your domain requires 2-Step Authentication: set it up before anything else";
+
+/// What a disabled account's session is told.
+pub const ACCOUNT_DISABLED: &str = "this account is disabled; ask your administrator";
 
 /// Checks the primary password upstream, then asks the policy what comes next.
 pub async fn password_step(
@@ -170,21 +201,19 @@ pub async fn password_step(
     }
     if user.disabled {
         info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "refused", reason = "disabled");
-        return Err(WebError::Forbidden(
-            "this account is disabled; ask your administrator".into(),
-        ));
+        return Err(WebError::Forbidden(ACCOUNT_DISABLED.into()));
     }
     let policy = domain.as_ref().map(DomainRecord::policy);
     let step = decide_web_login(policy.as_ref(), user.state(), unix_now());
     info!(target: "postern::login", protocol = "web", user = %address, client = %ip, result = "password-ok", next = ?step);
-    Ok(PasswordOutcome::Next(match step {
-        WebLoginStep::Done | WebLoginStep::DoneMayEnroll => Auth::User {
+    let auth = match step {
+        WebLoginStep::SecondStep => Auth::SecondStep { address },
+        WebLoginStep::Done | WebLoginStep::DoneMayEnroll | WebLoginStep::MustEnroll => Auth::User {
             address,
             impersonator: None,
         },
-        WebLoginStep::SecondStep => Auth::SecondStep { address },
-        WebLoginStep::MustEnroll => Auth::MustEnroll { address },
-    }))
+    };
+    Ok(PasswordOutcome::Next { auth, step })
 }
 
 /// What a second-step code led to.

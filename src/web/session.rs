@@ -1,8 +1,11 @@
 //! Server-side web sessions: a map keyed by a random id that travels in an
 //! HttpOnly, SameSite=Strict cookie. The id is replaced after every login step so
 //! an id seen before a login is worthless after it. A half-logged-in session
-//! (password right, second step or enrollment pending) carries only the address;
-//! the page handlers let it reach nothing else.
+//! (password right, second step pending) carries only the address; the page
+//! handlers let it reach nothing else. What a signed-in user may do is not kept
+//! here: the policy decides it again on every request from the stored state
+//! (`crate::policy::decide_web_access`), so a domain forced after sign-in binds
+//! the session at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,10 +32,10 @@ pub enum Auth {
     Anonymous,
     /// Primary password right; a TOTP or backup code is due.
     SecondStep { address: String },
-    /// Primary password right; the domain forces 2-Step and the user has none yet.
-    MustEnroll { address: String },
-    /// Logged in as a mail user; `impersonator` is the system administrator acting
-    /// as this (domain administrator) user, if any.
+    /// Signed in as a mail user (every step the sign-in asked for passed);
+    /// `impersonator` is the system administrator acting as this (domain
+    /// administrator) user, if any. Whether the user may do everything or only
+    /// enroll is derived per request, never stored.
     User {
         address: String,
         impersonator: Option<String>,
@@ -43,10 +46,7 @@ pub enum Auth {
 
 impl Auth {
     fn pending(&self) -> bool {
-        matches!(
-            self,
-            Auth::Anonymous | Auth::SecondStep { .. } | Auth::MustEnroll { .. }
-        )
+        matches!(self, Auth::Anonymous | Auth::SecondStep { .. })
     }
 }
 

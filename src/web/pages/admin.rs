@@ -9,9 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{
-    AdminSession, UserSession, admin_nav, error_page, fmt_time, page, require_user, user_nav,
-};
+use super::{AdminSession, UserSession, admin_nav, error_page, fmt_time, page, user_nav};
 use crate::policy::DomainStatus;
 use crate::store::AuditFilter;
 use crate::web::ops::{self, WebError};
@@ -20,20 +18,16 @@ use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 async fn domain_admin(
     state: &WebState,
-    current: &Current,
+    user: UserSession,
 ) -> Result<(UserSession, String), Box<Response>> {
-    let user = require_user(current).map_err(|r| Box::new(r.into_response()))?;
     let domain = ops::administered_domain(state, &user.address)
         .await
         .map_err(|err| Box::new(error_page(&err)))?;
     Ok((user, domain))
 }
 
-pub async fn domain(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let (user, domain) = match domain_admin(&state, &current).await {
+pub async fn domain(State(state): State<WebState>, user: UserSession) -> Response {
+    let (user, domain) = match domain_admin(&state, user).await {
         Ok(found) => found,
         Err(response) => return *response,
     };
@@ -123,10 +117,10 @@ fn parse_days(text: Option<&str>) -> Result<Option<u32>, WebError> {
 
 pub async fn domain_status(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: UserSession,
     Form(form): Form<StatusForm>,
 ) -> Response {
-    let (user, domain) = match domain_admin(&state, &current).await {
+    let (user, domain) = match domain_admin(&state, user).await {
         Ok(found) => found,
         Err(response) => return *response,
     };
@@ -151,10 +145,10 @@ pub struct AddressForm {
 
 pub async fn domain_reset(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: UserSession,
     Form(form): Form<AddressForm>,
 ) -> Response {
-    let (user, domain) = match domain_admin(&state, &current).await {
+    let (user, domain) = match domain_admin(&state, user).await {
         Ok(found) => found,
         Err(response) => return *response,
     };

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::EnrollingSession;
 use super::{error_page, grouped, page, post_button, qr_svg, sentence};
+use crate::policy::WebLoginStep;
 use crate::web::ops::{self, CodeOutcome, PasswordOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome, RecoveryAddress};
 use crate::web::session::Auth;
@@ -87,11 +89,11 @@ pub async fn password(
             ),
         )
             .into_response(),
-        Ok(PasswordOutcome::Next(auth)) => {
-            let next = match &auth {
-                Auth::SecondStep { .. } => "/login/code",
-                Auth::MustEnroll { .. } => "/login/enroll",
-                _ => "/account",
+        Ok(PasswordOutcome::Next { auth, step }) => {
+            let next = match step {
+                WebLoginStep::SecondStep => "/login/code",
+                WebLoginStep::MustEnroll => "/login/enroll",
+                WebLoginStep::Done | WebLoginStep::DoneMayEnroll => "/account",
             };
             let (new_id, _) = state.sessions.rotate(id, auth);
             with_cookie(SessionCookie::Set(new_id), Redirect::to(next))
@@ -100,12 +102,11 @@ pub async fn password(
     }
 }
 
-fn pending_address(current: &Current, want_second_step: bool) -> Option<(String, String, String)> {
+/// `(session id, csrf, address)` of a session whose second step is due.
+fn pending_address(current: &Current) -> Option<(String, String, String)> {
     let (id, session) = current.session.as_ref()?;
-    match (&session.auth, want_second_step) {
-        (Auth::SecondStep { address }, true) | (Auth::MustEnroll { address }, false) => {
-            Some((id.clone(), session.csrf.clone(), address.clone()))
-        }
+    match &session.auth {
+        Auth::SecondStep { address } => Some((id.clone(), session.csrf.clone(), address.clone())),
         _ => None,
     }
 }
@@ -164,7 +165,7 @@ pub async fn code_form(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> Response {
-    match pending_address(&current, true) {
+    match pending_address(&current) {
         Some((_, csrf, address)) => {
             let recovery = recovery_of(&state, &address).await;
             let notes = CodeNotes {
@@ -182,7 +183,7 @@ pub async fn email_code(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, true) else {
+    let Some((id, csrf, address)) = pending_address(&current) else {
         return Redirect::to("/").into_response();
     };
     let ip = current.ip_string();
@@ -227,7 +228,7 @@ pub async fn code(
     Extension(current): Extension<Current>,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, true) else {
+    let Some((id, csrf, address)) = pending_address(&current) else {
         return Redirect::to("/").into_response();
     };
     let ip = current.ip_string();
@@ -408,26 +409,19 @@ async fn enroll_page(
     }
 }
 
-pub async fn enroll_form(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    match pending_address(&current, false) {
-        Some((_, csrf, address)) => {
-            enroll_page(
-                &state,
-                &csrf,
-                &address,
-                EnrollNotes::default(),
-                StatusCode::OK,
-            )
-            .await
-        }
-        None => Redirect::to("/").into_response(),
-    }
+pub async fn enroll_form(State(state): State<WebState>, user: EnrollingSession) -> Response {
+    enroll_page(
+        &state,
+        &user.csrf,
+        &user.address,
+        EnrollNotes::default(),
+        StatusCode::OK,
+    )
+    .await
 }
 
-/// The forced enrollment is done: the session becomes the user's.
+/// The forced enrollment is done: the policy now gives the session full access,
+/// and its id changes with the privilege.
 fn enrolled(state: &WebState, id: &str, address: String) -> Response {
     let (new_id, _) = state.sessions.rotate(
         id,
@@ -444,12 +438,10 @@ fn enrolled(state: &WebState, id: &str, address: String) -> Response {
 
 pub async fn enroll(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: EnrollingSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
+    let EnrollingSession { id, csrf, address } = user;
     let actor = ops::user_actor(&address, None);
     match ops::confirm_totp(&state, &address, &form.code, &actor).await {
         Ok(true) => enrolled(&state, &id, address),
@@ -473,11 +465,10 @@ pub struct RecoveryForm {
 pub async fn enroll_email(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
+    user: EnrollingSession,
     Form(form): Form<RecoveryForm>,
 ) -> Response {
-    let Some((_, csrf, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
+    let EnrollingSession { csrf, address, .. } = user;
     let actor = ops::user_actor(&address, None);
     let ip = current.ip_string();
     match recovery::add_recovery_address(&state, &address, &form.address, &actor, ip.as_deref())
@@ -505,12 +496,10 @@ pub async fn enroll_email(
 /// Forced enrollment: the code from the recovery e-mail completes it.
 pub async fn enroll_email_confirm(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: EnrollingSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
+    let EnrollingSession { id, csrf, address } = user;
     let actor = ops::user_actor(&address, None);
     match recovery::confirm_recovery_address(&state, &address, &form.code, &actor).await {
         Ok(ConfirmOutcome::Accepted) => enrolled(&state, &id, address),
@@ -529,11 +518,9 @@ pub async fn enroll_email_confirm(
 /// Forced enrollment: drops the recovery address being confirmed.
 pub async fn enroll_email_remove(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: EnrollingSession,
 ) -> Response {
-    let Some((_, _, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
+    let address = user.address;
     let actor = ops::user_actor(&address, None);
     match recovery::remove_recovery_address(&state, &address, &actor).await {
         Ok(()) | Err(WebError::NotFound) => Redirect::to("/login/enroll").into_response(),
