@@ -16,7 +16,7 @@ use super::pages::admin_parse_since;
 use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::{Current, SessionCookie, WebState, with_cookie};
-use crate::policy::{DomainStatus, Protocol, WebAccess};
+use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
 use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord};
 
 pub fn routes() -> Router<WebState> {
@@ -32,6 +32,7 @@ pub fn routes() -> Router<WebState> {
         .route("/account/two-step/totp/confirm", post(enroll_confirm))
         .route("/account/two-step/backup-codes", post(backup_codes))
         .route("/account/two-step/off", post(two_step_off))
+        .route("/account/reauthenticate", post(reauthenticate))
         .route(
             "/account/two-step/email",
             post(recovery_add).delete(recovery_remove),
@@ -102,40 +103,66 @@ fn second_step_pending(current: &Current) -> Result<(String, String), ApiError> 
     }
 }
 
+/// A signed-in user's session.
+struct ApiUser {
+    id: String,
+    address: String,
+    impersonator: Option<String>,
+    proved: Option<(Proof, i64)>,
+}
+
+impl ApiUser {
+    fn who(&self) -> ops::Requester<'_> {
+        ops::Requester {
+            address: &self.address,
+            impersonator: self.impersonator.as_deref(),
+            proved: self.proved,
+        }
+    }
+}
+
 /// A signed-in user's session and what the policy lets it do now (read from the
-/// store for this request): `(address, impersonator, access)`.
-async fn signed_in(
-    state: &WebState,
-    current: &Current,
-) -> Result<(String, Option<String>, WebAccess), ApiError> {
-    match live(current)?.1.auth {
+/// store for this request).
+async fn signed_in(state: &WebState, current: &Current) -> Result<(ApiUser, WebAccess), ApiError> {
+    let (id, session) = live(current)?;
+    match session.auth {
         Auth::User {
             address,
             impersonator,
         } => {
             let access = ops::web_access(state, &address, impersonator.is_some()).await?;
-            Ok((address, impersonator, access))
+            let user = ApiUser {
+                id,
+                address,
+                impersonator,
+                proved: session.proved,
+            };
+            Ok((user, access))
         }
         _ => Err(unauthorized()),
     }
 }
 
-/// The signed-in user, if the policy gives the session full access now:
-/// `(address, actor)`. One who must enroll first gets 403.
-async fn user(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
+/// The signed-in user, if the policy gives the session full access now. One
+/// who must enroll first gets 403.
+async fn full_user(state: &WebState, current: &Current) -> Result<ApiUser, ApiError> {
     match signed_in(state, current).await? {
-        (address, impersonator, WebAccess::Full) => {
-            let actor = ops::user_actor(&address, impersonator.as_deref());
-            Ok((address, actor))
-        }
-        (_, _, WebAccess::EnrollOnly) => {
+        (user, WebAccess::Full) => Ok(user),
+        (_, WebAccess::EnrollOnly) => {
             Err(ApiError(StatusCode::FORBIDDEN, ops::ENROLL_FIRST.into()))
         }
-        (_, _, WebAccess::Disabled) => Err(ApiError(
+        (_, WebAccess::Disabled) => Err(ApiError(
             StatusCode::FORBIDDEN,
             ops::ACCOUNT_DISABLED.into(),
         )),
     }
+}
+
+/// [`full_user`] as `(address, actor)`.
+async fn user(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
+    let user = full_user(state, current).await?;
+    let actor = user.who().actor();
+    Ok((user.address, actor))
 }
 
 fn sysadmin(current: &Current) -> Result<(String, String), ApiError> {
@@ -149,9 +176,18 @@ fn sysadmin(current: &Current) -> Result<(String, String), ApiError> {
 }
 
 /// The session as the API describes it; a signed-in user's state (`user` or
-/// `must_enroll`) is the policy's answer for this request.
-async fn describe(state: &WebState, auth: &Auth) -> Result<serde_json::Value, ApiError> {
-    Ok(match auth {
+/// `must_enroll`) is the policy's answer for this request. `proof`: how and
+/// until when the session counts as recently re-authenticated (sensitive
+/// actions of an enrolled user need `code`).
+async fn describe(state: &WebState, session: &WebSession) -> Result<serde_json::Value, ApiError> {
+    let proof = session.proved.map(|(kind, at)| {
+        let kind = match kind {
+            Proof::SecondFactor => "code",
+            Proof::PrimaryPassword => "password",
+        };
+        json!({ "kind": kind, "until": at + REAUTH_WINDOW_SECS })
+    });
+    Ok(match &session.auth {
         Auth::Anonymous => json!({ "state": "anonymous" }),
         Auth::SecondStep { address } => json!({ "state": "second_step", "address": address }),
         Auth::User {
@@ -159,9 +195,10 @@ async fn describe(state: &WebState, auth: &Auth) -> Result<serde_json::Value, Ap
             impersonator,
         } => match ops::web_access(state, address, impersonator.is_some()).await? {
             WebAccess::EnrollOnly => json!({ "state": "must_enroll", "address": address }),
-            WebAccess::Full | WebAccess::Disabled => {
-                json!({ "state": "user", "address": address, "impersonator": impersonator })
-            }
+            WebAccess::Full | WebAccess::Disabled => json!({
+                "state": "user", "address": address, "impersonator": impersonator,
+                "proof": proof,
+            }),
         },
         Auth::Sysadmin { name } => json!({ "state": "sysadmin", "name": name }),
     })
@@ -173,15 +210,14 @@ async fn session(
     Extension(current): Extension<Current>,
 ) -> ApiResult {
     match &current.session {
-        Some((_, s)) => Ok(Json(
-            json!({ "csrf": s.csrf, "session": describe(&state, &s.auth).await? }),
-        )
-        .into_response()),
+        Some((_, s)) => Ok(
+            Json(json!({ "csrf": s.csrf, "session": describe(&state, s).await? })).into_response(),
+        ),
         None => {
             let (id, s) = state.sessions.create(Auth::Anonymous);
             Ok(with_cookie(
                 SessionCookie::Set(id),
-                Json(json!({ "csrf": s.csrf, "session": describe(&state, &s.auth).await? })),
+                Json(json!({ "csrf": s.csrf, "session": describe(&state, &s).await? })),
             ))
         }
     }
@@ -190,9 +226,19 @@ async fn session(
 /// A rotated session: new cookie, and the new token in the body.
 async fn rotated(state: &WebState, old: &str, auth: Auth) -> ApiResult {
     let (id, s) = state.sessions.rotate(old, auth);
+    rotated_to(state, id, s).await
+}
+
+/// A session rotated by a sign-in step that proved who the user is.
+async fn rotated_proved(state: &WebState, old: &str, auth: Auth, proof: Proof) -> ApiResult {
+    let (id, s) = state.sessions.rotate_proved(old, auth, proof);
+    rotated_to(state, id, s).await
+}
+
+async fn rotated_to(state: &WebState, id: String, s: WebSession) -> ApiResult {
     Ok(with_cookie(
         SessionCookie::Set(id),
-        Json(json!({ "csrf": s.csrf, "session": describe(state, &s.auth).await? })),
+        Json(json!({ "csrf": s.csrf, "session": describe(state, &s).await? })),
     ))
 }
 
@@ -213,7 +259,9 @@ async fn login(
             StatusCode::UNAUTHORIZED,
             "wrong address or password".into(),
         )),
-        PasswordOutcome::Next { auth, .. } => rotated(&state, &id, auth).await,
+        PasswordOutcome::Next { auth, .. } => {
+            rotated_proved(&state, &id, auth, Proof::PrimaryPassword).await
+        }
     }
 }
 
@@ -231,15 +279,11 @@ async fn login_code(
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await? {
         CodeOutcome::Accepted => {
-            rotated(
-                &state,
-                &id,
-                Auth::User {
-                    address,
-                    impersonator: None,
-                },
-            )
-            .await
+            let auth = Auth::User {
+                address,
+                impersonator: None,
+            };
+            rotated_proved(&state, &id, auth, Proof::SecondFactor).await
         }
         CodeOutcome::Replayed => Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -266,7 +310,7 @@ async fn login_email_code(
     let ip = current.ip_string();
     let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
     let (new_id, s) = state.sessions.rotate(&id, Auth::SecondStep { address });
-    let session = describe(&state, &s.auth).await?;
+    let session = describe(&state, &s).await?;
     Ok(with_cookie(
         SessionCookie::Set(new_id),
         (
@@ -283,21 +327,15 @@ async fn logout(State(state): State<WebState>, Extension(current): Extension<Cur
     with_cookie(SessionCookie::Clear, StatusCode::NO_CONTENT)
 }
 
-/// The enrolling user: `(address, actor, forced)`, where `forced` says the
-/// policy lets this session do nothing but enroll.
-async fn enrolling(
-    state: &WebState,
-    current: &Current,
-) -> Result<(String, String, bool), ApiError> {
+/// The enrolling user, and whether the policy lets this session do nothing but
+/// enroll (`forced`).
+async fn enrolling(state: &WebState, current: &Current) -> Result<(ApiUser, bool), ApiError> {
     match signed_in(state, current).await? {
-        (_, _, WebAccess::Disabled) => Err(ApiError(
+        (_, WebAccess::Disabled) => Err(ApiError(
             StatusCode::FORBIDDEN,
             ops::ACCOUNT_DISABLED.into(),
         )),
-        (address, impersonator, access) => {
-            let actor = ops::user_actor(&address, impersonator.as_deref());
-            Ok((address, actor, access == WebAccess::EnrollOnly))
-        }
+        (user, access) => Ok((user, access == WebAccess::EnrollOnly)),
     }
 }
 
@@ -327,11 +365,10 @@ async fn recovery_add(
     Extension(current): Extension<Current>,
     Json(body): Json<RecoveryBody>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&state, &current).await?;
+    let (user, _) = enrolling(&state, &current).await?;
     let ip = current.ip_string();
     let sent_to =
-        recovery::add_recovery_address(&state, &address, &body.address, &actor, ip.as_deref())
-            .await?;
+        recovery::add_recovery_address(&state, &user.who(), &body.address, ip.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "sent_to": sent_to }))).into_response())
 }
 
@@ -340,22 +377,9 @@ async fn recovery_confirm(
     Extension(current): Extension<Current>,
     Json(body): Json<CodeBody>,
 ) -> ApiResult {
-    let (address, actor, forced) = enrolling(&state, &current).await?;
-    match recovery::confirm_recovery_address(&state, &address, &body.code, &actor).await? {
-        ConfirmOutcome::Accepted => match (forced, &current.session) {
-            (true, Some((id, _))) => {
-                rotated(
-                    &state,
-                    id,
-                    Auth::User {
-                        address,
-                        impersonator: None,
-                    },
-                )
-                .await
-            }
-            _ => Ok(Json(json!({ "enrolled": true })).into_response()),
-        },
+    let (user, forced) = enrolling(&state, &current).await?;
+    match recovery::confirm_recovery_address(&state, &user.who(), &body.code).await? {
+        ConfirmOutcome::Accepted => enrolled(&state, user, forced).await,
         ConfirmOutcome::Wrong { left } if left > 0 => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             format!("wrong code; {left} more tries before it is void"),
@@ -376,8 +400,8 @@ async fn recovery_remove(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&state, &current).await?;
-    recovery::remove_recovery_address(&state, &address, &actor).await?;
+    let (user, _) = enrolling(&state, &current).await?;
+    recovery::remove_recovery_address(&state, &user.who()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -385,8 +409,8 @@ async fn totp_start(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&state, &current).await?;
-    let pending = ops::pending_totp(&state, &address, &actor).await?;
+    let (user, _) = enrolling(&state, &current).await?;
+    let pending = ops::pending_totp(&state, &user.who()).await?;
     Ok(Json(json!({ "secret": pending.secret, "otpauth_url": pending.otpauth })).into_response())
 }
 
@@ -395,41 +419,89 @@ async fn enroll_confirm(
     Extension(current): Extension<Current>,
     Json(body): Json<CodeBody>,
 ) -> ApiResult {
-    let (address, actor, forced) = enrolling(&state, &current).await?;
-    if !ops::confirm_totp(&state, &address, &body.code, &actor).await? {
+    let (user, forced) = enrolling(&state, &current).await?;
+    if !ops::confirm_totp(&state, &user.who(), &body.code).await? {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong code".into()));
     }
-    match (forced, &current.session) {
-        (true, Some((id, _))) => {
-            rotated(
-                &state,
-                id,
-                Auth::User {
-                    address,
-                    impersonator: None,
-                },
-            )
-            .await
-        }
-        _ => Ok(Json(json!({ "enrolled": true })).into_response()),
+    enrolled(&state, user, forced).await
+}
+
+/// A factor was just confirmed, which proves the user's second step. A forced
+/// enrollment now has full access: the session id and token rotate with it.
+async fn enrolled(state: &WebState, user: ApiUser, forced: bool) -> ApiResult {
+    if !forced {
+        state.sessions.record_proof(&user.id, Proof::SecondFactor);
+        return Ok(Json(json!({ "enrolled": true })).into_response());
     }
+    let (id, s) = state.sessions.rotate_proved(
+        &user.id,
+        Auth::User {
+            address: user.address,
+            impersonator: None,
+        },
+        Proof::SecondFactor,
+    );
+    Ok(with_cookie(
+        SessionCookie::Set(id),
+        Json(json!({ "csrf": s.csrf, "session": describe(state, &s).await? })),
+    ))
 }
 
 async fn backup_codes(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor) = user(&state, &current).await?;
-    let codes = ops::new_backup_codes(&state, &address, &actor).await?;
+    let user = full_user(&state, &current).await?;
+    let codes = ops::new_backup_codes(&state, &user.who()).await?;
     Ok(Json(json!({ "codes": codes })).into_response())
+}
+
+#[derive(Deserialize)]
+struct ReauthBody {
+    /// A TOTP, backup or recovery e-mail code (a user with a second factor).
+    #[serde(default)]
+    code: Option<String>,
+    /// The primary password (a user without one).
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Confirms it is the user before sensitive actions (creating an app password
+/// or backup codes, turning 2-Step off, removing a factor) for the next
+/// [`REAUTH_WINDOW_SECS`].
+async fn reauthenticate(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<ReauthBody>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let secret = body.code.or(body.password).unwrap_or_default();
+    match ops::reauthenticate(&state, &user.id, &user.who(), &secret, current.client).await? {
+        ops::ReauthOutcome::Accepted(_) => Ok(Json(json!({
+            "reauthenticated_until": ops::unix_now() + REAUTH_WINDOW_SECS,
+        }))
+        .into_response()),
+        ops::ReauthOutcome::Refused(CodeOutcome::Locked) => Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong codes; wait 15 minutes".into(),
+        )),
+        ops::ReauthOutcome::Refused(CodeOutcome::Replayed) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "code already used".into(),
+        )),
+        ops::ReauthOutcome::Refused(_) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong code or password".into(),
+        )),
+    }
 }
 
 async fn two_step_off(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor) = user(&state, &current).await?;
-    ops::turn_off(&state, &address, &actor).await?;
+    let user = full_user(&state, &current).await?;
+    ops::turn_off(&state, &user.who()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -487,7 +559,7 @@ async fn create_app_password(
     Extension(current): Extension<Current>,
     Json(body): Json<CreateBody>,
 ) -> ApiResult {
-    let (address, actor) = user(&state, &current).await?;
+    let user = full_user(&state, &current).await?;
     let scopes = match &body.scopes {
         None => crate::policy::Scopes::ALL,
         Some(list) => ops::scopes_from(
@@ -496,15 +568,9 @@ async fn create_app_password(
             list.contains(&Protocol::Smtp),
         )?,
     };
-    let issued = ops::create_app_password(
-        &state,
-        &address,
-        &body.name,
-        scopes,
-        body.expires_days,
-        &actor,
-    )
-    .await?;
+    let issued =
+        ops::create_app_password(&state, &user.who(), &body.name, scopes, body.expires_days)
+            .await?;
     let password = issued.password.display();
     Ok((
         StatusCode::CREATED,

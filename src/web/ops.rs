@@ -15,7 +15,8 @@ use super::{WebState, recovery};
 use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
 use crate::penalty;
 use crate::policy::{
-    DomainStatus, Scopes, WebAccess, WebLoginStep, decide_web_access, decide_web_login,
+    ActionCheck, DomainStatus, Proof, Scopes, SensitiveAction, WebAccess, WebLoginStep,
+    decide_sensitive_action, decide_web_access, decide_web_login,
 };
 use crate::secret::Secret;
 use crate::store::{
@@ -42,13 +43,37 @@ pub enum WebError {
     /// A rate limit; the text says how long to wait.
     #[error("{0}")]
     TooMany(String),
+    /// A sensitive action, and the session's last proof of who the user is is
+    /// too old (or too weak): ask for this again first.
+    #[error("{}", reauth_text(*.0))]
+    Reauthenticate(Proof),
+    /// A system administrator acting as the user asked to create or change the
+    /// user's credentials.
+    #[error(
+        "a system administrator acting as a user cannot create or change that user's \
+         credentials (application passwords, second factors, backup codes); the user \
+         must do it, or a domain administrator resets them with Reset 2-Step"
+    )]
+    NotForImpersonator,
+}
+
+fn reauth_text(need: Proof) -> &'static str {
+    match need {
+        Proof::SecondFactor => {
+            "confirm it is you first: enter a code from your authenticator app, a backup \
+             code, or a code from your recovery e-mail"
+        }
+        Proof::PrimaryPassword => "confirm it is you first: enter your password again",
+    }
 }
 
 impl WebError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Reauthenticate(_) | Self::NotForImpersonator => {
+                StatusCode::FORBIDDEN
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Upstream | Self::Store(_) | Self::Mail => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -80,6 +105,115 @@ pub fn user_actor(address: &str, impersonator: Option<&str>) -> String {
         Some(name) => format!("sysadmin:{name} as user:{address}"),
         None => format!("user:{address}"),
     }
+}
+
+/// Who asks for a change to a user's account, as their session records it.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester<'a> {
+    pub address: &'a str,
+    /// The system administrator acting as the user, if any.
+    pub impersonator: Option<&'a str>,
+    /// The session's last proof of who the user is (`WebSession::proved`).
+    pub proved: Option<(Proof, i64)>,
+}
+
+impl Requester<'_> {
+    /// The audit actor.
+    pub fn actor(&self) -> String {
+        user_actor(self.address, self.impersonator)
+    }
+}
+
+/// Asks the policy whether `who` may do `action` to `user`'s account now.
+pub fn authorize(
+    user: &UserRecord,
+    who: &Requester<'_>,
+    action: SensitiveAction,
+) -> Result<(), WebError> {
+    match decide_sensitive_action(
+        user.state(),
+        who.impersonator.is_some(),
+        action,
+        who.proved,
+        unix_now(),
+    ) {
+        ActionCheck::Allow => Ok(()),
+        ActionCheck::Reauthenticate { need } => Err(WebError::Reauthenticate(need)),
+        ActionCheck::NotForImpersonator => Err(WebError::NotForImpersonator),
+    }
+}
+
+/// What a re-authentication led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReauthOutcome {
+    /// The session now holds a fresh proof of this kind.
+    Accepted(Proof),
+    Refused(CodeOutcome),
+}
+
+/// Re-authenticates a signed-in user for sensitive actions: an enrolled user
+/// with a TOTP, backup or recovery e-mail code (under the second step's attempt
+/// limits), a user without a second factor with the primary password (checked
+/// upstream, under the login penalties). The session records the proof.
+pub async fn reauthenticate(
+    state: &WebState,
+    session_id: &str,
+    who: &Requester<'_>,
+    secret: &str,
+    client: Option<SocketAddr>,
+) -> Result<ReauthOutcome, WebError> {
+    if who.impersonator.is_some() {
+        return Err(WebError::NotForImpersonator);
+    }
+    let (_, user) = user_context(state, who.address).await?;
+    let ip = client.map(|c| c.ip().to_string());
+    let proof = if user.enrolled {
+        let outcome = check_second_factor(
+            state,
+            who.address,
+            session_id,
+            secret,
+            ip.as_deref(),
+            "web.reauth",
+        )
+        .await?;
+        if outcome != CodeOutcome::Accepted {
+            return Ok(ReauthOutcome::Refused(outcome));
+        }
+        Proof::SecondFactor
+    } else {
+        // The sign-in's own password step, penalties and log line included.
+        let right = matches!(
+            password_step(state, who.address, secret, client).await?,
+            PasswordOutcome::Next { .. }
+        );
+        if !right {
+            state
+                .store
+                .audit(
+                    &who.actor(),
+                    "web.reauth.refused",
+                    who.address,
+                    "password",
+                    ip.as_deref(),
+                )
+                .await?;
+            return Ok(ReauthOutcome::Refused(CodeOutcome::Wrong));
+        }
+        state
+            .store
+            .audit(
+                &who.actor(),
+                "web.reauth",
+                who.address,
+                "password",
+                ip.as_deref(),
+            )
+            .await?;
+        Proof::PrimaryPassword
+    };
+    state.sessions.record_proof(session_id, proof);
+    Ok(ReauthOutcome::Accepted(proof))
 }
 
 fn domain_of(address: &str) -> &str {
@@ -252,6 +386,19 @@ pub async fn second_step(
     code: &str,
     ip: Option<&str>,
 ) -> Result<CodeOutcome, WebError> {
+    check_second_factor(state, address, session_id, code, ip, "web.login").await
+}
+
+/// A second-factor code for `action` (the audit row's: `web.login` at sign-in,
+/// `web.reauth` before a sensitive action), under the same attempt limits.
+async fn check_second_factor(
+    state: &WebState,
+    address: &str,
+    session_id: &str,
+    code: &str,
+    ip: Option<&str>,
+    action: &str,
+) -> Result<CodeOutcome, WebError> {
     let session_key = format!("s:{session_id}");
     let user_key = format!("u:{address}");
     let keys = [session_key.as_str(), user_key.as_str()];
@@ -267,7 +414,7 @@ pub async fn second_step(
                 .store
                 .audit(
                     &user_actor(address, None),
-                    "web.login",
+                    action,
                     address,
                     "second step",
                     ip,
@@ -280,7 +427,7 @@ pub async fn second_step(
                 .store
                 .audit(
                     &user_actor(address, None),
-                    "web.login.code_refused",
+                    &format!("{action}.code_refused"),
                     address,
                     match outcome {
                         CodeOutcome::Replayed => "replayed",
@@ -362,13 +509,12 @@ pub fn otpauth_url(address: &str, secret: &str) -> String {
 }
 
 /// The user's unconfirmed TOTP factor, created on first call. Refused while the
-/// domain's effective status is Disabled.
-pub async fn pending_totp(
-    state: &WebState,
-    address: &str,
-    actor: &str,
-) -> Result<PendingTotp, WebError> {
-    let (domain, user) = user_context(state, address).await?;
+/// domain's effective status is Disabled, and to an impersonator (who would
+/// otherwise see the secret the user then confirms).
+pub async fn pending_totp(state: &WebState, who: &Requester<'_>) -> Result<PendingTotp, WebError> {
+    let (domain, user) = user_context(state, who.address).await?;
+    authorize(&user, who, SensitiveAction::AddFactor)?;
+    let actor = who.actor();
     if effective_status(domain.as_ref()) == DomainStatus::Disabled {
         return Err(WebError::Forbidden(
             "2-Step Authentication is not turned on for your domain".into(),
@@ -387,7 +533,7 @@ pub async fn pending_totp(
             let secret = totp::generate_secret();
             let id = state
                 .store
-                .add_second_factor(user.id, FactorKind::Totp, &secret, false, actor)
+                .add_second_factor(user.id, FactorKind::Totp, &secret, false, &actor)
                 .await?;
             (id, secret)
         }
@@ -402,17 +548,18 @@ pub async fn pending_totp(
 /// Confirms the pending TOTP factor with a code from the app. True if it now counts.
 pub async fn confirm_totp(
     state: &WebState,
-    address: &str,
+    who: &Requester<'_>,
     code: &str,
-    actor: &str,
 ) -> Result<bool, WebError> {
+    let address = who.address;
+    let actor = who.actor();
     let key = format!("u:{address}");
     if state.attempts.locked(&[&key]) {
         return Err(WebError::Forbidden(
             "too many wrong codes; wait 15 minutes".into(),
         ));
     }
-    let pending = pending_totp(state, address, actor).await?;
+    let pending = pending_totp(state, who).await?;
     let (_, user) = user_context(state, address).await?;
     let now = u64::try_from(unix_now()).unwrap_or(0);
     let step = totp::matching_step(&pending.secret, code, now)
@@ -426,7 +573,7 @@ pub async fn confirm_totp(
     }
     state
         .store
-        .confirm_second_factor(user.id, pending.factor_id, actor)
+        .confirm_second_factor(user.id, pending.factor_id, &actor)
         .await?;
     state.attempts.succeed(&[&key]);
     Ok(true)
@@ -438,15 +585,15 @@ const BACKUP_CODE_LEN: usize = 10;
 /// Ten fresh backup codes replacing any earlier ones; shown once.
 pub async fn new_backup_codes(
     state: &WebState,
-    address: &str,
-    actor: &str,
+    who: &Requester<'_>,
 ) -> Result<Vec<String>, WebError> {
-    let (_, user) = user_context(state, address).await?;
+    let (_, user) = user_context(state, who.address).await?;
     if !user.enrolled {
         return Err(WebError::Forbidden(
             "set up an authenticator app first".into(),
         ));
     }
+    authorize(&user, who, SensitiveAction::CreateBackupCodes)?;
     let codes: Vec<String> = (0..10)
         .map(|_| {
             let raw: String = AppPassword::generate()
@@ -466,20 +613,23 @@ pub async fn new_backup_codes(
         .collect();
     state
         .store
-        .replace_backup_codes(user.id, &hashes, actor)
+        .replace_backup_codes(user.id, &hashes, &who.actor())
         .await?;
     Ok(codes)
 }
 
 /// Turns 2-Step off for the user: removes every factor and backup code. Not while
 /// the domain forces it.
-pub async fn turn_off(state: &WebState, address: &str, actor: &str) -> Result<(), WebError> {
-    let (domain, user) = user_context(state, address).await?;
+pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebError> {
+    let (domain, user) = user_context(state, who.address).await?;
     if effective_status(domain.as_ref()) == DomainStatus::Forced {
         return Err(WebError::Forbidden(
             "your domain requires 2-Step Authentication".into(),
         ));
     }
+    authorize(&user, who, SensitiveAction::TurnOff)?;
+    let actor = who.actor();
+    let actor = actor.as_str();
     for factor in state.store.second_factors(user.id).await? {
         state
             .store
@@ -507,12 +657,13 @@ pub fn scopes_from(imap: bool, pop3: bool, smtp: bool) -> Result<Scopes, WebErro
 
 pub async fn create_app_password(
     state: &WebState,
-    address: &str,
+    who: &Requester<'_>,
     name: &str,
     scopes: Scopes,
     expires_days: Option<u32>,
-    actor: &str,
 ) -> Result<IssuedAppPassword, WebError> {
+    let (_, user) = user_context(state, who.address).await?;
+    authorize(&user, who, SensitiveAction::CreateAppPassword)?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(WebError::BadRequest(
@@ -529,11 +680,11 @@ pub async fn create_app_password(
     issue_app_password(
         &state.store,
         &state.key,
-        address,
+        who.address,
         name,
         scopes,
         expires_at,
-        actor,
+        &who.actor(),
     )
     .await
     .map_err(|err| match err {

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::policy::Proof;
+
 /// The cookie's name.
 pub const COOKIE: &str = "postern_session";
 
@@ -55,6 +57,10 @@ pub struct WebSession {
     pub auth: Auth,
     /// Checked on every state-changing request (form field or `X-CSRF-Token`).
     pub csrf: String,
+    /// The last time (Unix seconds) this session proved who its user is, and how:
+    /// sensitive actions ask again when it is too old
+    /// (`crate::policy::decide_sensitive_action`).
+    pub proved: Option<(Proof, i64)>,
     created: Instant,
     last_seen: Instant,
 }
@@ -68,6 +74,10 @@ impl WebSession {
         };
         now.duration_since(self.last_seen) > idle || now.duration_since(self.created) > ABSOLUTE
     }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// 256 random bits, hex.
@@ -94,6 +104,7 @@ impl SessionStore {
         let session = WebSession {
             auth,
             csrf: random_token(),
+            proved: None,
             created: now,
             last_seen: now,
         };
@@ -132,6 +143,24 @@ impl SessionStore {
     pub fn rotate(&self, old: &str, auth: Auth) -> (String, WebSession) {
         self.remove(old);
         self.create(auth)
+    }
+
+    /// Like [`rotate`](Self::rotate), for a sign-in step that just proved who the
+    /// user is.
+    pub fn rotate_proved(&self, old: &str, auth: Auth, proof: Proof) -> (String, WebSession) {
+        let (id, mut session) = self.rotate(old, auth);
+        session.proved = Some((proof, unix_now()));
+        if let Some(stored) = self.lock().get_mut(&id) {
+            stored.proved = session.proved;
+        }
+        (id, session)
+    }
+
+    /// Records a re-authentication (or a factor just confirmed) in a live session.
+    pub fn record_proof(&self, id: &str, proof: Proof) {
+        if let Some(session) = self.lock().get_mut(id) {
+            session.proved = Some((proof, unix_now()));
+        }
     }
 
     pub fn remove(&self, id: &str) {

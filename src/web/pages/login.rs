@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::EnrollingSession;
 use super::{error_page, grouped, page, post_button, qr_svg, sentence};
-use crate::policy::WebLoginStep;
+use crate::policy::{Proof, WebLoginStep};
 use crate::web::ops::{self, CodeOutcome, PasswordOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome, RecoveryAddress};
 use crate::web::session::Auth;
@@ -95,7 +95,9 @@ pub async fn password(
                 WebLoginStep::MustEnroll => "/login/enroll",
                 WebLoginStep::Done | WebLoginStep::DoneMayEnroll => "/account",
             };
-            let (new_id, _) = state.sessions.rotate(id, auth);
+            let (new_id, _) = state
+                .sessions
+                .rotate_proved(id, auth, Proof::PrimaryPassword);
             with_cookie(SessionCookie::Set(new_id), Redirect::to(next))
         }
         Err(err) => error_page(&err),
@@ -234,12 +236,13 @@ pub async fn code(
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &form.code, ip.as_deref()).await {
         Ok(CodeOutcome::Accepted) => {
-            let (new_id, _) = state.sessions.rotate(
+            let (new_id, _) = state.sessions.rotate_proved(
                 &id,
                 Auth::User {
                     address,
                     impersonator: None,
                 },
+                Proof::SecondFactor,
             );
             with_cookie(SessionCookie::Set(new_id), Redirect::to("/account"))
         }
@@ -383,7 +386,11 @@ async fn enroll_page(
     notes: EnrollNotes<'_>,
     status: StatusCode,
 ) -> Response {
-    let actor = ops::user_actor(address, None);
+    let who = ops::Requester {
+        address,
+        impersonator: None,
+        proved: None,
+    };
     let recovery = match ops::user_context(state, address).await {
         Ok((_, user)) => match recovery::recovery_address(state, user.id).await {
             Ok(r) => r,
@@ -391,7 +398,7 @@ async fn enroll_page(
         },
         Err(err) => return error_page(&err),
     };
-    match ops::pending_totp(state, address, &actor).await {
+    match ops::pending_totp(state, &who).await {
         Ok(pending) => (
             status,
             page(
@@ -423,12 +430,14 @@ pub async fn enroll_form(State(state): State<WebState>, user: EnrollingSession) 
 /// The forced enrollment is done: the policy now gives the session full access,
 /// and its id changes with the privilege.
 fn enrolled(state: &WebState, id: &str, address: String) -> Response {
-    let (new_id, _) = state.sessions.rotate(
+    // Confirming the factor proved the second step, as a sign-in code does.
+    let (new_id, _) = state.sessions.rotate_proved(
         id,
         Auth::User {
             address,
             impersonator: None,
         },
+        Proof::SecondFactor,
     );
     with_cookie(
         SessionCookie::Set(new_id),
@@ -441,16 +450,14 @@ pub async fn enroll(
     user: EnrollingSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let EnrollingSession { id, csrf, address } = user;
-    let actor = ops::user_actor(&address, None);
-    match ops::confirm_totp(&state, &address, &form.code, &actor).await {
-        Ok(true) => enrolled(&state, &id, address),
+    match ops::confirm_totp(&state, &user.who(), &form.code).await {
+        Ok(true) => enrolled(&state, &user.id, user.address),
         Ok(false) => {
             let notes = EnrollNotes {
                 error: Some("That code is not right; try the next one."),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, StatusCode::OK).await
+            enroll_page(&state, &user.csrf, &user.address, notes, StatusCode::OK).await
         }
         Err(err) => error_page(&err),
     }
@@ -468,12 +475,11 @@ pub async fn enroll_email(
     user: EnrollingSession,
     Form(form): Form<RecoveryForm>,
 ) -> Response {
-    let EnrollingSession { csrf, address, .. } = user;
-    let actor = ops::user_actor(&address, None);
     let ip = current.ip_string();
-    match recovery::add_recovery_address(&state, &address, &form.address, &actor, ip.as_deref())
-        .await
-    {
+    let added =
+        recovery::add_recovery_address(&state, &user.who(), &form.address, ip.as_deref()).await;
+    let EnrollingSession { csrf, address, .. } = user;
+    match added {
         Ok(masked) => {
             let notice = format!("We sent a code to {masked}.");
             let notes = EnrollNotes {
@@ -499,9 +505,9 @@ pub async fn enroll_email_confirm(
     user: EnrollingSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
+    let confirmed = recovery::confirm_recovery_address(&state, &user.who(), &form.code).await;
     let EnrollingSession { id, csrf, address } = user;
-    let actor = ops::user_actor(&address, None);
-    match recovery::confirm_recovery_address(&state, &address, &form.code, &actor).await {
+    match confirmed {
         Ok(ConfirmOutcome::Accepted) => enrolled(&state, &id, address),
         Ok(outcome) => {
             let message = confirm_refusal(outcome);
@@ -520,9 +526,7 @@ pub async fn enroll_email_remove(
     State(state): State<WebState>,
     user: EnrollingSession,
 ) -> Response {
-    let address = user.address;
-    let actor = ops::user_actor(&address, None);
-    match recovery::remove_recovery_address(&state, &address, &actor).await {
+    match recovery::remove_recovery_address(&state, &user.who()).await {
         Ok(()) | Err(WebError::NotFound) => Redirect::to("/login/enroll").into_response(),
         Err(err) => error_page(&err),
     }

@@ -18,7 +18,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use super::ops::{self, WebError};
 use super::session::Auth;
 use super::{Current, WebState};
-use crate::policy::WebAccess;
+use crate::policy::{Proof, WebAccess};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -47,6 +47,7 @@ pub fn routes() -> Router<WebState> {
             post(account::backup_codes),
         )
         .route("/account/two-step/off", post(account::off))
+        .route("/account/reauthenticate", post(account::reauthenticate))
         .route("/account/two-step/email", post(account::recovery_add))
         .route(
             "/account/two-step/email/confirm",
@@ -114,11 +115,22 @@ pub struct UserSession {
     pub csrf: String,
     pub address: String,
     pub impersonator: Option<String>,
+    /// The session's last proof of who the user is (see `WebSession::proved`).
+    pub proved: Option<(Proof, i64)>,
 }
 
 impl UserSession {
     pub fn actor(&self) -> String {
         super::ops::user_actor(&self.address, self.impersonator.as_deref())
+    }
+
+    /// Who asks, for the actions the policy guards.
+    pub fn who(&self) -> ops::Requester<'_> {
+        ops::Requester {
+            address: &self.address,
+            impersonator: self.impersonator.as_deref(),
+            proved: self.proved,
+        }
     }
 }
 
@@ -128,6 +140,17 @@ pub struct EnrollingSession {
     pub id: String,
     pub csrf: String,
     pub address: String,
+}
+
+impl EnrollingSession {
+    /// Who asks: the user themselves (an impersonator is never bound to enroll).
+    pub fn who(&self) -> ops::Requester<'_> {
+        ops::Requester {
+            address: &self.address,
+            impersonator: None,
+            proved: None,
+        }
+    }
 }
 
 /// A signed-in user's session and what the policy lets it do now, read from the
@@ -153,6 +176,7 @@ async fn signed_in(
                 csrf: session.csrf.clone(),
                 address: address.clone(),
                 impersonator: impersonator.clone(),
+                proved: session.proved,
             };
             Ok((user, access))
         }
