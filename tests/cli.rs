@@ -459,3 +459,26 @@ fn audit_lists_changes_and_logins_with_filters() {
     );
     env.fails(&["admin", "audit", "--limit", "0"]);
 }
+
+#[test]
+fn a_domain_that_is_no_host_name_is_refused() {
+    let env = Env::new();
+    for bad in [
+        "javascript:alert(1)",
+        "exa mple.org",
+        "bad-.example",
+        "a..b",
+    ] {
+        let err = env.fails(&["admin", "domain", "add", bad]);
+        assert!(err.contains("is not a domain name"), "{bad}: {err}");
+    }
+    env.ok(&["admin", "domain", "add", "Bücher.example"]);
+    let list = env.json(&["admin", "domain", "list", "--json"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["bücher.example"]);
+}

@@ -1121,3 +1121,52 @@ async fn resetting_a_user_asks_for_a_confirmation_first() {
     assert_eq!(done.location(), "/domain");
     assert!(!store.user(BOB).await.unwrap().unwrap().enrolled);
 }
+
+#[tokio::test]
+async fn the_console_and_the_api_refuse_a_domain_that_is_no_host_name() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .add_sysadmin("root", &hash("root-secret").await, "test")
+        .await
+        .unwrap();
+    let mut admin = Browser::new(&w.app);
+    let form = admin.get("/admin/login").await;
+    admin
+        .post(
+            "/admin/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", "root"),
+                ("password", "root-secret"),
+            ],
+        )
+        .await;
+    let console = admin.get("/admin").await;
+    let page = admin
+        .post(
+            "/admin/domains",
+            &[("csrf", &console.csrf()), ("domain", "javascript:alert(1)")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("is not a domain name"), "{}", page.body);
+    let api = admin
+        .json(
+            "POST",
+            "/api/v1/admin/domains",
+            Some(&console.csrf()),
+            r#"{"domain":"<b>x</b>.org"}"#,
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::BAD_REQUEST);
+    assert!(api.body.contains("is not a domain name"), "{}", api.body);
+    let names: Vec<String> = store
+        .list_domains()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, vec!["example.test", "forced.test"]);
+}
