@@ -778,6 +778,25 @@ async fn cookies_are_secure_behind_an_https_public_url() {
     let page = browser.get("/login").await;
     let cookie = page.headers[header::SET_COOKIE].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // Browsers are told to come back over HTTPS only, on every response.
+    assert_eq!(
+        page.headers[header::STRICT_TRANSPORT_SECURITY],
+        "max-age=31536000"
+    );
+    let refused = browser.post("/login", &[("csrf", "wrong")]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused
+            .headers
+            .contains_key(header::STRICT_TRANSPORT_SECURITY)
+    );
+    // Not over plain HTTP, where it would mean nothing.
+    let plain = Browser::new(&w.app).get("/login").await;
+    assert!(
+        !plain
+            .headers
+            .contains_key(header::STRICT_TRANSPORT_SECURITY)
+    );
 }
 
 #[tokio::test]
