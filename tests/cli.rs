@@ -482,3 +482,32 @@ fn a_domain_that_is_no_host_name_is_refused() {
         .collect();
     assert_eq!(names, vec!["bücher.example"]);
 }
+
+#[test]
+fn app_password_expiry_is_one_to_3650_days_as_on_the_web() {
+    let env = Env::new();
+    let user = "alice@example.org";
+    for days in ["0", "3651", "never"] {
+        let err = env.fails(&[
+            "admin",
+            "app-password",
+            "create",
+            user,
+            "--name",
+            "phone",
+            "--expires-days",
+            days,
+        ]);
+        assert!(err.contains("from 1 to 3650"), "{days}: {err}");
+    }
+    env.ok(&[
+        "admin",
+        "app-password",
+        "create",
+        user,
+        "--name",
+        "phone",
+        "--expires-days",
+        "3650",
+    ]);
+}

@@ -1189,3 +1189,37 @@ async fn the_console_and_the_api_refuse_a_domain_that_is_no_host_name() {
         .collect();
     assert_eq!(names, vec!["example.test", "forced.test"]);
 }
+
+#[tokio::test]
+async fn an_expiry_of_zero_days_is_refused_on_the_page_and_in_the_api() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(BOB, "bob-primary").await;
+    let page = browser.get("/account/app-passwords").await;
+    for days in ["0", "3651"] {
+        let refused = browser
+            .post(
+                "/account/app-passwords",
+                &[
+                    ("csrf", &page.csrf()),
+                    ("name", "laptop"),
+                    ("imap", "on"),
+                    ("expires_days", days),
+                ],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{days}");
+        assert!(refused.body.contains("from 1 to 3650"), "{}", refused.body);
+        let api = browser
+            .json(
+                "POST",
+                "/api/v1/account/app-passwords",
+                Some(&page.csrf()),
+                &format!(r#"{{"name":"phone","expires_days":{days}}}"#),
+            )
+            .await;
+        assert_eq!(api.status, StatusCode::BAD_REQUEST, "{days}");
+        assert!(api.body.contains("from 1 to 3650"), "{}", api.body);
+    }
+    assert_eq!(app_password_count(&w, BOB).await, 0);
+}

@@ -11,6 +11,6 @@ pub mod totp;
 pub mod verifier;
 
 pub use app_password::{AppPassword, CanonicalAppPassword};
-pub use issue::{IssuedAppPassword, issue_app_password};
+pub use issue::{BadExpiry, IssuedAppPassword, expiry_after_days, issue_app_password};
 pub use key::InstanceKey;
 pub use verifier::AppPasswordVerifier;

@@ -12,7 +12,9 @@ use tracing::{info, warn};
 
 use super::session::Auth;
 use super::{WebState, recovery};
-use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
+use crate::credentials::{
+    AppPassword, IssuedAppPassword, expiry_after_days, issue_app_password, totp,
+};
 use crate::penalty;
 use crate::policy::{
     ActionCheck, DomainStatus, Proof, Scopes, SensitiveAction, WebAccess, WebLoginStep,
@@ -670,13 +672,10 @@ pub async fn create_app_password(
             "give the device a name of 1 to 64 characters".into(),
         ));
     }
-    let expires_at = match expires_days {
-        None | Some(0) => None,
-        Some(days) if days <= 3650 => Some(unix_now() + i64::from(days) * 86_400),
-        Some(_) => {
-            return Err(WebError::BadRequest("expiry: at most 3650 days".into()));
-        }
-    };
+    let expires_at = expires_days
+        .map(|days| expiry_after_days(i64::from(days), unix_now()))
+        .transpose()
+        .map_err(|err| WebError::BadRequest(err.to_string()))?;
     issue_app_password(
         &state.store,
         &state.key,
