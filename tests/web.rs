@@ -1223,3 +1223,53 @@ async fn an_expiry_of_zero_days_is_refused_on_the_page_and_in_the_api() {
     }
     assert_eq!(app_password_count(&w, BOB).await, 0);
 }
+
+#[tokio::test]
+async fn changes_made_on_the_web_are_audited_with_the_client_address() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .set_domain_admin("example.test", ALICE, "test")
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    let page = browser.get("/account/app-passwords").await;
+    let created = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &page.csrf()), ("name", "laptop"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let page = browser.get("/account/two-step").await;
+    let secret: String = page.secret().split_whitespace().collect();
+    let code = totp::code_at(&secret, now()).expect("code");
+    browser
+        .post(
+            "/account/two-step/confirm",
+            &[("csrf", &page.csrf()), ("code", &code)],
+        )
+        .await;
+    let page = browser.get("/domain").await;
+    browser
+        .post(
+            "/domain/two-step",
+            &[("csrf", &page.csrf()), ("status", "enabled")],
+        )
+        .await;
+    let client = CLIENT.split(':').next().unwrap();
+    let audit = store.list_audit(AuditFilter::default()).await.unwrap();
+    for action in [
+        "app_password.create",
+        "second_factor.add",
+        "second_factor.confirm",
+        "domain.status",
+    ] {
+        let row = audit
+            .iter()
+            .find(|r| r.action == action && r.actor == format!("user:{ALICE}"))
+            .unwrap_or_else(|| panic!("no {action} row in {audit:?}"));
+        assert_eq!(row.ip.as_deref(), Some(client), "{action}");
+    }
+}

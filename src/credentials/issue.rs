@@ -4,7 +4,7 @@
 use super::app_password::AppPassword;
 use super::key::InstanceKey;
 use crate::policy::Scopes;
-use crate::store::{NewAppPassword, Store, StoreError};
+use crate::store::{AuditActor, NewAppPassword, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -49,7 +49,7 @@ pub async fn issue_app_password(
     name: &str,
     scopes: Scopes,
     expires_at: Option<i64>,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<IssuedAppPassword, IssueError> {
     let user = store.ensure_user(address).await?;
     let password = AppPassword::generate();

@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::users::{ensure_user_in, normalize_address};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
@@ -90,7 +90,11 @@ impl Store {
     /// audits nothing, if it is already known. The one way a domain enters the
     /// store: a name that is no host name is refused here, for the CLI, the web
     /// UI and the API alike.
-    pub async fn add_domain(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+    pub async fn add_domain(
+        &self,
+        name: &str,
+        actor: &(impl AuditActor + ?Sized),
+    ) -> Result<bool, StoreError> {
         let name = normalize_domain(name)?;
         validate_host_name(&name)?;
         let mut tx = self.begin().await?;
@@ -138,7 +142,7 @@ impl Store {
         &self,
         name: &str,
         on: bool,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let name = normalize_domain(name)?;
         let mut tx = self.begin().await?;
@@ -173,7 +177,7 @@ impl Store {
         name: &str,
         status: DomainStatus,
         grace_until: Option<i64>,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let name = normalize_domain(name)?;
         let mut tx = self.begin().await?;
@@ -212,7 +216,7 @@ impl Store {
         &self,
         domain: &str,
         address: &str,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let domain = normalize_domain(domain)?;
         let address = normalize_address(address)?;

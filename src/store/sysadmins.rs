@@ -1,6 +1,6 @@
 //! System administrators: local postern accounts with an Argon2 password hash.
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::{Store, StoreError, unix_now};
 
 impl Store {
@@ -10,7 +10,7 @@ impl Store {
         &self,
         name: &str,
         password_hash: &str,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let name = name.trim();
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -17,7 +17,7 @@ use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::{Current, SessionCookie, WebState, with_cookie};
 use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
-use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord};
+use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, RemoteActor};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -109,6 +109,7 @@ struct ApiUser {
     address: String,
     impersonator: Option<String>,
     proved: Option<(Proof, i64)>,
+    ip: Option<String>,
 }
 
 impl ApiUser {
@@ -117,6 +118,7 @@ impl ApiUser {
             address: &self.address,
             impersonator: self.impersonator.as_deref(),
             proved: self.proved,
+            ip: self.ip.as_deref(),
         }
     }
 }
@@ -136,6 +138,7 @@ async fn signed_in(state: &WebState, current: &Current) -> Result<(ApiUser, WebA
                 address,
                 impersonator,
                 proved: session.proved,
+                ip: current.ip_string(),
             };
             Ok((user, access))
         }
@@ -159,16 +162,19 @@ async fn full_user(state: &WebState, current: &Current) -> Result<ApiUser, ApiEr
 }
 
 /// [`full_user`] as `(address, actor)`.
-async fn user(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
+async fn user(state: &WebState, current: &Current) -> Result<(String, RemoteActor), ApiError> {
     let user = full_user(state, current).await?;
     let actor = user.who().actor();
     Ok((user.address, actor))
 }
 
-fn sysadmin(current: &Current) -> Result<(String, String), ApiError> {
+fn sysadmin(current: &Current) -> Result<(String, RemoteActor), ApiError> {
     match live(current)?.1.auth {
         Auth::Sysadmin { name } => {
-            let actor = format!("sysadmin:{name}");
+            let actor = RemoteActor {
+                name: format!("sysadmin:{name}"),
+                ip: current.ip_string(),
+            };
             Ok((name, actor))
         }
         _ => Err(unauthorized()),
@@ -599,7 +605,10 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
     })
 }
 
-async fn domain_admin(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
+async fn domain_admin(
+    state: &WebState,
+    current: &Current,
+) -> Result<(String, RemoteActor), ApiError> {
     let (address, actor) = user(state, current).await?;
     let domain = ops::administered_domain(state, &address).await?;
     Ok((domain, actor))

@@ -22,8 +22,8 @@ use crate::policy::{
 };
 use crate::secret::Secret;
 use crate::store::{
-    AppPasswordRecord, DomainRecord, FactorKind, Store, StoreError, UserRecord, UserSummary,
-    normalize_address,
+    AppPasswordRecord, AuditActor, DomainRecord, FactorKind, RemoteActor, Store, StoreError,
+    UserRecord, UserSummary, normalize_address,
 };
 
 /// Why an action did not happen. `Display` is what the person sees.
@@ -117,12 +117,17 @@ pub struct Requester<'a> {
     pub impersonator: Option<&'a str>,
     /// The session's last proof of who the user is (`WebSession::proved`).
     pub proved: Option<(Proof, i64)>,
+    /// The client's address, for the audit rows.
+    pub ip: Option<&'a str>,
 }
 
 impl Requester<'_> {
-    /// The audit actor.
-    pub fn actor(&self) -> String {
-        user_actor(self.address, self.impersonator)
+    /// The audit actor, with the client's address.
+    pub fn actor(&self) -> RemoteActor {
+        RemoteActor {
+            name: user_actor(self.address, self.impersonator),
+            ip: self.ip.map(str::to_owned),
+        }
     }
 }
 
@@ -193,7 +198,7 @@ pub async fn reauthenticate(
             state
                 .store
                 .audit(
-                    &who.actor(),
+                    &who.actor().name,
                     "web.reauth.refused",
                     who.address,
                     "password",
@@ -205,7 +210,7 @@ pub async fn reauthenticate(
         state
             .store
             .audit(
-                &who.actor(),
+                &who.actor().name,
                 "web.reauth",
                 who.address,
                 "password",
@@ -630,8 +635,7 @@ pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebEr
         ));
     }
     authorize(&user, who, SensitiveAction::TurnOff)?;
-    let actor = who.actor();
-    let actor = actor.as_str();
+    let actor = &who.actor();
     for factor in state.store.second_factors(user.id).await? {
         state
             .store
@@ -710,7 +714,7 @@ pub async fn revoke_app_password(
     state: &WebState,
     address: &str,
     id: i64,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<(), WebError> {
     let (_, user) = user_context(state, address).await?;
     Ok(state.store.revoke_app_password(user.id, id, actor).await?)
@@ -766,7 +770,7 @@ pub async fn set_domain_status(
     domain: &str,
     status: DomainStatus,
     grace_days: Option<u32>,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<(), WebError> {
     let record = state
         .store
@@ -794,7 +798,7 @@ pub async fn reset_user(
     state: &WebState,
     domain: &str,
     target: &str,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<(), WebError> {
     let target = normalize_address(target)?;
     if domain_of(&target) != domain {

@@ -134,8 +134,7 @@ pub async fn add_recovery_address(
 ) -> Result<String, WebError> {
     let (domain, user) = user_context(state, who.address).await?;
     authorize(&user, who, SensitiveAction::AddFactor)?;
-    let actor = who.actor();
-    let actor = actor.as_str();
+    let actor = &who.actor();
     if effective_status(domain.as_ref()) == DomainStatus::Disabled {
         return Err(WebError::Forbidden(
             "2-Step Authentication is not turned on for your domain".into(),
@@ -189,7 +188,7 @@ pub async fn add_recovery_address(
     let detail = format!("purpose=confirm to={masked}");
     state
         .store
-        .audit(actor, "email_code.sent", &user.address, &detail, ip)
+        .audit(&actor.name, "email_code.sent", &user.address, &detail, ip)
         .await?;
     info!(user = %user.address, to = %masked, "recovery e-mail: confirmation code sent");
     Ok(masked)
@@ -205,8 +204,7 @@ pub async fn confirm_recovery_address(
 ) -> Result<ConfirmOutcome, WebError> {
     let (_, user) = user_context(state, who.address).await?;
     authorize(&user, who, SensitiveAction::AddFactor)?;
-    let actor = who.actor();
-    let actor = actor.as_str();
+    let actor = &who.actor();
     let now = unix_now();
     let Some(live) = state
         .store
@@ -249,8 +247,7 @@ pub async fn remove_recovery_address(
     who: &Requester<'_>,
 ) -> Result<(), WebError> {
     let (domain, user) = user_context(state, who.address).await?;
-    let actor = who.actor();
-    let actor = actor.as_str();
+    let actor = &who.actor();
     let factors = state.store.second_factors(user.id).await?;
     let other_confirmed = factors
         .iter()

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{AdminSession, UserSession, admin_nav, error_page, fmt_time, page, user_nav};
 use crate::policy::DomainStatus;
-use crate::store::AuditFilter;
+use crate::store::{AuditFilter, RemoteActor};
 use crate::web::ops::{self, WebError};
 use crate::web::session::Auth;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
@@ -358,8 +358,8 @@ pub async fn add_domain(
     }
 }
 
-fn admin_actor(admin: &AdminSession) -> String {
-    format!("sysadmin:{}", admin.name)
+fn admin_actor(admin: &AdminSession) -> RemoteActor {
+    admin.actor()
 }
 
 pub async fn domain_detail(

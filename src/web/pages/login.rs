@@ -381,16 +381,12 @@ struct EnrollNotes<'a> {
 
 async fn enroll_page(
     state: &WebState,
-    csrf: &str,
-    address: &str,
+    user: &EnrollingSession,
     notes: EnrollNotes<'_>,
     status: StatusCode,
 ) -> Response {
-    let who = ops::Requester {
-        address,
-        impersonator: None,
-        proved: None,
-    };
+    let who = user.who();
+    let (csrf, address) = (user.csrf.as_str(), user.address.as_str());
     let recovery = match ops::user_context(state, address).await {
         Ok((_, user)) => match recovery::recovery_address(state, user.id).await {
             Ok(r) => r,
@@ -417,14 +413,7 @@ async fn enroll_page(
 }
 
 pub async fn enroll_form(State(state): State<WebState>, user: EnrollingSession) -> Response {
-    enroll_page(
-        &state,
-        &user.csrf,
-        &user.address,
-        EnrollNotes::default(),
-        StatusCode::OK,
-    )
-    .await
+    enroll_page(&state, &user, EnrollNotes::default(), StatusCode::OK).await
 }
 
 /// The forced enrollment is done: the policy now gives the session full access,
@@ -457,7 +446,7 @@ pub async fn enroll(
                 error: Some("That code is not right; try the next one."),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &user.csrf, &user.address, notes, StatusCode::OK).await
+            enroll_page(&state, &user, notes, StatusCode::OK).await
         }
         Err(err) => error_page(&err),
     }
@@ -478,7 +467,6 @@ pub async fn enroll_email(
     let ip = current.ip_string();
     let added =
         recovery::add_recovery_address(&state, &user.who(), &form.address, ip.as_deref()).await;
-    let EnrollingSession { csrf, address, .. } = user;
     match added {
         Ok(masked) => {
             let notice = format!("We sent a code to {masked}.");
@@ -486,7 +474,7 @@ pub async fn enroll_email(
                 recovery_notice: Some(&notice),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, StatusCode::OK).await
+            enroll_page(&state, &user, notes, StatusCode::OK).await
         }
         Err(err) => {
             let message = sentence(&err.to_string());
@@ -494,7 +482,7 @@ pub async fn enroll_email(
                 recovery_error: Some(&message),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, err.status()).await
+            enroll_page(&state, &user, notes, err.status()).await
         }
     }
 }
@@ -506,16 +494,15 @@ pub async fn enroll_email_confirm(
     Form(form): Form<CodeForm>,
 ) -> Response {
     let confirmed = recovery::confirm_recovery_address(&state, &user.who(), &form.code).await;
-    let EnrollingSession { id, csrf, address } = user;
     match confirmed {
-        Ok(ConfirmOutcome::Accepted) => enrolled(&state, &id, address),
+        Ok(ConfirmOutcome::Accepted) => enrolled(&state, &user.id, user.address),
         Ok(outcome) => {
             let message = confirm_refusal(outcome);
             let notes = EnrollNotes {
                 recovery_error: Some(&message),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, StatusCode::UNAUTHORIZED).await
+            enroll_page(&state, &user, notes, StatusCode::UNAUTHORIZED).await
         }
         Err(err) => error_page(&err),
     }

@@ -19,6 +19,7 @@ use super::ops::{self, WebError};
 use super::session::Auth;
 use super::{Current, WebState};
 use crate::policy::{Proof, WebAccess};
+use crate::store::RemoteActor;
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -117,11 +118,14 @@ pub struct UserSession {
     pub impersonator: Option<String>,
     /// The session's last proof of who the user is (see `WebSession::proved`).
     pub proved: Option<(Proof, i64)>,
+    /// The client's address, for the audit rows.
+    pub ip: Option<String>,
 }
 
 impl UserSession {
-    pub fn actor(&self) -> String {
-        super::ops::user_actor(&self.address, self.impersonator.as_deref())
+    /// The audit actor, with the client's address.
+    pub fn actor(&self) -> RemoteActor {
+        self.who().actor()
     }
 
     /// Who asks, for the actions the policy guards.
@@ -130,6 +134,7 @@ impl UserSession {
             address: &self.address,
             impersonator: self.impersonator.as_deref(),
             proved: self.proved,
+            ip: self.ip.as_deref(),
         }
     }
 }
@@ -140,6 +145,7 @@ pub struct EnrollingSession {
     pub id: String,
     pub csrf: String,
     pub address: String,
+    pub ip: Option<String>,
 }
 
 impl EnrollingSession {
@@ -149,6 +155,7 @@ impl EnrollingSession {
             address: &self.address,
             impersonator: None,
             proved: None,
+            ip: self.ip.as_deref(),
         }
     }
 }
@@ -177,6 +184,7 @@ async fn signed_in(
                 address: address.clone(),
                 impersonator: impersonator.clone(),
                 proved: session.proved,
+                ip: current.and_then(Current::ip_string),
             };
             Ok((user, access))
         }
@@ -213,6 +221,7 @@ impl FromRequestParts<WebState> for EnrollingSession {
                 id: user.id,
                 csrf: user.csrf,
                 address: user.address,
+                ip: user.ip,
             }),
             _ => Err(Redirect::to("/").into_response()),
         }
@@ -237,6 +246,18 @@ pub struct AdminSession {
     pub id: String,
     pub csrf: String,
     pub name: String,
+    /// The client's address, for the audit rows.
+    pub ip: Option<String>,
+}
+
+impl AdminSession {
+    /// The audit actor, with the client's address.
+    pub fn actor(&self) -> RemoteActor {
+        RemoteActor {
+            name: format!("sysadmin:{}", self.name),
+            ip: self.ip.clone(),
+        }
+    }
 }
 
 pub fn require_sysadmin(current: &Current) -> Result<AdminSession, Redirect> {
@@ -246,6 +267,7 @@ pub fn require_sysadmin(current: &Current) -> Result<AdminSession, Redirect> {
                 id: id.clone(),
                 csrf: session.csrf.clone(),
                 name: name.clone(),
+                ip: current.ip_string(),
             }),
             _ => Err(Redirect::to("/admin/login")),
         },
