@@ -34,6 +34,10 @@ pub fn routes() -> Router<WebState> {
         .route("/account/two-step/off", post(two_step_off))
         .route("/account/reauthenticate", post(reauthenticate))
         .route(
+            "/account/reauthenticate/email-code",
+            post(reauth_email_code),
+        )
+        .route(
             "/account/two-step/email",
             post(recovery_add).delete(recovery_remove),
         )
@@ -500,6 +504,19 @@ async fn reauthenticate(
             "wrong code or password".into(),
         )),
     }
+}
+
+/// Mails a code to the confirmed recovery address, for `/account/reauthenticate`.
+async fn reauth_email_code(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    if user.impersonator.is_some() {
+        return Err(WebError::NotForImpersonator.into());
+    }
+    let sent_to = recovery::send_login_code(&state, &user.address, user.ip.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "sent_to": sent_to }))).into_response())
 }
 
 async fn two_step_off(

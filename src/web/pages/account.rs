@@ -279,7 +279,14 @@ pub async fn recovery_remove(State(state): State<WebState>, user: UserSession) -
     match recovery::remove_recovery_address(&state, &user.who()).await {
         Ok(()) => Redirect::to("/account/two-step").into_response(),
         Err(WebError::Reauthenticate(need)) => {
-            reauth_page(&state, &user, need, "/account/two-step", None).await
+            reauth_page(
+                &state,
+                &user,
+                need,
+                "/account/two-step",
+                ReauthNotes::default(),
+            )
+            .await
         }
         Err(err) => recovery_failed(&state, &user, &err).await,
     }
@@ -319,7 +326,9 @@ pub async fn off(State(state): State<WebState>, user: UserSession) -> Response {
 /// that is why (it sends the user back to `next`), else the error.
 async fn refused(state: &WebState, user: &UserSession, err: &WebError, next: &str) -> Response {
     match err {
-        WebError::Reauthenticate(need) => reauth_page(state, user, *need, next, None).await,
+        WebError::Reauthenticate(need) => {
+            reauth_page(state, user, *need, next, ReauthNotes::default()).await
+        }
         other => error_page(other),
     }
 }
@@ -341,11 +350,19 @@ async fn reauth_page(
     user: &UserSession,
     need: Proof,
     next: &str,
-    error: Option<&str>,
+    notes: ReauthNotes<'_>,
 ) -> Response {
+    let error = notes.error;
     let (nav, ..) = match chrome(state, user).await {
         Ok(c) => c,
         Err(err) => return error_page(&err),
+    };
+    let recovery = match need {
+        Proof::SecondFactor => recovery::confirmed_recovery(state, &user.address)
+            .await
+            .ok()
+            .flatten(),
+        Proof::PrimaryPassword => None,
     };
     let minutes = REAUTH_WINDOW_SECS / 60;
     let status = if error.is_some() {
@@ -357,6 +374,7 @@ async fn reauth_page(
         div.card {
             p { "This changes how you, or your mail apps, sign in. Confirm it is you first; you will not be asked again for " (minutes) " minutes." }
             @if let Some(error) = error { p.error role="alert" { (error) } }
+            @if let Some(sent) = notes.sent { p.ok role="status" { "We sent a code to " strong { (sent) } ". It is valid for 10 minutes." } }
             form method="post" action="/account/reauthenticate" {
                 input type="hidden" name="csrf" value=(user.csrf);
                 input type="hidden" name="next" value=(reauth_next(next));
@@ -372,10 +390,60 @@ async fn reauth_page(
                 }
                 button type="submit" { "Confirm" }
             }
+            @if let Some(to) = &recovery {
+                form.inline method="post" action="/account/reauthenticate/email" {
+                    input type="hidden" name="csrf" value=(user.csrf);
+                    input type="hidden" name="next" value=(reauth_next(next));
+                    button.link type="submit" { "Send a code to my recovery e-mail (" (to) ")" }
+                }
+            }
             p { a href=(reauth_next(next)) { "Cancel" } }
         }
     };
     (status, page("Confirm it is you", nav, body)).into_response()
+}
+
+/// What the re-authentication page says besides the form.
+#[derive(Default)]
+struct ReauthNotes<'a> {
+    error: Option<&'a str>,
+    /// A code was just mailed to this (masked) recovery address.
+    sent: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+pub struct NextForm {
+    next: String,
+}
+
+/// Mails a code to the recovery address for the re-authentication page.
+pub async fn reauth_email(
+    State(state): State<WebState>,
+    user: UserSession,
+    Form(form): Form<NextForm>,
+) -> Response {
+    if user.impersonator.is_some() {
+        return error_page(&WebError::NotForImpersonator);
+    }
+    let next = reauth_next(&form.next);
+    let ip = user.ip.clone();
+    match recovery::send_login_code(&state, &user.address, ip.as_deref()).await {
+        Ok(masked) => {
+            let notes = ReauthNotes {
+                sent: Some(&masked),
+                ..ReauthNotes::default()
+            };
+            reauth_page(&state, &user, Proof::SecondFactor, next, notes).await
+        }
+        Err(err) => {
+            let message = sentence(&err.to_string());
+            let notes = ReauthNotes {
+                error: Some(&message),
+                ..ReauthNotes::default()
+            };
+            reauth_page(&state, &user, Proof::SecondFactor, next, notes).await
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -411,7 +479,11 @@ pub async fn reauthenticate(
                     Err(err) => return error_page(&err),
                 },
             };
-            reauth_page(&state, &user, need, next, Some(message)).await
+            let notes = ReauthNotes {
+                error: Some(message),
+                ..ReauthNotes::default()
+            };
+            reauth_page(&state, &user, need, next, notes).await
         }
         Err(err) => error_page(&err),
     }

@@ -49,6 +49,7 @@ pub fn routes() -> Router<WebState> {
         )
         .route("/account/two-step/off", post(account::off))
         .route("/account/reauthenticate", post(account::reauthenticate))
+        .route("/account/reauthenticate/email", post(account::reauth_email))
         .route("/account/two-step/email", post(account::recovery_add))
         .route(
             "/account/two-step/email/confirm",
