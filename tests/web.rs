@@ -345,6 +345,41 @@ async fn forcing_a_domain_binds_web_sessions_opened_before_it() {
 }
 
 #[tokio::test]
+async fn the_end_of_a_grace_period_binds_web_sessions_opened_during_it() {
+    let w = world().await;
+    let store = w.gateway.store();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    store
+        .set_domain_status(
+            "example.test",
+            DomainStatus::Forced,
+            Some(now + 3600),
+            "test",
+        )
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&w.app);
+    // In the grace period: signed in, not enrolled, full access.
+    assert_eq!(
+        browser.password_step(BOB, "bob-primary").await.location(),
+        "/account"
+    );
+    assert_eq!(
+        browser.get("/account/app-passwords").await.status,
+        StatusCode::OK
+    );
+    // The grace period ends (here: the administrator shortens it).
+    store
+        .set_domain_status("example.test", DomainStatus::Forced, Some(now - 1), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.get("/account/app-passwords").await.location(),
+        "/login/enroll"
+    );
+}
+
+#[tokio::test]
 async fn enrolling_from_the_account_page_needs_a_confirming_code() {
     let w = world().await;
     let mut browser = Browser::new(&w.app);
