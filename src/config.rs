@@ -135,7 +135,8 @@ pub struct WebConfig {
     /// Address of the web UI, JSON API, `/metrics` and `/healthz`.
     #[serde(default = "default_web_listen")]
     pub listen: SocketAddr,
-    /// Public base URL used in links and for the Secure cookie flag.
+    /// Public base URL used in links; `https://` sets the Secure cookie flag
+    /// and `Strict-Transport-Security`.
     #[serde(default)]
     pub public_url: Option<String>,
     /// When set, `/metrics` answers only requests carrying

@@ -355,6 +355,115 @@ pub fn decide_web_login(domain: Option<&DomainPolicy>, user: UserState, now: i64
     }
 }
 
+/// What a signed-in user's web session may do, decided again on every request
+/// from the stored state: a session opened before the domain was forced (or
+/// before its grace ended) is bound like a new sign-in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebAccess {
+    /// Everything a user may do.
+    Full,
+    /// The domain forces 2-Step and the user has none: enroll, nothing else.
+    EnrollOnly,
+    /// The account is disabled: nothing.
+    Disabled,
+}
+
+/// The web column of the table for a session that already passed the sign-in
+/// steps. `impersonated`: a system administrator acting as the user, who signed
+/// in with their own credentials; the user's enrollment duty does not bind them
+/// (and they may not create credentials for the user, see
+/// [`decide_sensitive_action`]).
+pub fn decide_web_access(
+    domain: Option<&DomainPolicy>,
+    user: UserState,
+    impersonated: bool,
+    now: i64,
+) -> WebAccess {
+    if impersonated {
+        return WebAccess::Full;
+    }
+    if user.disabled {
+        return WebAccess::Disabled;
+    }
+    match decide_web_login(domain, user, now) {
+        WebLoginStep::MustEnroll => WebAccess::EnrollOnly,
+        WebLoginStep::Done | WebLoginStep::DoneMayEnroll | WebLoginStep::SecondStep => {
+            WebAccess::Full
+        }
+    }
+}
+
+/// How a web session last proved who its user is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// The primary password, checked by the upstream server.
+    PrimaryPassword,
+    /// A TOTP, backup or recovery e-mail code (or a factor just confirmed).
+    SecondFactor,
+}
+
+/// Actions on a user's own credentials that a stolen session cookie must not
+/// be enough for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SensitiveAction {
+    CreateAppPassword,
+    CreateBackupCodes,
+    TurnOff,
+    RemoveFactor,
+    /// Enrolling a TOTP app or a recovery address.
+    AddFactor,
+}
+
+/// How recent a proof must be for a sensitive action (GitHub's sudo mode
+/// and Google's re-authentication ask again after a few minutes).
+pub const REAUTH_WINDOW_SECS: i64 = 10 * 60;
+
+/// Whether a sensitive action may go ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionCheck {
+    Allow,
+    /// Ask for a code (an enrolled user) or the password (a user without a
+    /// second factor) first.
+    Reauthenticate {
+        need: Proof,
+    },
+    /// A system administrator acting as the user may not change the user's
+    /// credentials.
+    NotForImpersonator,
+}
+
+/// Decides a sensitive action from the session's last proof `(kind, unix time)`.
+/// An enrolled user must have passed a second factor in the last
+/// [`REAUTH_WINDOW_SECS`]; a user with none, the primary password.
+pub fn decide_sensitive_action(
+    user: UserState,
+    impersonated: bool,
+    action: SensitiveAction,
+    last_proof: Option<(Proof, i64)>,
+    now: i64,
+) -> ActionCheck {
+    if impersonated {
+        return ActionCheck::NotForImpersonator;
+    }
+    if action == SensitiveAction::AddFactor {
+        return ActionCheck::Allow;
+    }
+    let need = if user.enrolled {
+        Proof::SecondFactor
+    } else {
+        Proof::PrimaryPassword
+    };
+    let fresh = last_proof.is_some_and(|(kind, at)| {
+        let strong_enough = kind == Proof::SecondFactor || need == Proof::PrimaryPassword;
+        strong_enough && at <= now && now - at < REAUTH_WINDOW_SECS
+    });
+    if fresh {
+        ActionCheck::Allow
+    } else {
+        ActionCheck::Reauthenticate { need }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +712,110 @@ mod tests {
                     NOW
                 ),
                 Decision::Refuse(Refusal::Revoked)
+            );
+        }
+    }
+
+    /// A session's access follows the stored state on every request: the same
+    /// rows as the table's web column, for a session already signed in.
+    #[test]
+    fn web_access_of_a_signed_in_session_follows_the_table() {
+        use WebAccess::{EnrollOnly, Full};
+        let rows = [
+            (Disabled, false, Full),
+            (Disabled, true, Full),
+            (Enabled, false, Full),
+            (Enabled, true, Full),
+            (Forced, false, EnrollOnly),
+            (Forced, true, Full),
+        ];
+        for (status, enrolled, access) in rows {
+            let d = domain(true, status);
+            assert_eq!(
+                decide_web_access(Some(&d), user(enrolled), false, NOW),
+                access,
+                "{status} enrolled={enrolled}"
+            );
+        }
+        let grace = DomainPolicy {
+            grace_until: Some(NOW + 10),
+            ..domain(true, Forced)
+        };
+        assert_eq!(
+            decide_web_access(Some(&grace), user(false), false, NOW),
+            Full
+        );
+        assert_eq!(
+            decide_web_access(Some(&grace), user(false), false, NOW + 10),
+            EnrollOnly
+        );
+        let disabled = UserState {
+            enrolled: true,
+            disabled: true,
+        };
+        assert_eq!(
+            decide_web_access(None, disabled, false, NOW),
+            WebAccess::Disabled
+        );
+        // The impersonating administrator signed in as themselves.
+        assert_eq!(
+            decide_web_access(Some(&domain(true, Forced)), user(false), true, NOW),
+            Full
+        );
+    }
+
+    #[test]
+    fn sensitive_actions_need_a_recent_proof_of_the_right_kind() {
+        use ActionCheck::*;
+        use SensitiveAction::*;
+        let recent = NOW - REAUTH_WINDOW_SECS + 1;
+        let stale = NOW - REAUTH_WINDOW_SECS;
+        let code = |at| Some((Proof::SecondFactor, at));
+        let password = |at| Some((Proof::PrimaryPassword, at));
+        for action in [CreateAppPassword, CreateBackupCodes, TurnOff, RemoveFactor] {
+            // Enrolled: only a second factor counts.
+            let need_code = Reauthenticate {
+                need: Proof::SecondFactor,
+            };
+            assert_eq!(
+                decide_sensitive_action(user(true), false, action, code(recent), NOW),
+                Allow
+            );
+            for proof in [code(stale), password(NOW), None, code(NOW + 5)] {
+                assert_eq!(
+                    decide_sensitive_action(user(true), false, action, proof, NOW),
+                    need_code,
+                    "{action:?} {proof:?}"
+                );
+            }
+            // No factor: the password, or a factor just confirmed.
+            for proof in [password(recent), code(recent)] {
+                assert_eq!(
+                    decide_sensitive_action(user(false), false, action, proof, NOW),
+                    Allow
+                );
+            }
+            assert_eq!(
+                decide_sensitive_action(user(false), false, action, password(stale), NOW),
+                Reauthenticate {
+                    need: Proof::PrimaryPassword
+                }
+            );
+        }
+        assert_eq!(
+            decide_sensitive_action(user(false), false, AddFactor, None, NOW),
+            Allow
+        );
+        for action in [
+            CreateAppPassword,
+            CreateBackupCodes,
+            TurnOff,
+            RemoveFactor,
+            AddFactor,
+        ] {
+            assert_eq!(
+                decide_sensitive_action(user(true), true, action, code(NOW), NOW),
+                NotForImpersonator
             );
         }
     }

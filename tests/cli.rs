@@ -535,3 +535,55 @@ fn an_unreadable_config_file_is_named_once_with_its_cause_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_domain_that_is_no_host_name_is_refused() {
+    let env = Env::new();
+    for bad in [
+        "javascript:alert(1)",
+        "exa mple.org",
+        "bad-.example",
+        "a..b",
+    ] {
+        let err = env.fails(&["admin", "domain", "add", bad]);
+        assert!(err.contains("is not a domain name"), "{bad}: {err}");
+    }
+    env.ok(&["admin", "domain", "add", "Bücher.example"]);
+    let list = env.json(&["admin", "domain", "list", "--json"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["bücher.example"]);
+}
+
+#[test]
+fn app_password_expiry_is_one_to_3650_days_as_on_the_web() {
+    let env = Env::new();
+    let user = "alice@example.org";
+    for days in ["0", "3651", "never"] {
+        let err = env.fails(&[
+            "admin",
+            "app-password",
+            "create",
+            user,
+            "--name",
+            "phone",
+            "--expires-days",
+            days,
+        ]);
+        assert!(err.contains("from 1 to 3650"), "{days}: {err}");
+    }
+    env.ok(&[
+        "admin",
+        "app-password",
+        "create",
+        user,
+        "--name",
+        "phone",
+        "--expires-days",
+        "3650",
+    ]);
+}

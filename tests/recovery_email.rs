@@ -562,3 +562,58 @@ async fn a_forced_user_may_enroll_with_a_recovery_address() {
     assert!(enrolled(&w.gateway, DAVE).await);
     assert_eq!(browser.get("/account").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_mailed_code_re_authenticates_before_a_sensitive_action() {
+    let (w, mut sink) = world().await;
+    // Signed in with the password alone, then enrolled with a recovery address.
+    let mut browser = login(&w.app, ALICE, "alice-primary").await;
+    provision(&w.gateway, ALICE).await;
+    let page = browser.get("/account/app-passwords").await;
+    let create = [
+        ("csrf", page.csrf()),
+        ("name", "laptop".into()),
+        ("imap", "on".into()),
+    ];
+    let create: Vec<(&str, &str)> = create.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let asked = browser.post("/account/app-passwords", &create).await;
+    assert_eq!(asked.status, StatusCode::FORBIDDEN);
+    assert!(
+        asked
+            .body
+            .contains(&format!("Send a code to my recovery e-mail ({MASKED})")),
+        "{}",
+        asked.body
+    );
+    let sent = browser
+        .post(
+            "/account/reauthenticate/email",
+            &[("csrf", &page.csrf()), ("next", "/account/app-passwords")],
+        )
+        .await;
+    assert!(
+        sent.body
+            .contains(&format!("We sent a code to <strong>{MASKED}</strong>")),
+        "{}",
+        sent.body
+    );
+    let code = sink.next_mail().await.code();
+    let confirmed = browser
+        .post(
+            "/account/reauthenticate",
+            &[
+                ("csrf", &page.csrf()),
+                ("secret", &code),
+                ("next", "/account/app-passwords"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        confirmed.location(),
+        "/account/app-passwords",
+        "{}",
+        confirmed.body
+    );
+    let created = browser.post("/account/app-passwords", &create).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+}

@@ -244,6 +244,149 @@ async fn a_forced_user_must_enroll_before_anything_else() {
     assert_eq!(browser.get("/account").await.status, StatusCode::OK);
 }
 
+/// The app passwords a user has, as stored.
+async fn app_password_count(w: &World, address: &str) -> usize {
+    let store = w.gateway.store();
+    let user = store.user(address).await.unwrap().unwrap();
+    store.list_app_passwords(user.id).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn forcing_a_domain_binds_web_sessions_opened_before_it() {
+    let w = world().await;
+    // Bob, not enrolled, signs in while his domain is Enabled: in a browser, and
+    // through the JSON API.
+    let mut browser = Browser::new(&w.app);
+    assert_eq!(
+        browser.password_step(BOB, "bob-primary").await.location(),
+        "/account"
+    );
+    let page = browser.get("/account/app-passwords").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csrf = page.csrf();
+    let mut api = Browser::new(&w.app);
+    let session = api.json("GET", "/api/v1/session", None, "").await;
+    let token = between(&session.body, "\"csrf\":\"", "\"");
+    let login = api
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some(&token),
+            &format!(r#"{{"address":"{BOB}","password":"bob-primary"}}"#),
+        )
+        .await;
+    assert!(login.body.contains("\"state\":\"user\""), "{}", login.body);
+    let token = between(&login.body, "\"csrf\":\"", "\"");
+
+    // The domain administrator (here the CLI's store path) forces 2-Step.
+    w.gateway
+        .store()
+        .set_domain_status("example.test", DomainStatus::Forced, None, "test")
+        .await
+        .unwrap();
+
+    // The same cookie may now do nothing but enroll.
+    for path in [
+        "/account",
+        "/account/app-passwords",
+        "/account/two-step",
+        "/",
+    ] {
+        assert_eq!(
+            browser.get(path).await.location(),
+            "/login/enroll",
+            "{path}"
+        );
+    }
+    let refused = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &csrf), ("name", "laptop"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(refused.location(), "/login/enroll");
+    let listed = api
+        .json("GET", "/api/v1/account/app-passwords", None, "")
+        .await;
+    assert_eq!(listed.status, StatusCode::FORBIDDEN);
+    assert!(listed.body.contains("\"error\":"), "{}", listed.body);
+    let created = api
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&token),
+            r#"{"name":"phone"}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::FORBIDDEN, "{}", created.body);
+    assert_eq!(app_password_count(&w, BOB).await, 0);
+    let session = api.json("GET", "/api/v1/session", None, "").await;
+    assert!(
+        session.body.contains("\"state\":\"must_enroll\""),
+        "{}",
+        session.body
+    );
+
+    // Enrolling is what it may do; after it, everything works again.
+    let page = browser.get("/login/enroll").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let secret: String = page.secret().split_whitespace().collect();
+    let code = totp::code_at(&secret, now()).expect("code");
+    let done = browser
+        .post("/login/enroll", &[("csrf", &page.csrf()), ("code", &code)])
+        .await;
+    assert_eq!(done.location(), "/account/two-step", "{}", done.body);
+    let page = browser.get("/account/app-passwords").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let listed = api
+        .json("GET", "/api/v1/account/app-passwords", None, "")
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let created = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &page.csrf()), ("name", "laptop"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert_eq!(app_password_count(&w, BOB).await, 1);
+}
+
+#[tokio::test]
+async fn the_end_of_a_grace_period_binds_web_sessions_opened_during_it() {
+    let w = world().await;
+    let store = w.gateway.store();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    store
+        .set_domain_status(
+            "example.test",
+            DomainStatus::Forced,
+            Some(now + 3600),
+            "test",
+        )
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&w.app);
+    // In the grace period: signed in, not enrolled, full access.
+    assert_eq!(
+        browser.password_step(BOB, "bob-primary").await.location(),
+        "/account"
+    );
+    assert_eq!(
+        browser.get("/account/app-passwords").await.status,
+        StatusCode::OK
+    );
+    // The grace period ends (here: the administrator shortens it).
+    store
+        .set_domain_status("example.test", DomainStatus::Forced, Some(now - 1), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.get("/account/app-passwords").await.location(),
+        "/login/enroll"
+    );
+}
+
 #[tokio::test]
 async fn enrolling_from_the_account_page_needs_a_confirming_code() {
     let w = world().await;
@@ -395,11 +538,14 @@ async fn an_app_password_made_on_the_web_logs_in_to_imap_and_revoking_ends_it() 
     // It is listed, and revoking it drops the live session.
     let list = browser.get("/account/app-passwords").await;
     assert!(list.body.contains("Thunderbird"));
+    let path = format!("/account/app-passwords/{}/revoke", record.id);
+    // The button asks first: one unconfirmed POST revokes nothing.
+    let ask = browser.post(&path, &[("csrf", &list.csrf())]).await;
+    assert_eq!(ask.status, StatusCode::OK);
+    assert!(ask.body.contains("Revoke Thunderbird"), "{}", ask.body);
+    assert_eq!(app_password_count(&w, ALICE).await, 1);
     let revoke = browser
-        .post(
-            &format!("/account/app-passwords/{}/revoke", record.id),
-            &[("csrf", &list.csrf())],
-        )
+        .post(&path, &[("csrf", &ask.csrf()), ("confirm", "yes")])
         .await;
     assert_eq!(revoke.location(), "/account/app-passwords");
     let bye = client.until("* BYE").await.concat();
@@ -429,13 +575,33 @@ async fn a_domain_administrator_forces_2_step_only_once_the_feature_is_on() {
     assert!(page.body.contains("disconnects third-party clients"));
     assert!(page.body.contains(BOB) || page.body.contains(ALICE));
 
-    let forced = browser
+    let ask = browser
         .post(
             "/domain/two-step",
             &[
                 ("csrf", &page.csrf()),
                 ("status", "forced"),
                 ("grace_days", ""),
+            ],
+        )
+        .await;
+    // Forcing asks for a confirmation first, and changes nothing until then.
+    assert_eq!(ask.status, StatusCode::OK);
+    assert!(
+        ask.body.contains("Force 2-Step Authentication"),
+        "{}",
+        ask.body
+    );
+    let domain = store.domain("example.test").await.unwrap().unwrap();
+    assert_eq!(domain.status, DomainStatus::Enabled);
+    let forced = browser
+        .post(
+            "/domain/two-step",
+            &[
+                ("csrf", &ask.csrf()),
+                ("status", "forced"),
+                ("grace_days", ""),
+                ("confirm", "yes"),
             ],
         )
         .await;
@@ -655,6 +821,25 @@ async fn cookies_are_secure_behind_an_https_public_url() {
     let page = browser.get("/login").await;
     let cookie = page.headers[header::SET_COOKIE].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // Browsers are told to come back over HTTPS only, on every response.
+    assert_eq!(
+        page.headers[header::STRICT_TRANSPORT_SECURITY],
+        "max-age=31536000"
+    );
+    let refused = browser.post("/login", &[("csrf", "wrong")]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused
+            .headers
+            .contains_key(header::STRICT_TRANSPORT_SECURITY)
+    );
+    // Not over plain HTTP, where it would mean nothing.
+    let plain = Browser::new(&w.app).get("/login").await;
+    assert!(
+        !plain
+            .headers
+            .contains_key(header::STRICT_TRANSPORT_SECURITY)
+    );
 }
 
 #[tokio::test]
@@ -1278,4 +1463,387 @@ async fn the_second_step_field_takes_backup_codes_on_a_phone_keyboard() {
     let page = forced.get("/login/enroll").await;
     let field = input_tag(&page, "code");
     assert!(field.contains("inputmode=\"numeric\""), "{field}");
+}
+
+#[tokio::test]
+async fn sensitive_actions_ask_for_a_fresh_second_step_first() {
+    let w = world().await;
+    // Alice signs in with her password alone (not enrolled yet), in a browser
+    // and through the API; then she is enrolled elsewhere (the CLI).
+    let mut browser = Browser::new(&w.app);
+    assert_eq!(
+        browser
+            .password_step(ALICE, "alice-primary")
+            .await
+            .location(),
+        "/account"
+    );
+    let mut api = Browser::new(&w.app);
+    let session = api.json("GET", "/api/v1/session", None, "").await;
+    let token = between(&session.body, "\"csrf\":\"", "\"");
+    let login = api
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some(&token),
+            &format!(r#"{{"address":"{ALICE}","password":"alice-primary"}}"#),
+        )
+        .await;
+    let token = between(&login.body, "\"csrf\":\"", "\"");
+    w.gateway.enroll(ALICE).await;
+
+    // These sessions never passed a second step: no new mail credential, no
+    // turning 2-Step off, until they do.
+    let page = browser.get("/account/app-passwords").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csrf = page.csrf();
+    let create = [("csrf", csrf.as_str()), ("name", "laptop"), ("imap", "on")];
+    let asked = browser.post("/account/app-passwords", &create).await;
+    assert_eq!(asked.status, StatusCode::FORBIDDEN);
+    assert!(asked.body.contains("Confirm it is you"), "{}", asked.body);
+    assert!(asked.body.contains("authenticator app"), "{}", asked.body);
+    let off = browser
+        .post("/account/two-step/off", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(off.status, StatusCode::FORBIDDEN);
+    assert!(
+        w.gateway
+            .store()
+            .user(ALICE)
+            .await
+            .unwrap()
+            .unwrap()
+            .enrolled
+    );
+    let refused = api
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&token),
+            r#"{"name":"phone"}"#,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused.body.contains("confirm it is you"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(app_password_count(&w, ALICE).await, 0);
+
+    // A wrong code does not count; a right one lets the action through.
+    let wrong = browser
+        .post(
+            "/account/reauthenticate",
+            &[
+                ("csrf", &csrf),
+                ("secret", "000000"),
+                ("next", "/account/app-passwords"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let right = browser
+        .post(
+            "/account/reauthenticate",
+            &[
+                ("csrf", &csrf),
+                ("secret", &code_now()),
+                ("next", "/account/app-passwords"),
+            ],
+        )
+        .await;
+    assert_eq!(right.location(), "/account/app-passwords", "{}", right.body);
+    let created = browser.post("/account/app-passwords", &create).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert!(!created.secret().is_empty());
+
+    let next_code = totp::code_at(SECRET, now() + 30).expect("code");
+    let confirmed = api
+        .json(
+            "POST",
+            "/api/v1/account/reauthenticate",
+            Some(&token),
+            &format!(r#"{{"code":"{next_code}"}}"#),
+        )
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    let created = api
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&token),
+            r#"{"name":"phone"}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(app_password_count(&w, ALICE).await, 2);
+    let audit = w
+        .gateway
+        .store()
+        .list_audit(AuditFilter::default())
+        .await
+        .unwrap();
+    assert!(audit.iter().any(|r| r.action == "web.reauth"));
+}
+
+/// Signs a system administrator in and impersonates `target`.
+async fn impersonating(w: &World, target: &str) -> Browser {
+    let store = w.gateway.store();
+    store
+        .add_sysadmin("root", &hash("root-secret").await, "test")
+        .await
+        .unwrap();
+    let mut admin = Browser::new(&w.app);
+    let form = admin.get("/admin/login").await;
+    let ok = admin
+        .post(
+            "/admin/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", "root"),
+                ("password", "root-secret"),
+            ],
+        )
+        .await;
+    assert_eq!(ok.location(), "/admin");
+    let console = admin.get("/admin").await;
+    let page = admin
+        .post(
+            "/admin/impersonate",
+            &[("csrf", &console.csrf()), ("address", target)],
+        )
+        .await;
+    assert_eq!(page.location(), "/domain");
+    admin
+}
+
+#[tokio::test]
+async fn an_impersonating_administrator_cannot_create_credentials_for_the_user() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .set_domain_admin("example.test", ALICE, "test")
+        .await
+        .unwrap();
+    let mut admin = impersonating(&w, ALICE).await;
+
+    let page = admin.get("/account/app-passwords").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("acting as a user cannot"),
+        "{}",
+        page.body
+    );
+    let refused = admin
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &page.csrf()), ("name", "mine"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused.body.contains("acting as a user cannot"),
+        "{}",
+        refused.body
+    );
+    let api = admin
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&page.csrf()),
+            r#"{"name":"mine"}"#,
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::FORBIDDEN);
+    assert!(api.body.contains("acting as a user cannot"), "{}", api.body);
+    assert_eq!(app_password_count(&w, ALICE).await, 0);
+
+    // No factor either: the 2-Step page shows no secret, and none is stored.
+    let two_step = admin.get("/account/two-step").await;
+    assert_eq!(two_step.status, StatusCode::OK);
+    assert!(
+        !two_step.body.contains("class=\"secret\""),
+        "{}",
+        two_step.body
+    );
+    let api = admin
+        .json(
+            "POST",
+            "/api/v1/account/two-step/totp",
+            Some(&page.csrf()),
+            "",
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::FORBIDDEN, "{}", api.body);
+    let user = store.user(ALICE).await.unwrap().unwrap();
+    assert!(store.second_factors(user.id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn resetting_a_user_asks_for_a_confirmation_first() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .set_domain_admin("example.test", ALICE, "test")
+        .await
+        .unwrap();
+    w.gateway.enroll(BOB).await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    let page = browser.get("/domain").await;
+    let ask = browser
+        .post(
+            "/domain/users/reset",
+            &[("csrf", &page.csrf()), ("address", BOB)],
+        )
+        .await;
+    assert_eq!(ask.status, StatusCode::OK);
+    assert!(
+        ask.body.contains("Reset 2-Step Authentication"),
+        "{}",
+        ask.body
+    );
+    assert!(store.user(BOB).await.unwrap().unwrap().enrolled);
+    let done = browser
+        .post(
+            "/domain/users/reset",
+            &[("csrf", &ask.csrf()), ("address", BOB), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(done.location(), "/domain");
+    assert!(!store.user(BOB).await.unwrap().unwrap().enrolled);
+}
+
+#[tokio::test]
+async fn the_console_and_the_api_refuse_a_domain_that_is_no_host_name() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .add_sysadmin("root", &hash("root-secret").await, "test")
+        .await
+        .unwrap();
+    let mut admin = Browser::new(&w.app);
+    let form = admin.get("/admin/login").await;
+    admin
+        .post(
+            "/admin/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", "root"),
+                ("password", "root-secret"),
+            ],
+        )
+        .await;
+    let console = admin.get("/admin").await;
+    let page = admin
+        .post(
+            "/admin/domains",
+            &[("csrf", &console.csrf()), ("domain", "javascript:alert(1)")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("is not a domain name"), "{}", page.body);
+    let api = admin
+        .json(
+            "POST",
+            "/api/v1/admin/domains",
+            Some(&console.csrf()),
+            r#"{"domain":"<b>x</b>.org"}"#,
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::BAD_REQUEST);
+    assert!(api.body.contains("is not a domain name"), "{}", api.body);
+    let names: Vec<String> = store
+        .list_domains()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, vec!["example.test", "forced.test"]);
+}
+
+#[tokio::test]
+async fn an_expiry_of_zero_days_is_refused_on_the_page_and_in_the_api() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(BOB, "bob-primary").await;
+    let page = browser.get("/account/app-passwords").await;
+    for days in ["0", "3651"] {
+        let refused = browser
+            .post(
+                "/account/app-passwords",
+                &[
+                    ("csrf", &page.csrf()),
+                    ("name", "laptop"),
+                    ("imap", "on"),
+                    ("expires_days", days),
+                ],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{days}");
+        assert!(refused.body.contains("from 1 to 3650"), "{}", refused.body);
+        let api = browser
+            .json(
+                "POST",
+                "/api/v1/account/app-passwords",
+                Some(&page.csrf()),
+                &format!(r#"{{"name":"phone","expires_days":{days}}}"#),
+            )
+            .await;
+        assert_eq!(api.status, StatusCode::BAD_REQUEST, "{days}");
+        assert!(api.body.contains("from 1 to 3650"), "{}", api.body);
+    }
+    assert_eq!(app_password_count(&w, BOB).await, 0);
+}
+
+#[tokio::test]
+async fn changes_made_on_the_web_are_audited_with_the_client_address() {
+    let w = world().await;
+    let store = w.gateway.store();
+    store
+        .set_domain_admin("example.test", ALICE, "test")
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(ALICE, "alice-primary").await;
+    let page = browser.get("/account/app-passwords").await;
+    let created = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &page.csrf()), ("name", "laptop"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let page = browser.get("/account/two-step").await;
+    let secret: String = page.secret().split_whitespace().collect();
+    let code = totp::code_at(&secret, now()).expect("code");
+    browser
+        .post(
+            "/account/two-step/confirm",
+            &[("csrf", &page.csrf()), ("code", &code)],
+        )
+        .await;
+    let page = browser.get("/domain").await;
+    browser
+        .post(
+            "/domain/two-step",
+            &[("csrf", &page.csrf()), ("status", "enabled")],
+        )
+        .await;
+    let client = CLIENT.split(':').next().unwrap();
+    let audit = store.list_audit(AuditFilter::default()).await.unwrap();
+    for action in [
+        "app_password.create",
+        "second_factor.add",
+        "second_factor.confirm",
+        "domain.status",
+    ] {
+        let row = audit
+            .iter()
+            .find(|r| r.action == action && r.actor == format!("user:{ALICE}"))
+            .unwrap_or_else(|| panic!("no {action} row in {audit:?}"));
+        assert_eq!(row.ip.as_deref(), Some(client), "{action}");
+    }
 }

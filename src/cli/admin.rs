@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::Config;
-use crate::credentials::{InstanceKey, IssuedAppPassword, issue_app_password, totp};
+use crate::credentials::{
+    BadExpiry, InstanceKey, IssuedAppPassword, expiry_after_days, issue_app_password, totp,
+};
 use crate::policy::{DomainStatus, Protocol, Scopes};
 use crate::secret::Secret;
 use crate::store::{
@@ -25,9 +27,9 @@ use crate::store::{
     Store, StoreError, UserSummary, normalize_address,
 };
 
-/// Seconds in a day, for `--grace-days` and `--expires-days`.
+/// Seconds in a day, for `--grace-days`.
 const DAY: i64 = 86_400;
-/// Upper bound of `--grace-days` and `--expires-days` (about a hundred years).
+/// Upper bound of `--grace-days` (about a hundred years).
 const MAX_DAYS: i64 = 36_500;
 
 #[derive(Debug, Subcommand)]
@@ -127,8 +129,8 @@ pub enum AppPasswordCommand {
         /// The protocols it may be used with (default: all).
         #[arg(long, value_name = "imap,pop3,smtp")]
         scope: Option<Scopes>,
-        /// Expire it after N days.
-        #[arg(long, value_name = "N", value_parser = days)]
+        /// Expire it after N days (1 to 3650; left out: never).
+        #[arg(long, value_name = "N", value_parser = expires_days)]
         expires_days: Option<i64>,
     },
     /// List the user's app passwords.
@@ -145,12 +147,22 @@ pub enum SessionCommand {
     Kill { user: String },
 }
 
-/// A day count for `--grace-days` and `--expires-days`: 1 to [`MAX_DAYS`].
+/// A day count for `--grace-days`: 1 to [`MAX_DAYS`].
 fn days(text: &str) -> Result<i64, String> {
     match text.trim().parse::<i64>() {
         Ok(n) if (1..=MAX_DAYS).contains(&n) => Ok(n),
         _ => Err(format!("expected a number of days from 1 to {MAX_DAYS}")),
     }
+}
+
+/// `--expires-days`: checked as the web UI and the API check it.
+fn expires_days(text: &str) -> Result<i64, String> {
+    let days = text
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| BadExpiry.to_string())?;
+    expiry_after_days(days, 0).map_err(|err| err.to_string())?;
+    Ok(days)
 }
 
 /// `--since`: an RFC 3339 time, a UTC date (`YYYY-MM-DD`), or a duration back from
@@ -399,7 +411,9 @@ impl Admin<'_> {
         let key = InstanceKey::load_or_create(&self.config.secrets.key_file)?;
         let address = normalize_address(user)?;
         let scopes = scope.unwrap_or(Scopes::ALL);
-        let expires_at = expires_days.map(|n| now() + n * DAY);
+        let expires_at = expires_days
+            .map(|days| expiry_after_days(days, now()))
+            .transpose()?;
         let IssuedAppPassword { id, password } = issue_app_password(
             self.store,
             &key,

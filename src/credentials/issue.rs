@@ -4,7 +4,26 @@
 use super::app_password::AppPassword;
 use super::key::InstanceKey;
 use crate::policy::Scopes;
-use crate::store::{NewAppPassword, Store, StoreError};
+use crate::store::{AuditActor, NewAppPassword, Store, StoreError};
+
+/// The longest lifetime of an app password, in days (`docs/openapi.yaml`).
+pub const MAX_EXPIRES_DAYS: i64 = 3650;
+
+/// An `expires_days` outside 1 to [`MAX_EXPIRES_DAYS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expiry: a whole number of days from 1 to 3650 (leave it out for no expiry)")]
+pub struct BadExpiry;
+
+/// When an app password created at `now` expires after `days`: the one check of
+/// `expires_days` for the CLI, the web page and the API. 0 is refused, not taken
+/// for "never" (no expiry is the field left out).
+pub fn expiry_after_days(days: i64, now: i64) -> Result<i64, BadExpiry> {
+    if (1..=MAX_EXPIRES_DAYS).contains(&days) {
+        Ok(now + days * 86_400)
+    } else {
+        Err(BadExpiry)
+    }
+}
 
 /// What the user needs, shown once.
 #[derive(Debug)]
@@ -22,7 +41,7 @@ pub async fn issue_app_password(
     name: &str,
     scopes: Scopes,
     expires_at: Option<i64>,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<IssuedAppPassword, StoreError> {
     let user = store.ensure_user(address).await?;
     let password = AppPassword::generate();
@@ -40,4 +59,18 @@ pub async fn issue_app_password(
         )
         .await?;
     Ok(IssuedAppPassword { id, password })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_one_to_3650_days() {
+        assert_eq!(expiry_after_days(1, 100), Ok(100 + 86_400));
+        assert_eq!(expiry_after_days(3650, 0), Ok(3650 * 86_400));
+        for bad in [0, -1, 3651, i64::MAX] {
+            assert_eq!(expiry_after_days(bad, 0), Err(BadExpiry), "{bad}");
+        }
+    }
 }

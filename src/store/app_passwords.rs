@@ -6,7 +6,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::users::address_of;
 use super::{Backend, Store, StoreError, get_parsed, unix_now};
@@ -70,7 +70,7 @@ impl Store {
         &self,
         user_id: i64,
         new: NewAppPassword,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<i64, StoreError> {
         let mut tx = self.begin().await?;
         // Lock the user's row so two concurrent creations cannot both pass the count
@@ -182,7 +182,7 @@ impl Store {
         &self,
         user_id: i64,
         id: i64,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;

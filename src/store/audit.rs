@@ -55,10 +55,49 @@ pub struct NewAudit {
     pub ip: Option<String>,
 }
 
-/// Appends an audit row on `conn`, typically inside the caller's transaction.
+/// Who made a change, as the audit log records it: a name ("cli",
+/// "sysadmin:NAME", "user:ADDRESS") and, for a change that came over the
+/// network, the client's address. A plain string is a local actor (the CLI).
+pub trait AuditActor: Sync {
+    fn name(&self) -> &str;
+    fn ip(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl AuditActor for str {
+    fn name(&self) -> &str {
+        self
+    }
+}
+
+impl AuditActor for String {
+    fn name(&self) -> &str {
+        self
+    }
+}
+
+/// A change made through the web UI or the API, by `name` from `ip`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteActor {
+    pub name: String,
+    pub ip: Option<String>,
+}
+
+impl AuditActor for RemoteActor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn ip(&self) -> Option<&str> {
+        self.ip.as_deref()
+    }
+}
+
+/// Appends an audit row on `conn`, typically inside the caller's transaction;
+/// the client address is `ip`, else the actor's.
 pub(crate) async fn insert_audit(
     conn: &mut AnyConnection,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
     action: &str,
     target: &str,
     detail: &str,
@@ -69,11 +108,11 @@ pub(crate) async fn insert_audit(
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(unix_now())
-    .bind(actor)
+    .bind(actor.name())
     .bind(action)
     .bind(target)
     .bind(detail)
-    .bind(ip)
+    .bind(ip.or_else(|| actor.ip()))
     .execute(&mut *conn)
     .await?;
     Ok(())

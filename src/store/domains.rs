@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::users::{ensure_user_in, normalize_address};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
@@ -46,11 +46,57 @@ pub(crate) fn domain_from_row(row: &AnyRow) -> Result<DomainRecord, StoreError> 
     })
 }
 
+/// The longest host name (RFC 1035 §2.3.4, in its ASCII form).
+const MAX_HOST_NAME: usize = 253;
+/// The longest label of a host name.
+const MAX_LABEL: usize = 63;
+
+/// Refuses anything but a host name: IDNA (UTS #46 with the STD3 rules, so
+/// `javascript:…`, spaces, slashes and the like are out), and in its ASCII
+/// (Punycode) form labels of 1 to 63 letters, digits and hyphens, no hyphen at
+/// either end, at most 253 characters in all. The name is kept as typed
+/// (lowercased), Unicode or Punycode, as mail addresses spell it.
+pub fn validate_host_name(name: &str) -> Result<(), StoreError> {
+    let refused = |why: &str| {
+        StoreError::InvalidAddress(format!(
+            "{name:?} is not a domain name ({why}); use letters, digits, hyphens and dots, \
+             like example.org"
+        ))
+    };
+    let ascii = idna::domain_to_ascii_strict(name)
+        .map_err(|_| refused("not a valid internationalised host name"))?;
+    if ascii.is_empty() || ascii.len() > MAX_HOST_NAME {
+        return Err(refused("1 to 253 characters"));
+    }
+    for label in ascii.split('.') {
+        if label.is_empty() || label.len() > MAX_LABEL {
+            return Err(refused("each part between dots has 1 to 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(refused("letters, digits and hyphens only"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(refused("no hyphen at the start or end of a part"));
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Adds a domain (feature off, status disabled). Returns false, and changes and
-    /// audits nothing, if it is already known.
-    pub async fn add_domain(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+    /// audits nothing, if it is already known. The one way a domain enters the
+    /// store: a name that is no host name is refused here, for the CLI, the web
+    /// UI and the API alike.
+    pub async fn add_domain(
+        &self,
+        name: &str,
+        actor: &(impl AuditActor + ?Sized),
+    ) -> Result<bool, StoreError> {
         let name = normalize_domain(name)?;
+        validate_host_name(&name)?;
         let mut tx = self.begin().await?;
         let created = sqlx::query(
             "INSERT INTO domains (name, feature, status, grace_until, created_at) \
@@ -96,7 +142,7 @@ impl Store {
         &self,
         name: &str,
         on: bool,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let name = normalize_domain(name)?;
         let mut tx = self.begin().await?;
@@ -131,7 +177,7 @@ impl Store {
         name: &str,
         status: DomainStatus,
         grace_until: Option<i64>,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let name = normalize_domain(name)?;
         let mut tx = self.begin().await?;
@@ -170,7 +216,7 @@ impl Store {
         &self,
         domain: &str,
         address: &str,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let domain = normalize_domain(domain)?;
         let address = normalize_address(address)?;
@@ -195,5 +241,39 @@ impl Store {
         insert_audit(&mut tx, actor, "domain.admin", &address, &domain, None).await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_host_name;
+
+    #[test]
+    fn only_host_names_are_domains() {
+        for good in [
+            "example.org",
+            "mail-1.example.co.uk",
+            "bücher.de",
+            "xn--bcher-kva.de",
+            "localhost",
+            &format!("{}.org", "a".repeat(63)),
+        ] {
+            assert!(validate_host_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "<script>.org",
+            "exa mple.org",
+            "example..org",
+            "example.org.",
+            "-example.org",
+            "example-.org",
+            "ex_ample.org",
+            "a/b.org",
+            &format!("{}.org", "a".repeat(64)),
+            &vec!["abcdefghi"; 26].join("."),
+        ] {
+            assert!(validate_host_name(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::fmt;
 
 use sqlx::{AnyConnection, Row};
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::factors::FactorKind;
 use super::users::address_of;
 use super::{Backend, Store, StoreError};
@@ -160,7 +160,7 @@ impl Store {
         recovery: &str,
         code_hash: &str,
         now: i64,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<EmailCodeIssue, StoreError> {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::users::address_of;
 use super::{Store, StoreError, get_flag, get_parsed, unix_now};
@@ -97,7 +97,7 @@ impl Store {
         kind: FactorKind,
         secret: &str,
         confirmed: bool,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<i64, StoreError> {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;
@@ -136,7 +136,7 @@ impl Store {
         &self,
         user_id: i64,
         factor_id: i64,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;
@@ -196,7 +196,7 @@ impl Store {
         &self,
         user_id: i64,
         factor_id: i64,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;
@@ -243,7 +243,7 @@ impl Store {
         &self,
         user_id: i64,
         hashes: &[String],
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;

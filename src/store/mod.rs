@@ -31,7 +31,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
 pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
-pub use audit::{AuditFilter, AuditRecord, NewAudit};
+pub use audit::{AuditActor, AuditFilter, AuditRecord, NewAudit, RemoteActor};
 pub use domains::DomainRecord;
 pub use email_codes::{
     EMAIL_CODE_LIFETIME, EMAIL_CODE_MAX_FAILURES, EMAIL_CODE_MIN_INTERVAL, EMAIL_CODES_PER_HOUR,

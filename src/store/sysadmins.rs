@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::{Store, StoreError, get_flag, unix_now};
 
 /// What a sign-in needs to know about a system administrator.
@@ -34,7 +34,7 @@ impl Store {
         &self,
         name: &str,
         password_hash: &str,
-        actor: &str,
+        actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let name = valid_name(name)?;
         let mut tx = self.begin().await?;

@@ -5,7 +5,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::audit::insert_audit;
+use super::audit::{AuditActor, insert_audit};
 use super::domains::DomainRecord;
 use super::events::{EventKind, insert_event};
 use super::login_failures::{self, LoginFailures};
@@ -355,7 +355,11 @@ impl Store {
     /// Removes a user's second factors, backup codes and app passwords (created if
     /// new): the user is no longer enrolled and every app password stops working.
     /// A guessing block is cleared too.
-    pub async fn reset_user(&self, address: &str, actor: &str) -> Result<(), StoreError> {
+    pub async fn reset_user(
+        &self,
+        address: &str,
+        actor: &(impl AuditActor + ?Sized),
+    ) -> Result<(), StoreError> {
         let address = normalize_address(address)?;
         let mut tx = self.begin().await?;
         let user = ensure_user_in(&mut tx, &address).await?;

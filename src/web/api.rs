@@ -25,8 +25,8 @@ use super::pages::admin_parse_since;
 use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::{Current, SessionCookie, WebState, with_cookie};
-use crate::policy::{DomainStatus, Protocol};
-use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord};
+use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
+use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, RemoteActor};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -41,6 +41,11 @@ pub fn routes() -> Router<WebState> {
         .route("/account/two-step/totp/confirm", post(enroll_confirm))
         .route("/account/two-step/backup-codes", post(backup_codes))
         .route("/account/two-step/off", post(two_step_off))
+        .route("/account/reauthenticate", post(reauthenticate))
+        .route(
+            "/account/reauthenticate/email-code",
+            post(reauth_email_code),
+        )
         .route(
             "/account/two-step/email",
             post(recovery_add).delete(recovery_remove),
@@ -187,69 +192,149 @@ fn second_step_pending(current: &Current) -> Result<(String, String), ApiError> 
     }
 }
 
-/// The logged-in user: `(address, actor)`.
-fn user(current: &Current) -> Result<(String, String), ApiError> {
-    match live(current)?.1.auth {
+/// A signed-in user's session.
+struct ApiUser {
+    id: String,
+    address: String,
+    impersonator: Option<String>,
+    proved: Option<(Proof, i64)>,
+    ip: Option<String>,
+}
+
+impl ApiUser {
+    fn who(&self) -> ops::Requester<'_> {
+        ops::Requester {
+            address: &self.address,
+            impersonator: self.impersonator.as_deref(),
+            proved: self.proved,
+            ip: self.ip.as_deref(),
+        }
+    }
+}
+
+/// A signed-in user's session and what the policy lets it do now (read from the
+/// store for this request).
+async fn signed_in(state: &WebState, current: &Current) -> Result<(ApiUser, WebAccess), ApiError> {
+    let (id, session) = live(current)?;
+    match session.auth {
         Auth::User {
             address,
             impersonator,
         } => {
-            let actor = ops::user_actor(&address, impersonator.as_deref());
-            Ok((address, actor))
+            let access = ops::web_access(state, &address, impersonator.is_some()).await?;
+            let user = ApiUser {
+                id,
+                address,
+                impersonator,
+                proved: session.proved,
+                ip: current.ip_string(),
+            };
+            Ok((user, access))
         }
         _ => Err(unauthorized()),
     }
 }
 
-fn sysadmin(current: &Current) -> Result<(String, String), ApiError> {
+/// The signed-in user, if the policy gives the session full access now. One
+/// who must enroll first gets 403.
+async fn full_user(state: &WebState, current: &Current) -> Result<ApiUser, ApiError> {
+    match signed_in(state, current).await? {
+        (user, WebAccess::Full) => Ok(user),
+        (_, WebAccess::EnrollOnly) => {
+            Err(ApiError(StatusCode::FORBIDDEN, ops::ENROLL_FIRST.into()))
+        }
+        (_, WebAccess::Disabled) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            ops::ACCOUNT_DISABLED.into(),
+        )),
+    }
+}
+
+/// [`full_user`] as `(address, actor)`.
+async fn user(state: &WebState, current: &Current) -> Result<(String, RemoteActor), ApiError> {
+    let user = full_user(state, current).await?;
+    let actor = user.who().actor();
+    Ok((user.address, actor))
+}
+
+fn sysadmin(current: &Current) -> Result<(String, RemoteActor), ApiError> {
     match live(current)?.1.auth {
         Auth::Sysadmin { name } => {
-            let actor = format!("sysadmin:{name}");
+            let actor = RemoteActor {
+                name: format!("sysadmin:{name}"),
+                ip: current.ip_string(),
+            };
             Ok((name, actor))
         }
         _ => Err(unauthorized()),
     }
 }
 
-fn describe(auth: &Auth) -> serde_json::Value {
-    match auth {
+/// The session as the API describes it; a signed-in user's state (`user` or
+/// `must_enroll`) is the policy's answer for this request. `proof`: how and
+/// until when the session counts as recently re-authenticated (sensitive
+/// actions of an enrolled user need `code`).
+async fn describe(state: &WebState, session: &WebSession) -> Result<serde_json::Value, ApiError> {
+    let proof = session.proved.map(|(kind, at)| {
+        let kind = match kind {
+            Proof::SecondFactor => "code",
+            Proof::PrimaryPassword => "password",
+        };
+        json!({ "kind": kind, "until": at + REAUTH_WINDOW_SECS })
+    });
+    Ok(match &session.auth {
         Auth::Anonymous => json!({ "state": "anonymous" }),
         Auth::SecondStep { address } => json!({ "state": "second_step", "address": address }),
-        Auth::MustEnroll { address } => json!({ "state": "must_enroll", "address": address }),
         Auth::User {
             address,
             impersonator,
-        } => json!({ "state": "user", "address": address, "impersonator": impersonator }),
+        } => match ops::web_access(state, address, impersonator.is_some()).await? {
+            WebAccess::EnrollOnly => json!({ "state": "must_enroll", "address": address }),
+            WebAccess::Full | WebAccess::Disabled => json!({
+                "state": "user", "address": address, "impersonator": impersonator,
+                "proof": proof,
+            }),
+        },
         Auth::Sysadmin { name } => json!({ "state": "sysadmin", "name": name }),
-    }
+    })
 }
 
 /// The session (started if there is none) and its CSRF token.
 async fn session(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-) -> Response {
+) -> ApiResult {
     match &current.session {
-        Some((_, s)) => {
-            Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })).into_response()
-        }
+        Some((_, s)) => Ok(
+            Json(json!({ "csrf": s.csrf, "session": describe(&state, s).await? })).into_response(),
+        ),
         None => {
             let (id, s) = state.sessions.create(Auth::Anonymous);
-            with_cookie(
+            Ok(with_cookie(
                 SessionCookie::Set(id),
-                Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })),
-            )
+                Json(json!({ "csrf": s.csrf, "session": describe(&state, &s).await? })),
+            ))
         }
     }
 }
 
 /// A rotated session: new cookie, and the new token in the body.
-fn rotated(state: &WebState, old: &str, auth: Auth) -> Response {
+async fn rotated(state: &WebState, old: &str, auth: Auth) -> ApiResult {
     let (id, s) = state.sessions.rotate(old, auth);
-    with_cookie(
+    rotated_to(state, id, s).await
+}
+
+/// A session rotated by a sign-in step that proved who the user is.
+async fn rotated_proved(state: &WebState, old: &str, auth: Auth, proof: Proof) -> ApiResult {
+    let (id, s) = state.sessions.rotate_proved(old, auth, proof);
+    rotated_to(state, id, s).await
+}
+
+async fn rotated_to(state: &WebState, id: String, s: WebSession) -> ApiResult {
+    Ok(with_cookie(
         SessionCookie::Set(id),
-        Json(json!({ "csrf": s.csrf, "session": describe(&s.auth) })),
-    )
+        Json(json!({ "csrf": s.csrf, "session": describe(state, &s).await? })),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -269,7 +354,9 @@ async fn login(
             StatusCode::UNAUTHORIZED,
             "wrong address or password".into(),
         )),
-        PasswordOutcome::Next(auth) => Ok(rotated(&state, &id, auth)),
+        PasswordOutcome::Next { auth, .. } => {
+            rotated_proved(&state, &id, auth, Proof::PrimaryPassword).await
+        }
     }
 }
 
@@ -286,14 +373,13 @@ async fn login_code(
     let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await? {
-        CodeOutcome::Accepted => Ok(rotated(
-            &state,
-            &id,
-            Auth::User {
+        CodeOutcome::Accepted => {
+            let auth = Auth::User {
                 address,
                 impersonator: None,
-            },
-        )),
+            };
+            rotated_proved(&state, &id, auth, Proof::SecondFactor).await
+        }
         CodeOutcome::Replayed => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "code already used".into(),
@@ -319,11 +405,12 @@ async fn login_email_code(
     let ip = current.ip_string();
     let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
     let (new_id, s) = state.sessions.rotate(&id, Auth::SecondStep { address });
+    let session = describe(&state, &s).await?;
     Ok(with_cookie(
         SessionCookie::Set(new_id),
         (
             StatusCode::ACCEPTED,
-            Json(json!({ "csrf": s.csrf, "session": describe(&s.auth), "sent_to": sent_to })),
+            Json(json!({ "csrf": s.csrf, "session": session, "sent_to": sent_to })),
         ),
     ))
 }
@@ -335,22 +422,15 @@ async fn logout(State(state): State<WebState>, Extension(current): Extension<Cur
     with_cookie(SessionCookie::Clear, StatusCode::NO_CONTENT)
 }
 
-/// The enrolling address: a logged-in user, or a forced enrollment pending.
-fn enrolling(current: &Current) -> Result<(String, String, bool), ApiError> {
-    let (_, session) = live(current)?;
-    match session.auth {
-        Auth::MustEnroll { address } => {
-            let actor = ops::user_actor(&address, None);
-            Ok((address, actor, true))
-        }
-        Auth::User {
-            address,
-            impersonator,
-        } => {
-            let actor = ops::user_actor(&address, impersonator.as_deref());
-            Ok((address, actor, false))
-        }
-        _ => Err(unauthorized()),
+/// The enrolling user, and whether the policy lets this session do nothing but
+/// enroll (`forced`).
+async fn enrolling(state: &WebState, current: &Current) -> Result<(ApiUser, bool), ApiError> {
+    match signed_in(state, current).await? {
+        (_, WebAccess::Disabled) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            ops::ACCOUNT_DISABLED.into(),
+        )),
+        (user, access) => Ok((user, access == WebAccess::EnrollOnly)),
     }
 }
 
@@ -358,7 +438,7 @@ async fn two_step(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, _) = user(&current)?;
+    let (address, _) = user(&state, &current).await?;
     let (domain, record) = ops::user_context(&state, &address).await?;
     let recovery = recovery::recovery_address(&state, record.id).await?;
     Ok(Json(json!({
@@ -380,11 +460,10 @@ async fn recovery_add(
     Extension(current): Extension<Current>,
     ApiJson(body): ApiJson<RecoveryBody>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&current)?;
+    let (user, _) = enrolling(&state, &current).await?;
     let ip = current.ip_string();
     let sent_to =
-        recovery::add_recovery_address(&state, &address, &body.address, &actor, ip.as_deref())
-            .await?;
+        recovery::add_recovery_address(&state, &user.who(), &body.address, ip.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "sent_to": sent_to }))).into_response())
 }
 
@@ -393,19 +472,9 @@ async fn recovery_confirm(
     Extension(current): Extension<Current>,
     ApiJson(body): ApiJson<CodeBody>,
 ) -> ApiResult {
-    let (address, actor, forced) = enrolling(&current)?;
-    match recovery::confirm_recovery_address(&state, &address, &body.code, &actor).await? {
-        ConfirmOutcome::Accepted => match (forced, &current.session) {
-            (true, Some((id, _))) => Ok(rotated(
-                &state,
-                id,
-                Auth::User {
-                    address,
-                    impersonator: None,
-                },
-            )),
-            _ => Ok(Json(json!({ "enrolled": true })).into_response()),
-        },
+    let (user, forced) = enrolling(&state, &current).await?;
+    match recovery::confirm_recovery_address(&state, &user.who(), &body.code).await? {
+        ConfirmOutcome::Accepted => enrolled(&state, user, forced).await,
         ConfirmOutcome::Wrong { left } if left > 0 => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             format!("wrong code; {left} more tries before it is void"),
@@ -426,8 +495,8 @@ async fn recovery_remove(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&current)?;
-    recovery::remove_recovery_address(&state, &address, &actor).await?;
+    let (user, _) = enrolling(&state, &current).await?;
+    recovery::remove_recovery_address(&state, &user.who()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -435,8 +504,8 @@ async fn totp_start(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor, _) = enrolling(&current)?;
-    let pending = ops::pending_totp(&state, &address, &actor).await?;
+    let (user, _) = enrolling(&state, &current).await?;
+    let pending = ops::pending_totp(&state, &user.who()).await?;
     Ok(Json(json!({ "secret": pending.secret, "otpauth_url": pending.otpauth })).into_response())
 }
 
@@ -445,38 +514,102 @@ async fn enroll_confirm(
     Extension(current): Extension<Current>,
     ApiJson(body): ApiJson<CodeBody>,
 ) -> ApiResult {
-    let (address, actor, forced) = enrolling(&current)?;
-    if !ops::confirm_totp(&state, &address, &body.code, &actor).await? {
+    let (user, forced) = enrolling(&state, &current).await?;
+    if !ops::confirm_totp(&state, &user.who(), &body.code).await? {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong code".into()));
     }
-    match (forced, &current.session) {
-        (true, Some((id, _))) => Ok(rotated(
-            &state,
-            id,
-            Auth::User {
-                address,
-                impersonator: None,
-            },
-        )),
-        _ => Ok(Json(json!({ "enrolled": true })).into_response()),
+    enrolled(&state, user, forced).await
+}
+
+/// A factor was just confirmed, which proves the user's second step. A forced
+/// enrollment now has full access: the session id and token rotate with it.
+async fn enrolled(state: &WebState, user: ApiUser, forced: bool) -> ApiResult {
+    if !forced {
+        state.sessions.record_proof(&user.id, Proof::SecondFactor);
+        return Ok(Json(json!({ "enrolled": true })).into_response());
     }
+    let (id, s) = state.sessions.rotate_proved(
+        &user.id,
+        Auth::User {
+            address: user.address,
+            impersonator: None,
+        },
+        Proof::SecondFactor,
+    );
+    Ok(with_cookie(
+        SessionCookie::Set(id),
+        Json(json!({ "csrf": s.csrf, "session": describe(state, &s).await? })),
+    ))
 }
 
 async fn backup_codes(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
-    let codes = ops::new_backup_codes(&state, &address, &actor).await?;
+    let user = full_user(&state, &current).await?;
+    let codes = ops::new_backup_codes(&state, &user.who()).await?;
     Ok(Json(json!({ "codes": codes })).into_response())
+}
+
+#[derive(Deserialize)]
+struct ReauthBody {
+    /// A TOTP, backup or recovery e-mail code (a user with a second factor).
+    #[serde(default)]
+    code: Option<String>,
+    /// The primary password (a user without one).
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Confirms it is the user before sensitive actions (creating an app password
+/// or backup codes, turning 2-Step off, removing a factor) for the next
+/// [`REAUTH_WINDOW_SECS`].
+async fn reauthenticate(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    Json(body): Json<ReauthBody>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let secret = body.code.or(body.password).unwrap_or_default();
+    match ops::reauthenticate(&state, &user.id, &user.who(), &secret, current.client).await? {
+        ops::ReauthOutcome::Accepted(_) => Ok(Json(json!({
+            "reauthenticated_until": ops::unix_now() + REAUTH_WINDOW_SECS,
+        }))
+        .into_response()),
+        ops::ReauthOutcome::Refused(CodeOutcome::Locked) => Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong codes; wait 15 minutes".into(),
+        )),
+        ops::ReauthOutcome::Refused(CodeOutcome::Replayed) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "code already used".into(),
+        )),
+        ops::ReauthOutcome::Refused(_) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong code or password".into(),
+        )),
+    }
+}
+
+/// Mails a code to the confirmed recovery address, for `/account/reauthenticate`.
+async fn reauth_email_code(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    if user.impersonator.is_some() {
+        return Err(WebError::NotForImpersonator.into());
+    }
+    let sent_to = recovery::send_login_code(&state, &user.address, user.ip.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "sent_to": sent_to }))).into_response())
 }
 
 async fn two_step_off(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
-    ops::turn_off(&state, &address, &actor).await?;
+    let user = full_user(&state, &current).await?;
+    ops::turn_off(&state, &user.who()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -511,7 +644,7 @@ async fn list_app_passwords(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> ApiResult {
-    let (address, _) = user(&current)?;
+    let (address, _) = user(&state, &current).await?;
     let list: Vec<AppPasswordJson> = ops::app_passwords(&state, &address)
         .await?
         .into_iter()
@@ -534,7 +667,7 @@ async fn create_app_password(
     Extension(current): Extension<Current>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let user = full_user(&state, &current).await?;
     let scopes = match &body.scopes {
         None => crate::policy::Scopes::ALL,
         Some(list) => ops::scopes_from(
@@ -543,15 +676,9 @@ async fn create_app_password(
             list.contains(&Protocol::Smtp),
         )?,
     };
-    let issued = ops::create_app_password(
-        &state,
-        &address,
-        &body.name,
-        scopes,
-        body.expires_days,
-        &actor,
-    )
-    .await?;
+    let issued =
+        ops::create_app_password(&state, &user.who(), &body.name, scopes, body.expires_days)
+            .await?;
     let password = issued.password.display();
     Ok((
         StatusCode::CREATED,
@@ -565,7 +692,7 @@ async fn revoke_app_password(
     Extension(current): Extension<Current>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult {
-    let (address, actor) = user(&current)?;
+    let (address, actor) = user(&state, &current).await?;
     ops::revoke_app_password(&state, &address, id, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -580,8 +707,11 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
     })
 }
 
-async fn domain_admin(state: &WebState, current: &Current) -> Result<(String, String), ApiError> {
-    let (address, actor) = user(current)?;
+async fn domain_admin(
+    state: &WebState,
+    current: &Current,
+) -> Result<(String, RemoteActor), ApiError> {
+    let (address, actor) = user(state, current).await?;
     let domain = ops::administered_domain(state, &address).await?;
     Ok((domain, actor))
 }
@@ -652,13 +782,14 @@ async fn admin_login(
     let (id, _) = live(&current)?;
     let ip = current.ip_string();
     if ops::sysadmin_login(&state, &body.name, &body.password, ip.as_deref()).await? {
-        Ok(rotated(
+        rotated(
             &state,
             &id,
             Auth::Sysadmin {
                 name: body.name.trim().to_owned(),
             },
-        ))
+        )
+        .await
     } else {
         Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -744,14 +875,15 @@ async fn admin_impersonate(
     let (id, _) = live(&current)?;
     let ip = current.ip_string();
     let address = ops::impersonate(&state, &name, &body.address, ip.as_deref()).await?;
-    Ok(rotated(
+    rotated(
         &state,
         &id,
         Auth::User {
             address,
             impersonator: Some(name),
         },
-    ))
+    )
+    .await
 }
 
 #[derive(Deserialize)]

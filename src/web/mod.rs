@@ -78,7 +78,8 @@ pub struct Inner {
     pub admin_passwords: crate::credentials::AdminPasswords,
     /// This node's live sessions; the shared table lags them by one batch.
     pub registry: SessionRegistry,
-    /// `public_url` is https: cookies get `Secure`.
+    /// `public_url` is https: cookies get `Secure`, responses
+    /// `Strict-Transport-Security`.
     pub secure_cookies: bool,
     /// What mail clients should connect to, for the set-up instructions (the
     /// host of `public_url`; else the host the browser used).
@@ -290,7 +291,11 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
     let mut request = request;
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let Some((_, live)) = &session else {
-            return secure(refuse(request.uri().path(), Refusal::NoSession), true);
+            return secure(
+                refuse(request.uri().path(), Refusal::NoSession),
+                true,
+                state.secure_cookies,
+            );
         };
         let header_token = request
             .headers()
@@ -310,7 +315,11 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
                 } else {
                     let (parts, body) = request.into_parts();
                     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-                        return secure(refuse(parts.uri.path(), Refusal::TooLarge), true);
+                        return secure(
+                            refuse(parts.uri.path(), Refusal::TooLarge),
+                            true,
+                            state.secure_cookies,
+                        );
                     };
                     let token = csrf::form_token(&bytes);
                     request = Request::from_parts(parts, Body::from(bytes));
@@ -319,7 +328,11 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
             }
         };
         if !csrf::matches(presented.as_deref(), &live.csrf) {
-            return secure(refuse(request.uri().path(), Refusal::WrongToken), true);
+            return secure(
+                refuse(request.uri().path(), Refusal::WrongToken),
+                true,
+                state.secure_cookies,
+            );
         }
     }
     let cacheable = request.uri().path() == "/style.css";
@@ -339,11 +352,15 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
-    secure(response, !cacheable)
+    secure(response, !cacheable, state.secure_cookies)
 }
 
-/// The headers every response carries.
-fn secure(mut response: Response, no_store: bool) -> Response {
+/// How long a browser that saw the web UI over HTTPS refuses plain HTTP to it.
+const HSTS: &str = "max-age=31536000";
+
+/// The headers every response carries; `https`: `public_url` is https, so
+/// browsers are told to use nothing else (`Strict-Transport-Security`).
+fn secure(mut response: Response, no_store: bool, https: bool) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -362,6 +379,12 @@ fn secure(mut response: Response, no_store: bool) -> Response {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if no_store {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if https {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
     }
     response
 }

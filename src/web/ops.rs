@@ -9,14 +9,19 @@ use tracing::warn;
 
 use super::session::Auth;
 use super::{WebState, recovery};
-use crate::credentials::{AppPassword, IssuedAppPassword, issue_app_password, totp};
+use crate::credentials::{
+    AppPassword, IssuedAppPassword, expiry_after_days, issue_app_password, totp,
+};
 use crate::gate::AfterSuccess;
 use crate::login_log::LoginAttempt;
-use crate::policy::{DomainStatus, Scopes, WebLoginStep, decide_web_login};
+use crate::policy::{
+    ActionCheck, DomainStatus, Proof, Scopes, SensitiveAction, WebAccess, WebLoginStep,
+    decide_sensitive_action, decide_web_access, decide_web_login,
+};
 use crate::secret::Secret;
 use crate::store::{
-    AppPasswordRecord, DomainRecord, FactorKind, StoreError, UserRecord, UserSummary,
-    normalize_address,
+    AppPasswordRecord, AuditActor, DomainRecord, FactorKind, RemoteActor, StoreError, UserRecord,
+    UserSummary, normalize_address,
 };
 
 /// Why an action did not happen. `Display` is what the person sees.
@@ -38,13 +43,37 @@ pub enum WebError {
     /// A rate limit; the text says how long to wait.
     #[error("{0}")]
     TooMany(String),
+    /// A sensitive action, and the session's last proof of who the user is is
+    /// too old (or too weak): ask for this again first.
+    #[error("{}", reauth_text(*.0))]
+    Reauthenticate(Proof),
+    /// A system administrator acting as the user asked to create or change the
+    /// user's credentials.
+    #[error(
+        "a system administrator acting as a user cannot create or change that user's \
+         credentials (application passwords, second factors, backup codes); the user \
+         must do it, or a domain administrator resets them with Reset 2-Step"
+    )]
+    NotForImpersonator,
+}
+
+fn reauth_text(need: Proof) -> &'static str {
+    match need {
+        Proof::SecondFactor => {
+            "confirm it is you first: enter a code from your authenticator app, a backup \
+             code, or a code from your recovery e-mail"
+        }
+        Proof::PrimaryPassword => "confirm it is you first: enter your password again",
+    }
 }
 
 impl WebError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Reauthenticate(_) | Self::NotForImpersonator => {
+                StatusCode::FORBIDDEN
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Upstream | Self::Store(_) | Self::Mail => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -78,6 +107,120 @@ pub fn user_actor(address: &str, impersonator: Option<&str>) -> String {
     }
 }
 
+/// Who asks for a change to a user's account, as their session records it.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester<'a> {
+    pub address: &'a str,
+    /// The system administrator acting as the user, if any.
+    pub impersonator: Option<&'a str>,
+    /// The session's last proof of who the user is (`WebSession::proved`).
+    pub proved: Option<(Proof, i64)>,
+    /// The client's address, for the audit rows.
+    pub ip: Option<&'a str>,
+}
+
+impl Requester<'_> {
+    /// The audit actor, with the client's address.
+    pub fn actor(&self) -> RemoteActor {
+        RemoteActor {
+            name: user_actor(self.address, self.impersonator),
+            ip: self.ip.map(str::to_owned),
+        }
+    }
+}
+
+/// Asks the policy whether `who` may do `action` to `user`'s account now.
+pub fn authorize(
+    user: &UserRecord,
+    who: &Requester<'_>,
+    action: SensitiveAction,
+) -> Result<(), WebError> {
+    match decide_sensitive_action(
+        user.state(),
+        who.impersonator.is_some(),
+        action,
+        who.proved,
+        unix_now(),
+    ) {
+        ActionCheck::Allow => Ok(()),
+        ActionCheck::Reauthenticate { need } => Err(WebError::Reauthenticate(need)),
+        ActionCheck::NotForImpersonator => Err(WebError::NotForImpersonator),
+    }
+}
+
+/// What a re-authentication led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReauthOutcome {
+    /// The session now holds a fresh proof of this kind.
+    Accepted(Proof),
+    Refused(CodeOutcome),
+}
+
+/// Re-authenticates a signed-in user for sensitive actions: an enrolled user
+/// with a TOTP, backup or recovery e-mail code (under the second step's attempt
+/// limits), a user without a second factor with the primary password (checked
+/// upstream, under the login penalties). The session records the proof.
+pub async fn reauthenticate(
+    state: &WebState,
+    session_id: &str,
+    who: &Requester<'_>,
+    secret: &str,
+    client: Option<SocketAddr>,
+) -> Result<ReauthOutcome, WebError> {
+    if who.impersonator.is_some() {
+        return Err(WebError::NotForImpersonator);
+    }
+    let (_, user) = user_context(state, who.address).await?;
+    let ip = client.map(|c| c.ip().to_string());
+    let proof = if user.enrolled {
+        let outcome = check_second_factor(
+            state,
+            who.address,
+            session_id,
+            secret,
+            ip.as_deref(),
+            "web.reauth",
+        )
+        .await?;
+        if outcome != CodeOutcome::Accepted {
+            return Ok(ReauthOutcome::Refused(outcome));
+        }
+        Proof::SecondFactor
+    } else {
+        // The sign-in's own password step, penalties and log line included.
+        let right = matches!(
+            password_step(state, who.address, secret, client).await?,
+            PasswordOutcome::Next { .. }
+        );
+        if !right {
+            state
+                .store
+                .audit(
+                    &who.actor().name,
+                    "web.reauth.refused",
+                    who.address,
+                    "password",
+                    ip.as_deref(),
+                )
+                .await?;
+            return Ok(ReauthOutcome::Refused(CodeOutcome::Wrong));
+        }
+        state
+            .store
+            .audit(
+                &who.actor().name,
+                "web.reauth",
+                who.address,
+                "password",
+                ip.as_deref(),
+            )
+            .await?;
+        Proof::PrimaryPassword
+    };
+    state.sessions.record_proof(session_id, proof);
+    Ok(ReauthOutcome::Accepted(proof))
+}
+
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
@@ -103,8 +246,37 @@ pub const MAX_ADDRESS_BYTES: usize = 320;
 /// What the primary password step led to.
 pub enum PasswordOutcome {
     Wrong,
-    Next(Auth),
+    /// The session's new state, and the step the policy asked for (a signed-in
+    /// user who must enroll is `Auth::User` with `step == MustEnroll`).
+    Next {
+        auth: Auth,
+        step: WebLoginStep,
+    },
 }
+
+/// What a signed-in user's session may do now, from the stored state (read on
+/// every request: a domain forced after sign-in binds the session at once).
+pub async fn web_access(
+    state: &WebState,
+    address: &str,
+    impersonated: bool,
+) -> Result<WebAccess, WebError> {
+    let (domain, user) = user_context(state, address).await?;
+    let policy = domain.as_ref().map(DomainRecord::policy);
+    Ok(decide_web_access(
+        policy.as_ref(),
+        user.state(),
+        impersonated,
+        unix_now(),
+    ))
+}
+
+/// What a session that may only enroll is told when it asks for anything else.
+pub const ENROLL_FIRST: &str =
+    "your domain requires 2-Step Authentication: set it up before anything else";
+
+/// What a disabled account's session is told.
+pub const ACCOUNT_DISABLED: &str = "this account is disabled; ask your administrator";
 
 /// Checks the primary password upstream, then asks the policy what comes next.
 pub async fn password_step(
@@ -187,9 +359,7 @@ pub async fn password_step(
         .await;
     if account.state().disabled {
         LoginAttempt::new("web", "password", &address, ip).refused("disabled");
-        return Err(WebError::Forbidden(
-            "this account is disabled; ask your administrator".into(),
-        ));
+        return Err(WebError::Forbidden(ACCOUNT_DISABLED.into()));
     }
     let step = decide_web_login(account.policy().as_ref(), account.state(), now);
     LoginAttempt::new("web", "password", &address, ip).password_ok(match step {
@@ -197,14 +367,14 @@ pub async fn password_step(
         WebLoginStep::SecondStep => "second-step",
         WebLoginStep::MustEnroll => "must-enroll",
     });
-    Ok(PasswordOutcome::Next(match step {
-        WebLoginStep::Done | WebLoginStep::DoneMayEnroll => Auth::User {
+    let auth = match step {
+        WebLoginStep::SecondStep => Auth::SecondStep { address },
+        WebLoginStep::Done | WebLoginStep::DoneMayEnroll | WebLoginStep::MustEnroll => Auth::User {
             address,
             impersonator: None,
         },
-        WebLoginStep::SecondStep => Auth::SecondStep { address },
-        WebLoginStep::MustEnroll => Auth::MustEnroll { address },
-    }))
+    };
+    Ok(PasswordOutcome::Next { auth, step })
 }
 
 /// What a second-step code led to.
@@ -243,6 +413,19 @@ pub async fn second_step(
     code: &str,
     ip: Option<&str>,
 ) -> Result<CodeOutcome, WebError> {
+    check_second_factor(state, address, session_id, code, ip, "web.login").await
+}
+
+/// A second-factor code for `action` (the audit row's: `web.login` at sign-in,
+/// `web.reauth` before a sensitive action), under the same attempt limits.
+async fn check_second_factor(
+    state: &WebState,
+    address: &str,
+    session_id: &str,
+    code: &str,
+    ip: Option<&str>,
+    action: &str,
+) -> Result<CodeOutcome, WebError> {
     let session_key = format!("s:{session_id}");
     let user_key = format!("u:{address}");
     let keys = [session_key.as_str(), user_key.as_str()];
@@ -273,7 +456,7 @@ pub async fn second_step(
                 .store
                 .audit(
                     &user_actor(address, None),
-                    "web.login",
+                    action,
                     address,
                     "second step",
                     ip,
@@ -291,7 +474,7 @@ pub async fn second_step(
                 .store
                 .audit(
                     &user_actor(address, None),
-                    "web.login.code_refused",
+                    &format!("{action}.code_refused"),
                     address,
                     match outcome {
                         CodeOutcome::Replayed => "replayed",
@@ -373,13 +556,12 @@ pub fn otpauth_url(address: &str, secret: &str) -> String {
 }
 
 /// The user's unconfirmed TOTP factor, created on first call. Refused while the
-/// domain's effective status is Disabled.
-pub async fn pending_totp(
-    state: &WebState,
-    address: &str,
-    actor: &str,
-) -> Result<PendingTotp, WebError> {
-    let (domain, user) = user_context(state, address).await?;
+/// domain's effective status is Disabled, and to an impersonator (who would
+/// otherwise see the secret the user then confirms).
+pub async fn pending_totp(state: &WebState, who: &Requester<'_>) -> Result<PendingTotp, WebError> {
+    let (domain, user) = user_context(state, who.address).await?;
+    authorize(&user, who, SensitiveAction::AddFactor)?;
+    let actor = who.actor();
     if effective_status(domain.as_ref()) == DomainStatus::Disabled {
         return Err(WebError::Forbidden(
             "2-Step Authentication is not turned on for your domain".into(),
@@ -398,7 +580,7 @@ pub async fn pending_totp(
             let secret = totp::generate_secret();
             let id = state
                 .store
-                .add_second_factor(user.id, FactorKind::Totp, &secret, false, actor)
+                .add_second_factor(user.id, FactorKind::Totp, &secret, false, &actor)
                 .await?;
             (id, secret)
         }
@@ -413,17 +595,18 @@ pub async fn pending_totp(
 /// Confirms the pending TOTP factor with a code from the app. True if it now counts.
 pub async fn confirm_totp(
     state: &WebState,
-    address: &str,
+    who: &Requester<'_>,
     code: &str,
-    actor: &str,
 ) -> Result<bool, WebError> {
+    let address = who.address;
+    let actor = who.actor();
     let key = format!("u:{address}");
     if state.attempts.locked(&[&key]) {
         return Err(WebError::Forbidden(
             "too many wrong codes; wait 15 minutes".into(),
         ));
     }
-    let pending = pending_totp(state, address, actor).await?;
+    let pending = pending_totp(state, who).await?;
     let (_, user) = user_context(state, address).await?;
     let now = u64::try_from(unix_now()).unwrap_or(0);
     let step = totp::matching_step(&pending.secret, code, now)
@@ -437,7 +620,7 @@ pub async fn confirm_totp(
     }
     state
         .store
-        .confirm_second_factor(user.id, pending.factor_id, actor)
+        .confirm_second_factor(user.id, pending.factor_id, &actor)
         .await?;
     state.attempts.succeed(&[&key]);
     Ok(true)
@@ -449,15 +632,15 @@ const BACKUP_CODE_LEN: usize = 10;
 /// Ten fresh backup codes replacing any earlier ones; shown once.
 pub async fn new_backup_codes(
     state: &WebState,
-    address: &str,
-    actor: &str,
+    who: &Requester<'_>,
 ) -> Result<Vec<String>, WebError> {
-    let (_, user) = user_context(state, address).await?;
+    let (_, user) = user_context(state, who.address).await?;
     if !user.enrolled {
         return Err(WebError::Forbidden(
             "set up an authenticator app first".into(),
         ));
     }
+    authorize(&user, who, SensitiveAction::CreateBackupCodes)?;
     let codes: Vec<String> = (0..10)
         .map(|_| {
             let raw: String = AppPassword::generate()
@@ -477,20 +660,22 @@ pub async fn new_backup_codes(
         .collect();
     state
         .store
-        .replace_backup_codes(user.id, &hashes, actor)
+        .replace_backup_codes(user.id, &hashes, &who.actor())
         .await?;
     Ok(codes)
 }
 
 /// Turns 2-Step off for the user: removes every factor and backup code. Not while
 /// the domain forces it.
-pub async fn turn_off(state: &WebState, address: &str, actor: &str) -> Result<(), WebError> {
-    let (domain, user) = user_context(state, address).await?;
+pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebError> {
+    let (domain, user) = user_context(state, who.address).await?;
     if effective_status(domain.as_ref()) == DomainStatus::Forced {
         return Err(WebError::Forbidden(
             "your domain requires 2-Step Authentication".into(),
         ));
     }
+    authorize(&user, who, SensitiveAction::TurnOff)?;
+    let actor = &who.actor();
     for factor in state.store.second_factors(user.id).await? {
         state
             .store
@@ -518,33 +703,31 @@ pub fn scopes_from(imap: bool, pop3: bool, smtp: bool) -> Result<Scopes, WebErro
 
 pub async fn create_app_password(
     state: &WebState,
-    address: &str,
+    who: &Requester<'_>,
     name: &str,
     scopes: Scopes,
     expires_days: Option<u32>,
-    actor: &str,
 ) -> Result<IssuedAppPassword, WebError> {
+    let (_, user) = user_context(state, who.address).await?;
+    authorize(&user, who, SensitiveAction::CreateAppPassword)?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(WebError::BadRequest(
             "give the device a name of 1 to 64 characters".into(),
         ));
     }
-    let expires_at = match expires_days {
-        None | Some(0) => None,
-        Some(days) if days <= 3650 => Some(unix_now() + i64::from(days) * 86_400),
-        Some(_) => {
-            return Err(WebError::BadRequest("expiry: at most 3650 days".into()));
-        }
-    };
+    let expires_at = expires_days
+        .map(|days| expiry_after_days(i64::from(days), unix_now()))
+        .transpose()
+        .map_err(|err| WebError::BadRequest(err.to_string()))?;
     issue_app_password(
         &state.store,
         &state.key,
-        address,
+        who.address,
         name,
         scopes,
         expires_at,
-        actor,
+        &who.actor(),
     )
     .await
     .map_err(|err| match err {
@@ -567,7 +750,7 @@ pub async fn revoke_app_password(
     state: &WebState,
     address: &str,
     id: i64,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<(), WebError> {
     let (_, user) = user_context(state, address).await?;
     Ok(state.store.revoke_app_password(user.id, id, actor).await?)
@@ -623,7 +806,7 @@ pub async fn set_domain_status(
     domain: &str,
     status: DomainStatus,
     grace_days: Option<u32>,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<(), WebError> {
     let record = state
         .store
@@ -651,7 +834,7 @@ pub async fn reset_user(
     state: &WebState,
     domain: &str,
     target: &str,
-    actor: &str,
+    actor: &(impl AuditActor + ?Sized),
 ) -> Result<(), WebError> {
     let target = normalize_address(target)?;
     if domain_of(&target) != domain {

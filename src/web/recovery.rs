@@ -11,8 +11,11 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::WebState;
-use super::ops::{CodeOutcome, WebError, effective_status, unix_now, user_actor, user_context};
-use crate::policy::DomainStatus;
+use super::ops::{
+    CodeOutcome, Requester, WebError, authorize, effective_status, unix_now, user_actor,
+    user_context,
+};
+use crate::policy::{DomainStatus, SensitiveAction};
 use crate::recovery_mail::{CodeMail, mask_address, parse_address};
 use crate::store::{EmailCodeIssue, EmailCodePurpose, FactorKind, SecondFactorRecord, UserRecord};
 
@@ -125,12 +128,13 @@ pub async fn confirmed_recovery(
 /// Returns the masked address. On a send failure nothing is left behind.
 pub async fn add_recovery_address(
     state: &WebState,
-    address: &str,
+    who: &Requester<'_>,
     recovery: &str,
-    actor: &str,
     ip: Option<&str>,
 ) -> Result<String, WebError> {
-    let (domain, user) = user_context(state, address).await?;
+    let (domain, user) = user_context(state, who.address).await?;
+    authorize(&user, who, SensitiveAction::AddFactor)?;
+    let actor = &who.actor();
     if effective_status(domain.as_ref()) == DomainStatus::Disabled {
         return Err(WebError::Forbidden(
             "2-Step Authentication is not turned on for your domain".into(),
@@ -184,7 +188,7 @@ pub async fn add_recovery_address(
     let detail = format!("purpose=confirm to={masked}");
     state
         .store
-        .audit(actor, "email_code.sent", &user.address, &detail, ip)
+        .audit(&actor.name, "email_code.sent", &user.address, &detail, ip)
         .await?;
     info!(user = %user.address, to = %masked, "recovery e-mail: confirmation code sent");
     Ok(masked)
@@ -195,11 +199,12 @@ pub async fn add_recovery_address(
 /// audit row).
 pub async fn confirm_recovery_address(
     state: &WebState,
-    address: &str,
+    who: &Requester<'_>,
     code: &str,
-    actor: &str,
 ) -> Result<ConfirmOutcome, WebError> {
-    let (_, user) = user_context(state, address).await?;
+    let (_, user) = user_context(state, who.address).await?;
+    authorize(&user, who, SensitiveAction::AddFactor)?;
+    let actor = &who.actor();
     let now = unix_now();
     let Some(live) = state
         .store
@@ -239,10 +244,10 @@ pub async fn confirm_recovery_address(
 /// factor also voids the backup codes, as turning 2-Step off does.
 pub async fn remove_recovery_address(
     state: &WebState,
-    address: &str,
-    actor: &str,
+    who: &Requester<'_>,
 ) -> Result<(), WebError> {
-    let (domain, user) = user_context(state, address).await?;
+    let (domain, user) = user_context(state, who.address).await?;
+    let actor = &who.actor();
     let factors = state.store.second_factors(user.id).await?;
     let other_confirmed = factors
         .iter()
@@ -252,6 +257,12 @@ pub async fn remove_recovery_address(
         return Err(WebError::NotFound);
     }
     let was_confirmed = emails.iter().any(|f| f.confirmed);
+    // Dropping an address still being confirmed removes no factor.
+    if was_confirmed {
+        authorize(&user, who, SensitiveAction::RemoveFactor)?;
+    } else if who.impersonator.is_some() {
+        return Err(WebError::NotForImpersonator);
+    }
     if was_confirmed
         && !other_confirmed
         && effective_status(domain.as_ref()) == DomainStatus::Forced

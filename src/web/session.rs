@@ -1,12 +1,17 @@
 //! Server-side web sessions: a map keyed by a random id that travels in an
 //! HttpOnly, SameSite=Strict cookie. The id is replaced after every login step so
 //! an id seen before a login is worthless after it. A half-logged-in session
-//! (password right, second step or enrollment pending) carries only the address;
-//! the page handlers let it reach nothing else.
+//! (password right, second step pending) carries only the address; the page
+//! handlers let it reach nothing else. What a signed-in user may do is not kept
+//! here: the policy decides it again on every request from the stored state
+//! (`crate::policy::decide_web_access`), so a domain forced after sign-in binds
+//! the session at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::policy::Proof;
 
 /// The cookie's name.
 pub const COOKIE: &str = "postern_session";
@@ -29,10 +34,10 @@ pub enum Auth {
     Anonymous,
     /// Primary password right; a TOTP or backup code is due.
     SecondStep { address: String },
-    /// Primary password right; the domain forces 2-Step and the user has none yet.
-    MustEnroll { address: String },
-    /// Logged in as a mail user; `impersonator` is the system administrator acting
-    /// as this (domain administrator) user, if any.
+    /// Signed in as a mail user (every step the sign-in asked for passed);
+    /// `impersonator` is the system administrator acting as this (domain
+    /// administrator) user, if any. Whether the user may do everything or only
+    /// enroll is derived per request, never stored.
     User {
         address: String,
         impersonator: Option<String>,
@@ -43,10 +48,7 @@ pub enum Auth {
 
 impl Auth {
     fn pending(&self) -> bool {
-        matches!(
-            self,
-            Auth::Anonymous | Auth::SecondStep { .. } | Auth::MustEnroll { .. }
-        )
+        matches!(self, Auth::Anonymous | Auth::SecondStep { .. })
     }
 }
 
@@ -55,6 +57,10 @@ pub struct WebSession {
     pub auth: Auth,
     /// Checked on every state-changing request (form field or `X-CSRF-Token`).
     pub csrf: String,
+    /// The last time (Unix seconds) this session proved who its user is, and how:
+    /// sensitive actions ask again when it is too old
+    /// (`crate::policy::decide_sensitive_action`).
+    pub proved: Option<(Proof, i64)>,
     created: Instant,
     last_seen: Instant,
 }
@@ -68,6 +74,10 @@ impl WebSession {
         };
         now.duration_since(self.last_seen) > idle || now.duration_since(self.created) > ABSOLUTE
     }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// 256 random bits, hex.
@@ -94,6 +104,7 @@ impl SessionStore {
         let session = WebSession {
             auth,
             csrf: random_token(),
+            proved: None,
             created: now,
             last_seen: now,
         };
@@ -132,6 +143,24 @@ impl SessionStore {
     pub fn rotate(&self, old: &str, auth: Auth) -> (String, WebSession) {
         self.remove(old);
         self.create(auth)
+    }
+
+    /// Like [`rotate`](Self::rotate), for a sign-in step that just proved who the
+    /// user is.
+    pub fn rotate_proved(&self, old: &str, auth: Auth, proof: Proof) -> (String, WebSession) {
+        let (id, mut session) = self.rotate(old, auth);
+        session.proved = Some((proof, unix_now()));
+        if let Some(stored) = self.lock().get_mut(&id) {
+            stored.proved = session.proved;
+        }
+        (id, session)
+    }
+
+    /// Records a re-authentication (or a factor just confirmed) in a live session.
+    pub fn record_proof(&self, id: &str, proof: Proof) {
+        if let Some(session) = self.lock().get_mut(id) {
+            session.proved = Some((proof, unix_now()));
+        }
     }
 
     pub fn remove(&self, id: &str) {

@@ -366,8 +366,14 @@ scenario('domain administrator switches to Forced; a primary-password session is
     }));
     expect(header > 10 && label === 'none', `header ${header} px high, cell label ${label}`);
   });
-  await check('the domain administrator switches example.test to Forced', async () => {
+  await check('choosing Forced asks for a confirmation first, naming the sessions it drops', async () => {
     await page.selectOption('#status', 'forced');
+    await page.click('form[action="/domain/two-step"] button');
+    const main = (await page.textContent('main')).replace(/\s+/g, ' ');
+    expect(/Force 2-Step Authentication for example\.test\?/.test(main), main.trim());
+    expect(/1 mail session/.test(main), main.trim());
+  });
+  await check('the domain administrator confirms: example.test is Forced', async () => {
     await page.click('form[action="/domain/two-step"] button');
     expect(/Effective status: Forced/.test(await page.textContent('main')), 'status not Forced');
   });

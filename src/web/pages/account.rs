@@ -10,10 +10,10 @@ use serde::Deserialize;
 
 use super::login::{confirm_refusal, enroll_card, recovery_card};
 use super::{UserSession, error_page, fmt_time, page, post_button, sentence, user_nav};
-use crate::policy::{DomainStatus, Protocol};
+use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS};
 use crate::recovery_mail::mask_address;
 use crate::store::FactorKind;
-use crate::web::ops::{self, WebError};
+use crate::web::ops::{self, CodeOutcome, ReauthOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome};
 use crate::web::{Current, WebState};
 
@@ -143,9 +143,7 @@ async fn two_step_page_with(
             None
         } else {
             // Refused while the domain is Disabled: then there is nothing to add.
-            ops::pending_totp(state, &user.address, &user.actor())
-                .await
-                .ok()
+            ops::pending_totp(state, &user.who()).await.ok()
         };
         html! {
             div.card {
@@ -174,11 +172,15 @@ async fn two_step_page_with(
     } else if status == DomainStatus::Disabled {
         html! { div.card { p { "Your administrator has not turned on 2-Step Authentication for your domain." } } }
     } else {
-        match ops::pending_totp(state, &user.address, &user.actor()).await {
+        match ops::pending_totp(state, &user.who()).await {
             Ok(pending) => html! {
                 p { "2-Step Authentication is off. Once it is on, signing in here needs a code from your phone, and mail apps use application passwords." }
                 (enroll_card(&user.csrf, "/account/two-step/confirm", &pending, error))
                 (recovery_html)
+            },
+            Err(err @ WebError::NotForImpersonator) => html! {
+                p { "2-Step Authentication is off for " (user.address) "." }
+                p.muted { (sentence(&err.to_string())) }
             },
             Err(err) => return error_page(&err),
         }
@@ -205,8 +207,12 @@ pub async fn confirm(
     user: UserSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    match ops::confirm_totp(&state, &user.address, &form.code, &user.actor()).await {
-        Ok(true) => Redirect::to("/account/two-step").into_response(),
+    match ops::confirm_totp(&state, &user.who(), &form.code).await {
+        Ok(true) => {
+            // A code from the new factor is as good as one at sign-in.
+            state.sessions.record_proof(&user.id, Proof::SecondFactor);
+            Redirect::to("/account/two-step").into_response()
+        }
         Ok(false) => {
             two_step_page(
                 &state,
@@ -236,15 +242,7 @@ pub async fn recovery_add(
     Form(form): Form<super::login::RecoveryForm>,
 ) -> Response {
     let ip = current.ip_string();
-    match recovery::add_recovery_address(
-        &state,
-        &user.address,
-        &form.address,
-        &user.actor(),
-        ip.as_deref(),
-    )
-    .await
-    {
+    match recovery::add_recovery_address(&state, &user.who(), &form.address, ip.as_deref()).await {
         Ok(masked) => {
             let notice = format!("We sent a code to {masked}.");
             let notes = TwoStepNotes {
@@ -262,16 +260,14 @@ pub async fn recovery_confirm(
     user: UserSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let message =
-        match recovery::confirm_recovery_address(&state, &user.address, &form.code, &user.actor())
-            .await
-        {
-            Ok(ConfirmOutcome::Accepted) => {
-                return Redirect::to("/account/two-step").into_response();
-            }
-            Ok(outcome) => confirm_refusal(outcome),
-            Err(err) => return recovery_failed(&state, &user, &err).await,
-        };
+    let message = match recovery::confirm_recovery_address(&state, &user.who(), &form.code).await {
+        Ok(ConfirmOutcome::Accepted) => {
+            state.sessions.record_proof(&user.id, Proof::SecondFactor);
+            return Redirect::to("/account/two-step").into_response();
+        }
+        Ok(outcome) => confirm_refusal(outcome),
+        Err(err) => return recovery_failed(&state, &user, &err).await,
+    };
     let notes = TwoStepNotes {
         recovery_error: Some(&message),
         ..TwoStepNotes::default()
@@ -280,16 +276,26 @@ pub async fn recovery_confirm(
 }
 
 pub async fn recovery_remove(State(state): State<WebState>, user: UserSession) -> Response {
-    match recovery::remove_recovery_address(&state, &user.address, &user.actor()).await {
+    match recovery::remove_recovery_address(&state, &user.who()).await {
         Ok(()) => Redirect::to("/account/two-step").into_response(),
+        Err(WebError::Reauthenticate(need)) => {
+            reauth_page(
+                &state,
+                &user,
+                need,
+                "/account/two-step",
+                ReauthNotes::default(),
+            )
+            .await
+        }
         Err(err) => recovery_failed(&state, &user, &err).await,
     }
 }
 
 pub async fn backup_codes(State(state): State<WebState>, user: UserSession) -> Response {
-    let codes = match ops::new_backup_codes(&state, &user.address, &user.actor()).await {
+    let codes = match ops::new_backup_codes(&state, &user.who()).await {
         Ok(codes) => codes,
-        Err(err) => return error_page(&err),
+        Err(err) => return refused(&state, &user, &err, "/account/two-step").await,
     };
     let (nav, ..) = match chrome(&state, &user).await {
         Ok(c) => c,
@@ -310,13 +316,189 @@ pub async fn backup_codes(State(state): State<WebState>, user: UserSession) -> R
 }
 
 pub async fn off(State(state): State<WebState>, user: UserSession) -> Response {
-    match ops::turn_off(&state, &user.address, &user.actor()).await {
+    match ops::turn_off(&state, &user.who()).await {
         Ok(()) => Redirect::to("/account/two-step").into_response(),
+        Err(err) => refused(&state, &user, &err, "/account/two-step").await,
+    }
+}
+
+/// A sensitive action that did not happen: the re-authentication form when
+/// that is why (it sends the user back to `next`), else the error.
+async fn refused(state: &WebState, user: &UserSession, err: &WebError, next: &str) -> Response {
+    match err {
+        WebError::Reauthenticate(need) => {
+            reauth_page(state, user, *need, next, ReauthNotes::default()).await
+        }
+        other => error_page(other),
+    }
+}
+
+/// Where a re-authentication may send the browser back to: an account page.
+fn reauth_next(next: &str) -> &str {
+    const PAGES: [&str; 2] = ["/account/two-step", "/account/app-passwords"];
+    PAGES
+        .into_iter()
+        .find(|page| *page == next)
+        .unwrap_or("/account")
+}
+
+/// "Confirm it is you": a code (an enrolled user) or the password (a user with
+/// no second factor), then back to `next`. Shown with 403 in place of an action
+/// the policy held back, nothing having been done.
+async fn reauth_page(
+    state: &WebState,
+    user: &UserSession,
+    need: Proof,
+    next: &str,
+    notes: ReauthNotes<'_>,
+) -> Response {
+    let error = notes.error;
+    let (nav, ..) = match chrome(state, user).await {
+        Ok(c) => c,
+        Err(err) => return error_page(&err),
+    };
+    let recovery = match need {
+        Proof::SecondFactor => recovery::confirmed_recovery(state, &user.address)
+            .await
+            .ok()
+            .flatten(),
+        Proof::PrimaryPassword => None,
+    };
+    let minutes = REAUTH_WINDOW_SECS / 60;
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    let body = html! {
+        div.card {
+            p { "This changes how you, or your mail apps, sign in. Confirm it is you first; you will not be asked again for " (minutes) " minutes." }
+            @if let Some(error) = error { p.error role="alert" { (error) } }
+            @if let Some(sent) = notes.sent { p.ok role="status" { "We sent a code to " strong { (sent) } ". It is valid for 10 minutes." } }
+            form method="post" action="/account/reauthenticate" {
+                input type="hidden" name="csrf" value=(user.csrf);
+                input type="hidden" name="next" value=(reauth_next(next));
+                @match need {
+                    Proof::SecondFactor => {
+                        label for="secret" { "Code from your authenticator app, a backup code, or a code from your recovery e-mail" }
+                        input #secret type="text" name="secret" autocomplete="one-time-code" required autofocus;
+                    }
+                    Proof::PrimaryPassword => {
+                        label for="secret" { "Your password" }
+                        input #secret type="password" name="secret" autocomplete="current-password" required autofocus;
+                    }
+                }
+                button type="submit" { "Confirm" }
+            }
+            @if let Some(to) = &recovery {
+                form.inline method="post" action="/account/reauthenticate/email" {
+                    input type="hidden" name="csrf" value=(user.csrf);
+                    input type="hidden" name="next" value=(reauth_next(next));
+                    button.link type="submit" { "Send a code to my recovery e-mail (" (to) ")" }
+                }
+            }
+            p { a href=(reauth_next(next)) { "Cancel" } }
+        }
+    };
+    (status, page("Confirm it is you", nav, body)).into_response()
+}
+
+/// What the re-authentication page says besides the form.
+#[derive(Default)]
+struct ReauthNotes<'a> {
+    error: Option<&'a str>,
+    /// A code was just mailed to this (masked) recovery address.
+    sent: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+pub struct NextForm {
+    next: String,
+}
+
+/// Mails a code to the recovery address for the re-authentication page.
+pub async fn reauth_email(
+    State(state): State<WebState>,
+    user: UserSession,
+    Form(form): Form<NextForm>,
+) -> Response {
+    if user.impersonator.is_some() {
+        return error_page(&WebError::NotForImpersonator);
+    }
+    let next = reauth_next(&form.next);
+    let ip = user.ip.clone();
+    match recovery::send_login_code(&state, &user.address, ip.as_deref()).await {
+        Ok(masked) => {
+            let notes = ReauthNotes {
+                sent: Some(&masked),
+                ..ReauthNotes::default()
+            };
+            reauth_page(&state, &user, Proof::SecondFactor, next, notes).await
+        }
+        Err(err) => {
+            let message = sentence(&err.to_string());
+            let notes = ReauthNotes {
+                error: Some(&message),
+                ..ReauthNotes::default()
+            };
+            reauth_page(&state, &user, Proof::SecondFactor, next, notes).await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ReauthForm {
+    secret: String,
+    next: String,
+}
+
+pub async fn reauthenticate(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    user: UserSession,
+    Form(form): Form<ReauthForm>,
+) -> Response {
+    let next = reauth_next(&form.next);
+    match ops::reauthenticate(&state, &user.id, &user.who(), &form.secret, current.client).await {
+        Ok(ReauthOutcome::Accepted(_)) => Redirect::to(next).into_response(),
+        Ok(ReauthOutcome::Refused(outcome)) => {
+            let (need, message) = match outcome {
+                CodeOutcome::Locked => (
+                    Proof::SecondFactor,
+                    "Too many wrong codes. Wait 15 minutes, then try again.",
+                ),
+                CodeOutcome::Replayed => (
+                    Proof::SecondFactor,
+                    "That code was already used. Wait for the next one.",
+                ),
+                _ => match ops::user_context(&state, &user.address).await {
+                    Ok((_, record)) if !record.enrolled => {
+                        (Proof::PrimaryPassword, "That password is not right.")
+                    }
+                    Ok(_) => (Proof::SecondFactor, "That code is not right."),
+                    Err(err) => return error_page(&err),
+                },
+            };
+            let notes = ReauthNotes {
+                error: Some(message),
+                ..ReauthNotes::default()
+            };
+            reauth_page(&state, &user, need, next, notes).await
+        }
         Err(err) => error_page(&err),
     }
 }
 
-fn create_form(csrf: &str, error: Option<&str>) -> Markup {
+fn create_form(user: &UserSession, error: Option<&str>) -> Markup {
+    let csrf = user.csrf.as_str();
+    if user.impersonator.is_some() {
+        return html! {
+            div.card {
+                h2 { "New application password" }
+                p.muted { (sentence(&WebError::NotForImpersonator.to_string())) }
+            }
+        };
+    }
     html! {
         div.card {
             h2 { "New application password" }
@@ -360,7 +542,7 @@ async fn list_page(state: &WebState, user: &UserSession, error: Option<&str>) ->
             nav,
             html! {
                 p { "Mail apps (Thunderbird, Apple Mail, Outlook, phones) sign in with an application password instead of your password. Create one per device; revoke it when the device is lost." }
-                (create_form(&user.csrf, error))
+                (create_form(user, error))
                 div.card.table {
                     h2 { "Your application passwords" }
                     @if list.is_empty() { p.muted { "None yet." } } @else {
@@ -442,20 +624,13 @@ pub async fn create_app_password(
             Err(_) => return list_page(&state, &user, Some("expiry: a number of days")).await,
         },
     };
-    let issued = match ops::create_app_password(
-        &state,
-        &user.address,
-        &form.name,
-        scopes,
-        expires_days,
-        &user.actor(),
-    )
-    .await
-    {
-        Ok(issued) => issued,
-        Err(WebError::BadRequest(msg)) => return list_page(&state, &user, Some(&msg)).await,
-        Err(err) => return error_page(&err),
-    };
+    let issued =
+        match ops::create_app_password(&state, &user.who(), &form.name, scopes, expires_days).await
+        {
+            Ok(issued) => issued,
+            Err(WebError::BadRequest(msg)) => return list_page(&state, &user, Some(&msg)).await,
+            Err(err) => return refused(&state, &user, &err, "/account/app-passwords").await,
+        };
     let (nav, ..) = match chrome(&state, &user).await {
         Ok(c) => c,
         Err(err) => return error_page(&err),
@@ -502,11 +677,54 @@ pub async fn create_app_password(
     .into_response()
 }
 
+/// The field a confirmation page adds: a single POST without it changes nothing.
+#[derive(Deserialize)]
+pub struct Confirmation {
+    confirm: Option<String>,
+}
+
+impl Confirmation {
+    pub fn given(&self) -> bool {
+        self.confirm.as_deref() == Some("yes")
+    }
+}
+
 pub async fn revoke_app_password(
     State(state): State<WebState>,
     user: UserSession,
     Path(id): Path<i64>,
+    Form(confirmation): Form<Confirmation>,
 ) -> Response {
+    if !confirmation.given() {
+        let list = match ops::app_passwords(&state, &user.address).await {
+            Ok(list) => list,
+            Err(err) => return error_page(&err),
+        };
+        let Some(record) = list.iter().find(|p| p.id == id) else {
+            return error_page(&WebError::NotFound);
+        };
+        let (nav, ..) = match chrome(&state, &user).await {
+            Ok(c) => c,
+            Err(err) => return error_page(&err),
+        };
+        let action = format!("/account/app-passwords/{id}/revoke");
+        return page(
+            "Revoke application password",
+            nav,
+            html! {
+                div.card {
+                    p { "Revoke " strong { (record.name) } "? Mail apps using it are disconnected at once and can no longer sign in with it. This cannot be undone." }
+                    form method="post" action=(action) {
+                        input type="hidden" name="csrf" value=(user.csrf);
+                        input type="hidden" name="confirm" value="yes";
+                        button.danger type="submit" { "Revoke " (record.name) }
+                    }
+                    p { a href="/account/app-passwords" { "Cancel" } }
+                }
+            },
+        )
+        .into_response();
+    }
     match ops::revoke_app_password(&state, &user.address, id, &user.actor()).await {
         Ok(()) => Redirect::to("/account/app-passwords").into_response(),
         Err(err) => error_page(&err),

@@ -9,12 +9,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{
-    AdminSession, UserSession, admin_nav, error_page, fmt_time, page, require_user, sentence,
-    user_nav,
-};
+use super::{AdminSession, UserSession, admin_nav, error_page, fmt_time, page, sentence, user_nav};
 use crate::policy::DomainStatus;
-use crate::store::AuditFilter;
+use crate::store::{AuditFilter, RemoteActor};
 use crate::web::ops::{self, WebError};
 use crate::web::session::Auth;
 use crate::web::sysadmin::{self, PasswordChange, SysadminLogin};
@@ -22,20 +19,16 @@ use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 async fn domain_admin(
     state: &WebState,
-    current: &Current,
+    user: UserSession,
 ) -> Result<(UserSession, String), Box<Response>> {
-    let user = require_user(current).map_err(|r| Box::new(r.into_response()))?;
     let domain = ops::administered_domain(state, &user.address)
         .await
         .map_err(|err| Box::new(error_page(&err)))?;
     Ok((user, domain))
 }
 
-pub async fn domain(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let (user, domain) = match domain_admin(&state, &current).await {
+pub async fn domain(State(state): State<WebState>, user: UserSession) -> Response {
+    let (user, domain) = match domain_admin(&state, user).await {
         Ok(found) => found,
         Err(response) => return *response,
     };
@@ -111,6 +104,8 @@ pub async fn domain(
 pub struct StatusForm {
     status: String,
     grace_days: Option<String>,
+    /// `yes` from the confirmation page; forcing 2-Step without it changes nothing.
+    confirm: Option<String>,
 }
 
 fn parse_days(text: Option<&str>) -> Result<Option<u32>, WebError> {
@@ -125,10 +120,10 @@ fn parse_days(text: Option<&str>) -> Result<Option<u32>, WebError> {
 
 pub async fn domain_status(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: UserSession,
     Form(form): Form<StatusForm>,
 ) -> Response {
-    let (user, domain) = match domain_admin(&state, &current).await {
+    let (user, domain) = match domain_admin(&state, user).await {
         Ok(found) => found,
         Err(response) => return *response,
     };
@@ -140,6 +135,40 @@ pub async fn domain_status(
         Ok(days) => days,
         Err(err) => return error_page(&err),
     };
+    if status == DomainStatus::Forced && form.confirm.as_deref() != Some("yes") {
+        let overview = match ops::domain_overview(&state, &domain).await {
+            Ok(overview) => overview,
+            Err(err) => return error_page(&err),
+        };
+        let not_enrolled = overview.users.iter().filter(|u| !u.enrolled).count();
+        let grace = days.map(|d| d.to_string()).unwrap_or_default();
+        return page(
+            &format!("Force 2-Step Authentication for {domain}?"),
+            user_nav(&user, true),
+            html! {
+                div.card {
+                    p.warning {
+                        @if grace.is_empty() {
+                            strong { "At once" }
+                        } @else {
+                            strong { "After a grace period of " (grace) " days" }
+                        }
+                        ", users who have not set up 2-Step Authentication (" strong { (not_enrolled) } " known) can sign in to the web only to set it up, and their password stops working in mail apps: "
+                        strong { (overview.primary_sessions) } " mail session(s) that use a password now would be dropped for them."
+                    }
+                    form method="post" action="/domain/two-step" {
+                        input type="hidden" name="csrf" value=(user.csrf);
+                        input type="hidden" name="status" value="forced";
+                        input type="hidden" name="grace_days" value=(grace);
+                        input type="hidden" name="confirm" value="yes";
+                        button.danger type="submit" { "Force 2-Step Authentication" }
+                    }
+                    p { a href="/domain" { "Cancel" } }
+                }
+            },
+        )
+        .into_response();
+    }
     match ops::set_domain_status(&state, &domain, status, days, &user.actor()).await {
         Ok(()) => Redirect::to("/domain").into_response(),
         Err(err) => error_page(&err),
@@ -151,15 +180,41 @@ pub struct AddressForm {
     address: String,
 }
 
+#[derive(Deserialize)]
+pub struct ResetForm {
+    address: String,
+    /// `yes` from the confirmation page; without it nothing is reset.
+    confirm: Option<String>,
+}
+
 pub async fn domain_reset(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-    Form(form): Form<AddressForm>,
+    user: UserSession,
+    Form(form): Form<ResetForm>,
 ) -> Response {
-    let (user, domain) = match domain_admin(&state, &current).await {
+    let (user, domain) = match domain_admin(&state, user).await {
         Ok(found) => found,
         Err(response) => return *response,
     };
+    if form.confirm.as_deref() != Some("yes") {
+        return page(
+            &format!("Reset 2-Step Authentication for {}?", form.address),
+            user_nav(&user, true),
+            html! {
+                div.card {
+                    p.warning { "This removes the second factors, backup codes and application passwords of " strong { (form.address) } ". Their mail apps are disconnected and need new application passwords; if the domain forces 2-Step, they must set it up again at their next sign-in." }
+                    form method="post" action="/domain/users/reset" {
+                        input type="hidden" name="csrf" value=(user.csrf);
+                        input type="hidden" name="address" value=(form.address);
+                        input type="hidden" name="confirm" value="yes";
+                        button.danger type="submit" { "Reset 2-Step Authentication" }
+                    }
+                    p { a href="/domain" { "Cancel" } }
+                }
+            },
+        )
+        .into_response();
+    }
     match ops::reset_user(&state, &domain, &form.address, &user.actor()).await {
         Ok(()) => Redirect::to("/domain").into_response(),
         Err(err) => error_page(&err),
@@ -431,8 +486,8 @@ pub async fn add_domain(
     }
 }
 
-fn admin_actor(admin: &AdminSession) -> String {
-    format!("sysadmin:{}", admin.name)
+fn admin_actor(admin: &AdminSession) -> RemoteActor {
+    admin.actor()
 }
 
 pub async fn domain_detail(

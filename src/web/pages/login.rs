@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::EnrollingSession;
 use super::{error_page, grouped, page, post_button, qr_svg, sentence};
+use crate::policy::{Proof, WebLoginStep};
 use crate::web::ops::{self, CodeOutcome, PasswordOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome, RecoveryAddress};
 use crate::web::session::Auth;
@@ -87,25 +89,26 @@ pub async fn password(
             ),
         )
             .into_response(),
-        Ok(PasswordOutcome::Next(auth)) => {
-            let next = match &auth {
-                Auth::SecondStep { .. } => "/login/code",
-                Auth::MustEnroll { .. } => "/login/enroll",
-                _ => "/account",
+        Ok(PasswordOutcome::Next { auth, step }) => {
+            let next = match step {
+                WebLoginStep::SecondStep => "/login/code",
+                WebLoginStep::MustEnroll => "/login/enroll",
+                WebLoginStep::Done | WebLoginStep::DoneMayEnroll => "/account",
             };
-            let (new_id, _) = state.sessions.rotate(id, auth);
+            let (new_id, _) = state
+                .sessions
+                .rotate_proved(id, auth, Proof::PrimaryPassword);
             with_cookie(SessionCookie::Set(new_id), Redirect::to(next))
         }
         Err(err) => error_page(&err),
     }
 }
 
-fn pending_address(current: &Current, want_second_step: bool) -> Option<(String, String, String)> {
+/// `(session id, csrf, address)` of a session whose second step is due.
+fn pending_address(current: &Current) -> Option<(String, String, String)> {
     let (id, session) = current.session.as_ref()?;
-    match (&session.auth, want_second_step) {
-        (Auth::SecondStep { address }, true) | (Auth::MustEnroll { address }, false) => {
-            Some((id.clone(), session.csrf.clone(), address.clone()))
-        }
+    match &session.auth {
+        Auth::SecondStep { address } => Some((id.clone(), session.csrf.clone(), address.clone())),
         _ => None,
     }
 }
@@ -166,7 +169,7 @@ pub async fn code_form(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> Response {
-    match pending_address(&current, true) {
+    match pending_address(&current) {
         Some((_, csrf, address)) => {
             let recovery = recovery_of(&state, &address).await;
             let notes = CodeNotes {
@@ -184,7 +187,7 @@ pub async fn email_code(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, true) else {
+    let Some((id, csrf, address)) = pending_address(&current) else {
         return Redirect::to("/").into_response();
     };
     let ip = current.ip_string();
@@ -229,18 +232,19 @@ pub async fn code(
     Extension(current): Extension<Current>,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, true) else {
+    let Some((id, csrf, address)) = pending_address(&current) else {
         return Redirect::to("/").into_response();
     };
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &form.code, ip.as_deref()).await {
         Ok(CodeOutcome::Accepted) => {
-            let (new_id, _) = state.sessions.rotate(
+            let (new_id, _) = state.sessions.rotate_proved(
                 &id,
                 Auth::User {
                     address,
                     impersonator: None,
                 },
+                Proof::SecondFactor,
             );
             with_cookie(SessionCookie::Set(new_id), Redirect::to("/account"))
         }
@@ -379,12 +383,12 @@ struct EnrollNotes<'a> {
 
 async fn enroll_page(
     state: &WebState,
-    csrf: &str,
-    address: &str,
+    user: &EnrollingSession,
     notes: EnrollNotes<'_>,
     status: StatusCode,
 ) -> Response {
-    let actor = ops::user_actor(address, None);
+    let who = user.who();
+    let (csrf, address) = (user.csrf.as_str(), user.address.as_str());
     let recovery = match ops::user_context(state, address).await {
         Ok((_, user)) => match recovery::recovery_address(state, user.id).await {
             Ok(r) => r,
@@ -392,7 +396,7 @@ async fn enroll_page(
         },
         Err(err) => return error_page(&err),
     };
-    match ops::pending_totp(state, address, &actor).await {
+    match ops::pending_totp(state, &who).await {
         Ok(pending) => (
             status,
             page(
@@ -410,33 +414,21 @@ async fn enroll_page(
     }
 }
 
-pub async fn enroll_form(
-    State(state): State<WebState>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    match pending_address(&current, false) {
-        Some((_, csrf, address)) => {
-            enroll_page(
-                &state,
-                &csrf,
-                &address,
-                EnrollNotes::default(),
-                StatusCode::OK,
-            )
-            .await
-        }
-        None => Redirect::to("/").into_response(),
-    }
+pub async fn enroll_form(State(state): State<WebState>, user: EnrollingSession) -> Response {
+    enroll_page(&state, &user, EnrollNotes::default(), StatusCode::OK).await
 }
 
-/// The forced enrollment is done: the session becomes the user's.
+/// The forced enrollment is done: the policy now gives the session full access,
+/// and its id changes with the privilege.
 fn enrolled(state: &WebState, id: &str, address: String) -> Response {
-    let (new_id, _) = state.sessions.rotate(
+    // Confirming the factor proved the second step, as a sign-in code does.
+    let (new_id, _) = state.sessions.rotate_proved(
         id,
         Auth::User {
             address,
             impersonator: None,
         },
+        Proof::SecondFactor,
     );
     with_cookie(
         SessionCookie::Set(new_id),
@@ -446,21 +438,17 @@ fn enrolled(state: &WebState, id: &str, address: String) -> Response {
 
 pub async fn enroll(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: EnrollingSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
-    let actor = ops::user_actor(&address, None);
-    match ops::confirm_totp(&state, &address, &form.code, &actor).await {
-        Ok(true) => enrolled(&state, &id, address),
+    match ops::confirm_totp(&state, &user.who(), &form.code).await {
+        Ok(true) => enrolled(&state, &user.id, user.address),
         Ok(false) => {
             let notes = EnrollNotes {
                 error: Some("That code is not right; try the next one."),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, StatusCode::OK).await
+            enroll_page(&state, &user, notes, StatusCode::OK).await
         }
         Err(err) => error_page(&err),
     }
@@ -475,23 +463,20 @@ pub struct RecoveryForm {
 pub async fn enroll_email(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
+    user: EnrollingSession,
     Form(form): Form<RecoveryForm>,
 ) -> Response {
-    let Some((_, csrf, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
-    let actor = ops::user_actor(&address, None);
     let ip = current.ip_string();
-    match recovery::add_recovery_address(&state, &address, &form.address, &actor, ip.as_deref())
-        .await
-    {
+    let added =
+        recovery::add_recovery_address(&state, &user.who(), &form.address, ip.as_deref()).await;
+    match added {
         Ok(masked) => {
             let notice = format!("We sent a code to {masked}.");
             let notes = EnrollNotes {
                 recovery_notice: Some(&notice),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, StatusCode::OK).await
+            enroll_page(&state, &user, notes, StatusCode::OK).await
         }
         Err(err) => {
             let message = sentence(&err.to_string());
@@ -499,7 +484,7 @@ pub async fn enroll_email(
                 recovery_error: Some(&message),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, err.status()).await
+            enroll_page(&state, &user, notes, err.status()).await
         }
     }
 }
@@ -507,22 +492,19 @@ pub async fn enroll_email(
 /// Forced enrollment: the code from the recovery e-mail completes it.
 pub async fn enroll_email_confirm(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: EnrollingSession,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let Some((id, csrf, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
-    let actor = ops::user_actor(&address, None);
-    match recovery::confirm_recovery_address(&state, &address, &form.code, &actor).await {
-        Ok(ConfirmOutcome::Accepted) => enrolled(&state, &id, address),
+    let confirmed = recovery::confirm_recovery_address(&state, &user.who(), &form.code).await;
+    match confirmed {
+        Ok(ConfirmOutcome::Accepted) => enrolled(&state, &user.id, user.address),
         Ok(outcome) => {
             let message = confirm_refusal(outcome);
             let notes = EnrollNotes {
                 recovery_error: Some(&message),
                 ..EnrollNotes::default()
             };
-            enroll_page(&state, &csrf, &address, notes, StatusCode::UNAUTHORIZED).await
+            enroll_page(&state, &user, notes, StatusCode::UNAUTHORIZED).await
         }
         Err(err) => error_page(&err),
     }
@@ -531,13 +513,9 @@ pub async fn enroll_email_confirm(
 /// Forced enrollment: drops the recovery address being confirmed.
 pub async fn enroll_email_remove(
     State(state): State<WebState>,
-    Extension(current): Extension<Current>,
+    user: EnrollingSession,
 ) -> Response {
-    let Some((_, _, address)) = pending_address(&current, false) else {
-        return Redirect::to("/").into_response();
-    };
-    let actor = ops::user_actor(&address, None);
-    match recovery::remove_recovery_address(&state, &address, &actor).await {
+    match recovery::remove_recovery_address(&state, &user.who()).await {
         Ok(()) | Err(WebError::NotFound) => Redirect::to("/login/enroll").into_response(),
         Err(err) => error_page(&err),
     }

@@ -8,16 +8,18 @@ mod login;
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::ops::WebError;
+use super::ops::{self, WebError};
 use super::session::Auth;
 use super::{Current, Refusal, WebState};
+use crate::policy::{Proof, WebAccess};
+use crate::store::RemoteActor;
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -46,6 +48,8 @@ pub fn routes() -> Router<WebState> {
             post(account::backup_codes),
         )
         .route("/account/two-step/off", post(account::off))
+        .route("/account/reauthenticate", post(account::reauthenticate))
+        .route("/account/reauthenticate/email", post(account::reauth_email))
         .route("/account/two-step/email", post(account::recovery_add))
         .route(
             "/account/two-step/email/confirm",
@@ -94,69 +98,137 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
-async fn home(Extension(current): Extension<Current>) -> Redirect {
+async fn home(State(state): State<WebState>, Extension(current): Extension<Current>) -> Response {
     match current.session.map(|(_, s)| s.auth) {
-        Some(Auth::User { .. }) => Redirect::to("/account"),
-        Some(Auth::Sysadmin { .. }) => Redirect::to("/admin"),
-        Some(Auth::SecondStep { .. }) => Redirect::to("/login/code"),
-        Some(Auth::MustEnroll { .. }) => Redirect::to("/login/enroll"),
-        Some(Auth::Anonymous) | None => Redirect::to("/login"),
+        Some(Auth::User {
+            address,
+            impersonator,
+        }) => match ops::web_access(&state, &address, impersonator.is_some()).await {
+            Ok(WebAccess::EnrollOnly) => Redirect::to("/login/enroll").into_response(),
+            Ok(_) => Redirect::to("/account").into_response(),
+            Err(err) => error_page(&err),
+        },
+        Some(Auth::Sysadmin { .. }) => Redirect::to("/admin").into_response(),
+        Some(Auth::SecondStep { .. }) => Redirect::to("/login/code").into_response(),
+        Some(Auth::Anonymous) | None => Redirect::to("/login").into_response(),
     }
 }
 
-/// A logged-in mail user (possibly impersonated).
+/// A signed-in mail user (possibly impersonated) whose session may do everything
+/// a user may: the policy said [`WebAccess::Full`] for this very request.
 pub struct UserSession {
     pub id: String,
     pub csrf: String,
     pub address: String,
     pub impersonator: Option<String>,
+    /// The session's last proof of who the user is (see `WebSession::proved`).
+    pub proved: Option<(Proof, i64)>,
+    /// The client's address, for the audit rows.
+    pub ip: Option<String>,
 }
 
 impl UserSession {
-    pub fn actor(&self) -> String {
-        super::ops::user_actor(&self.address, self.impersonator.as_deref())
+    /// The audit actor, with the client's address.
+    pub fn actor(&self) -> RemoteActor {
+        self.who().actor()
+    }
+
+    /// Who asks, for the actions the policy guards.
+    pub fn who(&self) -> ops::Requester<'_> {
+        ops::Requester {
+            address: &self.address,
+            impersonator: self.impersonator.as_deref(),
+            proved: self.proved,
+            ip: self.ip.as_deref(),
+        }
     }
 }
 
-/// The user of this request, or where to send a browser that is not one: a
-/// half-logged-in session goes back to its pending step and nowhere else.
-pub fn require_user(current: &Current) -> Result<UserSession, Redirect> {
-    match &current.session {
-        Some((
-            id,
-            session @ super::session::WebSession {
-                auth:
-                    Auth::User {
-                        address,
-                        impersonator,
-                    },
-                ..
-            },
-        )) => Ok(UserSession {
-            id: id.clone(),
-            csrf: session.csrf.clone(),
-            address: address.clone(),
-            impersonator: impersonator.clone(),
-        }),
-        Some((_, s)) if matches!(s.auth, Auth::SecondStep { .. }) => {
-            Err(Redirect::to("/login/code"))
+/// A signed-in mail user whose domain forces 2-Step and who has none yet
+/// ([`WebAccess::EnrollOnly`]): the enrollment pages are all it may reach.
+pub struct EnrollingSession {
+    pub id: String,
+    pub csrf: String,
+    pub address: String,
+    pub ip: Option<String>,
+}
+
+impl EnrollingSession {
+    /// Who asks: the user themselves (an impersonator is never bound to enroll).
+    pub fn who(&self) -> ops::Requester<'_> {
+        ops::Requester {
+            address: &self.address,
+            impersonator: None,
+            proved: None,
+            ip: self.ip.as_deref(),
         }
-        Some((_, s)) if matches!(s.auth, Auth::MustEnroll { .. }) => {
-            Err(Redirect::to("/login/enroll"))
-        }
-        _ => Err(Redirect::to("/login")),
     }
 }
 
-/// A handler that takes a [`UserSession`] runs only for a logged-in mail user;
-/// anyone else is redirected as [`require_user`] says.
-impl<S: Send + Sync> FromRequestParts<S> for UserSession {
-    type Rejection = Redirect;
+/// A signed-in user's session and what the policy lets it do now, read from the
+/// store for this request; `Err`: where a browser that is no signed-in user goes
+/// (a half-logged-in session back to its pending step and nowhere else).
+async fn signed_in(
+    state: &WebState,
+    current: Option<&Current>,
+) -> Result<(UserSession, WebAccess), Response> {
+    let Some((id, session)) = current.and_then(|c| c.session.as_ref()) else {
+        return Err(Redirect::to("/login").into_response());
+    };
+    match &session.auth {
+        Auth::User {
+            address,
+            impersonator,
+        } => {
+            let access = ops::web_access(state, address, impersonator.is_some())
+                .await
+                .map_err(|err| error_page(&err))?;
+            let user = UserSession {
+                id: id.clone(),
+                csrf: session.csrf.clone(),
+                address: address.clone(),
+                impersonator: impersonator.clone(),
+                proved: session.proved,
+                ip: current.and_then(Current::ip_string),
+            };
+            Ok((user, access))
+        }
+        Auth::SecondStep { .. } => Err(Redirect::to("/login/code").into_response()),
+        Auth::Anonymous | Auth::Sysadmin { .. } => Err(Redirect::to("/login").into_response()),
+    }
+}
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Redirect> {
-        match parts.extensions.get::<Current>() {
-            Some(current) => require_user(current),
-            None => Err(Redirect::to("/login")),
+/// A handler that takes a [`UserSession`] runs only for a signed-in mail user
+/// the policy gives full access now; one who must enroll is sent to enroll, a
+/// disabled account gets a refusal, anyone else is redirected to sign in.
+impl FromRequestParts<WebState> for UserSession {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, Response> {
+        match signed_in(state, parts.extensions.get::<Current>()).await? {
+            (user, WebAccess::Full) => Ok(user),
+            (_, WebAccess::EnrollOnly) => Err(Redirect::to("/login/enroll").into_response()),
+            (_, WebAccess::Disabled) => Err(error_page(&WebError::Forbidden(
+                ops::ACCOUNT_DISABLED.into(),
+            ))),
+        }
+    }
+}
+
+/// A handler that takes an [`EnrollingSession`] runs only while the policy says
+/// the user must enroll; anyone else goes home.
+impl FromRequestParts<WebState> for EnrollingSession {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, Response> {
+        match signed_in(state, parts.extensions.get::<Current>()).await {
+            Ok((user, WebAccess::EnrollOnly)) => Ok(EnrollingSession {
+                id: user.id,
+                csrf: user.csrf,
+                address: user.address,
+                ip: user.ip,
+            }),
+            _ => Err(Redirect::to("/").into_response()),
         }
     }
 }
@@ -179,6 +251,18 @@ pub struct AdminSession {
     pub id: String,
     pub csrf: String,
     pub name: String,
+    /// The client's address, for the audit rows.
+    pub ip: Option<String>,
+}
+
+impl AdminSession {
+    /// The audit actor, with the client's address.
+    pub fn actor(&self) -> RemoteActor {
+        RemoteActor {
+            name: format!("sysadmin:{}", self.name),
+            ip: self.ip.clone(),
+        }
+    }
 }
 
 pub fn require_sysadmin(current: &Current) -> Result<AdminSession, Redirect> {
@@ -188,6 +272,7 @@ pub fn require_sysadmin(current: &Current) -> Result<AdminSession, Redirect> {
                 id: id.clone(),
                 csrf: session.csrf.clone(),
                 name: name.clone(),
+                ip: current.ip_string(),
             }),
             _ => Err(Redirect::to("/admin/login")),
         },
