@@ -20,7 +20,7 @@ use crate::net::tls::{self, ServerTls};
 use crate::penalty::Penalties;
 use crate::policy::Protocol;
 use crate::recheck::Rechecker;
-use crate::registry::SessionRegistry;
+use crate::registry::{EndReason, SessionRegistry};
 use crate::session::{self, Context, ProtocolHandler, SharedContext};
 use crate::store::{Backend, Store};
 
@@ -37,9 +37,6 @@ pub fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
-
-/// What every connection is told when postern shuts down.
-const SHUTDOWN_REASON: &str = "postern is shutting down; please reconnect.";
 
 /// Shared state built once at start.
 pub struct Runtime {
@@ -110,7 +107,7 @@ impl Runtime {
     /// with a goodbye.
     pub async fn shutdown(&self, drain: Duration) {
         self.stop_accepting();
-        self.registry.begin_shutdown(SHUTDOWN_REASON);
+        self.registry.begin_shutdown();
         info!(
             sessions = self.registry.len(),
             connections = self.registry.connections(),
@@ -121,9 +118,7 @@ impl Runtime {
             .await
             .is_err()
         {
-            let dropped = self.registry.kill_where(SHUTDOWN_REASON, |_| true);
-            metrics::counter!(crate::metrics::SESSIONS_DROPPED, "reason" => "shutdown")
-                .increment(dropped as u64);
+            let dropped = self.registry.kill_where(EndReason::Shutdown, |_| true);
             info!(
                 sessions = dropped,
                 "drain time over; ending the remaining sessions"

@@ -16,16 +16,13 @@ use tracing::{debug, info, warn};
 use crate::gate::{Gate, Recheck, SessionCredential};
 use crate::metrics as m;
 use crate::penalty::Penalties;
-use crate::registry::{SessionInfo, SessionRegistry};
+use crate::registry::{EndReason, SessionInfo, SessionRegistry};
 use crate::store::{EventKind, EventRecord, NOTIFY_CHANNEL, Store};
 
 /// How often the event log is read (on PostgreSQL also on each notification).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Events read per catch-up query.
 const BATCH: i64 = 500;
-
-/// The message a session killed by an administrator sees.
-pub const KILLED_BY_ADMIN: &str = "Your session was ended by an administrator.";
 
 #[derive(Clone)]
 pub struct Rechecker {
@@ -60,9 +57,7 @@ impl Rechecker {
         };
         let concerned: Vec<SessionInfo> = match event.kind {
             EventKind::SessionKill => {
-                let killed = self.registry.kill_where(KILLED_BY_ADMIN, same_user);
-                metrics::counter!(m::SESSIONS_DROPPED, "reason" => "admin")
-                    .increment(killed as u64);
+                let killed = self.registry.kill_where(EndReason::AdminKill, same_user);
                 if killed > 0 {
                     info!(
                         user = user.as_deref().unwrap_or(""),
@@ -132,9 +127,7 @@ impl Rechecker {
             };
             match outcome {
                 Ok(Recheck::Drop(reason)) => {
-                    if self.registry.kill(info.id, reason.session_message()) {
-                        metrics::counter!(m::SESSIONS_DROPPED, "reason" => reason.as_str())
-                            .increment(1);
+                    if self.registry.kill(info.id, EndReason::Policy(reason)) {
                         info!(
                             protocol = %s.protocol,
                             user = %s.user,

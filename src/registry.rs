@@ -24,8 +24,46 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Why postern ended a session (or turned away a connection at shutdown): the
+/// one value that carries what the client is told, what the audit log records
+/// and the `reason` label of `postern_sessions_dropped_total`, which the relay
+/// counts once when the session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The credential is no longer acceptable: the policy's reason.
+    Policy(Refusal),
+    /// An administrator ended the user's sessions (`postern admin session kill`).
+    AdminKill,
+    /// postern is shutting down.
+    Shutdown,
+    /// Silent for longer than `[limits] idle_timeout_secs`.
+    Idle,
+}
+
+impl EndReason {
+    /// The sentence the client is told (in the protocol's goodbye line).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Policy(refusal) => refusal.session_message(),
+            Self::AdminKill => "Your session was ended by an administrator.",
+            Self::Shutdown => "postern is shutting down; please reconnect.",
+            Self::Idle => "Idle for too long; please reconnect.",
+        }
+    }
+
+    /// The value in the audit log and the metric's `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Policy(refusal) => refusal.as_str(),
+            Self::AdminKill => "admin",
+            Self::Shutdown => "shutdown",
+            Self::Idle => "idle",
+        }
+    }
+}
+
 use crate::gate::SessionCredential;
-use crate::policy::Protocol;
+use crate::policy::{Protocol, Refusal};
 use crate::store::{SessionRow, Store};
 
 /// What a session tells the registry when it starts.
@@ -81,7 +119,7 @@ impl SessionInfo {
 
 struct Entry {
     info: SessionInfo,
-    kill: watch::Sender<Option<String>>,
+    kill: watch::Sender<Option<EndReason>>,
 }
 
 #[derive(Clone)]
@@ -199,7 +237,7 @@ struct Inner {
     /// Accepted connections and servers holding a [`ConnectionHandle`].
     connections: watch::Sender<usize>,
     /// The reason once shutdown began; `None` while running.
-    closing: watch::Sender<Option<String>>,
+    closing: watch::Sender<Option<EndReason>>,
     /// Events applied to this node's sessions so far (see [`SessionRegistry::generation`]).
     generation: AtomicU64,
 }
@@ -208,7 +246,7 @@ struct Inner {
 pub struct SessionHandle {
     id: u64,
     registry: SessionRegistry,
-    killed: watch::Receiver<Option<String>>,
+    killed: watch::Receiver<Option<EndReason>>,
     traffic: Arc<Traffic>,
 }
 
@@ -311,26 +349,23 @@ impl SessionRegistry {
     }
 
     /// Ends one session; false if it is already gone.
-    pub fn kill(&self, id: u64, reason: &str) -> bool {
+    pub fn kill(&self, id: u64, reason: EndReason) -> bool {
         self.inner
             .sessions
             .lock()
             .ok()
-            .and_then(|s| {
-                s.get(&id)
-                    .map(|e| e.kill.send(Some(reason.to_owned())).is_ok())
-            })
+            .and_then(|s| s.get(&id).map(|e| e.kill.send(Some(reason)).is_ok()))
             .unwrap_or(false)
     }
 
     /// Ends every session matching `filter` with `reason`; returns how many.
-    pub fn kill_where(&self, reason: &str, filter: impl Fn(&SessionInfo) -> bool) -> usize {
+    pub fn kill_where(&self, reason: EndReason, filter: impl Fn(&SessionInfo) -> bool) -> usize {
         let Ok(sessions) = self.inner.sessions.lock() else {
             return 0;
         };
         let mut count = 0;
         for entry in sessions.values().filter(|e| filter(&e.info)) {
-            let _ = entry.kill.send(Some(reason.to_owned()));
+            let _ = entry.kill.send(Some(reason));
             count += 1;
         }
         count
@@ -368,7 +403,7 @@ impl SessionRegistry {
 /// from accept to close: shutdown reaches it, and the drain waits for it.
 pub struct ConnectionHandle {
     registry: SessionRegistry,
-    closing: watch::Receiver<Option<String>>,
+    closing: watch::Receiver<Option<EndReason>>,
 }
 
 impl SessionRegistry {
@@ -384,12 +419,12 @@ impl SessionRegistry {
     /// Tells every connection handle that postern is shutting down (once; the
     /// first reason stays). Live sessions are not ended by this: they drain,
     /// and [`SessionRegistry::kill_where`] ends those left.
-    pub fn begin_shutdown(&self, reason: &str) {
+    pub fn begin_shutdown(&self) {
         self.inner.closing.send_if_modified(|closing| {
             if closing.is_some() {
                 return false;
             }
-            *closing = Some(reason.to_owned());
+            *closing = Some(EndReason::Shutdown);
             true
         });
     }
@@ -420,9 +455,9 @@ impl ConnectionHandle {
     }
 
     /// Resolves with the reason once shutdown has begun (at once if it has).
-    pub async fn shutdown(&mut self) -> String {
+    pub async fn shutdown(&mut self) -> EndReason {
         let reason = match self.closing.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone(),
+            Ok(reason) => *reason,
             Err(_) => None,
         };
         match reason {
@@ -453,9 +488,9 @@ impl SessionHandle {
     }
 
     /// Resolves with the reason once the session is to be ended.
-    pub async fn killed(&mut self) -> String {
+    pub async fn killed(&mut self) -> EndReason {
         loop {
-            if let Some(reason) = self.killed.borrow_and_update().clone() {
+            if let Some(reason) = *self.killed.borrow_and_update() {
                 return reason;
             }
             if self.killed.changed().await.is_err() {
@@ -529,12 +564,12 @@ mod tests {
         assert_eq!(registry.connections(), 2);
         let waiting = registry.clone();
         let drained = tokio::spawn(async move { waiting.wait_connections_closed().await });
-        registry.begin_shutdown("going away");
-        registry.begin_shutdown("a second reason is ignored");
-        assert_eq!(before.shutdown().await, "going away");
+        registry.begin_shutdown();
+        registry.begin_shutdown();
+        assert_eq!(before.shutdown().await, EndReason::Shutdown);
         // A connection accepted just before the listeners closed hears it too.
         let mut late = registry.admit();
-        assert_eq!(late.shutdown().await, "going away");
+        assert_eq!(late.shutdown().await, EndReason::Shutdown);
         drop((before, late));
         assert!(!drained.is_finished());
         drop(web);
@@ -553,15 +588,15 @@ mod tests {
             .await;
         assert_eq!(registry.len(), 2);
         assert_eq!(
-            registry.kill_where("forced", |s| s.session.user == "a@x"),
+            registry.kill_where(EndReason::AdminKill, |s| s.session.user == "a@x"),
             1
         );
-        assert_eq!(a.killed().await, "forced");
+        assert_eq!(a.killed().await, EndReason::AdminKill);
         b.traffic().up.fetch_add(5, Ordering::Relaxed);
         let listed = registry.list();
         let entry = listed.iter().find(|s| s.id == b.id()).unwrap();
         assert_eq!(entry.traffic.totals(), (5, 0));
-        assert!(registry.kill(b.id(), "revoked"));
+        assert!(registry.kill(b.id(), EndReason::Policy(Refusal::Revoked)));
         drop(b);
         assert_eq!(registry.list().len(), 1);
         let waiting = registry.clone();

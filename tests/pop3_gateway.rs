@@ -156,14 +156,17 @@ async fn killed_session_gets_err_auth() {
         killed = postern
             .runtime
             .registry
-            .kill_where("your session was ended", |_| true);
+            .kill_where(postern::registry::EndReason::AdminKill, |_| true);
         if killed > 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
     }
     assert_eq!(killed, 1);
-    assert_eq!(c.line().await, "-ERR [AUTH] your session was ended");
+    assert_eq!(
+        c.line().await,
+        "-ERR [AUTH] Your session was ended by an administrator."
+    );
     assert!(c.closed().await);
 }
 

@@ -171,7 +171,7 @@ async fn sigterm_refuses_new_connections_drains_and_exits_zero() {
     assert!(
         audit
             .iter()
-            .any(|r| r.action == "session-drop" && r.detail.contains("shutting down")),
+            .any(|r| r.action == "session-drop" && r.detail == "imap shutdown"),
         "{audit:?}"
     );
 }

@@ -36,7 +36,7 @@ fn mail_commands(log: &Log) -> Vec<String> {
 
 /// Kills every session once the one expected is registered (the relay
 /// registers it right after the login reply).
-async fn kill_all(postern: &Postern, reason: &str) -> usize {
+async fn kill_all(postern: &Postern, reason: postern::registry::EndReason) -> usize {
     for _ in 0..50 {
         let killed = postern.runtime.registry.kill_where(reason, |_| true);
         if killed > 0 {
@@ -250,8 +250,12 @@ async fn killed_session_gets_421() {
     ))
     .await;
     assert!(c.line().await.starts_with("235 "));
-    assert_eq!(kill_all(&postern, "your app password was revoked").await, 1);
-    assert_eq!(c.line().await, "421 4.7.0 your app password was revoked");
+    let revoked = postern::registry::EndReason::Policy(postern::policy::Refusal::Revoked);
+    assert_eq!(kill_all(&postern, revoked).await, 1);
+    assert_eq!(
+        c.line().await,
+        "421 4.7.0 This application password was revoked."
+    );
     assert!(c.closed().await);
 }
 

@@ -31,7 +31,7 @@ use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthC
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 use crate::recheck::Rechecker;
-use crate::registry::{ConnectionHandle, NewSession};
+use crate::registry::{ConnectionHandle, EndReason, NewSession};
 use crate::store::normalize_address;
 
 /// Read buffer for the pre-login phase and the upstream login.
@@ -131,8 +131,8 @@ fn core_options(ctx: &SharedContext, tls_active: bool) -> Options {
 enum Interrupted {
     /// The pre-login deadline passed.
     Deadline,
-    /// postern is shutting down, for this reason.
-    Shutdown(String),
+    /// postern is shutting down.
+    Shutdown(EndReason),
 }
 
 /// The one place a connection waits on its client before login: `io` (a read,
@@ -186,7 +186,7 @@ async fn pre_login<H: ProtocolHandler>(
                 Err(interrupted) => {
                     let bytes = match interrupted {
                         Interrupted::Deadline => handler.timeout_goodbye(),
-                        Interrupted::Shutdown(reason) => handler.shutdown_goodbye(&reason),
+                        Interrupted::Shutdown(reason) => handler.shutdown_goodbye(reason.message()),
                     };
                     goodbye(&mut client, &bytes).await;
                     return Ok(None);
@@ -565,12 +565,9 @@ pub(super) async fn upstream_login<U: UpstreamCore>(
     }
 }
 
-/// What an idle session is told before it is closed.
-const IDLE_GOODBYE: &str = "Idle for too long; please reconnect.";
-
 enum RelayEnd {
     Closed(io::Result<(u64, u64)>),
-    Killed(String),
+    Killed(EndReason),
 }
 
 /// Relays bytes both ways until either side closes or the session is killed.
@@ -624,8 +621,7 @@ async fn relay<H: ProtocolHandler>(
                 _ = tokio::time::sleep_until(deadline), if !idle.is_zero() => {
                     let quiet_since = Instant::from_std(relay.last_activity());
                     if quiet_since.elapsed() >= idle {
-                        metrics::counter!(m::SESSIONS_DROPPED, "reason" => "idle").increment(1);
-                        break RelayEnd::Killed(IDLE_GOODBYE.to_owned());
+                        break RelayEnd::Killed(EndReason::Idle);
                     }
                     deadline = quiet_since + idle;
                 }
@@ -641,11 +637,12 @@ async fn relay<H: ProtocolHandler>(
             debug!(%protocol, %user, client = %peer.ip(), error = %err, "session ended");
         }
         RelayEnd::Killed(reason) => {
-            goodbye(&mut client, &handler.goodbye(&reason)).await;
+            metrics::counter!(m::SESSIONS_DROPPED, "reason" => reason.label()).increment(1);
+            goodbye(&mut client, &handler.goodbye(reason.message())).await;
             let _ = timeout(GOODBYE_TIMEOUT, upstream.shutdown()).await;
-            info!(%protocol, %user, client = %peer.ip(), %credential, reason = %reason, "session dropped");
+            info!(%protocol, %user, client = %peer.ip(), %credential, reason = reason.label(), "session dropped");
             ctx.gate
-                .audit_session_drop(&user, protocol, peer.ip(), &reason);
+                .audit_session_drop(&user, protocol, peer.ip(), reason.label());
         }
     }
 }
