@@ -112,6 +112,17 @@ pub async fn password_step(
     password: &str,
     client: Option<SocketAddr>,
 ) -> Result<PasswordOutcome, WebError> {
+    let outcome = check_password(state, address, password, client).await;
+    super::login_counts::count(super::login_counts::password(&outcome));
+    outcome
+}
+
+async fn check_password(
+    state: &WebState,
+    address: &str,
+    password: &str,
+    client: Option<SocketAddr>,
+) -> Result<PasswordOutcome, WebError> {
     let Ok(address) = normalize_address(address) else {
         return Ok(PasswordOutcome::Wrong);
     };
@@ -216,6 +227,18 @@ fn backup_code_hash(state: &WebState, user_id: i64, code: &str) -> String {
 /// Checks a TOTP code (once only), a backup code or a recovery e-mail code, under
 /// the attempt limits.
 pub async fn second_step(
+    state: &WebState,
+    address: &str,
+    session_id: &str,
+    code: &str,
+    ip: Option<&str>,
+) -> Result<CodeOutcome, WebError> {
+    let outcome = check_second_step(state, address, session_id, code, ip).await;
+    super::login_counts::count(super::login_counts::code(&outcome));
+    outcome
+}
+
+async fn check_second_step(
     state: &WebState,
     address: &str,
     session_id: &str,
