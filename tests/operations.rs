@@ -98,6 +98,32 @@ async fn every_series_is_present_at_zero_before_the_first_event() {
     assert!(value(&text, "process_max_fds") >= value(&text, "process_open_fds"));
     assert!(value(&text, "process_cpu_seconds_total") >= 0.0);
     assert!(value(&text, "process_start_time_seconds") > 1.7e9);
+
+    // Every series the Grafana dashboard graphs exists from the start (the
+    // latency histogram's buckets appear with the first upstream login).
+    let dashboard = std::fs::read_to_string("contrib/grafana/postern.json").unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if (word.starts_with("postern_") || word.starts_with("process_"))
+                    && !word.ends_with("_bucket")
+                {
+                    names.push(word.to_owned());
+                }
+            }
+        }
+    }
+    assert!(names.len() > 15, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard graphs {name}, which /metrics lacks"
+        );
+    }
 }
 
 #[tokio::test]
