@@ -88,10 +88,11 @@ fn parse_problem(text: &str, err: &toml::de::Error) -> Problem {
     let mut section = String::new();
     for line in text[..start].lines() {
         let line = line.trim();
-        if line.starts_with('[') && !line.starts_with("[[") {
-            if let Some(end) = line.find(']') {
-                section = line[1..end].trim().to_owned();
-            }
+        if line.starts_with('[')
+            && !line.starts_with("[[")
+            && let Some(end) = line.find(']')
+        {
+            section = line[1..end].trim().to_owned();
         }
     }
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
