@@ -735,6 +735,8 @@ fn completions_and_the_man_page_cover_every_command() {
         "{man}"
     );
     assert!(man.contains("check\\-config"), "{man}");
+    assert!(man.contains(".SH \"EXIT STATUS\""), "{man}");
+    assert!(man.contains("/etc/postern/postern.toml"), "{man}");
     let out = env.spawn(&["completions", "tcsh"], "");
     assert_eq!(out.status.code(), Some(2));
 }

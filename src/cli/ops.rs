@@ -37,6 +37,28 @@ pub enum OpsCommand {
     Man,
 }
 
+/// Sections of the manual page that clap does not know (roff).
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+Done. \fBcheck\-config\fR: no problem; \fBmigrate \-\-check\fR: nothing pending.
+.TP
+\fB1\fR
+The command failed (the message is on standard error): a bad configuration, a store that cannot be reached, an unknown domain, a database schema of another version. \fBcheck\-config\fR: problems were printed, one per line, each naming its key; \fBmigrate \-\-check\fR: migrations are pending.
+.TP
+\fB2\fR
+Usage error: an unknown command, option or value.
+.SH FILES
+.TP
+\fI/etc/postern/postern.toml\fR
+The configuration of the Debian package (\fB\-\-config\fR, \fBPOSTERN_CONFIG\fR); every key is documented in \fI/usr/share/doc/postern/postern.toml.example\fR.
+.TP
+\fI/var/lib/postern\fR
+The SQLite database, the instance key and a generated certificate.
+.SH SIGNALS
+\fBSIGHUP\fR reloads the TLS certificate and key of \fBserve\fR without dropping sessions; \fBSIGTERM\fR and \fBSIGINT\fR close the listeners, let live sessions finish for \fB[limits] drain_secs\fR, then end the rest with a goodbye.
+"#;
+
 /// Runs one operating command to its exit code.
 pub fn run(command: &OpsCommand, config_path: &Path, json: bool) -> ExitCode {
     match command {
@@ -47,7 +69,11 @@ pub fn run(command: &OpsCommand, config_path: &Path, json: bool) -> ExitCode {
         }
         OpsCommand::Man => {
             let man = clap_mangen::Man::new(crate::cli::Cli::command());
-            match man.render(&mut std::io::stdout()) {
+            let mut out = std::io::stdout();
+            let rendered = man
+                .render(&mut out)
+                .and_then(|()| std::io::Write::write_all(&mut out, MAN_EXTRA.as_bytes()));
+            match rendered {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("postern: cannot write the manual page: {err}");
