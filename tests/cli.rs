@@ -711,6 +711,12 @@ fn admin_and_migrate_refuse_a_schema_from_a_newer_postern() {
     let out = env.spawn(&["migrate"], "");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("9999"));
+    // --json: the error as a JSON object on stderr, nothing on stdout.
+    let out = env.spawn(&["migrate", "--json"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let error: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert!(error["error"].as_str().unwrap().contains("9999"), "{error}");
 }
 
 #[test]

@@ -145,19 +145,27 @@ async fn check_config(path: &Path, connect: bool, json: bool) -> ExitCode {
     }
 }
 
+/// An error on stderr: `postern: MESSAGE`, or with `--json` `{"error": MESSAGE}`.
+fn fail(json: bool, message: &str) -> ExitCode {
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": message }));
+    } else {
+        eprintln!("postern: {message}");
+    }
+    ExitCode::FAILURE
+}
+
 async fn migrate(path: &Path, check: bool, json: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("postern: {err}");
-            return ExitCode::FAILURE;
+            return fail(json, &err.to_string());
         }
     };
     let store = match Store::open(&config.store.url).await {
         Ok(store) => store,
         Err(err) => {
-            eprintln!("postern: cannot open the store: {err}");
-            return ExitCode::FAILURE;
+            return fail(json, &format!("cannot open the store: {err}"));
         }
     };
     let code = migrate_store(&store, check, json).await;
@@ -169,13 +177,11 @@ async fn migrate_store(store: &Store, check: bool, json: bool) -> ExitCode {
     let status = match store.schema_status().await {
         Ok(status) => status,
         Err(err) => {
-            eprintln!("postern: cannot read the schema version: {err}");
-            return ExitCode::FAILURE;
+            return fail(json, &format!("cannot read the schema version: {err}"));
         }
     };
     if status.needs_newer_binary() {
-        eprintln!("postern: {}", crate::store::SchemaMismatch(status));
-        return ExitCode::FAILURE;
+        return fail(json, &crate::store::SchemaMismatch(status).to_string());
     }
     let versions = |list: &[crate::store::MigrationId]| -> Vec<serde_json::Value> {
         list.iter()
@@ -223,9 +229,6 @@ async fn migrate_store(store: &Store, check: bool, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            eprintln!("postern: migration failed: {err}");
-            ExitCode::FAILURE
-        }
+        Err(err) => fail(json, &format!("migration failed: {err}")),
     }
 }
