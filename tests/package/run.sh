@@ -14,7 +14,9 @@
 #    working directory, LimitNOFILE, a NOTIFY_SOCKET whose READY=1 is awaited),
 # 5. logs in through it over IMAP with a primary password (imaplib, STARTTLS),
 #    reads the known message, checks /healthz and /metrics,
-# 6. stops it (SIGTERM, exit 0), removes the package (data and configuration
+# 6. installs the same package again (an upgrade in place: the edited conffile
+#    and the data stay, the schema is current),
+# 7. stops it (SIGTERM, exit 0), removes the package (data and configuration
 #    stay), purges it (they are gone).
 #
 # Packaged listeners (loopback): IMAP 9143/9993, POP3 9110/9995, submission
@@ -222,6 +224,14 @@ for f in postern.db postern.key tls/postern.crt tls/postern.key; do
     [ "$(stat -c %U "/var/lib/postern/$f" 2>/dev/null)" = postern ] || fail "/var/lib/postern/$f is missing or not postern's"
 done
 ok "database, instance key and certificate created in /var/lib/postern, owned by postern"
+
+log "install the package again (an upgrade in place): the edited conffile and the data stay"
+dpkg -i "$DEB" </dev/null >/dev/null
+grep -q "127.0.0.1:$DOVECOT_IMAP_PORT" "$CONF" || fail "reinstalling replaced the edited $CONF"
+[ -f /var/lib/postern/postern.db ] || fail "reinstalling lost the database"
+runuser -u postern -- /usr/bin/postern migrate --check --config "$CONF" >/dev/null \
+    || fail "the schema is not up to date after the first start"
+ok "reinstall keeps the edited configuration and the data; the schema is current"
 
 log "stop the service"
 if [ "$USE_SYSTEMD" -eq 1 ]; then
