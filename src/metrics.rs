@@ -144,6 +144,8 @@ fn present_at_zero() {
     for protocol in Protocol::ALL.map(Protocol::as_str) {
         metrics::counter!(CONNECTIONS, "protocol" => protocol).increment(0);
         metrics::gauge!(SESSIONS_ACTIVE, "protocol" => protocol).increment(0.0);
+        // Registered, not recorded: every bucket is exported at 0.
+        let _ = metrics::histogram!(UPSTREAM_LOGIN_SECONDS, "protocol" => protocol);
         for result in ["ok", "refused", "unavailable", "limited"] {
             metrics::counter!(LOGINS, "protocol" => protocol, "result" => result).increment(0);
         }
