@@ -341,7 +341,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     runtime.bind_all(&config).await?;
     runtime.start_rechecks(&config);
     crate::web::spawn(&runtime, &config).await?;
+    crate::service_manager::notify_ready();
     signals.wait_for_shutdown(&runtime).await;
+    crate::service_manager::notify_stopping();
     runtime
         .shutdown(Duration::from_secs(config.limits.drain_secs))
         .await;

@@ -561,32 +561,44 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Every value that cannot be served, each naming its key (`check-config`
+    /// prints them all; [`Config::parse`] refuses the first).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         for protocol in Protocol::ALL {
-            self.protocol(protocol).transpose()?;
+            if let Some(Err(err)) = self.protocol(protocol) {
+                problems.push(err);
+            }
         }
         if self.upstream_auth.master_password.is_some()
             && self.upstream_auth.master_password_file.is_some()
         {
-            return Err(ConfigError::Invalid(
+            problems.push(ConfigError::Invalid(
                 "upstream_auth: set master_password or master_password_file, not both".into(),
             ));
         }
         if self.limits.max_line_bytes < 512 {
-            return Err(ConfigError::Invalid(
+            problems.push(ConfigError::Invalid(
                 "limits.max_line_bytes: at least 512".into(),
             ));
         }
         if self.limits.argon2_parallelism == 0 {
-            return Err(ConfigError::Invalid(
+            problems.push(ConfigError::Invalid(
                 "limits.argon2_parallelism: at least 1".into(),
             ));
         }
         if !(1..=MAX_WORKER_THREADS).contains(&self.limits.worker_threads) {
-            return Err(ConfigError::Invalid(format!(
+            problems.push(ConfigError::Invalid(format!(
                 "limits.worker_threads: 1 to {MAX_WORKER_THREADS}"
             )));
         }
-        Ok(())
+        problems
     }
 
     /// The settings of one protocol, or `None` when its section is left out.

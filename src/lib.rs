@@ -18,6 +18,7 @@ pub mod recheck;
 pub mod recovery_mail;
 pub mod registry;
 pub mod secret;
+pub mod service_manager;
 pub mod session;
 pub mod store;
 pub mod web;

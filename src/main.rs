@@ -8,6 +8,9 @@ use postern::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Ops(command) = &cli.command {
+        return postern::cli::ops::run(command, &cli.config, cli.json);
+    }
     // The demo builds its own configuration in memory; everything else reads
     // the file before the runtime starts, since `serve` sizes the runtime by it.
     let config = match cli.command {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
                 postern::cli::admin::run(&config, command, cli.json, &mut std::io::stdout()).await
             }
             (_, None) => unreachable!("only the demo runs without the configuration file"),
+            (Command::Ops(_), _) => unreachable!("operating commands returned above"),
         }
     });
     match result {

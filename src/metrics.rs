@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub mod process;
+
 /// Accepted mail connections, by `protocol`.
 pub const CONNECTIONS: &str = "postern_connections_total";
 /// Logged-in sessions being relayed now, by `protocol`.
@@ -38,6 +40,13 @@ pub const CONNECTIONS_REJECTED: &str = "postern_connections_rejected_total";
 /// and asked again within a second).
 pub const RECHECK_FAILURES: &str = "postern_recheck_failures_total";
 
+/// 1, labelled with this binary's `version`.
+pub const BUILD_INFO: &str = "postern_build_info";
+/// Web UI and JSON API sign-in steps, by `result`: `ok` (signed in),
+/// `second_step` / `must_enroll` (password right, a code or enrollment comes
+/// next), `refused`, `code_refused`, `locked`, `unavailable` (upstream or store).
+pub const WEB_LOGINS: &str = "postern_web_logins_total";
+
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -64,6 +73,7 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("another metrics recorder is installed; /metrics stays empty");
             }
             describe();
+            present_at_zero();
             // Histogram samples are kept until upkeep folds them into buckets;
             // without it a node nobody scrapes would grow by every login.
             let upkeep = handle.clone();
@@ -109,11 +119,77 @@ fn describe() {
         Unit::Seconds,
         "Delay between an event and this node applying it"
     );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections closed because a limit was reached"
+    );
+    describe_counter!(
+        RECHECK_FAILURES,
+        "Live-session re-checks the store could not answer"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the binary");
+    describe_counter!(WEB_LOGINS, "Web UI and API sign-in steps by result");
+    process::describe();
+}
+
+/// Every series of a known label set, at 0 (a gauge at its value), so graphs and
+/// alerts see it before the first event.
+fn present_at_zero() {
+    use crate::net::limiter::Limit;
+    use crate::policy::{Protocol, Refusal};
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for protocol in Protocol::ALL.map(Protocol::as_str) {
+        metrics::counter!(CONNECTIONS, "protocol" => protocol).increment(0);
+        metrics::gauge!(SESSIONS_ACTIVE, "protocol" => protocol).increment(0.0);
+        // Registered, not recorded: every bucket is exported at 0.
+        let _ = metrics::histogram!(UPSTREAM_LOGIN_SECONDS, "protocol" => protocol);
+        for result in ["ok", "refused", "unavailable", "limited"] {
+            metrics::counter!(LOGINS, "protocol" => protocol, "result" => result).increment(0);
+        }
+        for limit in [Limit::Total, Limit::PerClient, Limit::PerUserClient].map(Limit::as_str) {
+            metrics::counter!(CONNECTIONS_REJECTED, "protocol" => protocol, "limit" => limit)
+                .increment(0);
+        }
+    }
+    let refusals = [
+        Refusal::UserDisabled,
+        Refusal::AppPasswordRequired,
+        Refusal::EnrollmentRequired,
+        Refusal::OutOfScope,
+        Refusal::Expired,
+        Refusal::Revoked,
+    ];
+    for reason in ["idle", "admin", "shutdown"]
+        .into_iter()
+        .chain(refusals.map(Refusal::as_str))
+    {
+        metrics::counter!(SESSIONS_DROPPED, "reason" => reason).increment(0);
+    }
+    for result in ["hit", "miss"] {
+        metrics::counter!(LOGIN_CACHE, "result" => result).increment(0);
+    }
+    for result in [
+        "ok",
+        "second_step",
+        "must_enroll",
+        "refused",
+        "code_refused",
+        "locked",
+        "unavailable",
+    ] {
+        metrics::counter!(WEB_LOGINS, "result" => result).increment(0);
+    }
+    metrics::counter!(PENALTY_SECONDS).increment(0);
+    metrics::counter!(RECHECK_FAILURES).increment(0);
+    metrics::gauge!(EVENT_LAG_SECONDS).increment(0.0);
+    metrics::gauge!(EVENT_LOG_POSITION).increment(0.0);
+    process::update();
 }
 
 /// The metrics in the Prometheus text format.
 pub fn render() -> String {
     let handle = install();
+    process::update();
     handle.run_upkeep();
     handle.render()
 }

@@ -587,3 +587,311 @@ fn app_password_expiry_is_one_to_3650_days_as_on_the_web() {
         "3650",
     ]);
 }
+
+// ---- check-config, migrate, completions, man (issue 16) ----
+
+/// Writes `text` to `<dir>/postern.toml`, `$DIR` replaced by the folder.
+fn write_config(dir: &std::path::Path, text: &str) -> PathBuf {
+    let config = dir.join("postern.toml");
+    std::fs::write(&config, text.replace("$DIR", &dir.display().to_string())).unwrap();
+    config
+}
+
+/// `postern --config <config> <args>`, without stdin.
+fn run_postern(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("POSTERN_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// [`run_postern`] on `text` in a fresh folder.
+fn run_with_config(text: &str, args: &[&str]) -> (tempfile::TempDir, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), text);
+    let out = run_postern(&config, args);
+    (dir, out)
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const GOOD_CONFIG: &str = "[store]\nurl = \"sqlite://$DIR/data/p.db\"\n\
+    [secrets]\nkey_file = \"$DIR/data/p.key\"\n\
+    [tls]\ncert = \"$DIR/certs/p.crt\"\nkey = \"$DIR/certs/p.key\"\n\
+    [web]\nlisten = \"127.0.0.1:0\"\n\
+    [imap]\nlisten = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]\n";
+
+#[test]
+fn check_config_accepts_a_good_file_and_writes_nothing() {
+    let (dir, out) = run_with_config(GOOD_CONFIG, &["check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout_of(&out));
+    assert!(stdout_of(&out).contains(": ok"), "{}", stdout_of(&out));
+    // Missing files are only checked to be creatable: none was created.
+    assert!(!dir.path().join("data").exists());
+    assert!(!dir.path().join("certs").exists());
+}
+
+#[test]
+fn check_config_prints_one_line_per_problem_naming_the_key() {
+    let text = "[store]\nurl = \"mysql://db/postern\"\n\
+        [secrets]\nkey_file = \"$DIR/key\"\n\
+        [tls]\ncert = \"$DIR/only.crt\"\nkey = \"$DIR/missing.key\"\n\
+        [web]\nlisten = \"127.0.0.1:9999\"\npublic_url = \"mail.example.org\"\n\
+        [imap]\nupstream = \"nohost\"\n\
+        [pop3]\nlisten = [\"127.0.0.1:9999\"]\n\
+        [upstream_auth]\nmaster_password_file = \"$DIR/no-such-file\"\n\
+        [limits]\nworker_threads = 0\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("only.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("key"), "not hex").unwrap();
+    let config = write_config(dir.path(), text);
+    let out = run_postern(&config, &["check-config"]);
+    let stdout = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let keys: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split_once(": ").map_or(l, |(k, _)| k))
+        .collect();
+    for key in [
+        "store.url",
+        "secrets.key_file",
+        "tls.key",
+        "web.public_url",
+        "imap.upstream",
+        "pop3.listen",
+        "upstream_auth.master_password_file",
+        "limits.worker_threads",
+    ] {
+        assert!(keys.contains(&key), "no line for {key}:\n{stdout}");
+    }
+    assert!(stdout.contains("already used by web.listen"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("problems"),
+        "{:?}",
+        out.stderr
+    );
+    // --json: the same problems as an array of {key, message}.
+    let out = run_postern(&config, &["check-config", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), keys.len());
+    assert!(list[0]["key"].is_string() && list[0]["message"].is_string());
+}
+
+#[test]
+fn check_config_names_an_unknown_key_and_a_broken_tls_pair() {
+    let text = format!("{GOOD_CONFIG}upstrem = \"127.0.0.1:143\"\n");
+    let (_dir, out) = run_with_config(&text, &["check-config"]);
+    let stdout = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("imap.upstrem: unknown field"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/p.crt"), "garbage").unwrap();
+    std::fs::write(dir.path().join("certs/p.key"), "garbage").unwrap();
+    let out = run_postern(&write_config(dir.path(), GOOD_CONFIG), &["check-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout_of(&out).starts_with("tls.cert: "),
+        "{}",
+        stdout_of(&out)
+    );
+}
+
+#[test]
+fn check_config_usage_errors_exit_2_and_a_missing_file_exits_1() {
+    let (_dir, out) = run_with_config(GOOD_CONFIG, &["check-config", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_postern(
+        std::path::Path::new("/nonexistent/postern.toml"),
+        &["check-config"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout_of(&out).starts_with("config: cannot read"),
+        "{}",
+        stdout_of(&out)
+    );
+}
+
+#[test]
+fn check_config_connect_reaches_the_upstreams_and_the_store() {
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let text = format!(
+        "{GOOD_CONFIG}upstream = \"{}\"\n[pop3]\nlisten = [\"127.0.0.1:0\"]\n\
+         listen_tls = [\"127.0.0.1:0\"]\nupstream = \"{closed_addr}\"\n\
+         [relay]\nsmtp = \"{}\"\n",
+        up.local_addr().unwrap(),
+        up.local_addr().unwrap()
+    );
+    let (_dir, out) = run_with_config(&text, &["check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout_of(&out));
+    let (dir, out) = run_with_config(&text, &["check-config", "--connect"]);
+    let stdout = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("pop3.upstream: cannot connect to {closed_addr}")),
+        "{stdout}"
+    );
+    // Opening the store creates the SQLite file, but no schema.
+    assert!(dir.path().join("data/p.db").exists());
+}
+
+/// A SQLite database at `path` with the first `n` migrations applied, as an
+/// older postern left it.
+fn database_with_migrations(path: &std::path::Path, n: usize) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let all: Vec<_> = sqlx::migrate!("migrations/sqlite")
+            .iter()
+            .cloned()
+            .collect();
+        sqlx::migrate::Migrator::with_migrations(all[..n].to_vec())
+            .run(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+}
+
+fn migrations_on_disk() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("migrations/sqlite")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sql"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn admin_stops_on_an_older_schema_and_migrate_brings_it_up_to_date() {
+    let env = Env::new();
+    let names = migrations_on_disk();
+    let last = &names[names.len() - 1][..4];
+    database_with_migrations(&env.dir.path().join("p.db"), names.len() - 1);
+
+    let err = env.fails(&["admin", "domain", "list"]);
+    assert!(err.contains("older than this postern"), "{err}");
+    assert!(err.contains(&format!("migration {last}")), "{err}");
+    assert!(err.contains("postern migrate"), "{err}");
+    // Nothing was migrated behind the operator's back.
+    let err = env.fails(&["admin", "domain", "add", "example.org"]);
+    assert!(err.contains(last), "{err}");
+
+    let out = env.spawn(&["migrate", "--check"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout_of(&out).contains(&format!("pending {last}")),
+        "{}",
+        stdout_of(&out)
+    );
+
+    let applied = env.ok(&["migrate"]);
+    assert!(applied.contains(&format!("applied {last}")), "{applied}");
+    assert!(
+        applied.contains(&format!("schema up to date (version {last})")),
+        "{applied}"
+    );
+    assert!(env.ok(&["migrate"]).starts_with("schema up to date"));
+    assert_eq!(
+        env.spawn(&["migrate", "--check"], "").status.code(),
+        Some(0)
+    );
+    env.ok(&["admin", "domain", "add", "example.org"]);
+}
+
+#[test]
+fn admin_and_migrate_refuse_a_schema_from_a_newer_postern() {
+    let env = Env::new();
+    env.ok(&["migrate"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&env.url()).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from the future', TRUE, x'00', 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+    let err = env.fails(&["admin", "domain", "list"]);
+    assert!(err.contains("newer than this postern"), "{err}");
+    assert!(err.contains("9999"), "{err}");
+    let out = env.spawn(&["migrate"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("9999"));
+    // --json: the error as a JSON object on stderr, nothing on stdout.
+    let out = env.spawn(&["migrate", "--json"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let error: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert!(error["error"].as_str().unwrap().contains("9999"), "{error}");
+}
+
+#[test]
+fn admin_gives_a_new_database_its_schema() {
+    let env = Env::new();
+    env.ok(&["admin", "domain", "add", "example.org"]);
+    let out = env.ok(&["migrate", "--check"]);
+    assert!(out.starts_with("schema up to date"), "{out}");
+}
+
+#[test]
+fn completions_and_the_man_page_cover_every_command() {
+    let env = Env::new();
+    let bash = env.ok(&["completions", "bash"]);
+    for word in ["check-config", "migrate", "app-password", "--config"] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    assert!(env.ok(&["completions", "zsh"]).contains("#compdef postern"));
+    let man = env.ok(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH postern"),
+        "{man}"
+    );
+    assert!(man.contains("check\\-config"), "{man}");
+    assert!(man.contains(".SH \"EXIT STATUS\""), "{man}");
+    assert!(man.contains("/etc/postern/postern.toml"), "{man}");
+    let out = env.spawn(&["completions", "tcsh"], "");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn every_positional_argument_has_help() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_positionals() {
+            if arg.get_help().is_none() {
+                missing.push(format!("{path} <{}>", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&postern::cli::Cli::command(), "postern", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "positional arguments without help: {missing:?}"
+    );
+}

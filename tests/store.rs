@@ -1488,3 +1488,36 @@ async fn upgrading_makes_an_earlier_first_start_password_one_time() {
             .must_change_password
     );
 }
+
+#[tokio::test]
+async fn the_schema_is_the_binarys_and_one_from_a_newer_postern_is_refused() {
+    for db in test_dbs().await {
+        let status = db.store.schema_status().await.unwrap();
+        assert!(status.is_current(), "{status:?}");
+        let known = db.store.known_migrations();
+        assert_eq!(status.applied.len(), known.len());
+        assert_eq!(status.version(), known.last().unwrap().version);
+        assert!(db.store.migrate().await.unwrap().is_empty());
+
+        let checksum = match db.store.backend() {
+            Backend::Sqlite => "x'00'",
+            Backend::Postgres => "decode('00', 'hex')",
+        };
+        db.raw(&format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from a newer postern', TRUE, {checksum}, 1)"
+        ))
+        .await;
+        let status = db.store.schema_status().await.unwrap();
+        assert_eq!(status.unknown, vec![9999]);
+        assert!(status.needs_newer_binary());
+        let err = db.store.migrate().await.unwrap_err();
+        assert!(matches!(err, StoreError::Schema(_)), "{err}");
+        assert!(err.to_string().contains("9999"), "{err}");
+        assert!(db.store.require_current_schema().await.is_err());
+        // `serve`'s start refuses it too.
+        let err = Store::connect(&db.url).await.unwrap_err();
+        assert!(err.to_string().contains("newer than this postern"), "{err}");
+        db.finish().await;
+    }
+}

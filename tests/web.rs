@@ -1847,3 +1847,37 @@ async fn changes_made_on_the_web_are_audited_with_the_client_address() {
         assert_eq!(row.ip.as_deref(), Some(client), "{action}");
     }
 }
+
+/// `postern_web_logins_total{result}` in this process's `/metrics` (other tests
+/// in this process count too: compare before and after).
+fn web_logins(result: &str) -> f64 {
+    let series = format!("postern_web_logins_total{{result=\"{result}\"}}");
+    postern::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn web_and_api_sign_ins_are_counted_by_result() {
+    let w = world().await;
+    let refused = web_logins("refused");
+    let page = Browser::new(&w.app).password_step(ALICE, "not-it").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(web_logins("refused") >= refused + 1.0);
+
+    let ok = web_logins("ok");
+    let mut client = Browser::new(&w.app);
+    let session = client.json("GET", "/api/v1/session", None, "").await;
+    let csrf = between(&session.body, "\"csrf\":\"", "\"");
+    let login = client
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some(&csrf),
+            &format!(r#"{{"address":"{BOB}","password":"bob-primary"}}"#),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    assert!(web_logins("ok") >= ok + 1.0);
+}

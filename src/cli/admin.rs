@@ -68,20 +68,34 @@ pub enum AdminCommand {
 pub enum SysadminCommand {
     /// Create a system administrator, or set a new password for one; the password
     /// is read from the first line of stdin.
-    Add { name: String },
+    Add {
+        /// The administrator's login name in the web UI.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DomainCommand {
     /// Add a domain (feature off, status disabled); a known domain is left as is.
-    Add { domain: String },
+    Add {
+        /// The mail domain, e.g. example.org.
+        domain: String,
+    },
     /// List the known domains.
     List,
     /// Turn the 2-Step feature on or off (the system administrator's switch).
-    Feature { domain: String, state: Switch },
+    Feature {
+        /// A domain added with `domain add`.
+        domain: String,
+        /// on or off.
+        state: Switch,
+    },
     /// Set the domain's status; without --grace-days any grace period is cleared.
     Status {
+        /// A domain added with `domain add`.
         domain: String,
+        /// Disabled: primary passwords work; enabled: users may enroll;
+        /// forced: every user must use a second factor.
         #[arg(value_name = "disabled|enabled|forced")]
         status: DomainStatus,
         /// Forced enrollment grace period, in days from now.
@@ -89,7 +103,12 @@ pub enum DomainCommand {
         grace_days: Option<i64>,
     },
     /// Make USER an administrator of DOMAIN.
-    Admin { domain: String, user: String },
+    Admin {
+        /// A domain added with `domain add`.
+        domain: String,
+        /// A mailbox address of that domain.
+        user: String,
+    },
 }
 
 /// `on` or `off`.
@@ -102,26 +121,40 @@ pub enum Switch {
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// List the users postern has seen in DOMAIN.
-    List { domain: String },
+    List {
+        /// The mail domain.
+        domain: String,
+    },
     /// Provision a confirmed TOTP second factor with a known secret.
     EnrollTotp {
+        /// The user's mailbox address.
         user: String,
         /// The base32 TOTP secret (at least 128 bits).
         #[arg(long, value_name = "BASE32")]
         secret: String,
     },
     /// Drop the user's second factors, backup codes and app passwords.
-    Reset { user: String },
+    Reset {
+        /// The user's mailbox address.
+        user: String,
+    },
     /// Refuse every mail login of the user, whatever the credential.
-    Disable { user: String },
+    Disable {
+        /// The user's mailbox address.
+        user: String,
+    },
     /// Undo `user disable`.
-    Enable { user: String },
+    Enable {
+        /// The user's mailbox address.
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AppPasswordCommand {
     /// Generate an app password; it is printed once, alone on the first line.
     Create {
+        /// The user's mailbox address.
         user: String,
         /// The device it is for.
         #[arg(long)]
@@ -134,9 +167,17 @@ pub enum AppPasswordCommand {
         expires_days: Option<i64>,
     },
     /// List the user's app passwords.
-    List { user: String },
+    List {
+        /// The user's mailbox address.
+        user: String,
+    },
     /// Revoke one app password (its live sessions end).
-    Revoke { user: String, id: i64 },
+    Revoke {
+        /// The user's mailbox address.
+        user: String,
+        /// The app password's id (from `app-password list`).
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,7 +185,10 @@ pub enum SessionCommand {
     /// List the live mail sessions of every node.
     List,
     /// End every live session of USER, on every node.
-    Kill { user: String },
+    Kill {
+        /// The user's mailbox address.
+        user: String,
+    },
 }
 
 /// A day count for `--grace-days`: 1 to [`MAX_DAYS`].
@@ -206,7 +250,12 @@ pub async fn run(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(&config.store.url).await?;
+    let store = Store::open(&config.store.url).await?;
+    // Never migrate under a running `serve` of another version: say so and stop.
+    if let Err(err) = store.require_current_schema().await {
+        store.close().await;
+        return Err(err).context("postern admin works only on this version's schema");
+    }
     let result = Admin {
         config,
         store: &store,

@@ -2,6 +2,8 @@
 //! `admin ...`. `--config` and `--json` are accepted anywhere on the line.
 
 pub mod admin;
+pub mod check;
+pub mod ops;
 
 use std::path::PathBuf;
 
@@ -39,4 +41,7 @@ pub enum Command {
     /// database directly, also while `serve` runs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// check-config, migrate, completions, man.
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
 }

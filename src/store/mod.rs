@@ -20,6 +20,7 @@ mod email_codes;
 mod events;
 mod factors;
 mod login_failures;
+mod schema;
 mod sessions;
 mod sysadmins;
 mod users;
@@ -40,6 +41,7 @@ pub use email_codes::{
 pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
 pub use login_failures::LoginFailures;
+pub use schema::{MigrationId, SchemaMismatch, SchemaStatus};
 pub use sessions::SessionRow;
 pub use sysadmins::SysadminRecord;
 pub use users::{Account, UserRecord, UserSummary, normalize_address};
@@ -71,6 +73,9 @@ pub enum StoreError {
     /// The schema could not be brought up to date.
     #[error("database migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// The database's schema is not this binary's (older, newer or changed).
+    #[error("{0}")]
+    Schema(SchemaMismatch),
     /// A domain setting was changed for a domain postern does not know.
     #[error("unknown domain {0:?}: add it first with `postern admin domain add {0}`")]
     UnknownDomain(String),
@@ -204,27 +209,36 @@ pub struct Store {
 
 impl Store {
     /// Connects to `url` (`sqlite://path`, `sqlite:path`, `postgres://...`) and brings
-    /// the schema up to date. A SQLite file and its folder are created if missing.
-    /// A failure is [`StoreError::Open`], which names the URL without its password.
+    /// the schema up to date (`serve`'s start). A SQLite file and its folder are
+    /// created if missing.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        Self::open(url).await.map_err(|err| StoreError::Open {
+        let store = Store::open(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to `url` without touching the schema (see [`Store::migrate`] and
+    /// [`Store::schema_status`]). A SQLite file and its folder are created if
+    /// missing. A failure is [`StoreError::Open`], which names the URL without
+    /// its password.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Self::open_pool(url).await.map_err(|err| StoreError::Open {
             url: redact_url(url),
             error: Box::new(err),
         })
     }
 
-    async fn open(url: &str) -> Result<Store, StoreError> {
+    async fn open_pool(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url).ok_or_else(|| {
             sqlx::Error::Configuration(
                 "unsupported database URL: expected sqlite: or postgres:".into(),
             )
         })?;
-        let (pool, migrator) = match backend {
-            Backend::Sqlite => (connect_sqlite(url).await?, &SQLITE_MIGRATOR),
-            Backend::Postgres => (connect_postgres(url).await?, &POSTGRES_MIGRATOR),
+        let pool = match backend {
+            Backend::Sqlite => connect_sqlite(url).await?,
+            Backend::Postgres => connect_postgres(url).await?,
         };
-        migrator.run(&pool).await?;
         Ok(Store {
             pool,
             backend,

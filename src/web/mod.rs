@@ -10,6 +10,7 @@
 pub mod api;
 pub mod attempts;
 pub mod csrf;
+mod login_counts;
 pub mod ops;
 pub mod pages;
 pub mod recovery;

@@ -285,6 +285,17 @@ pub async fn password_step(
     password: &str,
     client: Option<SocketAddr>,
 ) -> Result<PasswordOutcome, WebError> {
+    let outcome = check_password(state, address, password, client).await;
+    super::login_counts::count(super::login_counts::password(&outcome));
+    outcome
+}
+
+async fn check_password(
+    state: &WebState,
+    address: &str,
+    password: &str,
+    client: Option<SocketAddr>,
+) -> Result<PasswordOutcome, WebError> {
     // Unauthenticated input: capped before it is normalised, counted or logged.
     if address.len() > MAX_ADDRESS_BYTES {
         return Err(WebError::BadRequest(format!(
@@ -413,7 +424,9 @@ pub async fn second_step(
     code: &str,
     ip: Option<&str>,
 ) -> Result<CodeOutcome, WebError> {
-    check_second_factor(state, address, session_id, code, ip, "web.login").await
+    let outcome = check_second_factor(state, address, session_id, code, ip, "web.login").await;
+    super::login_counts::count(super::login_counts::code(&outcome));
+    outcome
 }
 
 /// A second-factor code for `action` (the audit row's: `web.login` at sign-in,
