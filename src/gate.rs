@@ -22,7 +22,6 @@
 //! reused for the same address and credential until any change reaches the
 //! event log, so repeated logins from one device cost no database round trip.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::credentials::{CanonicalAppPassword, InstanceKey};
@@ -120,7 +119,7 @@ pub struct Gate {
     master: Option<MasterAccount>,
     /// Last use written per app password, so a device reconnecting every few
     /// minutes costs one write per [`LAST_USE_RESOLUTION`], not one per login.
-    last_use: std::sync::Arc<std::sync::Mutex<HashMap<i64, LastUse>>>,
+    last_use: moka::sync::Cache<i64, LastUse>,
     audit: AuditQueue,
     /// Recent successful logins' store reads (see [`cache`]).
     cache: std::sync::Arc<LoginCache>,
@@ -227,6 +226,8 @@ type LastUse = (i64, IpAddr, Protocol);
 
 /// How stale a recorded last use may be (same address and protocol).
 pub const LAST_USE_RESOLUTION: i64 = 60;
+/// App passwords whose last write is remembered at most (a bounded cache).
+const LAST_USE_ENTRIES: u64 = 100_000;
 
 impl Gate {
     /// `login_cache`: how long a device's successful login is remembered
@@ -241,7 +242,10 @@ impl Gate {
             store,
             key,
             master,
-            last_use: Default::default(),
+            last_use: moka::sync::Cache::builder()
+                .max_capacity(LAST_USE_ENTRIES)
+                .time_to_live(std::time::Duration::from_secs(LAST_USE_RESOLUTION as u64))
+                .build(),
             audit: AuditQueue::new(),
             cache: std::sync::Arc::new(LoginCache::new(login_cache)),
         }
@@ -544,20 +548,16 @@ impl Gate {
         let SessionCredential::AppPassword(id) = credential else {
             return;
         };
-        if let Ok(mut recorded) = self.last_use.lock() {
-            if recorded
-                .get(&id)
-                .is_some_and(|(at, last_ip, last_protocol)| {
-                    now - at < LAST_USE_RESOLUTION && *last_ip == ip && *last_protocol == protocol
-                })
-            {
-                return;
-            }
-            if recorded.len() >= 100_000 {
-                recorded.clear();
-            }
-            recorded.insert(id, (now, ip, protocol));
+        if self
+            .last_use
+            .get(&id)
+            .is_some_and(|(at, last_ip, last_protocol)| {
+                now - at < LAST_USE_RESOLUTION && last_ip == ip && last_protocol == protocol
+            })
+        {
+            return;
         }
+        self.last_use.insert(id, (now, ip, protocol));
         if let Err(err) = self
             .store
             .record_app_password_use(id, now, &ip.to_string(), protocol)
