@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Command::Demo => None,
         _ => match Config::load(&cli.config) {
             Ok(config) => Some(config),
-            Err(err) => return fail(anyhow::Error::from(err)),
+            Err(err) => return fail(anyhow::Error::from(err), cli.json),
         },
     };
     let workers = match (&cli.command, &config) {
@@ -51,11 +51,17 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(err),
+        Err(err) => fail(err, cli.json),
     }
 }
 
-fn fail(err: anyhow::Error) -> ExitCode {
-    eprintln!("postern: {err:#}");
+/// Prints the error once on stderr (with `--json`, as `{"error": "..."}`) and
+/// exits 1.
+fn fail(err: anyhow::Error, json: bool) -> ExitCode {
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+    } else {
+        eprintln!("postern: {err:#}");
+    }
     ExitCode::FAILURE
 }

@@ -176,6 +176,36 @@ fn settings_of_an_unknown_domain_name_domain_add() {
 }
 
 #[test]
+fn with_json_an_error_is_one_json_object_on_stderr() {
+    let env = Env::new();
+    for args in [
+        &[
+            "--json",
+            "admin",
+            "domain",
+            "feature",
+            "nowhere.example",
+            "on",
+        ][..],
+        &[
+            "admin",
+            "domain",
+            "status",
+            "nowhere.example",
+            "forced",
+            "--json",
+        ][..],
+    ] {
+        let err = env.fails(args);
+        let value: serde_json::Value =
+            serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
+        let text = value["error"].as_str().unwrap_or_default();
+        assert!(text.contains("domain add"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
 fn user_list_after_enroll_disable_and_admin() {
     let env = Env::new();
     env.ok(&["admin", "domain", "add", "example.org"]);
