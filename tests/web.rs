@@ -1587,10 +1587,10 @@ async fn sensitive_actions_ask_for_a_fresh_second_step_first() {
     assert!(audit.iter().any(|r| r.action == "web.reauth"));
 }
 
-/// Signs a system administrator in and impersonates `target`.
-async fn impersonating(w: &World, target: &str) -> Browser {
-    let store = w.gateway.store();
-    store
+/// A browser signed in as the system administrator `root` (created here).
+async fn signed_in_root(w: &World) -> Browser {
+    w.gateway
+        .store()
         .add_sysadmin("root", &hash("root-secret").await, "test")
         .await
         .unwrap();
@@ -1607,6 +1607,12 @@ async fn impersonating(w: &World, target: &str) -> Browser {
         )
         .await;
     assert_eq!(ok.location(), "/admin");
+    admin
+}
+
+/// Signs a system administrator in and impersonates `target`.
+async fn impersonating(w: &World, target: &str) -> Browser {
+    let mut admin = signed_in_root(w).await;
     let console = admin.get("/admin").await;
     let page = admin
         .post(
@@ -1719,22 +1725,7 @@ async fn resetting_a_user_asks_for_a_confirmation_first() {
 async fn the_console_and_the_api_refuse_a_domain_that_is_no_host_name() {
     let w = world().await;
     let store = w.gateway.store();
-    store
-        .add_sysadmin("root", &hash("root-secret").await, "test")
-        .await
-        .unwrap();
-    let mut admin = Browser::new(&w.app);
-    let form = admin.get("/admin/login").await;
-    admin
-        .post(
-            "/admin/login",
-            &[
-                ("csrf", &form.csrf()),
-                ("name", "root"),
-                ("password", "root-secret"),
-            ],
-        )
-        .await;
+    let mut admin = signed_in_root(&w).await;
     let console = admin.get("/admin").await;
     let page = admin
         .post(
