@@ -8,6 +8,7 @@
 //! concerns. Time-based changes (an app password expiring, a grace period ending)
 //! have no event: each session carries its `allowed_until`, swept every second.
 
+use crate::clock::unix_now;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +30,6 @@ pub struct Rechecker {
     gate: Gate,
     registry: SessionRegistry,
     penalties: Arc<Penalties>,
-}
-
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl Rechecker {

@@ -8,6 +8,7 @@
 //! fixes; changes print one confirmation line (`--json`: `{"ok": true, "message"}`).
 //! Errors go to the caller (`main` prints them to stderr and exits non-zero).
 
+use crate::clock::unix_now;
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, anyhow, bail};
@@ -212,7 +213,7 @@ fn expires_days(text: &str) -> Result<i64, String> {
 /// `--since`: an RFC 3339 time, a UTC date (`YYYY-MM-DD`), or a duration back from
 /// now (`90s`, `30m`, `24h`, `7d`, `2w`); as Unix seconds.
 fn since(text: &str) -> Result<i64, String> {
-    since_at(text, now())
+    since_at(text, unix_now())
 }
 
 fn since_at(text: &str, now: i64) -> Result<i64, String> {
@@ -343,7 +344,7 @@ impl Admin<'_> {
                 status,
                 grace_days,
             } => {
-                let grace_until = grace_days.map(|n| now() + n * DAY);
+                let grace_until = grace_days.map(|n| unix_now() + n * DAY);
                 self.store
                     .set_domain_status(&domain, status, grace_until, &self.actor)
                     .await?;
@@ -461,7 +462,7 @@ impl Admin<'_> {
         let address = normalize_address(user)?;
         let scopes = scope.unwrap_or(Scopes::ALL);
         let expires_at = expires_days
-            .map(|days| expiry_after_days(days, now()))
+            .map(|days| expiry_after_days(days, unix_now()))
             .transpose()?;
         let IssuedAppPassword { id, password } = issue_app_password(
             self.store,
@@ -541,10 +542,6 @@ fn read_password_line(input: &mut impl BufRead) -> anyhow::Result<Secret<String>
         bail!("empty password: write the password on the first line of stdin");
     }
     Ok(line)
-}
-
-fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -7,6 +7,7 @@
 //! goodbye (when it can be) and closed. After login the relay's loop does the
 //! same over both sides, the kill signal and the idle timeout.
 
+use crate::clock::unix_now;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -314,10 +315,6 @@ struct LoggedIn {
     allowed_until: Option<i64>,
     generation: u64,
     slot: UserClientPermit,
-}
-
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Runs a login and holds a refusal until `refusal_floor_ms` after the command:

@@ -25,6 +25,7 @@ mod sessions;
 mod sysadmins;
 mod users;
 
+pub(crate) use crate::clock::unix_now;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -364,11 +365,6 @@ async fn connect_sqlite(url: &str) -> Result<AnyPool, StoreError> {
         .acquire_timeout(Duration::from_secs(30))
         .connect(&url)
         .await?)
-}
-
-/// Current Unix time in seconds, for `created_at`/`at` columns.
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// A 0/1 integer column as a bool.

@@ -1,6 +1,7 @@
 //! The actions behind both the HTML pages and the JSON API, so the two cannot
 //! drift: each checks who may do what and then calls the store.
 
+pub use crate::clock::unix_now;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::StatusCode;
@@ -93,10 +94,6 @@ impl From<StoreError> for WebError {
             }
         }
     }
-}
-
-pub fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// The audit actor for a logged-in user (or a system administrator acting as one).

@@ -7,6 +7,7 @@
 //! (`crate::policy::decide_web_access`), so a domain forced after sign-in binds
 //! the session at once.
 
+use crate::clock::unix_now;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -74,10 +75,6 @@ impl WebSession {
         };
         now.duration_since(self.last_seen) > idle || now.duration_since(self.created) > ABSOLUTE
     }
-}
-
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// 256 random bits, hex.
