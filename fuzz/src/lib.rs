@@ -16,11 +16,11 @@ use postern::net::proxy::{Framing, V1_MAX, V2_MAX, frame, parse};
 use postern::protocol::imap::server::ImapPreAuth;
 use postern::protocol::imap::upstream::ImapUpstreamLogin;
 use postern::protocol::line::{Action, LoginFailure, Options, PreAuthCore};
-use postern::protocol::pop3::Pop3PreAuth;
-use postern::protocol::pop3_upstream::Pop3UpstreamLogin;
+use postern::protocol::pop3::server::Pop3PreAuth;
+use postern::protocol::pop3::upstream::Pop3UpstreamLogin;
 use postern::protocol::sasl::{self, Mechanism, SaslExchange, Step};
-use postern::protocol::smtp::SmtpPreAuth;
-use postern::protocol::smtp_upstream::{SmtpLoginMode, SmtpUpstreamLogin};
+use postern::protocol::smtp::server::SmtpPreAuth;
+use postern::protocol::smtp::upstream::{SmtpLoginMode, SmtpUpstreamLogin};
 use postern::protocol::upstream::{UpstreamCredentials, UpstreamRequest, UpstreamStep};
 
 /// A fuzz input taken apart.

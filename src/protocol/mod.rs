@@ -8,10 +8,8 @@
 pub mod imap;
 pub mod line;
 pub mod pop3;
-pub mod pop3_upstream;
 pub mod sasl;
 pub mod smtp;
-pub mod smtp_upstream;
 pub mod upstream;
 
 #[cfg(test)]

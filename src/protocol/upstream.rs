@@ -1,7 +1,7 @@
 //! Types shared by the upstream-login cores: postern logging in to the protected
 //! server on the client's behalf, without I/O.
 //!
-//! Each protocol's core (`imap::upstream`, `pop3_upstream`, `smtp_upstream`) is
+//! Each protocol's core (`imap::upstream`, `pop3::upstream`, `smtp::upstream`) is
 //! fed the server's bytes and returns [`UpstreamStep`]s; the driver writes,
 //! upgrades to TLS, and finally relays.
 

@@ -2,8 +2,8 @@
 
 use crate::policy::Protocol;
 use crate::protocol::line::Options;
-use crate::protocol::pop3::Pop3PreAuth;
-use crate::protocol::pop3_upstream::Pop3UpstreamLogin;
+use crate::protocol::pop3::server::Pop3PreAuth;
+use crate::protocol::pop3::upstream::Pop3UpstreamLogin;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 
 use super::{ProtocolHandler, UpstreamCore};

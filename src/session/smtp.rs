@@ -16,8 +16,8 @@ use crate::config::{SmtpUpstreamLogin as LoginSetting, UpstreamTls};
 use crate::net::tls;
 use crate::policy::Protocol;
 use crate::protocol::line::Options;
-use crate::protocol::smtp::SmtpPreAuth;
-use crate::protocol::smtp_upstream::{EHLO_NAME, SmtpLoginMode, SmtpUpstreamLogin};
+use crate::protocol::smtp::server::SmtpPreAuth;
+use crate::protocol::smtp::upstream::{EHLO_NAME, SmtpLoginMode, SmtpUpstreamLogin};
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 
 use super::pop3::one_line;
