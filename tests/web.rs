@@ -821,6 +821,13 @@ async fn cookies_are_secure_behind_an_https_public_url() {
     let page = browser.get("/login").await;
     let cookie = page.headers[header::SET_COOKIE].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // The __Host- prefix: browsers accept it only Secure, on Path=/ and with no
+    // Domain, so a sibling host cannot plant or shadow it.
+    assert!(cookie.starts_with("__Host-postern_session="), "{cookie}");
+    assert!(
+        cookie.contains("Path=/") && !cookie.contains("Domain"),
+        "{cookie}"
+    );
     // Browsers are told to come back over HTTPS only, on every response.
     assert_eq!(
         page.headers[header::STRICT_TRANSPORT_SECURITY],

@@ -1,7 +1,7 @@
 //! Persistent state: the sqlx pool, the migrations runner, and one submodule per table
 //! family (domains, users and their failed logins, second factors, recovery e-mail
-//! codes, app passwords, system administrators, the audit log, the event log and the
-//! live-session table).
+//! codes, app passwords, system administrators, the audit log, the event log, the
+//! live-session table and the web sign-in sessions).
 //!
 //! The store owns SQL and nothing else: it does not decide whether a login is allowed
 //! (that is [`crate::policy`]), hash passwords or talk to the network. Every change
@@ -24,6 +24,7 @@ mod schema;
 mod sessions;
 mod sysadmins;
 mod users;
+mod web_sessions;
 
 pub(crate) use crate::clock::unix_now;
 use std::str::FromStr;
@@ -46,6 +47,7 @@ pub use schema::{MigrationId, SchemaMismatch, SchemaStatus};
 pub use sessions::SessionRow;
 pub use sysadmins::SysadminRecord;
 pub use users::{Account, UserRecord, UserSummary, normalize_address};
+pub use web_sessions::WebSessionRow;
 
 /// Migrations for each backend; the right one is picked at runtime by [`Store::connect`].
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

@@ -337,7 +337,10 @@ impl Store {
             .bind(i64::from(disabled))
             .execute(&mut *tx)
             .await?;
-        if !disabled {
+        if disabled {
+            // Every node at once: the rows are gone, whichever node reads them.
+            super::web_sessions::end_user_web_sessions_in(&mut tx, &address).await?;
+        } else {
             // Enabling is also how an administrator clears a guessing block.
             login_failures::clear_in(&mut tx, &address).await?;
         }
@@ -378,6 +381,7 @@ impl Store {
             .await?
             .rows_affected();
         login_failures::clear_in(&mut tx, &address).await?;
+        super::web_sessions::end_user_web_sessions_in(&mut tx, &address).await?;
         let detail = format!("second_factors={factors} app_passwords={app_passwords}");
         insert_audit(&mut tx, actor, "user.reset", &address, &detail, None).await?;
         insert_event(

@@ -36,6 +36,7 @@ pub fn routes() -> Router<WebState> {
         .route("/login/email-code", post(login_email_code))
         .route("/login/enroll", post(enroll_confirm))
         .route("/logout", post(logout))
+        .route("/account/sign-out-everywhere", post(sign_out_everywhere))
         .route("/account/two-step", get(two_step))
         .route("/account/two-step/totp", post(totp_start))
         .route("/account/two-step/totp/confirm", post(enroll_confirm))
@@ -309,7 +310,7 @@ async fn session(
             Json(json!({ "csrf": s.csrf, "session": describe(&state, s).await? })).into_response(),
         ),
         None => {
-            let (id, s) = state.sessions.create(Auth::Anonymous);
+            let (id, s) = state.sessions.create(Auth::Anonymous).await;
             Ok(with_cookie(
                 SessionCookie::Set(id),
                 Json(json!({ "csrf": s.csrf, "session": describe(&state, &s).await? })),
@@ -320,13 +321,13 @@ async fn session(
 
 /// A rotated session: new cookie, and the new token in the body.
 async fn rotated(state: &WebState, old: &str, auth: Auth) -> ApiResult {
-    let (id, s) = state.sessions.rotate(old, auth);
+    let (id, s) = state.sessions.rotate(old, auth).await;
     rotated_to(state, id, s).await
 }
 
 /// A session rotated by a sign-in step that proved who the user is.
 async fn rotated_proved(state: &WebState, old: &str, auth: Auth, proof: Proof) -> ApiResult {
-    let (id, s) = state.sessions.rotate_proved(old, auth, proof);
+    let (id, s) = state.sessions.rotate_proved(old, auth, proof).await;
     rotated_to(state, id, s).await
 }
 
@@ -404,7 +405,10 @@ async fn login_email_code(
     let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
     let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
-    let (new_id, s) = state.sessions.rotate(&id, Auth::SecondStep { address });
+    let (new_id, s) = state
+        .sessions
+        .rotate(&id, Auth::SecondStep { address })
+        .await;
     let session = describe(&state, &s).await?;
     Ok(with_cookie(
         SessionCookie::Set(new_id),
@@ -417,9 +421,24 @@ async fn login_email_code(
 
 async fn logout(State(state): State<WebState>, Extension(current): Extension<Current>) -> Response {
     if let Some((id, _)) = &current.session {
-        state.sessions.remove(id);
+        state.sessions.remove(id).await;
     }
     with_cookie(SessionCookie::Clear, StatusCode::NO_CONTENT)
+}
+
+/// Ends every web session of the signed-in user on every node, this one
+/// included.
+async fn sign_out_everywhere(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let ended = state.sessions.end_all(&user.address).await?;
+    tracing::info!(address = %user.address, ended, "signed out everywhere");
+    Ok(with_cookie(
+        SessionCookie::Clear,
+        Json(serde_json::json!({ "ended": ended })),
+    ))
 }
 
 /// The enrolling user, and whether the policy lets this session do nothing but
@@ -525,17 +544,23 @@ async fn enroll_confirm(
 /// enrollment now has full access: the session id and token rotate with it.
 async fn enrolled(state: &WebState, user: ApiUser, forced: bool) -> ApiResult {
     if !forced {
-        state.sessions.record_proof(&user.id, Proof::SecondFactor);
+        state
+            .sessions
+            .record_proof(&user.id, Proof::SecondFactor)
+            .await;
         return Ok(Json(json!({ "enrolled": true })).into_response());
     }
-    let (id, s) = state.sessions.rotate_proved(
-        &user.id,
-        Auth::User {
-            address: user.address,
-            impersonator: None,
-        },
-        Proof::SecondFactor,
-    );
+    let (id, s) = state
+        .sessions
+        .rotate_proved(
+            &user.id,
+            Auth::User {
+                address: user.address,
+                impersonator: None,
+            },
+            Proof::SecondFactor,
+        )
+        .await;
     Ok(with_cookie(
         SessionCookie::Set(id),
         Json(json!({ "csrf": s.csrf, "session": describe(state, &s).await? })),

@@ -131,7 +131,7 @@ impl WebState {
             imap: config.protocol(Protocol::Imap).transpose()?,
             connector: tls::upstream_connector(&config.upstream_auth.ca_file)?,
             mailer: RecoveryMailer::from_config(&config.relay)?,
-            sessions: SessionStore::default(),
+            sessions: SessionStore::new(runtime.store.clone(), runtime.gate.key().clone()),
             attempts: Attempts::default(),
             admin_rate: ClientRate::default(),
             first_password_file: Some(sysadmin::first_password_file(&config.secrets.key_file)),
@@ -233,17 +233,6 @@ async fn healthz(State(state): State<WebState>) -> Response {
     }
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == session::COOKIE)
-        .map(|(_, value)| value.to_owned())
-}
-
 /// Why the guard refused a request before any handler saw it.
 #[derive(Clone, Copy, Debug)]
 pub enum Refusal {
@@ -287,8 +276,15 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let session =
-        session_cookie(request.headers()).and_then(|id| state.sessions.get(&id).map(|s| (id, s)));
+    let cookies = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let session = match session::session_id(cookies, state.secure_cookies) {
+        Some(id) => state.sessions.get(&id).await.map(|s| (id, s)),
+        None => None,
+    };
     let mut request = request;
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let Some((_, live)) = &session else {
@@ -340,14 +336,9 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
     request.extensions_mut().insert(Current { session, client });
     let mut response = next.run(request).await;
     if let Some(change) = response.extensions().get::<SessionCookie>().cloned() {
-        let flags = if state.secure_cookies {
-            "; Path=/; HttpOnly; SameSite=Strict; Secure"
-        } else {
-            "; Path=/; HttpOnly; SameSite=Strict"
-        };
         let value = match change {
-            SessionCookie::Set(id) => format!("{}={id}{flags}", session::COOKIE),
-            SessionCookie::Clear => format!("{}={flags}; Max-Age=0", session::COOKIE),
+            SessionCookie::Set(id) => session::set_cookie(Some(&id), state.secure_cookies),
+            SessionCookie::Clear => session::set_cookie(None, state.secure_cookies),
         };
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().append(header::SET_COOKIE, value);
@@ -398,6 +389,7 @@ pub async fn spawn(runtime: &Runtime, config: &Config) -> anyhow::Result<SocketA
     )
     .await;
     let state = WebState::from_runtime(runtime, config)?;
+    tokio::spawn(state.sessions.clone().sweep_forever());
     let listener = TcpListener::bind(config.web.listen)
         .await
         .with_context(|| format!("binding the web listener {}", config.web.listen))?;

@@ -214,7 +214,7 @@ pub async fn reauthenticate(
             .await?;
         Proof::PrimaryPassword
     };
-    state.sessions.record_proof(session_id, proof);
+    state.sessions.record_proof(session_id, proof).await;
     Ok(ReauthOutcome::Accepted(proof))
 }
 

@@ -1,32 +1,46 @@
-//! Server-side web sessions: a map keyed by a random id that travels in an
-//! HttpOnly, SameSite=Strict cookie. The id is replaced after every login step so
-//! an id seen before a login is worthless after it. A half-logged-in session
-//! (password right, second step pending) carries only the address; the page
-//! handlers let it reach nothing else. What a signed-in user may do is not kept
-//! here: the policy decides it again on every request from the stored state
-//! (`crate::policy::decide_web_access`), so a domain forced after sign-in binds
-//! the session at once.
+//! Web sign-in sessions, kept in the store (`crate::store` `web_sessions`) so
+//! that any node serves any browser and a restart signs nobody out.
+//!
+//! The browser holds a random id in an HttpOnly, SameSite=Strict cookie; the
+//! store holds only its HMAC under the instance key, so a copy of the database
+//! (or a backup) signs nobody in. The id is replaced after every login step
+//! (the old row deleted) so an id seen before a login is worthless after it. A
+//! half-logged-in session (password right, second step pending) carries only
+//! the address, in its row, so the second step may continue on another node or
+//! after a restart; the page handlers let it reach nothing else. What a
+//! signed-in user may do is not kept here: the policy decides it again on every
+//! request from the stored state (`crate::policy::decide_web_access`), so a
+//! domain forced after sign-in binds the session at once.
+//!
+//! Cost per request: one read (the row, expiry checked by the store), and a
+//! write of "last seen" at most once a minute per session.
+
+use cookie::{Cookie, SameSite};
+use tracing::error;
 
 use crate::clock::unix_now;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
+use crate::credentials::InstanceKey;
 use crate::policy::Proof;
+use crate::store::{Store, WebSessionRow};
 
-/// The cookie's name.
+/// The cookie's name over plain HTTP.
 pub const COOKIE: &str = "postern_session";
+/// The cookie's name when `public_url` is https: the `__Host-` prefix makes
+/// browsers refuse it unless Secure, Path=/ and without Domain, so a sibling
+/// host cannot plant or shadow it.
+pub const HOST_COOKIE: &str = "__Host-postern_session";
 
-/// Idle time after which a session is forgotten.
-const IDLE: Duration = Duration::from_secs(30 * 60);
+/// Idle time after which a session ends.
+const IDLE: i64 = 30 * 60;
 /// Idle time for sessions that are not (yet) logged in.
-const IDLE_PENDING: Duration = Duration::from_secs(10 * 60);
+const IDLE_PENDING: i64 = 10 * 60;
 /// No session lives longer than this, however active.
-const ABSOLUTE: Duration = Duration::from_secs(12 * 3600);
-/// Above this many sessions, expired ones are swept on every new one.
-const SWEEP_ABOVE: usize = 1024;
-/// Hard cap: beyond it the oldest session is dropped to make room.
-const MAX_SESSIONS: usize = 100_000;
+const ABSOLUTE: i64 = 12 * 3600;
+/// "Last seen" is written at most this often per session: the idle deadline
+/// may thus come up to this much early, never late.
+const TOUCH_EVERY: i64 = 60;
+/// How often each node deletes expired rows.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Who the browser is, as far as postern knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +65,47 @@ impl Auth {
     fn pending(&self) -> bool {
         matches!(self, Auth::Anonymous | Auth::SecondStep { .. })
     }
+
+    /// `(kind, subject, impersonator)` as stored.
+    fn to_columns(&self) -> (&'static str, String, Option<String>) {
+        match self {
+            Auth::Anonymous => ("anonymous", String::new(), None),
+            Auth::SecondStep { address } => ("second_step", address.clone(), None),
+            Auth::User {
+                address,
+                impersonator,
+            } => ("user", address.clone(), impersonator.clone()),
+            Auth::Sysadmin { name } => ("sysadmin", name.clone(), None),
+        }
+    }
+
+    fn from_columns(kind: &str, subject: String, impersonator: Option<String>) -> Option<Self> {
+        Some(match kind {
+            "anonymous" => Auth::Anonymous,
+            "second_step" => Auth::SecondStep { address: subject },
+            "user" => Auth::User {
+                address: subject,
+                impersonator,
+            },
+            "sysadmin" => Auth::Sysadmin { name: subject },
+            _ => return None,
+        })
+    }
+}
+
+fn proof_name(proof: Proof) -> &'static str {
+    match proof {
+        Proof::PrimaryPassword => "primary_password",
+        Proof::SecondFactor => "second_factor",
+    }
+}
+
+fn proof_from_name(name: &str) -> Option<Proof> {
+    match name {
+        "primary_password" => Some(Proof::PrimaryPassword),
+        "second_factor" => Some(Proof::SecondFactor),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -62,19 +117,12 @@ pub struct WebSession {
     /// sensitive actions ask again when it is too old
     /// (`crate::policy::decide_sensitive_action`).
     pub proved: Option<(Proof, i64)>,
-    created: Instant,
-    last_seen: Instant,
 }
 
-impl WebSession {
-    fn expired(&self, now: Instant) -> bool {
-        let idle = if self.auth.pending() {
-            IDLE_PENDING
-        } else {
-            IDLE
-        };
-        now.duration_since(self.last_seen) > idle || now.duration_since(self.created) > ABSOLUTE
-    }
+/// The deadline of a session created at `created` and last seen at `seen`.
+fn expires_at(auth: &Auth, created: i64, seen: i64) -> i64 {
+    let idle = if auth.pending() { IDLE_PENDING } else { IDLE };
+    (seen + idle).min(created + ABSOLUTE)
 }
 
 /// 256 random bits, hex.
@@ -82,96 +130,175 @@ pub fn random_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-#[derive(Default)]
+/// The web sessions of every node, through the store.
+///
+/// A store failure is logged and the browser is treated as having no session
+/// (its next form is refused with "your session ended"), never as signed in.
+#[derive(Clone)]
 pub struct SessionStore {
-    map: Mutex<HashMap<String, WebSession>>,
+    store: Store,
+    key: InstanceKey,
 }
 
 impl SessionStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, WebSession>> {
-        // A panic elsewhere must not lock every user out: the map stays usable.
-        self.map
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub fn new(store: Store, key: InstanceKey) -> Self {
+        Self { store, key }
     }
 
-    /// A new session with a fresh id and CSRF token.
-    pub fn create(&self, auth: Auth) -> (String, WebSession) {
-        let now = Instant::now();
+    /// What is stored for the cookie id `id`: its keyed hash.
+    fn hash(&self, id: &str) -> String {
+        hex::encode(self.key.mac(&[b"web-session", id.as_bytes()]))
+    }
+
+    async fn insert(
+        &self,
+        replaces: Option<&str>,
+        auth: Auth,
+        proved: Option<(Proof, i64)>,
+    ) -> (String, WebSession) {
+        let now = unix_now();
         let session = WebSession {
             auth,
             csrf: random_token(),
-            proved: None,
-            created: now,
-            last_seen: now,
+            proved,
         };
         let id = random_token();
-        let mut map = self.lock();
-        if map.len() > SWEEP_ABOVE {
-            map.retain(|_, s| !s.expired(now));
+        let (kind, subject, impersonator) = session.auth.to_columns();
+        let row = WebSessionRow {
+            kind: kind.to_owned(),
+            subject,
+            impersonator,
+            csrf: session.csrf.clone(),
+            proved: proved.map(|(p, at)| (proof_name(p).to_owned(), at)),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: expires_at(&session.auth, now, now),
+        };
+        let old = replaces.map(|old| self.hash(old));
+        if let Err(err) = self
+            .store
+            .insert_web_session(&self.hash(&id), &row, old.as_deref())
+            .await
+        {
+            error!(error = %err, "cannot store a web session");
         }
-        if map.len() >= MAX_SESSIONS {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(id, _)| id.clone());
-            if let Some(oldest) = oldest {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(id.clone(), session.clone());
         (id, session)
     }
 
-    /// The live session with this id (its idle timer restarted), if any.
-    pub fn get(&self, id: &str) -> Option<WebSession> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        let session = map.get_mut(id)?;
-        if session.expired(now) {
-            map.remove(id);
+    /// A new session with a fresh id and CSRF token.
+    pub async fn create(&self, auth: Auth) -> (String, WebSession) {
+        self.insert(None, auth, None).await
+    }
+
+    /// The live session with this id, if any; its idle timer restarts (written
+    /// at most once a minute).
+    pub async fn get(&self, id: &str) -> Option<WebSession> {
+        if id.is_empty() || id.len() > 128 {
             return None;
         }
-        session.last_seen = now;
-        Some(session.clone())
+        let now = unix_now();
+        let hash = self.hash(id);
+        let row = match self.store.web_session(&hash, now).await {
+            Ok(row) => row?,
+            Err(err) => {
+                error!(error = %err, "cannot read a web session");
+                return None;
+            }
+        };
+        let Some(auth) = Auth::from_columns(&row.kind, row.subject, row.impersonator) else {
+            error!(kind = %row.kind, "a stored web session has an unknown kind");
+            return None;
+        };
+        if now - row.last_seen_at >= TOUCH_EVERY {
+            let deadline = expires_at(&auth, row.created_at, now);
+            if let Err(err) = self.store.touch_web_session(&hash, now, deadline).await {
+                error!(error = %err, "cannot record a web session's activity");
+            }
+        }
+        let proved = row
+            .proved
+            .and_then(|(kind, at)| proof_from_name(&kind).map(|p| (p, at)));
+        Some(WebSession {
+            auth,
+            csrf: row.csrf,
+            proved,
+        })
     }
 
     /// Ends `old` and starts a session with a new id and token for `auth`.
-    pub fn rotate(&self, old: &str, auth: Auth) -> (String, WebSession) {
-        self.remove(old);
-        self.create(auth)
+    pub async fn rotate(&self, old: &str, auth: Auth) -> (String, WebSession) {
+        self.insert(Some(old), auth, None).await
     }
 
     /// Like [`rotate`](Self::rotate), for a sign-in step that just proved who the
     /// user is.
-    pub fn rotate_proved(&self, old: &str, auth: Auth, proof: Proof) -> (String, WebSession) {
-        let (id, mut session) = self.rotate(old, auth);
-        session.proved = Some((proof, unix_now()));
-        if let Some(stored) = self.lock().get_mut(&id) {
-            stored.proved = session.proved;
-        }
-        (id, session)
+    pub async fn rotate_proved(&self, old: &str, auth: Auth, proof: Proof) -> (String, WebSession) {
+        self.insert(Some(old), auth, Some((proof, unix_now())))
+            .await
     }
 
     /// Records a re-authentication (or a factor just confirmed) in a live session.
-    pub fn record_proof(&self, id: &str, proof: Proof) {
-        if let Some(session) = self.lock().get_mut(id) {
-            session.proved = Some((proof, unix_now()));
+    pub async fn record_proof(&self, id: &str, proof: Proof) {
+        let hash = self.hash(id);
+        if let Err(err) = self
+            .store
+            .prove_web_session(&hash, proof_name(proof), unix_now())
+            .await
+        {
+            error!(error = %err, "cannot record a proof in a web session");
         }
     }
 
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    /// Ends one session (sign-out).
+    pub async fn remove(&self, id: &str) {
+        if let Err(err) = self.store.delete_web_session(&self.hash(id)).await {
+            error!(error = %err, "cannot end a web session");
+        }
     }
 
-    /// Number of live sessions (tests, metrics).
-    pub fn len(&self) -> usize {
-        self.lock().len()
+    /// Ends every session of the user `address`, on every node ("sign out
+    /// everywhere").
+    pub async fn end_all(&self, address: &str) -> Result<u64, crate::store::StoreError> {
+        self.store.end_user_web_sessions(address).await
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Deletes expired rows, every [`SWEEP_EVERY`], for as long as the node runs.
+    pub async fn sweep_forever(self) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(err) = self.store.sweep_web_sessions(unix_now()).await {
+                error!(error = %err, "cannot sweep expired web sessions");
+            }
+        }
     }
+}
+
+/// The `Set-Cookie` value for a session change: HttpOnly, SameSite=Strict,
+/// Path=/; with `https`, Secure and the `__Host-` name.
+pub fn set_cookie(id: Option<&str>, https: bool) -> String {
+    let name = if https { HOST_COOKIE } else { COOKIE };
+    let mut cookie = Cookie::build((name, id.unwrap_or("").to_owned()))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(https);
+    if id.is_none() {
+        cookie = cookie.max_age(cookie::time::Duration::ZERO);
+    }
+    cookie.build().to_string()
+}
+
+/// The session id a request's `Cookie` headers carry under the cookie's name
+/// for this scheme.
+pub fn session_id<'a>(headers: impl IntoIterator<Item = &'a str>, https: bool) -> Option<String> {
+    let name = if https { HOST_COOKIE } else { COOKIE };
+    headers
+        .into_iter()
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
 }
 
 #[cfg(test)]
@@ -179,18 +306,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rotation_forgets_the_old_id_and_changes_the_token() {
-        let store = SessionStore::default();
-        let (old, first) = store.create(Auth::Anonymous);
-        let (new, second) = store.rotate(
-            &old,
-            Auth::SecondStep {
-                address: "a@b.test".into(),
-            },
+    fn cookies_carry_the_host_prefix_and_flags_over_https() {
+        let set = set_cookie(Some("abc"), true);
+        assert!(set.starts_with("__Host-postern_session=abc"), "{set}");
+        for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+            assert!(set.contains(flag), "{set}");
+        }
+        assert!(!set.contains("Domain"), "{set}");
+        let plain = set_cookie(None, false);
+        assert!(plain.starts_with("postern_session="), "{plain}");
+        assert!(
+            plain.contains("Max-Age=0") && !plain.contains("Secure"),
+            "{plain}"
         );
-        assert_ne!(old, new);
-        assert_ne!(first.csrf, second.csrf);
-        assert!(store.get(&old).is_none());
-        assert!(store.get(&new).is_some());
+        assert_eq!(
+            session_id(["a=1; __Host-postern_session=xyz"], true).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(session_id(["postern_session=xyz"], true), None);
+    }
+
+    #[test]
+    fn the_deadline_is_the_earlier_of_idle_and_absolute() {
+        let user = Auth::User {
+            address: "a@b.test".into(),
+            impersonator: None,
+        };
+        assert_eq!(expires_at(&user, 0, 100), 100 + IDLE);
+        assert_eq!(expires_at(&Auth::Anonymous, 0, 100), 100 + IDLE_PENDING);
+        assert_eq!(expires_at(&user, 0, ABSOLUTE), ABSOLUTE);
     }
 }

@@ -51,6 +51,8 @@ pub fn between(text: &str, start: &str, end: &str) -> String {
 pub struct Browser {
     app: Router,
     pub cookie: Option<String>,
+    /// The cookie's name as the server set it (`__Host-` prefixed over https).
+    pub cookie_name: String,
     /// The address the web app sees the requests from.
     pub client: SocketAddr,
 }
@@ -65,6 +67,7 @@ impl Browser {
         Self {
             app: app.clone(),
             cookie: None,
+            cookie_name: "postern_session".into(),
             client: client.parse().expect("addr"),
         }
     }
@@ -74,7 +77,9 @@ impl Browser {
         if let Some(cookie) = &self.cookie {
             request.headers_mut().insert(
                 header::COOKIE,
-                format!("postern_session={cookie}").parse().expect("cookie"),
+                format!("{}={cookie}", self.cookie_name)
+                    .parse()
+                    .expect("cookie"),
             );
         }
         let response = self.app.clone().oneshot(request).await.expect("response");
@@ -82,7 +87,9 @@ impl Browser {
         let headers = response.headers().clone();
         if let Some(set) = headers.get(header::SET_COOKIE) {
             let set = set.to_str().expect("ascii");
-            let value = between(set, "postern_session=", ";");
+            let (name, rest) = set.split_once('=').expect("name=value");
+            let value = rest.split(';').next().unwrap_or("").to_owned();
+            self.cookie_name = name.to_owned();
             self.cookie = (!value.is_empty()).then_some(value);
         }
         let bytes = response

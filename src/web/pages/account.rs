@@ -15,7 +15,7 @@ use crate::recovery_mail::mask_address;
 use crate::store::FactorKind;
 use crate::web::ops::{self, CodeOutcome, ReauthOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome};
-use crate::web::{Current, WebState};
+use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 async fn chrome(
     state: &WebState,
@@ -57,9 +57,28 @@ pub async fn overview(State(state): State<WebState>, user: UserSession) -> Respo
                 p { a href="/account/app-passwords" { "Application passwords for mail apps" } }
                 @if domain_admin { p { a href="/domain" { "Domain settings" } } }
             }
+            div.card {
+                h2 { "Signed-in browsers" }
+                p { "Signed in on a computer you no longer use, or lost a phone? "
+                    "This signs every browser out of this account, this one included. "
+                    "Mail apps keep working: revoke their application passwords for that." }
+                (post_button("/account/sign-out-everywhere", &user.csrf, "Sign out everywhere", ""))
+            }
         },
     )
     .into_response()
+}
+
+/// "Sign out everywhere": ends every web session of the user, this one
+/// included, on every node at once (the rows are gone from the store).
+pub async fn sign_out_everywhere(State(state): State<WebState>, user: UserSession) -> Response {
+    match state.sessions.end_all(&user.address).await {
+        Ok(ended) => {
+            tracing::info!(address = %user.address, ended, "signed out everywhere");
+            with_cookie(SessionCookie::Clear, Redirect::to("/login"))
+        }
+        Err(err) => error_page(&WebError::Store(err)),
+    }
 }
 
 fn backup_codes_card(csrf: &str) -> Markup {
@@ -210,7 +229,10 @@ pub async fn confirm(
     match ops::confirm_totp(&state, &user.who(), &form.code).await {
         Ok(true) => {
             // A code from the new factor is as good as one at sign-in.
-            state.sessions.record_proof(&user.id, Proof::SecondFactor);
+            state
+                .sessions
+                .record_proof(&user.id, Proof::SecondFactor)
+                .await;
             Redirect::to("/account/two-step").into_response()
         }
         Ok(false) => {
@@ -262,7 +284,10 @@ pub async fn recovery_confirm(
 ) -> Response {
     let message = match recovery::confirm_recovery_address(&state, &user.who(), &form.code).await {
         Ok(ConfirmOutcome::Accepted) => {
-            state.sessions.record_proof(&user.id, Proof::SecondFactor);
+            state
+                .sessions
+                .record_proof(&user.id, Proof::SecondFactor)
+                .await;
             return Redirect::to("/account/two-step").into_response();
         }
         Ok(outcome) => confirm_refusal(outcome),

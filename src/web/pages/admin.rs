@@ -251,7 +251,7 @@ pub async fn login_form(
         }
         Some((_, s)) => login_page(&s.csrf, None).into_response(),
         None => {
-            let (id, session) = state.sessions.create(Auth::Anonymous);
+            let (id, session) = state.sessions.create(Auth::Anonymous).await;
             with_cookie(SessionCookie::Set(id), login_page(&session.csrf, None))
         }
     }
@@ -273,12 +273,15 @@ pub async fn login(
     };
     match sysadmin::sign_in(&state, &form.name, &form.password, current.ip()).await {
         Ok(SysadminLogin::SignedIn) => {
-            let (new_id, _) = state.sessions.rotate(
-                id,
-                Auth::Sysadmin {
-                    name: form.name.trim().to_owned(),
-                },
-            );
+            let (new_id, _) = state
+                .sessions
+                .rotate(
+                    id,
+                    Auth::Sysadmin {
+                        name: form.name.trim().to_owned(),
+                    },
+                )
+                .await;
             with_cookie(SessionCookie::Set(new_id), Redirect::to("/admin"))
         }
         // Not signed in: the one-time password buys nothing but a new one.
@@ -360,7 +363,7 @@ pub async fn password_form(
             _ => password_page(&s.csrf, Some(""), None, None).into_response(),
         },
         None => {
-            let (id, session) = state.sessions.create(Auth::Anonymous);
+            let (id, session) = state.sessions.create(Auth::Anonymous).await;
             with_cookie(
                 SessionCookie::Set(id),
                 password_page(&session.csrf, Some(""), None, None),
@@ -412,7 +415,7 @@ pub async fn change_password(
     .await
     {
         Ok(PasswordChange::Changed) => {
-            let (new_id, _) = state.sessions.rotate(id, Auth::Sysadmin { name });
+            let (new_id, _) = state.sessions.rotate(id, Auth::Sysadmin { name }).await;
             with_cookie(SessionCookie::Set(new_id), Redirect::to("/admin"))
         }
         Ok(PasswordChange::WrongCurrent) => {
@@ -599,13 +602,16 @@ pub async fn impersonate(
     let ip = current.ip_string();
     match ops::impersonate(&state, &admin.name, &form.address, ip.as_deref()).await {
         Ok(address) => {
-            let (new_id, _) = state.sessions.rotate(
-                &admin.id,
-                Auth::User {
-                    address,
-                    impersonator: Some(admin.name),
-                },
-            );
+            let (new_id, _) = state
+                .sessions
+                .rotate(
+                    &admin.id,
+                    Auth::User {
+                        address,
+                        impersonator: Some(admin.name),
+                    },
+                )
+                .await;
             with_cookie(SessionCookie::Set(new_id), Redirect::to("/domain"))
         }
         Err(err) => error_page(&err),
@@ -634,7 +640,10 @@ pub async fn stop_impersonating(
     {
         return error_page(&err.into());
     }
-    let (new_id, _) = state.sessions.rotate(&user.id, Auth::Sysadmin { name });
+    let (new_id, _) = state
+        .sessions
+        .rotate(&user.id, Auth::Sysadmin { name })
+        .await;
     with_cookie(SessionCookie::Set(new_id), Redirect::to("/admin"))
 }
 

@@ -17,11 +17,11 @@ use crate::web::session::Auth;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 /// The session of this request, or a fresh anonymous one (with its cookie).
-fn csrf_or_new(state: &WebState, current: &Current) -> (String, Option<SessionCookie>) {
+async fn csrf_or_new(state: &WebState, current: &Current) -> (String, Option<SessionCookie>) {
     match &current.session {
         Some((_, session)) => (session.csrf.clone(), None),
         None => {
-            let (id, session) = state.sessions.create(Auth::Anonymous);
+            let (id, session) = state.sessions.create(Auth::Anonymous).await;
             (session.csrf, Some(SessionCookie::Set(id)))
         }
     }
@@ -57,7 +57,7 @@ pub async fn form(
     {
         return Redirect::to("/").into_response();
     }
-    let (csrf, cookie) = csrf_or_new(&state, &current);
+    let (csrf, cookie) = csrf_or_new(&state, &current).await;
     let body = login_page(&csrf, None, "");
     match cookie {
         Some(cookie) => with_cookie(cookie, body),
@@ -97,7 +97,8 @@ pub async fn password(
             };
             let (new_id, _) = state
                 .sessions
-                .rotate_proved(id, auth, Proof::PrimaryPassword);
+                .rotate_proved(id, auth, Proof::PrimaryPassword)
+                .await;
             with_cookie(SessionCookie::Set(new_id), Redirect::to(next))
         }
         Err(err) => error_page(&err),
@@ -193,12 +194,15 @@ pub async fn email_code(
     let ip = current.ip_string();
     match recovery::send_login_code(&state, &address, ip.as_deref()).await {
         Ok(masked) => {
-            let (new_id, session) = state.sessions.rotate(
-                &id,
-                Auth::SecondStep {
-                    address: address.clone(),
-                },
-            );
+            let (new_id, session) = state
+                .sessions
+                .rotate(
+                    &id,
+                    Auth::SecondStep {
+                        address: address.clone(),
+                    },
+                )
+                .await;
             let notes = CodeNotes {
                 recovery: Some(&masked),
                 sent: true,
@@ -238,14 +242,17 @@ pub async fn code(
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &form.code, ip.as_deref()).await {
         Ok(CodeOutcome::Accepted) => {
-            let (new_id, _) = state.sessions.rotate_proved(
-                &id,
-                Auth::User {
-                    address,
-                    impersonator: None,
-                },
-                Proof::SecondFactor,
-            );
+            let (new_id, _) = state
+                .sessions
+                .rotate_proved(
+                    &id,
+                    Auth::User {
+                        address,
+                        impersonator: None,
+                    },
+                    Proof::SecondFactor,
+                )
+                .await;
             with_cookie(SessionCookie::Set(new_id), Redirect::to("/account"))
         }
         Ok(outcome) => {
@@ -420,16 +427,19 @@ pub async fn enroll_form(State(state): State<WebState>, user: EnrollingSession) 
 
 /// The forced enrollment is done: the policy now gives the session full access,
 /// and its id changes with the privilege.
-fn enrolled(state: &WebState, id: &str, address: String) -> Response {
+async fn enrolled(state: &WebState, id: &str, address: String) -> Response {
     // Confirming the factor proved the second step, as a sign-in code does.
-    let (new_id, _) = state.sessions.rotate_proved(
-        id,
-        Auth::User {
-            address,
-            impersonator: None,
-        },
-        Proof::SecondFactor,
-    );
+    let (new_id, _) = state
+        .sessions
+        .rotate_proved(
+            id,
+            Auth::User {
+                address,
+                impersonator: None,
+            },
+            Proof::SecondFactor,
+        )
+        .await;
     with_cookie(
         SessionCookie::Set(new_id),
         Redirect::to("/account/two-step"),
@@ -442,7 +452,7 @@ pub async fn enroll(
     Form(form): Form<CodeForm>,
 ) -> Response {
     match ops::confirm_totp(&state, &user.who(), &form.code).await {
-        Ok(true) => enrolled(&state, &user.id, user.address),
+        Ok(true) => enrolled(&state, &user.id, user.address).await,
         Ok(false) => {
             let notes = EnrollNotes {
                 error: Some("That code is not right; try the next one."),
@@ -497,7 +507,7 @@ pub async fn enroll_email_confirm(
 ) -> Response {
     let confirmed = recovery::confirm_recovery_address(&state, &user.who(), &form.code).await;
     match confirmed {
-        Ok(ConfirmOutcome::Accepted) => enrolled(&state, &user.id, user.address),
+        Ok(ConfirmOutcome::Accepted) => enrolled(&state, &user.id, user.address).await,
         Ok(outcome) => {
             let message = confirm_refusal(outcome);
             let notes = EnrollNotes {
@@ -527,7 +537,7 @@ pub async fn logout(
 ) -> Response {
     let target = match &current.session {
         Some((id, session)) => {
-            state.sessions.remove(id);
+            state.sessions.remove(id).await;
             if matches!(session.auth, Auth::Sysadmin { .. }) {
                 "/admin/login"
             } else {

@@ -41,6 +41,10 @@ pub fn routes() -> Router<WebState> {
         )
         .route("/logout", post(login::logout))
         .route("/account", get(account::overview))
+        .route(
+            "/account/sign-out-everywhere",
+            post(account::sign_out_everywhere),
+        )
         .route("/account/two-step", get(account::two_step))
         .route("/account/two-step/confirm", post(account::confirm))
         .route(
