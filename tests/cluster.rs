@@ -253,3 +253,305 @@ async fn an_account_block_counts_failures_on_every_node() {
     drop((first, second));
     schema.drop().await;
 }
+
+/// A minimal HTTP/1.1 client with a one-cookie jar, for the web UI of real
+/// nodes: each request may go to another node, as behind a load balancer with
+/// no affinity.
+struct CookieClient {
+    cookie: Option<(String, String)>,
+}
+
+struct HttpAnswer {
+    status: u16,
+    body: String,
+}
+
+impl HttpAnswer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+impl CookieClient {
+    fn new() -> Self {
+        Self { cookie: None }
+    }
+
+    /// `method path` on `node` with a JSON body and the CSRF header.
+    async fn call(
+        &mut self,
+        node: SocketAddr,
+        method: &str,
+        path: &str,
+        csrf: Option<&str>,
+        body: &str,
+    ) -> HttpAnswer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some((name, value)) = &self.cookie {
+            request.push_str(&format!("Cookie: {name}={value}\r\n"));
+        }
+        if let Some(token) = csrf {
+            request.push_str(&format!("X-CSRF-Token: {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        let mut stream = TcpStream::connect(node)
+            .await
+            .expect("connect to the web UI");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .await
+            .expect("read answer");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP head");
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("set-cookie") {
+                let pair = value.trim().split(';').next().unwrap_or("");
+                let (name, value) = pair.split_once('=').expect("cookie pair");
+                self.cookie = (!value.is_empty()).then(|| (name.to_owned(), value.to_owned()));
+            }
+        }
+        HttpAnswer {
+            status,
+            body: body.to_owned(),
+        }
+    }
+}
+
+/// The TOTP code of `secret` at `now + offset` seconds.
+fn totp_code(secret: &str, offset: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    postern::credentials::totp::code_at(secret, now + offset).expect("code")
+}
+
+#[tokio::test]
+async fn a_browser_alternating_nodes_signs_in_enrolls_and_manages_app_passwords() {
+    let Some(schema) = Schema::create().await else {
+        eprintln!("POSTERN_TEST_DATABASE_URL not set: cluster test skipped");
+        return;
+    };
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let cli = dir.path().join("admin.toml");
+    std::fs::write(
+        &cli,
+        format!(
+            "[store]\nurl = \"{}\"\n[secrets]\nkey_file = \"{}\"\n",
+            schema.url,
+            key.display()
+        ),
+    )
+    .unwrap();
+    admin(&cli, &["admin", "domain", "add", "example.test"]);
+    admin(&cli, &["admin", "domain", "feature", "example.test", "on"]);
+    admin(
+        &cli,
+        &["admin", "domain", "status", "example.test", "enabled"],
+    );
+    let config_a = node_config(dir.path(), "a", fake.addr, &schema.url, &key);
+    let config_b = node_config(dir.path(), "b", fake.addr, &schema.url, &key);
+    let mut nodes = [
+        ServeProcess::start(&config_a, 2).await,
+        ServeProcess::start(&config_b, 2).await,
+    ];
+    // Every request goes to the other node than the one before.
+    let mut turn = 0usize;
+    fn next(turn: &mut usize, nodes: &[ServeProcess; 2]) -> SocketAddr {
+        *turn += 1;
+        nodes[*turn % 2].web
+    }
+    let mut browser = CookieClient::new();
+
+    // Sign in with the password (no second factor yet).
+    let session = browser
+        .call(next(&mut turn, &nodes), "GET", "/api/v1/session", None, "")
+        .await;
+    assert_eq!(session.status, 200, "{}", session.body);
+    let csrf = session.json()["csrf"].as_str().expect("csrf").to_owned();
+    let login = browser
+        .call(
+            next(&mut turn, &nodes),
+            "POST",
+            "/api/v1/login",
+            Some(&csrf),
+            &format!(r#"{{"address":"{ALICE}","password":"alice-primary"}}"#),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    let csrf = login.json()["csrf"].as_str().expect("csrf").to_owned();
+
+    // Enroll an authenticator.
+    let start = browser
+        .call(
+            next(&mut turn, &nodes),
+            "POST",
+            "/api/v1/account/two-step/totp",
+            Some(&csrf),
+            "",
+        )
+        .await;
+    assert_eq!(start.status, 200, "{}", start.body);
+    let secret = start.json()["secret"].as_str().expect("secret").to_owned();
+    let confirm = browser
+        .call(
+            next(&mut turn, &nodes),
+            "POST",
+            "/api/v1/account/two-step/totp/confirm",
+            Some(&csrf),
+            &format!(r#"{{"code":"{}"}}"#, totp_code(&secret, 0)),
+        )
+        .await;
+    assert!(confirm.status == 200, "{} {}", confirm.status, confirm.body);
+    let csrf = confirm.json()["csrf"].as_str().unwrap_or(&csrf).to_owned();
+    let out = browser
+        .call(
+            next(&mut turn, &nodes),
+            "POST",
+            "/api/v1/logout",
+            Some(&csrf),
+            "",
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", out.body);
+
+    // Sign in again: password on one node, the code on the other.
+    let session = browser
+        .call(next(&mut turn, &nodes), "GET", "/api/v1/session", None, "")
+        .await;
+    let csrf = session.json()["csrf"].as_str().expect("csrf").to_owned();
+    let login = browser
+        .call(
+            next(&mut turn, &nodes),
+            "POST",
+            "/api/v1/login",
+            Some(&csrf),
+            &format!(r#"{{"address":"{ALICE}","password":"alice-primary"}}"#),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert!(login.body.contains("second"), "{}", login.body);
+    let csrf = login.json()["csrf"].as_str().expect("csrf").to_owned();
+
+    // A restart of node a in the middle of the second step loses nothing.
+    let config = [&config_a, &config_b];
+    let restarted = (turn + 1) % 2;
+    nodes[restarted].signal("TERM");
+    nodes[restarted]
+        .wait_exit(common::process::PROCESS_TIMEOUT)
+        .await;
+    nodes[restarted] = ServeProcess::start(config[restarted], 2).await;
+
+    let code = browser
+        .call(
+            next(&mut turn, &nodes),
+            "POST",
+            "/api/v1/login/code",
+            Some(&csrf),
+            &format!(r#"{{"code":"{}"}}"#, totp_code(&secret, 30)),
+        )
+        .await;
+    assert_eq!(code.status, 200, "{}", code.body);
+    assert!(code.body.contains("\"state\":\"user\""), "{}", code.body);
+    let csrf = code.json()["csrf"].as_str().expect("csrf").to_owned();
+
+    // An application password, made on one node, works over IMAP on the other.
+    let created = browser
+        .call(
+            next(&mut turn, &nodes),
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&csrf),
+            r#"{"name":"phone","scopes":["imap"]}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_i64().expect("id");
+    let password = created.json()["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
+    let web_node = turn % 2;
+    let imap_node = nodes[(web_node + 1) % 2].addr(false);
+    let mut phone = connect(imap_node).await;
+    phone.line().await;
+    phone
+        .send(format!("a LOGIN {ALICE} \"{password}\"\r\n").as_bytes())
+        .await;
+    assert!(phone.until("a ").await.concat().starts_with("a OK"));
+
+    let listed = browser
+        .call(
+            next(&mut turn, &nodes),
+            "GET",
+            "/api/v1/account/app-passwords",
+            None,
+            "",
+        )
+        .await;
+    assert!(
+        listed.body.contains("\"name\":\"phone\""),
+        "{}",
+        listed.body
+    );
+
+    // Revoked on the web of the node that made it: the phone's session on the
+    // other node ends, and the password no longer logs in there.
+    assert_eq!((turn + 1) % 2, web_node);
+    let revoked = browser
+        .call(
+            next(&mut turn, &nodes),
+            "DELETE",
+            &format!("/api/v1/account/app-passwords/{id}"),
+            Some(&csrf),
+            "",
+        )
+        .await;
+    assert_eq!(revoked.status, 204, "{}", revoked.body);
+    let bye = phone.line().await;
+    assert!(bye.starts_with("* BYE"), "{bye:?}");
+    let mut again = connect(imap_node).await;
+    again.line().await;
+    again
+        .send(format!("a LOGIN {ALICE} \"{password}\"\r\n").as_bytes())
+        .await;
+    assert!(again.until("a ").await.concat().starts_with("a NO"));
+
+    // Still signed in, on both nodes.
+    for _ in 0..2 {
+        let list = browser
+            .call(
+                next(&mut turn, &nodes),
+                "GET",
+                "/api/v1/account/app-passwords",
+                None,
+                "",
+            )
+            .await;
+        assert_eq!(list.status, 200, "{}", list.body);
+    }
+
+    drop(nodes);
+    schema.drop().await;
+}

@@ -29,6 +29,8 @@ pub struct ServeProcess {
     /// Everything the child wrote so far (stdout, then stderr), for failure messages.
     log: Arc<Mutex<String>>,
     pub listeners: Vec<Listener>,
+    /// The web UI's address, from its `listening` line.
+    pub web: SocketAddr,
 }
 
 impl ServeProcess {
@@ -77,6 +79,7 @@ impl ServeProcess {
             lines,
             log,
             listeners: Vec::new(),
+            web: SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         while process.listeners.len() < expected {
             let line = process
@@ -85,9 +88,14 @@ impl ServeProcess {
             process.listeners.push(parse_listener(&line));
         }
         // The web listener comes last: after it, start-up is over.
-        process
+        let line = process
             .wait_for(|l| l.contains("web UI and API listening"))
             .await;
+        process.web = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("listen="))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no listen= in {line:?}"));
         process
     }
 
