@@ -1271,7 +1271,7 @@ async fn a_form_posted_after_the_session_ended_gets_a_page_with_a_link_to_sign_i
     let page = browser.get("/account/app-passwords").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let csrf = page.csrf();
-    // The session ends (signed out in another tab, idle, postern restarted) while
+    // The session ends (signed out in another tab, idle, signed out everywhere) while
     // the form is open; then the form is sent.
     let logout = browser.post("/logout", &[("csrf", &csrf)]).await;
     assert!(logout.status.is_redirection(), "{}", logout.status);

@@ -236,7 +236,7 @@ async fn healthz(State(state): State<WebState>) -> Response {
 /// Why the guard refused a request before any handler saw it.
 #[derive(Clone, Copy, Debug)]
 pub enum Refusal {
-    /// A POST with no live session: it ended (idle, signed out, postern restarted)
+    /// A POST with no live session: it ended (idle, signed out here or everywhere, user disabled or reset)
     /// while the page was open, or there never was one.
     NoSession,
     /// A live session, but the request does not carry its CSRF token (a page

@@ -368,7 +368,7 @@ pub fn refusal_page(path: &str, why: Refusal) -> Response {
             "Your session has ended",
             html! {
                 div.card {
-                    p { "You were signed out (after a while without activity, or because postern restarted) before this form was sent, so nothing was changed." }
+                    p { "You were signed out (after a while without activity, or from another browser with \"Sign out everywhere\") before this form was sent, so nothing was changed." }
                     p { a.button href=(sign_in) { "Sign in again" } }
                 }
             },
