@@ -79,6 +79,9 @@ impl Runtime {
         if let Err(err) = store.remove_node_sessions(&node).await {
             warn!(error = %err, "could not clear this node's stale sessions");
         }
+        let penalties = Penalties::stored(config.limits.trusted_networks.clone(), store.clone());
+        penalties.load().await?;
+        let penalties = Arc::new(penalties);
         Ok(Self {
             gate: Gate::new(
                 store.clone(),
@@ -95,7 +98,7 @@ impl Runtime {
             user_client_limiter: UserClientLimiter::new(config.limits.max_connections_per_user_ip),
             proxies: TrustedProxies::new(config.proxy_protocol.trusted_proxies.clone()),
             admin_passwords: AdminPasswords::new(config.limits.argon2_parallelism),
-            penalties: Arc::new(Penalties::new(config.limits.trusted_networks.clone())),
+            penalties,
             listeners: std::sync::Mutex::default(),
             store,
         })

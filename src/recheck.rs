@@ -53,6 +53,12 @@ impl Rechecker {
                 .is_some_and(|u| s.session.user.eq_ignore_ascii_case(u))
         };
         let concerned: Vec<SessionInfo> = match event.kind {
+            EventKind::ClientFailed => {
+                if let Some(client) = &event.client {
+                    self.penalties.note_client(client);
+                }
+                return;
+            }
             EventKind::SessionKill => {
                 let killed = self.registry.kill_where(EndReason::AdminKill, same_user);
                 if killed > 0 {
@@ -181,6 +187,14 @@ impl Rechecker {
                         debug!(id = event.id, kind = %event.kind, "event");
                         metrics::gauge!(m::EVENT_LAG_SECONDS)
                             .set((unix_now() - event.at).max(0) as f64);
+                        if event.kind == EventKind::ClientFailed {
+                            // Changes no login's outcome but the client's delay.
+                            if let Some(client) = &event.client {
+                                self.penalties.note_client(client);
+                            }
+                            last = event.id;
+                            continue;
+                        }
                         // First void the logins the gate remembers, then move the
                         // generation, both before the event's snapshot of the
                         // sessions: a login that used a remembered context, or

@@ -555,3 +555,142 @@ async fn a_browser_alternating_nodes_signs_in_enrolls_and_manages_app_passwords(
     drop(nodes);
     schema.drop().await;
 }
+
+/// One login as `user` from `client` (a PROXY header from a trusted proxy):
+/// the reply, and how long the client waited for it.
+async fn timed_guess(
+    addr: SocketAddr,
+    client: &str,
+    user: &str,
+    password: &str,
+) -> (String, std::time::Duration) {
+    let mut connection = LineClient::new(TcpStream::connect(addr).await.expect("connect"));
+    connection
+        .send(format!("PROXY TCP4 {client} 127.0.0.1 4000 143\r\n").as_bytes())
+        .await;
+    connection.line().await;
+    let started = std::time::Instant::now();
+    connection
+        .send(format!("a LOGIN {user} {password}\r\n").as_bytes())
+        .await;
+    let reply = connection.until("a ").await.concat();
+    (reply, started.elapsed())
+}
+
+/// Until `node` has learnt (through the event log) that `client` failed.
+async fn knows_of_failure(node: &common::Gateway, client: &str) {
+    let ip: std::net::IpAddr = client.parse().unwrap();
+    for _ in 0..100 {
+        if !node.runtime.penalties.delay(ip).await.is_zero() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the failure on the other node never reached this one");
+}
+
+#[tokio::test]
+async fn guesses_spread_over_two_nodes_meet_one_client_delay() {
+    let Some(schema) = Schema::create().await else {
+        eprintln!("POSTERN_TEST_DATABASE_URL not set: cluster test skipped");
+        return;
+    };
+    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
+    let first = common::Gateway::start_on(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "[limits]\ntrusted_networks = []\n[proxy_protocol]\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        Some(&schema.url),
+    )
+    .await;
+    let second = first.another_node().await;
+    let a = first.addr(postern::policy::Protocol::Imap, false);
+    let b = second.addr(postern::policy::Protocol::Imap, false);
+    let attacker = "10.79.0.1";
+    let (reply, waited) = timed_guess(a, attacker, BOB, "guess-1").await;
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    assert!(waited < postern::penalty::BASE_DELAY, "{waited:?}");
+    knows_of_failure(&second, attacker).await;
+    // The next guess, on the other node, waits as it would on the first...
+    let (reply, waited) = timed_guess(b, attacker, BOB, "guess-2").await;
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    assert!(waited >= postern::penalty::BASE_DELAY, "{waited:?}");
+    // ...and back on the first, the delay has doubled.
+    let (reply, waited) = timed_guess(a, attacker, BOB, "guess-3").await;
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    assert!(waited >= postern::penalty::BASE_DELAY * 2, "{waited:?}");
+    // The attacker's own account forgives nothing of the guesses on bob.
+    let (reply, _) = timed_guess(b, attacker, ALICE, "alice-primary").await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+    let (reply, waited) = timed_guess(b, attacker, BOB, "guess-4").await;
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    assert!(waited >= postern::penalty::BASE_DELAY * 2, "{waited:?}");
+    // Another client is not delayed on either node.
+    let (_, waited) = timed_guess(b, "10.79.1.1", ALICE, "alice-primary").await;
+    assert!(waited < postern::penalty::BASE_DELAY, "{waited:?}");
+
+    drop((first, second));
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn admin_sign_in_guesses_spread_over_two_nodes_meet_one_lock() {
+    use axum::http::StatusCode;
+    use common::browser::Browser;
+    let Some(schema) = Schema::create().await else {
+        eprintln!("POSTERN_TEST_DATABASE_URL not set: cluster test skipped");
+        return;
+    };
+    let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
+    let first = common::Gateway::start_on(
+        fake.addr,
+        "allow_plaintext_auth = true",
+        "",
+        Some(&schema.url),
+    )
+    .await;
+    let second = first.another_node().await;
+    let hash = postern::credentials::admin_password::hash_blocking("admin-secret").expect("hash");
+    first
+        .store()
+        .add_sysadmin("admin", &hash, "cli")
+        .await
+        .unwrap();
+    let apps = [&first, &second].map(|node| {
+        postern::web::router(
+            postern::web::WebState::from_runtime(&node.runtime, &node.config).expect("web"),
+        )
+    });
+    // A client the config exempts from the delay (127.0.0.0/8); the lock
+    // still applies to it.
+    let attacker = "127.0.0.9:40000";
+    let sign_in = |n: usize, password: String| {
+        let app = apps[n % 2].clone();
+        async move {
+            let mut browser = Browser::from_client(&app, attacker);
+            let form = browser.get("/admin/login").await;
+            browser
+                .post(
+                    "/admin/login",
+                    &[
+                        ("csrf", &form.csrf()),
+                        ("name", "admin"),
+                        ("password", &password),
+                    ],
+                )
+                .await
+        }
+    };
+    for n in 0..postern::web::attempts::MAX_FAILURES as usize {
+        let page = sign_in(n, format!("guess-{n}")).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    for n in 0..2 {
+        let locked = sign_in(n, "admin-secret".into()).await;
+        assert_eq!(locked.status, StatusCode::FORBIDDEN, "{}", locked.body);
+        assert!(locked.body.contains("wait 15 minutes"));
+    }
+
+    drop((first, second));
+    schema.drop().await;
+}

@@ -214,7 +214,10 @@ async fn during_the_outage(w: &World, session: &mut Client) {
 
     let penalties = &w.gateway.runtime.penalties;
     let client: IpAddr = [127, 0, 0, 1].into();
-    assert!(penalties.delay(client).is_zero(), "no failure counted");
+    assert!(
+        penalties.delay(client).await.is_zero(),
+        "no failure counted"
+    );
     assert_eq!(
         w.imap.logins().len(),
         upstream_logins,

@@ -230,16 +230,41 @@ async fn a_login_to_one_account_does_not_forgive_a_clients_guesses_on_another() 
     let penalties = &gateway.runtime.penalties;
     let (reply, _) = timed_login(&gateway, attacker, BOB, "guess-1").await;
     assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
-    assert_eq!(penalties.delay(ip), postern::penalty::BASE_DELAY);
+    assert_eq!(penalties.delay(ip).await, postern::penalty::BASE_DELAY);
     // The attacker's own account logs in (after the delay bob's guess earned)...
     let (reply, _) = timed_login(&gateway, attacker, ALICE, "alice-primary").await;
     assert!(reply.starts_with("a OK"), "{reply}");
     // ...which forgives nothing of the guess on bob: the next one still waits.
-    assert_eq!(penalties.delay(ip), postern::penalty::BASE_DELAY);
+    assert_eq!(penalties.delay(ip).await, postern::penalty::BASE_DELAY);
     let (reply, waited) = timed_login(&gateway, attacker, BOB, "guess-2").await;
     assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
     assert!(waited >= postern::penalty::BASE_DELAY, "{waited:?}");
-    assert_eq!(penalties.delay(ip), postern::penalty::BASE_DELAY * 2);
+    assert_eq!(penalties.delay(ip).await, postern::penalty::BASE_DELAY * 2);
     // Another client is not delayed.
-    assert!(penalties.delay("10.77.1.1".parse().unwrap()).is_zero());
+    assert!(
+        penalties
+            .delay("10.77.1.1".parse().unwrap())
+            .await
+            .is_zero()
+    );
+}
+
+#[tokio::test]
+async fn a_clients_delay_holds_after_a_restart() {
+    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
+    let gateway = gateway_behind_a_proxy(&fake).await;
+    let attacker = "10.78.0.1";
+    for n in 0..2 {
+        let (reply, _) = timed_login(&gateway, attacker, BOB, &format!("guess-{n}")).await;
+        assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    }
+    // A new process on the same store, the old one gone.
+    let restarted = gateway.another_node().await;
+    drop(gateway);
+    let (reply, waited) = timed_login(&restarted, attacker, BOB, "guess-2").await;
+    assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    assert!(waited >= postern::penalty::BASE_DELAY * 2, "{waited:?}");
+    // Another client is not delayed.
+    let (_, waited) = timed_login(&restarted, "10.78.1.1", ALICE, "alice-primary").await;
+    assert!(waited < postern::penalty::BASE_DELAY, "{waited:?}");
 }

@@ -75,13 +75,13 @@ async fn a_wrong_primary_password_is_refused_by_the_upstream() {
 async fn a_wrong_web_password_delays_that_client_like_a_wrong_mail_password() {
     let w = world().await;
     let client: std::net::IpAddr = CLIENT.parse::<std::net::SocketAddr>().expect("addr").ip();
-    assert!(w.gateway.runtime.penalties.delay(client).is_zero());
+    assert!(w.gateway.runtime.penalties.delay(client).await.is_zero());
     let mut browser = Browser::new(&w.app);
     let page = browser.password_step(ALICE, "not-it").await;
     assert_eq!(page.status, StatusCode::UNAUTHORIZED);
     // The next answer to this client, on the web or a mail port, waits.
     assert_eq!(
-        w.gateway.runtime.penalties.delay(client),
+        w.gateway.runtime.penalties.delay(client).await,
         postern::penalty::BASE_DELAY
     );
     // And it counts toward the account's block, which every node shares.
@@ -1076,6 +1076,32 @@ async fn wrong_admin_passwords_lock_the_name_only_for_the_client_that_guessed() 
 }
 
 #[tokio::test]
+async fn an_admin_lock_holds_after_a_restart() {
+    let w = world().await;
+    w.gateway
+        .store()
+        .add_sysadmin("admin", &hash("admin-secret").await, "cli")
+        .await
+        .unwrap();
+    let mut attacker = Browser::from_client(&w.app, UNDELAYED);
+    for n in 0..postern::web::attempts::MAX_FAILURES {
+        let page = admin_sign_in(&mut attacker, "admin", &format!("guess-{n}")).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    // A new process on the same store.
+    let restarted = w.gateway.another_node().await;
+    let app = router(WebState::from_runtime(&restarted.runtime, &restarted.config).expect("web"));
+    drop(w);
+    let mut attacker = Browser::from_client(&app, UNDELAYED);
+    let locked = admin_sign_in(&mut attacker, "admin", "admin-secret").await;
+    assert_eq!(locked.status, StatusCode::FORBIDDEN, "{}", locked.body);
+    assert!(locked.body.contains("wait 15 minutes"));
+    let mut admin = Browser::new(&app);
+    let page = admin_sign_in(&mut admin, "admin", "admin-secret").await;
+    assert_eq!(page.location(), "/admin", "{}", page.body);
+}
+
+#[tokio::test]
 async fn a_wrong_admin_password_delays_that_clients_next_answer() {
     let w = world().await;
     let client: std::net::IpAddr = CLIENT.parse::<std::net::SocketAddr>().expect("addr").ip();
@@ -1083,7 +1109,7 @@ async fn a_wrong_admin_password_delays_that_clients_next_answer() {
     let page = admin_sign_in(&mut browser, "admin", "guess").await;
     assert_eq!(page.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        w.gateway.runtime.penalties.delay(client),
+        w.gateway.runtime.penalties.delay(client).await,
         postern::penalty::BASE_DELAY
     );
 }

@@ -346,7 +346,7 @@ async fn login<H: ProtocolHandler>(
     let protocol = handler.protocol();
     let ip = peer.ip();
     let method = method.name();
-    let delay = ctx.penalties.delay(ip);
+    let delay = ctx.penalties.delay(ip).await;
     if !delay.is_zero() {
         metrics::counter!(m::PENALTY_SECONDS).increment(delay.as_secs());
         tokio::time::sleep(delay).await;
@@ -428,7 +428,7 @@ async fn login<H: ProtocolHandler>(
             LoginAttempt::new(protocol.as_str(), method, &user, ip)
                 .credential(&credential)
                 .ok();
-            ctx.penalties.succeeded(ip, &user);
+            ctx.penalties.succeeded(ip, &user).await;
             ctx.gate.login_succeeded(&user, after_success).await;
             ctx.gate
                 .audit_login(&user, protocol, ip, "ok", &credential.to_string());
@@ -471,7 +471,7 @@ async fn refused<T>(
     attempt: [u8; 32],
     reason: &str,
 ) -> Result<T, LoginFailure> {
-    if ctx.penalties.failed(ip, user, attempt) {
+    if ctx.penalties.failed(ip, user, attempt).await {
         if normalize_address(user).is_ok() {
             ctx.gate.count_login_failure(user, unix_now()).await;
         } else {

@@ -39,10 +39,14 @@ pub enum EventKind {
     AppPasswordRevoked,
     /// An administrator asked for a user's sessions to end.
     SessionKill,
+    /// A login from a client network failed: nodes read its delay from the
+    /// store from now on ([`crate::penalty`]). Changes no login's outcome
+    /// otherwise, so it voids no remembered login.
+    ClientFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::DomainFeature,
         EventKind::DomainStatus,
         EventKind::UserEnrolled,
@@ -51,6 +55,7 @@ impl EventKind {
         EventKind::UserEnabled,
         EventKind::AppPasswordRevoked,
         EventKind::SessionKill,
+        EventKind::ClientFailed,
     ];
 
     /// The stored form.
@@ -64,6 +69,7 @@ impl EventKind {
             Self::UserEnabled => "user_enabled",
             Self::AppPasswordRevoked => "app_password_revoked",
             Self::SessionKill => "session_kill",
+            Self::ClientFailed => "client_failed",
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct EventRecord {
     pub user_address: Option<String>,
     /// Set for revocations.
     pub app_password_id: Option<i64>,
+    /// Set for client failures: the client network's first address.
+    pub client: Option<String>,
 }
 
 /// Appends an event on `conn`, inside the caller's transaction; returns its id.
@@ -136,6 +144,37 @@ pub(crate) async fn insert_event(
     Ok(id)
 }
 
+/// Appends a [`EventKind::ClientFailed`] event for `client` on `conn`, inside
+/// the caller's transaction.
+pub(crate) async fn insert_client_event(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    client: &str,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENT_LOCK_KEY)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO events (at, kind, client) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(unix_now())
+    .bind(EventKind::ClientFailed.as_str())
+    .bind(client)
+    .fetch_one(&mut *conn)
+    .await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 fn event_from_row(row: &AnyRow) -> Result<EventRecord, StoreError> {
     Ok(EventRecord {
         id: row.try_get("id")?,
@@ -144,6 +183,7 @@ fn event_from_row(row: &AnyRow) -> Result<EventRecord, StoreError> {
         domain: row.try_get("domain")?,
         user_address: row.try_get("user_address")?,
         app_password_id: row.try_get("app_password_id")?,
+        client: row.try_get("client")?,
     })
 }
 
@@ -178,7 +218,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, kind, domain, user_address, app_password_id FROM events \
+            "SELECT id, at, kind, domain, user_address, app_password_id, client FROM events \
              WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)

@@ -15,6 +15,7 @@
 
 mod app_passwords;
 mod audit;
+mod counters;
 mod domains;
 mod email_codes;
 mod events;
@@ -35,6 +36,7 @@ use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
 pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
 pub use audit::{AuditActor, AuditFilter, AuditRecord, NewAudit, RemoteActor};
+pub use counters::PenaltyRow;
 pub use domains::DomainRecord;
 pub use email_codes::{
     EMAIL_CODE_LIFETIME, EMAIL_CODE_MAX_FAILURES, EMAIL_CODE_MIN_INTERVAL, EMAIL_CODES_PER_HOUR,

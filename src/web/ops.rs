@@ -321,7 +321,7 @@ async fn check_password(
     };
     // The mail ports' penalties apply here too, so the web form is no faster
     // way to guess a primary password than IMAP is.
-    let delay = state.penalties.delay(ip);
+    let delay = state.penalties.delay(ip).await;
     if !delay.is_zero() {
         metrics::counter!(crate::metrics::PENALTY_SECONDS).increment(delay.as_secs());
         tokio::time::sleep(delay).await;
@@ -354,13 +354,13 @@ async fn check_password(
         WebError::Upstream
     })?;
     if !right {
-        if state.penalties.failed(ip, &address, attempt) {
+        if state.penalties.failed(ip, &address, attempt).await {
             state.gate.count_login_failure(&address, now).await;
         }
         LoginAttempt::new("web", "password", &address, ip).refused("upstream-refused");
         return Ok(PasswordOutcome::Wrong);
     }
-    state.penalties.succeeded(ip, &address);
+    state.penalties.succeeded(ip, &address).await;
     state
         .gate
         .login_succeeded(&address, AfterSuccess::for_account(&account))
@@ -443,7 +443,7 @@ async fn check_second_factor(
         .and_then(|ip| ip.parse().ok())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let attempt = LoginAttempt::new("web", "second-step", address, client);
-    if state.attempts.locked(&keys) {
+    if state.attempts.locked(&keys).await? {
         attempt.refused("locked");
         return Ok(CodeOutcome::Locked);
     }
@@ -461,7 +461,7 @@ async fn check_second_factor(
     match outcome {
         CodeOutcome::Accepted => {
             attempt.ok();
-            state.attempts.succeed(&keys);
+            state.attempts.succeed(&keys).await?;
             state
                 .store
                 .audit(
@@ -479,7 +479,7 @@ async fn check_second_factor(
                 CodeOutcome::Expired => "code-expired",
                 _ => "wrong-code",
             });
-            state.attempts.fail(&keys);
+            state.attempts.fail(&keys).await?;
             state
                 .store
                 .audit(
@@ -611,7 +611,7 @@ pub async fn confirm_totp(
     let address = who.address;
     let actor = who.actor();
     let key = format!("u:{address}");
-    if state.attempts.locked(&[&key]) {
+    if state.attempts.locked(&[&key]).await? {
         return Err(WebError::Forbidden(
             "too many wrong codes; wait 15 minutes".into(),
         ));
@@ -622,7 +622,7 @@ pub async fn confirm_totp(
     let step = totp::matching_step(&pending.secret, code, now)
         .map_err(|_| WebError::BadRequest("the stored secret is invalid".into()))?;
     let Some(step) = step else {
-        state.attempts.fail(&[&key]);
+        state.attempts.fail(&[&key]).await?;
         return Ok(false);
     };
     if !state.store.use_totp_step(pending.factor_id, step).await? {
@@ -632,7 +632,7 @@ pub async fn confirm_totp(
         .store
         .confirm_second_factor(user.id, pending.factor_id, &actor)
         .await?;
-    state.attempts.succeed(&[&key]);
+    state.attempts.succeed(&[&key]).await?;
     Ok(true)
 }
 

@@ -97,18 +97,18 @@ fn penalty_account(name: &str) -> String {
 
 /// The rate limit and the penalty delay, before any other work.
 async fn admit(state: &WebState, name: &str, ip: IpAddr) -> Result<(), WebError> {
-    if !state.admin_rate.allow(ip) {
+    if !state.admin_rate.allow(ip).await? {
         refusal(name, ip, "rate-limited");
         return Err(WebError::TooMany(
             "too many sign-in attempts from your address; wait a minute".into(),
         ));
     }
-    let delay = state.penalties.delay(ip);
+    let delay = state.penalties.delay(ip).await;
     if !delay.is_zero() {
         metrics::counter!(crate::metrics::PENALTY_SECONDS).increment(delay.as_secs());
         tokio::time::sleep(delay).await;
     }
-    if state.attempts.locked(&[&lock_key(name, ip)]) {
+    if state.attempts.locked(&[&lock_key(name, ip)]).await? {
         refusal(name, ip, "locked");
         return Err(WebError::Forbidden(
             "too many wrong passwords from your address; wait 15 minutes".into(),
@@ -136,17 +136,20 @@ async fn verify(
         });
     let ip_text = ip.to_string();
     if right {
-        state.attempts.succeed(&[&lock_key(name, ip)]);
-        state.penalties.succeeded(ip, &penalty_account(name));
+        state.attempts.succeed(&[&lock_key(name, ip)]).await?;
+        state.penalties.succeeded(ip, &penalty_account(name)).await;
         return Ok(record);
     }
-    state.attempts.fail(&[&lock_key(name, ip)]);
+    state.attempts.fail(&[&lock_key(name, ip)]).await?;
     let attempt = state.key.mac(&[
         b"sysadmin-attempt",
         name.as_bytes(),
         password.expose().as_bytes(),
     ]);
-    state.penalties.failed(ip, &penalty_account(name), attempt);
+    state
+        .penalties
+        .failed(ip, &penalty_account(name), attempt)
+        .await;
     refusal(
         name,
         ip,
