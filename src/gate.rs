@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use crate::credentials::{CanonicalAppPassword, InstanceKey};
 use crate::penalty;
-use crate::policy::{self, Credential, Decision, Protocol, Refusal, UpstreamLogin};
+use crate::policy::{self, Credential, Decision, Protocol, Refusal, Source, UpstreamLogin};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::UpstreamCredentials;
 use crate::secret::Secret;
@@ -260,8 +260,15 @@ impl Gate {
         &self.key
     }
 
-    /// Decides a mail login.
-    pub async fn check(&self, presented: &Credentials, protocol: Protocol, now: i64) -> Verdict {
+    /// Decides a mail login from `client` (the real client address, after any
+    /// PROXY header from a trusted proxy).
+    pub async fn check(
+        &self,
+        presented: &Credentials,
+        protocol: Protocol,
+        client: IpAddr,
+        now: i64,
+    ) -> Verdict {
         let Ok(address) = normalize_address(&presented.username) else {
             // Not local@domain: no domain postern knows, so it behaves as Disabled
             // and no app password can exist for it.
@@ -299,7 +306,7 @@ impl Gate {
                 }
             }
         };
-        let verdict = self.decide(presented, protocol, now, &key, &context);
+        let verdict = self.decide(presented, protocol, client, now, &key, &context);
         // A context without a user row is not remembered: the success creates
         // the row, and the next login reads it.
         if let (Verdict::Proceed { .. }, Some(changes), true) =
@@ -335,6 +342,7 @@ impl Gate {
         &self,
         presented: &Credentials,
         protocol: Protocol,
+        client: IpAddr,
         now: i64,
         key: &CacheKey,
         context: &LoginContext,
@@ -351,6 +359,10 @@ impl Gate {
                 Credential::AppPassword {
                     scopes: record.scopes,
                     expires_at: record.expires_at,
+                    source: Source {
+                        networks: &record.networks,
+                        client,
+                    },
                 },
                 Some(record.id),
             ),
@@ -484,9 +496,12 @@ impl Gate {
             (SessionCredential::Primary, _) => Credential::Primary,
             (SessionCredential::AppPassword(id), Some(user)) => {
                 match self.store.app_password(user.id, id).await? {
+                    // The source networks were checked at login: they never
+                    // change, and neither does a session's address.
                     Some(app) => Credential::AppPassword {
                         scopes: app.scopes,
                         expires_at: app.expires_at,
+                        source: Source::ANYWHERE,
                     },
                     None => Credential::RevokedAppPassword,
                 }

@@ -157,6 +157,7 @@ fn present_at_zero() {
         Refusal::EnrollmentRequired,
         Refusal::OutOfScope,
         Refusal::Expired,
+        Refusal::OutsideNetworks,
         Refusal::Revoked,
     ];
     for reason in ["idle", "admin", "shutdown"]

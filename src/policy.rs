@@ -7,8 +7,10 @@
 //! DESIGN.md's policy table is the specification; the table test below is it.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// A domain administrator's choice (DESIGN: Disabled / Enabled / Forced).
@@ -150,6 +152,80 @@ impl FromStr for Scopes {
     }
 }
 
+/// The source networks an app password may be used from: empty for anywhere
+/// (as Stalwart's per-password allowed IPs). Fixed at creation; a live
+/// session's address never changes, so only a login checks it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceNetworks(Vec<IpNet>);
+
+impl SourceNetworks {
+    /// Anywhere: no restriction.
+    pub const ANYWHERE: SourceNetworks = SourceNetworks(Vec::new());
+    /// Networks one app password may list at most.
+    pub const MAX: usize = 20;
+
+    pub fn is_anywhere(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn networks(&self) -> &[IpNet] {
+        &self.0
+    }
+
+    /// Whether a client at `ip` is inside one of the networks (an IPv4 client
+    /// seen as `::ffff:a.b.c.d` counts as its IPv4 address).
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.is_empty() || self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl fmt::Display for SourceNetworks {
+    /// `192.0.2.0/24,2001:db8::/32`: the stored and printed form ("" for anywhere).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for SourceNetworks {
+    type Err = String;
+    /// CIDRs (or single addresses) separated by commas, spaces or new lines;
+    /// nothing at all is anywhere. Host bits are cleared (`192.0.2.7/24` is
+    /// `192.0.2.0/24`); duplicates are kept once.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut networks: Vec<IpNet> = Vec::new();
+        for part in s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+        {
+            let net = match part.parse::<IpNet>() {
+                Ok(net) => net.trunc(),
+                Err(_) => match part.parse::<IpAddr>() {
+                    Ok(ip) => IpNet::from(ip.to_canonical()),
+                    Err(_) => {
+                        return Err(format!(
+                            "network {part:?} is not an IPv4 or IPv6 address or CIDR \
+                             (e.g. 192.0.2.0/24 or 2001:db8::/32)"
+                        ));
+                    }
+                },
+            };
+            if !networks.contains(&net) {
+                networks.push(net);
+            }
+        }
+        if networks.len() > Self::MAX {
+            return Err(format!(
+                "at most {} networks per app password ({} given)",
+                Self::MAX,
+                networks.len()
+            ));
+        }
+        Ok(Self(networks))
+    }
+}
+
 /// A domain's 2-Step settings as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DomainPolicy {
@@ -183,7 +259,7 @@ pub struct UserState {
 
 /// The credential a client presented, as classified by the store lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Credential {
+pub enum Credential<'a> {
     /// Anything that is not one of the user's app passwords: only the upstream
     /// server can tell whether it is right.
     Primary,
@@ -191,10 +267,30 @@ pub enum Credential {
     AppPassword {
         scopes: Scopes,
         expires_at: Option<i64>,
+        /// Where it may be used from, and where the client is (after any
+        /// PROXY header from a trusted proxy).
+        source: Source<'a>,
     },
     /// A live session's app password that no longer exists (revoked, or removed
     /// by a reset). Never produced at login: there it is simply not found.
     RevokedAppPassword,
+}
+
+/// An app password's source networks and the client's address, checked like
+/// its scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub networks: &'a SourceNetworks,
+    pub client: IpAddr,
+}
+
+impl Source<'_> {
+    /// No restriction (a live session's re-check: its address never changes,
+    /// so the login's check stands).
+    pub const ANYWHERE: Source<'static> = Source {
+        networks: &SourceNetworks::ANYWHERE,
+        client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
 }
 
 /// How postern logs in upstream when a login is allowed.
@@ -216,6 +312,8 @@ pub enum Refusal {
     /// Forced domain, not enrolled, grace over: enroll on the web first.
     EnrollmentRequired,
     OutOfScope,
+    /// The client is outside the app password's source networks.
+    OutsideNetworks,
     Expired,
     Revoked,
 }
@@ -228,6 +326,7 @@ impl Refusal {
             Self::AppPasswordRequired => "app-password-required",
             Self::EnrollmentRequired => "enrollment-required",
             Self::OutOfScope => "app-password-out-of-scope",
+            Self::OutsideNetworks => "app-password-outside-networks",
             Self::Expired => "app-password-expired",
             Self::Revoked => "app-password-revoked",
         }
@@ -245,6 +344,7 @@ impl Refusal {
                 "Your domain now requires 2-Step Authentication: set it up on the web, then use an application password."
             }
             Self::OutOfScope => "This application password is not allowed for this protocol.",
+            Self::OutsideNetworks => "This application password is not allowed from this network.",
             Self::Expired => "This application password has expired.",
             Self::Revoked => "This application password was revoked.",
         }
@@ -262,7 +362,7 @@ pub enum Decision {
 pub fn decide_mail_login(
     domain: Option<&DomainPolicy>,
     user: UserState,
-    credential: Credential,
+    credential: Credential<'_>,
     protocol: Protocol,
     now: i64,
 ) -> Decision {
@@ -272,11 +372,17 @@ pub fn decide_mail_login(
     let status = domain.map_or(DomainStatus::Disabled, DomainPolicy::effective_status);
     match credential {
         Credential::RevokedAppPassword => Decision::Refuse(Refusal::Revoked),
-        Credential::AppPassword { scopes, expires_at } => {
+        Credential::AppPassword {
+            scopes,
+            expires_at,
+            source,
+        } => {
             if expires_at.is_some_and(|at| at <= now) {
                 Decision::Refuse(Refusal::Expired)
             } else if !scopes.contains(protocol) {
                 Decision::Refuse(Refusal::OutOfScope)
+            } else if !source.networks.admits(source.client) {
+                Decision::Refuse(Refusal::OutsideNetworks)
             } else {
                 Decision::Allow(UpstreamLogin::Master)
             }
@@ -308,7 +414,7 @@ pub fn decide_mail_login(
 pub fn allowed_until(
     domain: Option<&DomainPolicy>,
     user: UserState,
-    credential: Credential,
+    credential: Credential<'_>,
 ) -> Option<i64> {
     match credential {
         Credential::AppPassword { expires_at, .. } => expires_at,
@@ -486,9 +592,10 @@ mod tests {
         }
     }
 
-    const APP: Credential = Credential::AppPassword {
+    const APP: Credential<'static> = Credential::AppPassword {
         scopes: Scopes::ALL,
         expires_at: None,
+        source: Source::ANYWHERE,
     };
 
     /// DESIGN.md's table, row by row: (status, enrolled, primary, app password, web).
@@ -641,6 +748,7 @@ mod tests {
         let expiring = Credential::AppPassword {
             scopes: Scopes::ALL,
             expires_at: Some(NOW + 9),
+            source: Source::ANYWHERE,
         };
         assert_eq!(allowed_until(None, user(true), expiring), Some(NOW + 9));
     }
@@ -651,6 +759,7 @@ mod tests {
         let imap_only = Credential::AppPassword {
             scopes: "imap".parse().unwrap(),
             expires_at: None,
+            source: Source::ANYWHERE,
         };
         assert_eq!(
             decide_mail_login(Some(&d), user(true), imap_only, Protocol::Imap, NOW),
@@ -665,6 +774,7 @@ mod tests {
         let expiring = Credential::AppPassword {
             scopes: Scopes::ALL,
             expires_at: Some(NOW + 1),
+            source: Source::ANYWHERE,
         };
         assert_eq!(
             decide_mail_login(Some(&d), user(true), expiring, Protocol::Imap, NOW),
@@ -829,5 +939,70 @@ mod tests {
         assert!("".parse::<Scopes>().is_err());
         assert!("imap,ftp".parse::<Scopes>().is_err());
         assert_eq!(Scopes::ALL.to_string(), "imap,pop3,smtp");
+    }
+
+    #[test]
+    fn app_password_source_networks_are_checked_like_a_scope() {
+        let d = domain(true, Forced);
+        let networks: SourceNetworks = "192.0.2.0/24, 2001:db8::/32".parse().unwrap();
+        let from = |client: &str| Credential::AppPassword {
+            scopes: Scopes::ALL,
+            expires_at: None,
+            source: Source {
+                networks: &networks,
+                client: client.parse().unwrap(),
+            },
+        };
+        for inside in [
+            "192.0.2.1",
+            "192.0.2.255",
+            "2001:db8::7",
+            "::ffff:192.0.2.9",
+        ] {
+            assert_eq!(
+                decide_mail_login(Some(&d), user(true), from(inside), Protocol::Imap, NOW),
+                Decision::Allow(UpstreamLogin::Master),
+                "{inside}"
+            );
+        }
+        for outside in ["127.0.0.1", "192.0.3.1", "2001:db9::1", "::1"] {
+            for protocol in Protocol::ALL {
+                assert_eq!(
+                    decide_mail_login(Some(&d), user(true), from(outside), protocol, NOW),
+                    Decision::Refuse(Refusal::OutsideNetworks),
+                    "{outside} {protocol}"
+                );
+            }
+        }
+        // Anywhere admits every address.
+        assert!(SourceNetworks::ANYWHERE.admits("203.0.113.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn source_networks_parse_and_print() {
+        let n: SourceNetworks = "10.1.2.3/8,\n 192.0.2.7 2001:db8::1/32 10.0.0.0/8"
+            .parse()
+            .unwrap();
+        assert_eq!(n.to_string(), "10.0.0.0/8,192.0.2.7/32,2001:db8::/32");
+        assert_eq!(n.to_string().parse::<SourceNetworks>().unwrap(), n);
+        assert!("".parse::<SourceNetworks>().unwrap().is_anywhere());
+        for bad in [
+            "10.0.0.0/33",
+            "example.org",
+            "192.0.2.0/24,300.1.1.1",
+            "::1/129",
+        ] {
+            let err = bad.parse::<SourceNetworks>().unwrap_err();
+            assert!(err.contains("is not an IPv4 or IPv6"), "{bad}: {err}");
+        }
+        let many: Vec<String> = (0..=SourceNetworks::MAX)
+            .map(|i| format!("10.0.{i}.0/24"))
+            .collect();
+        assert!(
+            many.join(",")
+                .parse::<SourceNetworks>()
+                .unwrap_err()
+                .contains("at most")
+        );
     }
 }

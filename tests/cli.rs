@@ -302,7 +302,8 @@ fn app_password_create_list_revoke_and_reset() {
     for key in ["last_used_at", "last_used_ip", "last_used_protocol"] {
         assert_eq!(laptop[key], Value::Null, "{key}");
     }
-    assert_eq!(laptop.as_object().unwrap().len(), 8);
+    assert_eq!(laptop["networks"], json!([]));
+    assert_eq!(laptop.as_object().unwrap().len(), 9);
 
     let id = id.to_string();
     env.ok(&["admin", "app-password", "revoke", user, &id]);
@@ -331,6 +332,7 @@ fn the_forty_first_app_password_is_refused() {
                 lookup: format!("lookup-{i}"),
                 scopes: Scopes::ALL,
                 expires_at: None,
+                networks: Default::default(),
             };
             store
                 .create_app_password(user.id, new, "test")
@@ -616,6 +618,40 @@ fn app_password_expiry_is_one_to_3650_days_as_on_the_web() {
         "--expires-days",
         "3650",
     ]);
+}
+
+#[test]
+fn app_password_source_networks_are_checked_and_listed() {
+    let env = Env::new();
+    let user = "alice@example.org";
+    let err = env.fails(&[
+        "admin",
+        "app-password",
+        "create",
+        user,
+        "--name",
+        "desk",
+        "--networks",
+        "192.0.2.0/24,office",
+    ]);
+    assert!(err.contains("\"office\" is not an IPv4 or IPv6"), "{err}");
+    env.ok(&[
+        "admin",
+        "app-password",
+        "create",
+        user,
+        "--name",
+        "desk",
+        "--networks",
+        "192.0.2.7/24,2001:db8::/32",
+    ]);
+    let list = env.json(&["admin", "app-password", "list", user, "--json"]);
+    assert_eq!(
+        list[0]["networks"],
+        json!(["192.0.2.0/24", "2001:db8::/32"])
+    );
+    let table = env.ok(&["admin", "app-password", "list", user]);
+    assert!(table.contains("192.0.2.0/24,2001:db8::/32"), "{table}");
 }
 
 // ---- check-config, migrate, completions, man (issue 16) ----

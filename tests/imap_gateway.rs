@@ -415,6 +415,7 @@ async fn a_cold_app_password_login_finds_its_own_among_40_and_one_issued_in_16_c
                 lookup: canonical.lookup_key(&gateway.key, BOB),
                 scopes: "imap".parse().unwrap(),
                 expires_at: None,
+                networks: Default::default(),
             },
             "test",
         )

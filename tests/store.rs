@@ -115,6 +115,7 @@ fn new_app_password(name: &str, lookup: &str) -> NewAppPassword {
         lookup: lookup.into(),
         scopes: Scopes::ALL,
         expires_at: None,
+        networks: Default::default(),
     }
 }
 
@@ -709,6 +710,7 @@ async fn app_passwords_are_stored_listed_and_used() {
                 NewAppPassword {
                     scopes: imap_pop,
                     expires_at: Some(1_900_000_000),
+                    networks: "192.0.2.0/24, 2001:db8::/32".parse().unwrap(),
                     ..new_app_password("Phone", "aa11")
                 },
                 "user:kim@example.org",
@@ -731,6 +733,7 @@ async fn app_passwords_are_stored_listed_and_used() {
         assert_eq!(found.name, "Phone");
         assert_eq!(found.scopes, imap_pop);
         assert_eq!(found.expires_at, Some(1_900_000_000));
+        assert_eq!(found.networks.to_string(), "192.0.2.0/24,2001:db8::/32");
         assert_eq!(found.last_used_at, None);
         assert_eq!(
             s.app_password_by_lookup(other.id, "aa11").await.unwrap(),

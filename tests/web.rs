@@ -811,6 +811,83 @@ async fn the_json_api_logs_in_and_creates_an_app_password() {
 }
 
 #[tokio::test]
+async fn an_app_password_limited_to_networks_is_made_on_the_web_and_the_api() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    browser.password_step(BOB, "bob-primary").await;
+    let page = browser.get("/account/app-passwords").await;
+    assert!(page.body.contains("name=\"networks\""), "{}", page.body);
+    let form = |networks: &'static str, csrf: String| {
+        vec![
+            ("csrf".to_owned(), csrf),
+            ("name".to_owned(), "Office desktop".to_owned()),
+            ("imap".to_owned(), "on".to_owned()),
+            ("networks".to_owned(), networks.to_owned()),
+        ]
+    };
+    let bad = form("192.0.2.0/24, office", page.csrf());
+    let bad: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let refused = browser.post("/account/app-passwords", &bad).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.body.contains("is not an IPv4 or IPv6"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(app_password_count(&w, BOB).await, 0);
+    let good = form("192.0.2.0/24, 2001:db8::/32", page.csrf());
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let created = browser.post("/account/app-passwords", &good).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert!(
+        created.body.contains("192.0.2.0/24, 2001:db8::/32"),
+        "{}",
+        created.body
+    );
+    let list = browser.get("/account/app-passwords").await;
+    assert!(
+        list.body.contains("192.0.2.0/24, 2001:db8::/32"),
+        "{}",
+        list.body
+    );
+
+    let csrf = browser.get("/account/app-passwords").await.csrf();
+    let api = browser
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&csrf),
+            r#"{"name":"laptop","networks":["198.51.100.0/24"]}"#,
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::CREATED, "{}", api.body);
+    let bad = browser
+        .json(
+            "POST",
+            "/api/v1/account/app-passwords",
+            Some(&csrf),
+            r#"{"name":"laptop","networks":["300.1.1.1"]}"#,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    let listed = browser
+        .json("GET", "/api/v1/account/app-passwords", None, "")
+        .await;
+    assert!(
+        listed
+            .body
+            .contains(r#""networks":["192.0.2.0/24","2001:db8::/32"]"#),
+        "{}",
+        listed.body
+    );
+    assert!(
+        listed.body.contains(r#""networks":["198.51.100.0/24"]"#),
+        "{}",
+        listed.body
+    );
+}
+
+#[tokio::test]
 async fn cookies_are_secure_behind_an_https_public_url() {
     let w = world().await;
     let mut config = w.gateway.config.clone();

@@ -19,9 +19,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::config::Config;
 use crate::credentials::{
-    BadExpiry, InstanceKey, IssuedAppPassword, expiry_after_days, issue_app_password, totp,
+    AppPasswordLimits, BadExpiry, InstanceKey, IssuedAppPassword, expiry_after_days,
+    issue_limited_app_password, totp,
 };
-use crate::policy::{DomainStatus, Protocol, Scopes};
+use crate::policy::{DomainStatus, Protocol, Scopes, SourceNetworks};
 use crate::secret::Secret;
 use crate::store::{
     AppPasswordRecord, AuditFilter, AuditRecord, DomainRecord, EventKind, FactorKind, SessionRow,
@@ -166,6 +167,10 @@ pub enum AppPasswordCommand {
         /// Expire it after N days (1 to 3650; left out: never).
         #[arg(long, value_name = "N", value_parser = expires_days)]
         expires_days: Option<i64>,
+        /// The source networks it may be used from, as CIDRs separated by
+        /// commas (IPv4 or IPv6; default: anywhere).
+        #[arg(long, value_name = "CIDR,...")]
+        networks: Option<SourceNetworks>,
     },
     /// List the user's app passwords.
     List {
@@ -412,9 +417,10 @@ impl Admin<'_> {
                 name,
                 scope,
                 expires_days,
+                networks,
             } => {
-                self.create_app_password(&user, &name, scope, expires_days, out)
-                    .await
+                let limits = (scope, expires_days, networks.unwrap_or_default());
+                self.create_app_password(&user, &name, limits, out).await
             }
             AppPasswordCommand::List { user } => {
                 let record = self.store.ensure_user(&user).await?;
@@ -450,8 +456,7 @@ impl Admin<'_> {
         &self,
         user: &str,
         name: &str,
-        scope: Option<Scopes>,
-        expires_days: Option<i64>,
+        (scope, expires_days, networks): (Option<Scopes>, Option<i64>, SourceNetworks),
         out: &mut impl Write,
     ) -> anyhow::Result<()> {
         let name = name.trim();
@@ -464,16 +469,14 @@ impl Admin<'_> {
         let expires_at = expires_days
             .map(|days| expiry_after_days(days, unix_now()))
             .transpose()?;
-        let IssuedAppPassword { id, password } = issue_app_password(
-            self.store,
-            &key,
-            &address,
-            name,
+        let limits = AppPasswordLimits {
             scopes,
             expires_at,
-            &self.actor,
-        )
-        .await?;
+            networks,
+        };
+        let IssuedAppPassword { id, password } =
+            issue_limited_app_password(self.store, &key, &address, name, limits, &self.actor)
+                .await?;
         let shown = password.display();
         if self.json {
             write_json(
@@ -701,6 +704,8 @@ struct AppPasswordRow {
     id: i64,
     name: String,
     scopes: Vec<Protocol>,
+    /// Empty: anywhere.
+    networks: Vec<String>,
     created_at: String,
     expires_at: Option<String>,
     last_used_at: Option<String>,
@@ -718,6 +723,7 @@ impl Row for AppPasswordRow {
         "LAST USED",
         "LAST IP",
         "LAST PROTOCOL",
+        "NETWORKS",
     ];
     fn cells(&self) -> Vec<String> {
         let scopes: Vec<&str> = self.scopes.iter().map(|p| p.as_str()).collect();
@@ -730,6 +736,11 @@ impl Row for AppPasswordRow {
             or_dash(self.last_used_at.as_deref()),
             or_dash(self.last_used_ip.as_deref()),
             or_dash(self.last_used_protocol.as_deref()),
+            if self.networks.is_empty() {
+                "anywhere".into()
+            } else {
+                self.networks.join(",")
+            },
         ]
     }
 }
@@ -742,6 +753,12 @@ fn app_password_rows(passwords: &[AppPasswordRecord]) -> anyhow::Result<Vec<AppP
                 id: p.id,
                 name: p.name.clone(),
                 scopes: p.scopes.protocols().collect(),
+                networks: p
+                    .networks
+                    .networks()
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
                 created_at: rfc3339(p.created_at)?,
                 expires_at: rfc3339_opt(p.expires_at)?,
                 last_used_at: rfc3339_opt(p.last_used_at)?,

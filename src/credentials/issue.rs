@@ -3,7 +3,7 @@
 
 use super::app_password::AppPassword;
 use super::key::InstanceKey;
-use crate::policy::Scopes;
+use crate::policy::{Scopes, SourceNetworks};
 use crate::store::{AuditActor, NewAppPassword, Store, StoreError};
 
 /// The longest lifetime of an app password, in days (`docs/openapi.yaml`).
@@ -32,8 +32,8 @@ pub struct IssuedAppPassword {
     pub password: AppPassword,
 }
 
-/// Creates an app password for `address` (the user record is created on first
-/// sight). At most `MAX_APP_PASSWORDS` per user.
+/// Creates an app password for `address`, usable from anywhere (the user
+/// record is created on first sight). At most `MAX_APP_PASSWORDS` per user.
 pub async fn issue_app_password(
     store: &Store,
     key: &InstanceKey,
@@ -43,6 +43,37 @@ pub async fn issue_app_password(
     expires_at: Option<i64>,
     actor: &(impl AuditActor + ?Sized),
 ) -> Result<IssuedAppPassword, StoreError> {
+    let limits = AppPasswordLimits {
+        scopes,
+        expires_at,
+        networks: SourceNetworks::ANYWHERE,
+    };
+    issue_limited_app_password(store, key, address, name, limits, actor).await
+}
+
+/// What an app password may be used for, fixed at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPasswordLimits {
+    pub scopes: Scopes,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub networks: SourceNetworks,
+}
+
+/// [`issue_app_password`] with source networks.
+pub async fn issue_limited_app_password(
+    store: &Store,
+    key: &InstanceKey,
+    address: &str,
+    name: &str,
+    limits: AppPasswordLimits,
+    actor: &(impl AuditActor + ?Sized),
+) -> Result<IssuedAppPassword, StoreError> {
+    let AppPasswordLimits {
+        scopes,
+        expires_at,
+        networks,
+    } = limits;
     let user = store.ensure_user(address).await?;
     let password = AppPassword::generate();
     let lookup = password.canonical().lookup_key(key, &user.address);
@@ -54,6 +85,7 @@ pub async fn issue_app_password(
                 lookup,
                 scopes,
                 expires_at,
+                networks,
             },
             actor,
         )

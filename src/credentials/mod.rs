@@ -13,5 +13,8 @@ pub mod totp;
 
 pub use admin_password::AdminPasswords;
 pub use app_password::{AppPassword, CanonicalAppPassword};
-pub use issue::{BadExpiry, IssuedAppPassword, expiry_after_days, issue_app_password};
+pub use issue::{
+    AppPasswordLimits, BadExpiry, IssuedAppPassword, expiry_after_days, issue_app_password,
+    issue_limited_app_password,
+};
 pub use key::InstanceKey;

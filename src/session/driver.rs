@@ -362,7 +362,7 @@ async fn login<H: ProtocolHandler>(
     }
     // Before reading the stored state: see `SessionRegistry::generation`.
     let generation = ctx.registry.generation();
-    let verdict = ctx.gate.check(credentials, protocol, unix_now()).await;
+    let verdict = ctx.gate.check(credentials, protocol, ip, unix_now()).await;
     let (user, credential, upstream, allowed_until, after_success) = match verdict {
         Verdict::Refuse { user, reason } => {
             LoginAttempt::new(protocol.as_str(), method, &user, ip).refused(reason.as_str());

@@ -10,7 +10,7 @@ use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::users::address_of;
 use super::{Backend, Store, StoreError, get_parsed, unix_now};
-use crate::policy::{Protocol, Scopes};
+use crate::policy::{Protocol, Scopes, SourceNetworks};
 
 /// How many app passwords one user may have (DESIGN: at most 40).
 pub const MAX_APP_PASSWORDS: i64 = 40;
@@ -25,6 +25,8 @@ pub struct NewAppPassword {
     pub scopes: Scopes,
     /// Unix seconds.
     pub expires_at: Option<i64>,
+    /// Where it may be used from (anywhere when empty).
+    pub networks: SourceNetworks,
 }
 
 /// An app password as stored (never the password itself).
@@ -34,6 +36,8 @@ pub struct AppPasswordRecord {
     pub user_id: i64,
     pub name: String,
     pub scopes: Scopes,
+    /// Where it may be used from (anywhere when empty).
+    pub networks: SourceNetworks,
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub last_used_at: Option<i64>,
@@ -48,6 +52,7 @@ fn app_password_from_row(row: &AnyRow) -> Result<AppPasswordRecord, StoreError> 
         user_id: row.try_get("user_id")?,
         name: row.try_get("name")?,
         scopes: get_parsed(row, "scopes")?,
+        networks: get_parsed(row, "networks")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         last_used_at: row.try_get("last_used_at")?,
@@ -58,7 +63,7 @@ fn app_password_from_row(row: &AnyRow) -> Result<AppPasswordRecord, StoreError> 
 
 macro_rules! app_password_columns {
     () => {
-        "id, user_id, name, scopes, created_at, expires_at, last_used_at, \
+        "id, user_id, name, scopes, networks, created_at, expires_at, last_used_at, \
          last_used_ip, last_used_protocol"
     };
 }
@@ -96,7 +101,7 @@ impl Store {
         }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO app_passwords (user_id, name, lookup, scopes, created_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+             expires_at, networks) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(user_id)
         .bind(&new.name)
@@ -104,11 +109,15 @@ impl Store {
         .bind(new.scopes.to_string())
         .bind(unix_now())
         .bind(new.expires_at)
+        .bind(new.networks.to_string())
         .fetch_one(&mut *tx)
         .await?;
         let mut detail = format!("id={id} name={:?} scopes={}", new.name, new.scopes);
         if let Some(at) = new.expires_at {
             detail.push_str(&format!(" expires_at={at}"));
+        }
+        if !new.networks.is_anywhere() {
+            detail.push_str(&format!(" networks={}", new.networks));
         }
         insert_audit(
             &mut tx,

@@ -643,6 +643,8 @@ struct AppPasswordJson {
     id: i64,
     name: String,
     scopes: Vec<&'static str>,
+    /// CIDRs; empty: anywhere.
+    networks: Vec<String>,
     created_at: i64,
     expires_at: Option<i64>,
     last_used_at: Option<i64>,
@@ -656,6 +658,12 @@ impl From<AppPasswordRecord> for AppPasswordJson {
             id: r.id,
             name: r.name,
             scopes: r.scopes.protocols().map(Protocol::as_str).collect(),
+            networks: r
+                .networks
+                .networks()
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
             created_at: r.created_at,
             expires_at: r.expires_at,
             last_used_at: r.last_used_at,
@@ -685,6 +693,9 @@ struct CreateBody {
     scopes: Option<Vec<Protocol>>,
     #[serde(default)]
     expires_days: Option<u32>,
+    /// CIDRs (or addresses) it may be used from; left out or empty: anywhere.
+    #[serde(default)]
+    networks: Vec<String>,
 }
 
 async fn create_app_password(
@@ -701,9 +712,16 @@ async fn create_app_password(
             list.contains(&Protocol::Smtp),
         )?,
     };
-    let issued =
-        ops::create_app_password(&state, &user.who(), &body.name, scopes, body.expires_days)
-            .await?;
+    let networks = ops::networks_from(&body.networks.join(","))?;
+    let issued = ops::create_app_password(
+        &state,
+        &user.who(),
+        &body.name,
+        scopes,
+        body.expires_days,
+        networks,
+    )
+    .await?;
     let password = issued.password.display();
     Ok((
         StatusCode::CREATED,

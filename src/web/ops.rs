@@ -11,13 +11,14 @@ use tracing::warn;
 use super::session::Auth;
 use super::{WebState, recovery};
 use crate::credentials::{
-    AppPassword, IssuedAppPassword, expiry_after_days, issue_app_password, totp,
+    AppPassword, AppPasswordLimits, IssuedAppPassword, expiry_after_days,
+    issue_limited_app_password, totp,
 };
 use crate::gate::AfterSuccess;
 use crate::login_log::LoginAttempt;
 use crate::policy::{
-    ActionCheck, DomainStatus, Proof, Scopes, SensitiveAction, WebAccess, WebLoginStep,
-    decide_sensitive_action, decide_web_access, decide_web_login,
+    ActionCheck, DomainStatus, Proof, Scopes, SensitiveAction, SourceNetworks, WebAccess,
+    WebLoginStep, decide_sensitive_action, decide_web_access, decide_web_login,
 };
 use crate::secret::Secret;
 use crate::store::{
@@ -711,12 +712,18 @@ pub fn scopes_from(imap: bool, pop3: bool, smtp: bool) -> Result<Scopes, WebErro
         .map_err(|_| WebError::BadRequest("choose at least one of IMAP, POP3, SMTP".into()))
 }
 
+/// Source networks as typed (CIDRs separated by commas, spaces or lines).
+pub fn networks_from(text: &str) -> Result<SourceNetworks, WebError> {
+    text.parse().map_err(WebError::BadRequest)
+}
+
 pub async fn create_app_password(
     state: &WebState,
     who: &Requester<'_>,
     name: &str,
     scopes: Scopes,
     expires_days: Option<u32>,
+    networks: SourceNetworks,
 ) -> Result<IssuedAppPassword, WebError> {
     let (_, user) = user_context(state, who.address).await?;
     authorize(&user, who, SensitiveAction::CreateAppPassword)?;
@@ -730,13 +737,17 @@ pub async fn create_app_password(
         .map(|days| expiry_after_days(i64::from(days), unix_now()))
         .transpose()
         .map_err(|err| WebError::BadRequest(err.to_string()))?;
-    issue_app_password(
+    let limits = AppPasswordLimits {
+        scopes,
+        expires_at,
+        networks,
+    };
+    issue_limited_app_password(
         &state.store,
         &state.key,
         who.address,
         name,
-        scopes,
-        expires_at,
+        limits,
         &who.actor(),
     )
     .await

@@ -540,6 +540,9 @@ fn create_form(user: &UserSession, error: Option<&str>) -> Markup {
                 }
                 label for="expires_days" { "Expires after (days, empty: never)" }
                 input #expires_days type="number" name="expires_days" min="1" max="3650";
+                label for="networks" { "Only from these networks (optional)" }
+                input #networks type="text" name="networks" maxlength="1000" placeholder="192.0.2.0/24, 2001:db8::/32" aria-describedby="networks-help";
+                p.muted #networks-help { "IPv4 or IPv6 addresses or CIDR ranges, separated by commas. Empty: from anywhere. Useful for a desktop that never leaves the office." }
                 button type="submit" { "Create" }
             }
         }
@@ -572,12 +575,15 @@ async fn list_page(state: &WebState, user: &UserSession, error: Option<&str>) ->
                     h2 { "Your application passwords" }
                     @if list.is_empty() { p.muted { "None yet." } } @else {
                         table.stack {
-                            thead { tr { th { "Name" } th { "Scopes" } th { "Created" } th { "Expires" } th { "Last used" } th {} } }
+                            thead { tr { th { "Name" } th { "Scopes" } th { "Networks" } th { "Created" } th { "Expires" } th { "Last used" } th {} } }
                             tbody {
                                 @for p in &list {
                                     tr {
                                         td data-label="Name" { (p.name) }
                                         td data-label="Scopes" { (p.scopes) }
+                                        td data-label="Networks" {
+                                            @if p.networks.is_anywhere() { span.muted { "anywhere" } } @else { (p.networks.to_string().replace(',', ", ")) }
+                                        }
                                         td data-label="Created" { (fmt_time(Some(p.created_at))) }
                                         td data-label="Expires" { (fmt_time(p.expires_at).replace("never", "—")) }
                                         td data-label="Last used" {
@@ -609,6 +615,7 @@ pub struct CreateForm {
     pop3: Option<String>,
     smtp: Option<String>,
     expires_days: Option<String>,
+    networks: Option<String>,
 }
 
 pub async fn create_app_password(
@@ -649,13 +656,25 @@ pub async fn create_app_password(
             Err(_) => return list_page(&state, &user, Some("expiry: a number of days")).await,
         },
     };
-    let issued =
-        match ops::create_app_password(&state, &user.who(), &form.name, scopes, expires_days).await
-        {
-            Ok(issued) => issued,
-            Err(WebError::BadRequest(msg)) => return list_page(&state, &user, Some(&msg)).await,
-            Err(err) => return refused(&state, &user, &err, "/account/app-passwords").await,
-        };
+    let networks = match ops::networks_from(form.networks.as_deref().unwrap_or_default()) {
+        Ok(networks) => networks,
+        Err(err) => return list_page(&state, &user, Some(&err.to_string())).await,
+    };
+    let restricted = (!networks.is_anywhere()).then(|| networks.to_string().replace(',', ", "));
+    let issued = match ops::create_app_password(
+        &state,
+        &user.who(),
+        &form.name,
+        scopes,
+        expires_days,
+        networks,
+    )
+    .await
+    {
+        Ok(issued) => issued,
+        Err(WebError::BadRequest(msg)) => return list_page(&state, &user, Some(&msg)).await,
+        Err(err) => return refused(&state, &user, &err, "/account/app-passwords").await,
+    };
     let (nav, ..) = match chrome(&state, &user).await {
         Ok(c) => c,
         Err(err) => return error_page(&err),
@@ -680,6 +699,7 @@ pub async fn create_app_password(
         html! {
             div.card {
                 p { "For " strong { (form.name.trim()) } " (" (scopes) "). It is shown only this once: type it into the app now." }
+                @if let Some(networks) = &restricted { p { "It works only from " strong { (networks) } "." } }
                 p { span.secret { (password.expose()) } }
                 p.muted { "Spaces, dashes and capital letters do not matter." }
             }
