@@ -231,6 +231,11 @@ impl Rechecker {
             }
         };
         metrics::gauge!(m::EVENT_LOG_POSITION).set(last as f64);
+        // Failures counted before that position are not read from the log:
+        // learn of them from the store (again, after the start's read).
+        if let Err(err) = self.penalties.load().await {
+            warn!(error = %err, "cannot read the clients with recent login failures");
+        }
         let mut listener = match postgres_url {
             Some(url) => match sqlx::postgres::PgListener::connect(&url).await {
                 Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
