@@ -268,6 +268,22 @@ fn upstream_host(upstream: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+impl WebConfig {
+    /// `public_url` parsed: an `https://` or `http://` URL with a host. The
+    /// error says what is wrong with it (`check-config` shows it).
+    pub fn public_url(&self) -> Result<Option<url::Url>, String> {
+        let Some(text) = &self.public_url else {
+            return Ok(None);
+        };
+        let expected = || format!("{text:?}: expected https://HOST or http://HOST");
+        let url = url::Url::parse(text.trim()).map_err(|_| expected())?;
+        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+            return Err(expected());
+        }
+        Ok(Some(url))
+    }
+}
+
 /// How postern logs in upstream on behalf of an app-password user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -573,6 +589,30 @@ mod tests {
             let resolved = |config: &Config| show(&config.protocol(protocol).unwrap().unwrap());
             assert_eq!(resolved(&example), resolved(&defaults), "{protocol}");
         }
+    }
+
+    #[test]
+    fn public_url_is_an_http_url_with_a_host() {
+        let web = |url: &str| WebConfig {
+            public_url: Some(url.into()),
+            ..WebConfig::default()
+        };
+        let url = web("HTTPS://Mail.Example.org/postern/")
+            .public_url()
+            .unwrap();
+        let url = url.expect("set");
+        assert_eq!(url.scheme(), "https");
+        assert_eq!(url.host_str(), Some("mail.example.org"));
+        for bad in [
+            "mail.example.org",
+            "ftp://mail.example.org",
+            "https://",
+            "https:/x y",
+        ] {
+            let err = web(bad).public_url().unwrap_err();
+            assert!(err.contains("expected https://HOST"), "{bad}: {err}");
+        }
+        assert_eq!(WebConfig::default().public_url(), Ok(None));
     }
 
     #[test]
