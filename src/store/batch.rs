@@ -135,24 +135,30 @@ async fn run<T>(
 mod tests {
     use super::*;
 
-    fn recording(batches: Arc<Mutex<Vec<Vec<u32>>>>) -> WriteBatch<u32> {
-        Box::new(move |rows| {
-            let batches = batches.clone();
-            Box::pin(async move { batches.lock().unwrap().push(rows) })
-        })
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A writer that records its batches; 200 ms gathering delay.
+    fn recording(max_batch: usize, max_queued: usize) -> (BatchWriter<u32>, Batches) {
+        let batches = Batches::default();
+        let record = batches.clone();
+        let batching = Batching {
+            delay: Duration::from_millis(200),
+            max_batch,
+            max_queued,
+        };
+        let writer = BatchWriter::new(
+            batching,
+            Box::new(move |rows| {
+                let record = record.clone();
+                Box::pin(async move { record.lock().unwrap().push(rows) })
+            }),
+        );
+        (writer, batches)
     }
 
     #[tokio::test(start_paused = true)]
     async fn rows_pushed_within_the_delay_are_one_write_and_a_flush_waits_for_them() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let writer = BatchWriter::new(
-            Batching {
-                delay: Duration::from_millis(200),
-                max_batch: 3,
-                max_queued: 10,
-            },
-            recording(batches.clone()),
-        );
+        let (writer, batches) = recording(3, 10);
         writer.flush().await;
         for n in 0..5 {
             assert!(writer.push(n));
@@ -163,15 +169,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_refuses_rows() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let writer = BatchWriter::new(
-            Batching {
-                delay: Duration::from_millis(200),
-                max_batch: 10,
-                max_queued: 2,
-            },
-            recording(batches.clone()),
-        );
+        let (writer, batches) = recording(10, 2);
         assert!(writer.push(1));
         assert!(writer.push(2));
         assert!(!writer.push(3));
