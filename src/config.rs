@@ -55,108 +55,78 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://data/postern.db` or `postgres://user@host/db`.
-    #[serde(default = "default_store_url")]
     pub url: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            url: default_store_url(),
+            url: "sqlite://data/postern.db".into(),
         }
     }
 }
 
-fn default_store_url() -> String {
-    "sqlite://data/postern.db".into()
-}
-
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SecretsConfig {
     /// 32 random bytes (hex) for keyed hashes and cookies; generated if missing.
     /// Every node of a cluster must share the same file.
-    #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
 }
 
 impl Default for SecretsConfig {
     fn default() -> Self {
         Self {
-            key_file: default_key_file(),
+            key_file: "data/postern.key".into(),
         }
     }
 }
 
-fn default_key_file() -> PathBuf {
-    "data/postern.key".into()
-}
-
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain; with `key`, generated self-signed if both are missing.
-    #[serde(default = "default_cert")]
     pub cert: PathBuf,
     /// PEM private key.
-    #[serde(default = "default_key")]
     pub key: PathBuf,
     /// Seconds a TLS handshake may take.
-    #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
         Self {
-            cert: default_cert(),
-            key: default_key(),
-            handshake_timeout_secs: default_handshake_timeout(),
+            cert: "certs/postern.crt".into(),
+            key: "certs/postern.key".into(),
+            handshake_timeout_secs: 10,
         }
     }
 }
 
-fn default_cert() -> PathBuf {
-    "certs/postern.crt".into()
-}
-fn default_key() -> PathBuf {
-    "certs/postern.key".into()
-}
-fn default_handshake_timeout() -> u64 {
-    10
-}
-
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WebConfig {
     /// Address of the web UI, JSON API, `/metrics` and `/healthz`.
-    #[serde(default = "default_web_listen")]
     pub listen: SocketAddr,
     /// Public base URL used in links; `https://` sets the Secure cookie flag
     /// and `Strict-Transport-Security`.
-    #[serde(default)]
     pub public_url: Option<String>,
     /// When set, `/metrics` answers only requests carrying
     /// `Authorization: Bearer <metrics_token>` (401 otherwise).
-    #[serde(default)]
     pub metrics_token: Option<String>,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         Self {
-            listen: default_web_listen(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             metrics_token: None,
         }
     }
-}
-
-fn default_web_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
 /// How postern talks to an upstream server.
@@ -298,6 +268,22 @@ fn upstream_host(upstream: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+impl WebConfig {
+    /// `public_url` parsed: an `https://` or `http://` URL with a host. The
+    /// error says what is wrong with it (`check-config` shows it).
+    pub fn public_url(&self) -> Result<Option<url::Url>, String> {
+        let Some(text) = &self.public_url else {
+            return Ok(None);
+        };
+        let expected = || format!("{text:?}: expected https://HOST or http://HOST");
+        let url = url::Url::parse(text.trim()).map_err(|_| expected())?;
+        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+            return Err(expected());
+        }
+        Ok(Some(url))
+    }
+}
+
 /// How postern logs in upstream on behalf of an app-password user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -307,30 +293,25 @@ pub enum MasterMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpstreamAuthConfig {
     /// Only `master` for now.
-    #[serde(default = "default_mode")]
     pub mode: MasterMode,
     /// The upstream's master account.
-    #[serde(default = "default_master_user")]
     pub master_user: String,
     /// Its password (prefer `master_password_file`).
-    #[serde(default)]
     pub master_password: Option<String>,
     /// A file holding the master password (first line).
-    #[serde(default)]
     pub master_password_file: Option<PathBuf>,
     /// PEM CA bundle to verify upstream TLS; system roots if empty.
-    #[serde(default)]
     pub ca_file: String,
 }
 
 impl Default for UpstreamAuthConfig {
     fn default() -> Self {
         Self {
-            mode: default_mode(),
-            master_user: default_master_user(),
+            mode: MasterMode::Master,
+            master_user: "proxy".into(),
             master_password: None,
             master_password_file: None,
             ca_file: String::new(),
@@ -338,64 +319,44 @@ impl Default for UpstreamAuthConfig {
     }
 }
 
-fn default_mode() -> MasterMode {
-    MasterMode::Master
-}
-fn default_master_user() -> String {
-    "proxy".into()
-}
-
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// CIDRs exempt from login penalties (e.g. webmail hosts).
-    #[serde(default)]
     pub trusted_networks: Vec<IpNet>,
     /// Longest command line or literal accepted before login, in bytes. IMAP
     /// never goes below 64 KiB: the largest ID command RFC 2971 allows must fit.
-    #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
     /// Invalid commands before login before the connection is closed.
-    #[serde(default = "default_bad_commands")]
     pub max_bad_commands: u32,
     /// Seconds a client may take to log in.
-    #[serde(default = "default_prelogin_timeout")]
     pub prelogin_timeout_secs: u64,
     /// Idle seconds after login before the session is closed (0: never).
-    #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
     /// Open connections from one client network (an IPv4 address, an IPv6
     /// /64): a ceiling for a whole office behind one NAT address.
-    #[serde(default = "default_per_ip")]
     pub max_connections_per_ip: usize,
     /// Logged-in sessions of one user from one client network, on this node,
     /// all protocols together (Dovecot's `mail_max_userip_connections`).
-    #[serde(default = "default_per_user_ip")]
     pub max_connections_per_user_ip: usize,
     /// Open connections in all.
-    #[serde(default = "default_total")]
     pub max_connections: usize,
     /// System administrators' password checks (Argon2id) running at once;
     /// others queue. App passwords need none.
-    #[serde(default = "cpu_count")]
     pub argon2_parallelism: usize,
     /// Threads that serve connections (sessions, TLS, the relay); defaults to
     /// the CPU count. Fewer leave cores to a mail server on the same machine
     /// and cost less CPU per login; Argon2 runs on threads of its own.
-    #[serde(default = "cpu_count")]
     pub worker_threads: usize,
     /// Seconds SIGTERM lets live sessions (and web requests in flight) finish
     /// before saying goodbye; clients not logged in are told at once.
-    #[serde(default = "default_drain")]
     pub drain_secs: u64,
     /// No refused mail login is answered sooner than this many milliseconds
     /// after its command, so a refusal postern decides and one the upstream
     /// decides (with its own failure delay) take the same time (0: off).
-    #[serde(default = "default_refusal_floor")]
     pub refusal_floor_ms: u64,
     /// Seconds a device's successful login is remembered, so its next
     /// connections skip the database (0: off; every login reads the store).
-    #[serde(default = "default_login_cache")]
     pub login_cache_secs: u64,
 }
 
@@ -403,53 +364,23 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             trusted_networks: Vec::new(),
-            max_line_bytes: default_max_line(),
-            max_bad_commands: default_bad_commands(),
-            prelogin_timeout_secs: default_prelogin_timeout(),
-            idle_timeout_secs: default_idle_timeout(),
-            max_connections_per_ip: default_per_ip(),
-            max_connections_per_user_ip: default_per_user_ip(),
-            max_connections: default_total(),
+            max_line_bytes: 8192,
+            max_bad_commands: 3,
+            prelogin_timeout_secs: 60,
+            idle_timeout_secs: 1800,
+            max_connections_per_ip: 1000,
+            max_connections_per_user_ip: 20,
+            max_connections: 20_000,
             argon2_parallelism: cpu_count(),
             worker_threads: cpu_count(),
-            drain_secs: default_drain(),
-            refusal_floor_ms: default_refusal_floor(),
-            login_cache_secs: default_login_cache(),
+            drain_secs: 30,
+            // Dovecot's `auth_failure_delay` default, the upstream most deployments have.
+            refusal_floor_ms: 2000,
+            login_cache_secs: 30,
         }
     }
 }
 
-fn default_login_cache() -> u64 {
-    30
-}
-fn default_max_line() -> usize {
-    8192
-}
-fn default_bad_commands() -> u32 {
-    3
-}
-fn default_prelogin_timeout() -> u64 {
-    60
-}
-fn default_idle_timeout() -> u64 {
-    1800
-}
-fn default_per_ip() -> usize {
-    1000
-}
-fn default_per_user_ip() -> usize {
-    20
-}
-fn default_total() -> usize {
-    20_000
-}
-fn default_drain() -> u64 {
-    30
-}
-/// Dovecot's `auth_failure_delay` default, the upstream most deployments have.
-fn default_refusal_floor() -> u64 {
-    2000
-}
 /// The default of `argon2_parallelism` and `worker_threads`.
 fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -467,31 +398,22 @@ pub struct ProxyProtocolConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
     /// `host:port` of an SMTP server that accepts mail from postern; spoken to in
     /// plain SMTP without authentication (a loopback or private-network relay).
-    #[serde(default = "default_relay")]
     pub smtp: String,
     /// Sender address of recovery codes.
-    #[serde(default = "default_from")]
     pub from: String,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            smtp: default_relay(),
-            from: default_from(),
+            smtp: "127.0.0.1:25".into(),
+            from: "postern@localhost".into(),
         }
     }
-}
-
-fn default_relay() -> String {
-    "127.0.0.1:25".into()
-}
-fn default_from() -> String {
-    "postern@localhost".into()
 }
 
 /// Log line format.
@@ -642,6 +564,55 @@ mod tests {
         assert_eq!(imap.upstream_tls, UpstreamTls::None);
         assert!(config.protocol(Protocol::Pop3).is_some());
         assert!(config.protocol(Protocol::Smtp).is_some());
+    }
+
+    /// The example file shows every key with its default (or an example
+    /// value, for the keys that have none): the defaults are written once, in
+    /// the code, and this keeps the example from telling another story.
+    #[test]
+    fn the_example_file_states_the_defaults_of_the_code() {
+        let example = Config::parse(include_str!("../config/postern.toml")).expect("example");
+        let defaults = Config::parse("[imap]\n[pop3]\n[smtp]\n").expect("defaults");
+        let show = |value: &dyn std::fmt::Debug| format!("{value:?}");
+        assert_eq!(show(&example.store), show(&defaults.store));
+        assert_eq!(show(&example.secrets), show(&defaults.secrets));
+        assert_eq!(show(&example.tls), show(&defaults.tls));
+        assert_eq!(show(&example.web), show(&defaults.web));
+        assert_eq!(show(&example.limits), show(&defaults.limits));
+        assert_eq!(show(&example.relay), show(&defaults.relay));
+        assert_eq!(show(&example.log), show(&defaults.log));
+        let (auth, default_auth) = (&example.upstream_auth, &defaults.upstream_auth);
+        assert_eq!(auth.mode, default_auth.mode);
+        assert_eq!(auth.master_user, default_auth.master_user);
+        assert_eq!(auth.ca_file, default_auth.ca_file);
+        for protocol in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+            let resolved = |config: &Config| show(&config.protocol(protocol).unwrap().unwrap());
+            assert_eq!(resolved(&example), resolved(&defaults), "{protocol}");
+        }
+    }
+
+    #[test]
+    fn public_url_is_an_http_url_with_a_host() {
+        let web = |url: &str| WebConfig {
+            public_url: Some(url.into()),
+            ..WebConfig::default()
+        };
+        let url = web("HTTPS://Mail.Example.org/postern/")
+            .public_url()
+            .unwrap();
+        let url = url.expect("set");
+        assert_eq!(url.scheme(), "https");
+        assert_eq!(url.host_str(), Some("mail.example.org"));
+        for bad in [
+            "mail.example.org",
+            "ftp://mail.example.org",
+            "https://",
+            "https:/x y",
+        ] {
+            let err = web(bad).public_url().unwrap_err();
+            assert!(err.contains("expected https://HOST"), "{bad}: {err}");
+        }
+        assert_eq!(WebConfig::default().public_url(), Ok(None));
     }
 
     #[test]

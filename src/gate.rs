@@ -30,6 +30,7 @@ use crate::policy::{self, Credential, Decision, Protocol, Refusal, Source, Upstr
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::UpstreamCredentials;
 use crate::secret::Secret;
+use crate::store::batch::{BatchWriter, Batching};
 use crate::store::{Account, NewAudit, Store, StoreError, normalize_address};
 
 mod cache;
@@ -125,100 +126,30 @@ pub struct Gate {
     cache: std::sync::Arc<LoginCache>,
 }
 
-/// Audit rows from the login path, written in batches by one background task:
-/// a login never waits for the audit write, and a busy node takes the
-/// database's write lock once per batch instead of once per login.
-#[derive(Clone)]
-struct AuditQueue {
-    sender: tokio::sync::mpsc::Sender<AuditMsg>,
-    /// Taken by the writer task, started on first use (inside the runtime).
-    receiver: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<AuditMsg>>>>,
-}
+/// Audit rows from the login path go through a [`BatchWriter`]: a login never
+/// waits for the audit write.
+type AuditQueue = std::sync::Arc<BatchWriter<NewAudit>>;
 
-enum AuditMsg {
-    Row(NewAudit),
-    /// Answered once every row queued before it is written (or failed).
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
+/// Rows waiting at most (10,000), rows per transaction (256), and the gathering
+/// delay after the first row (200 ms).
+const AUDIT_BATCHING: Batching = Batching {
+    delay: std::time::Duration::from_millis(200),
+    max_batch: 256,
+    max_queued: 10_000,
+};
 
-/// Rows waiting at most; past this, rows are dropped (and logged) rather than
-/// letting memory grow while the database is down.
-const AUDIT_QUEUE: usize = 10_000;
-/// Rows per transaction.
-const AUDIT_BATCH: usize = 256;
-/// How long the writer sleeps after the first row before writing what came
-/// meanwhile: one wake-up and one transaction per interval on a busy node, even
-/// when logins come one at a time.
-const AUDIT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
-
-impl AuditQueue {
-    fn new() -> Self {
-        let (sender, receiver) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
-        Self {
-            sender,
-            receiver: std::sync::Arc::new(std::sync::Mutex::new(Some(receiver))),
-        }
-    }
-
-    fn push(&self, store: &Store, row: NewAudit) {
-        if let Some(receiver) = self.receiver.lock().ok().and_then(|mut r| r.take()) {
-            tokio::spawn(write_audit(store.clone(), receiver));
-        }
-        if self.sender.try_send(AuditMsg::Row(row)).is_err() {
-            tracing::warn!("audit queue full; an audit row was dropped");
-        }
-    }
-
-    /// Resolves once every row queued so far is written (at once when nothing
-    /// was ever queued).
-    async fn flush(&self) {
-        let started = self.receiver.lock().map(|r| r.is_none()).unwrap_or(true);
-        if !started {
-            return;
-        }
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.sender.send(AuditMsg::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-    }
-}
-
-/// The audit writer: after the first row it waits [`AUDIT_DELAY`] for more, then
-/// writes up to [`AUDIT_BATCH`] rows per transaction until the queue is empty;
-/// a flush request is answered once the rows before it are written.
-async fn write_audit(store: Store, mut receiver: tokio::sync::mpsc::Receiver<AuditMsg>) {
-    while let Some(first) = receiver.recv().await {
-        let mut batch = match first {
-            AuditMsg::Flush(done) => {
-                let _ = done.send(());
-                continue;
-            }
-            AuditMsg::Row(row) => vec![row],
-        };
-        tokio::time::sleep(AUDIT_DELAY).await;
-        loop {
-            let mut flushes = Vec::new();
-            while batch.len() < AUDIT_BATCH && flushes.is_empty() {
-                match receiver.try_recv() {
-                    Ok(AuditMsg::Row(row)) => batch.push(row),
-                    Ok(AuditMsg::Flush(done)) => flushes.push(done),
-                    Err(_) => break,
+fn audit_queue(store: Store) -> AuditQueue {
+    std::sync::Arc::new(BatchWriter::new(
+        AUDIT_BATCHING,
+        Box::new(move |rows: Vec<NewAudit>| {
+            let store = store.clone();
+            Box::pin(async move {
+                if let Err(err) = store.audit_batch(&rows).await {
+                    tracing::warn!(error = %err, rows = rows.len(), "could not write the audit log");
                 }
-            }
-            if !batch.is_empty()
-                && let Err(err) = store.audit_batch(&batch).await
-            {
-                tracing::warn!(error = %err, rows = batch.len(), "could not write the audit log");
-            }
-            for done in flushes.drain(..) {
-                let _ = done.send(());
-            }
-            if batch.len() < AUDIT_BATCH {
-                break;
-            }
-            batch.clear();
-        }
-    }
+            })
+        }),
+    ))
 }
 
 /// When, from where and over what an app password was last recorded as used.
@@ -239,6 +170,7 @@ impl Gate {
         login_cache: std::time::Duration,
     ) -> Self {
         Self {
+            audit: audit_queue(store.clone()),
             store,
             key,
             master,
@@ -246,7 +178,6 @@ impl Gate {
                 .max_capacity(LAST_USE_ENTRIES)
                 .time_to_live(std::time::Duration::from_secs(LAST_USE_RESOLUTION as u64))
                 .build(),
-            audit: AuditQueue::new(),
             cache: std::sync::Arc::new(LoginCache::new(login_cache)),
         }
     }
@@ -539,16 +470,16 @@ impl Gate {
     }
 
     fn spawn_audit(&self, action: &'static str, user: &str, detail: String, ip: IpAddr) {
-        self.audit.push(
-            &self.store,
-            NewAudit {
-                actor: "mail-client".into(),
-                action: action.into(),
-                target: user.to_owned(),
-                detail,
-                ip: Some(ip.to_string()),
-            },
-        );
+        let queued = self.audit.push(NewAudit {
+            actor: "mail-client".into(),
+            action: action.into(),
+            target: user.to_owned(),
+            detail,
+            ip: Some(ip.to_string()),
+        });
+        if !queued {
+            tracing::warn!("audit queue full; an audit row was dropped");
+        }
     }
 
     /// Records a successful app-password login (best effort: a failure is logged,

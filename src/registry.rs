@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 /// Why postern ended a session (or turned away a connection at shutdown): the
 /// one value that carries what the client is told, what the audit log records
@@ -64,6 +64,7 @@ impl EndReason {
 
 use crate::gate::SessionCredential;
 use crate::policy::{Protocol, Refusal};
+use crate::store::batch::{BatchWriter, Batching};
 use crate::store::{SessionRow, Store};
 
 /// What a session tells the registry when it starts.
@@ -135,91 +136,51 @@ const MIRROR_BATCH: usize = 1000;
 enum Change {
     Started(SessionRow),
     Ended(String),
-    /// Answered once every change sent before it is written.
-    Flush(oneshot::Sender<()>),
 }
 
-/// The shared table's writer: changes go through a channel to one task, started
-/// with the first session (inside the runtime).
-struct Mirror {
-    sender: mpsc::UnboundedSender<Change>,
-    writer: Mutex<Option<(mpsc::UnboundedReceiver<Change>, Store)>>,
+/// The shared table's writer, started with the first session (inside the
+/// runtime). A failed write is logged and dropped (the table is a best-effort
+/// mirror; each node clears its own rows when it starts).
+type Mirror = BatchWriter<Change>;
+
+/// After the first change the mirror sleeps [`MIRROR_DELAY`] (one wake-up per
+/// batch, however many sessions start and end meanwhile); it never drops a
+/// change (an end left out would leave a row behind).
+const MIRROR_BATCHING: Batching = Batching {
+    delay: MIRROR_DELAY,
+    max_batch: MIRROR_BATCH,
+    max_queued: usize::MAX,
+};
+
+fn mirror(store: Store) -> Mirror {
+    BatchWriter::new(
+        MIRROR_BATCHING,
+        Box::new(move |changes: Vec<Change>| Box::pin(write_sessions(store.clone(), changes))),
+    )
 }
 
-impl Mirror {
-    fn new(store: Store) -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        Self {
-            sender,
-            writer: Mutex::new(Some((receiver, store))),
-        }
-    }
-
-    fn send(&self, change: Change) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && let Some((receiver, store)) = self.writer.lock().ok().and_then(|mut w| w.take())
-        {
-            runtime.spawn(write_sessions(store, receiver));
-        }
-        let _ = self.sender.send(change);
-    }
-
-    /// Waits until every change sent so far is in the table (or failed).
-    async fn flush(&self) {
-        let started = self.writer.lock().map(|w| w.is_none()).unwrap_or(true);
-        if started {
-            let (done, written) = oneshot::channel();
-            if self.sender.send(Change::Flush(done)).is_ok() {
-                let _ = written.await;
+/// Writes one batch of changes, leaving out the sessions that started and
+/// ended within it.
+async fn write_sessions(store: Store, changes: Vec<Change>) {
+    let mut started: HashMap<String, SessionRow> = HashMap::new();
+    let mut ended = Vec::new();
+    for change in changes {
+        match change {
+            Change::Started(row) => {
+                started.insert(row.id.clone(), row);
             }
-        }
-    }
-}
-
-/// The mirror's task: after the first change, sleeps [`MIRROR_DELAY`] (one
-/// wake-up per batch, however many sessions start and end meanwhile), takes
-/// every change queued by then, drops the sessions that started and ended within
-/// the batch, and writes the rest in transactions of [`MIRROR_BATCH`] rows. A
-/// failed write is logged and dropped (the table is a best-effort mirror; each
-/// node clears its own rows when it starts).
-async fn write_sessions(store: Store, mut receiver: mpsc::UnboundedReceiver<Change>) {
-    while let Some(first) = receiver.recv().await {
-        let mut changes = vec![first];
-        if !matches!(changes[0], Change::Flush(_)) {
-            tokio::time::sleep(MIRROR_DELAY).await;
-        }
-        while let Ok(change) = receiver.try_recv() {
-            changes.push(change);
-        }
-        let mut started: HashMap<String, SessionRow> = HashMap::new();
-        let mut ended = Vec::new();
-        let mut flushed = Vec::new();
-        for change in changes {
-            match change {
-                Change::Started(row) => {
-                    started.insert(row.id.clone(), row);
+            Change::Ended(id) => {
+                if started.remove(&id).is_none() {
+                    ended.push(id);
                 }
-                Change::Ended(id) => {
-                    if started.remove(&id).is_none() {
-                        ended.push(id);
-                    }
-                }
-                Change::Flush(done) => flushed.push(done),
             }
         }
-        let started: Vec<SessionRow> = started.into_values().collect();
-        for rows in started.chunks(MIRROR_BATCH) {
-            if let Err(err) = store.sync_sessions(rows, &[]).await {
-                tracing::debug!(error = %err, "could not update the session list in the store");
-            }
-        }
-        for ids in ended.chunks(MIRROR_BATCH) {
-            if let Err(err) = store.sync_sessions(&[], ids).await {
-                tracing::debug!(error = %err, "could not update the session list in the store");
-            }
-        }
-        for done in flushed {
-            let _ = done.send(());
+    }
+    let started: Vec<SessionRow> = started.into_values().collect();
+    // Two transactions: a start that cannot be written keeps no end from it.
+    for (started, ended) in [(&started[..], &[][..]), (&[][..], &ended[..])] {
+        if let Err(err) = store.sync_sessions(started, ended).await {
+            tracing::debug!(error = %err, "could not update the session list in the store");
         }
     }
 }
@@ -256,7 +217,7 @@ impl SessionRegistry {
             inner: Arc::new(Inner {
                 row_prefix: format!("{node}-{}-", std::process::id()),
                 node,
-                mirror: store.map(Mirror::new),
+                mirror: store.map(mirror),
                 next_id: AtomicU64::new(0),
                 sessions: Mutex::new(HashMap::new()),
                 left: watch::channel(0).0,
@@ -282,7 +243,7 @@ impl SessionRegistry {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (kill, killed) = watch::channel(None);
         if let Some(mirror) = &self.inner.mirror {
-            mirror.send(Change::Started(SessionRow {
+            mirror.push(Change::Started(SessionRow {
                 id: self.row_id(id),
                 node: self.inner.node.clone(),
                 user_address: session.user.clone(),
@@ -512,7 +473,7 @@ impl Drop for SessionHandle {
             inner.left.send_replace(remaining);
         }
         if let Some(mirror) = &inner.mirror {
-            mirror.send(Change::Ended(self.registry.row_id(self.id)));
+            mirror.push(Change::Ended(self.registry.row_id(self.id)));
         }
     }
 }

@@ -315,13 +315,8 @@ fn sqlite_path(url: &str) -> Option<&str> {
 
 /// Addresses that are only checked at first use otherwise.
 fn check_addresses(config: &Config, problems: &mut Vec<Problem>) {
-    if let Some(url) = &config.web.public_url
-        && !(url.starts_with("https://") || url.starts_with("http://"))
-    {
-        problems.push(problem(
-            "web.public_url",
-            format!("{url:?}: expected https://HOST or http://HOST"),
-        ));
+    if let Err(message) = config.web.public_url() {
+        problems.push(problem("web.public_url", message));
     }
     if host_port(&config.relay.smtp).is_none() {
         problems.push(problem(

@@ -19,6 +19,7 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info};
 
+use super::connect::{connect_upstream, start_tls};
 use super::relay::Relay;
 use super::{ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
@@ -27,7 +28,6 @@ use crate::login_log::LoginAttempt;
 use crate::metrics as m;
 use crate::net::limiter::{Limit, UserClientPermit};
 use crate::net::stream::MaybeTls;
-use crate::net::tls;
 use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthCore};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
@@ -514,18 +514,7 @@ pub(super) async fn upstream_login<U: UpstreamCore>(
     connector: &TlsConnector,
     mut core: U,
 ) -> io::Result<UpstreamOutcome> {
-    let tcp = TcpStream::connect(settings.upstream.as_str()).await?;
-    let _ = tcp.set_nodelay(true);
-    let name = || {
-        tls::server_name(&settings.upstream_tls_name)
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))
-    };
-    let mut stream = match settings.upstream_tls {
-        UpstreamTls::Implicit => {
-            MaybeTls::ClientTls(Box::new(connector.connect(name()?, tcp).await?))
-        }
-        UpstreamTls::None | UpstreamTls::Starttls => MaybeTls::Plain(tcp),
-    };
+    let mut stream = connect_upstream(settings, connector).await?;
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         while let Some(step) = core.next_step() {
@@ -535,7 +524,7 @@ pub(super) async fn upstream_login<U: UpstreamCore>(
                     let MaybeTls::Plain(tcp) = stream else {
                         return Ok(UpstreamOutcome::Failed("STARTTLS inside TLS".into()));
                     };
-                    stream = MaybeTls::ClientTls(Box::new(connector.connect(name()?, tcp).await?));
+                    stream = start_tls(settings, connector, tcp).await?;
                 }
                 UpstreamStep::LoggedIn {
                     client_reply,

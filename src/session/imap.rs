@@ -37,7 +37,10 @@ impl ProtocolHandler for Imap {
     }
 
     fn upstream_core(&self, client: &ImapPreAuth, request: UpstreamRequest) -> ImapUpstreamLogin {
-        ImapUpstreamLogin::new(request, client.login_tag())
+        // The driver asks only after `Action::Login`, when the core holds the
+        // client's tag; a tag of postern's own keeps the upstream answer tagged
+        // for the client otherwise.
+        ImapUpstreamLogin::new(request, client.login_tag().unwrap_or("a1"))
     }
 
     fn goodbye(&self, reason: &str) -> Vec<u8> {

@@ -6,6 +6,7 @@
 //! and the relay (bytes both ways until either side closes or the session is
 //! killed). Each protocol plugs in through [`ProtocolHandler`].
 
+mod connect;
 mod driver;
 pub mod imap;
 pub mod pop3;

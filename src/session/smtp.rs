@@ -7,19 +7,19 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
-use crate::config::{SmtpUpstreamLogin as LoginSetting, UpstreamTls};
-use crate::net::tls;
+use crate::config::SmtpUpstreamLogin as LoginSetting;
 use crate::policy::Protocol;
 use crate::protocol::line::Options;
+use crate::protocol::smtp::reply::{Reply, ReplyReader};
 use crate::protocol::smtp::server::SmtpPreAuth;
 use crate::protocol::smtp::upstream::{EHLO_NAME, SmtpLoginMode, SmtpUpstreamLogin};
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 
+use super::connect::connect_upstream;
 use super::pop3::one_line;
 use super::{Context, ProtocolHandler, UpstreamCore};
 
@@ -169,74 +169,48 @@ fn default_extensions() -> Vec<String> {
 }
 
 async fn probe(ctx: &Context) -> std::io::Result<Vec<String>> {
-    let settings = &ctx.settings;
-    let tcp = TcpStream::connect(settings.upstream.as_str()).await?;
-    if settings.upstream_tls == UpstreamTls::Implicit {
-        let name = tls::server_name(&settings.upstream_tls_name).map_err(|err| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string())
-        })?;
-        ehlo_exchange(ctx.upstream_tls.connect(name, tcp).await?).await
-    } else {
-        // With `starttls` the list is the one offered before TLS; postern hides
-        // AUTH and STARTTLS anyway, and the rest rarely differs.
-        ehlo_exchange(tcp).await
-    }
+    // With `starttls` the list is the one offered before TLS; postern hides
+    // AUTH and STARTTLS anyway, and the rest rarely differs.
+    ehlo_exchange(connect_upstream(&ctx.settings, &ctx.upstream_tls).await?).await
 }
 
 /// Greeting, EHLO, QUIT; the extension lines of the EHLO reply.
 async fn ehlo_exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
+    mut stream: S,
 ) -> std::io::Result<Vec<String>> {
-    let mut stream = BufReader::new(stream);
-    let greeting = read_reply(&mut stream).await?;
-    if greeting.0 != 220 {
-        return Err(invalid(format!("greeting {}", greeting.0)));
+    let mut replies = ReplyReader::new(MAX_PROBE_LINE, MAX_PROBE_LINES);
+    let greeting = read_reply(&mut stream, &mut replies).await?;
+    if greeting.code != 220 {
+        return Err(invalid(format!("greeting {}", greeting.code)));
     }
     stream
-        .get_mut()
         .write_all(format!("EHLO {EHLO_NAME}\r\n").as_bytes())
         .await?;
-    let (code, lines) = read_reply(&mut stream).await?;
-    if code != 250 {
-        return Err(invalid(format!("EHLO answered {code}")));
+    let ehlo = read_reply(&mut stream, &mut replies).await?;
+    if ehlo.code != 250 {
+        return Err(invalid(format!("EHLO answered {}", ehlo.code)));
     }
-    let _ = stream.get_mut().write_all(b"QUIT\r\n").await;
-    let _ = read_reply(&mut stream).await;
-    let _ = stream.get_mut().shutdown().await;
-    Ok(lines.into_iter().skip(1).collect())
+    let _ = stream.write_all(b"QUIT\r\n").await;
+    let _ = read_reply(&mut stream, &mut replies).await;
+    let _ = stream.shutdown().await;
+    Ok(ehlo.extensions())
 }
 
-/// One reply: its code and the text of its lines.
+/// The next reply, reading from `stream` as needed.
 async fn read_reply<S: AsyncRead + Unpin>(
-    stream: &mut BufReader<S>,
-) -> std::io::Result<(u16, Vec<String>)> {
-    let mut lines = Vec::new();
+    stream: &mut S,
+    replies: &mut ReplyReader,
+) -> std::io::Result<Reply> {
+    let mut buf = [0u8; 1024];
     loop {
-        let mut line = Vec::new();
-        let n = (&mut *stream)
-            .take(MAX_PROBE_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await?;
+        if let Some(reply) = replies.next_reply() {
+            return reply.map_err(invalid);
+        }
+        let n = stream.read(&mut buf).await?;
         if n == 0 {
             return Err(invalid("upstream closed the connection".into()));
         }
-        if line.last() != Some(&b'\n') {
-            return Err(invalid("reply line too long".into()));
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\r', '\n']);
-        let code = text
-            .get(..3)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| invalid(format!("malformed reply {text:?}")))?;
-        let more = text.as_bytes().get(3) == Some(&b'-');
-        lines.push(text.get(4..).unwrap_or_default().to_owned());
-        if lines.len() > MAX_PROBE_LINES {
-            return Err(invalid("reply too long".into()));
-        }
-        if !more {
-            return Ok((code, lines));
-        }
+        replies.feed(&buf[..n]);
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod app_passwords;
 mod audit;
+pub mod batch;
 mod counters;
 mod domains;
 mod email_codes;

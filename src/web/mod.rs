@@ -105,13 +105,16 @@ impl WebState {
 
     /// The state for a running gateway.
     pub fn from_runtime(runtime: &Runtime, config: &Config) -> anyhow::Result<Self> {
-        let public_url = config.web.public_url.as_deref().unwrap_or("");
+        // A malformed one is `check-config`'s to report; it then counts as unset.
+        let public_url = config.web.public_url().ok().flatten();
         let mail_host = public_url
-            .split_once("://")
-            .map(|(_, rest)| rest)
-            .and_then(|rest| rest.split(['/', ':']).next())
-            .filter(|host| !host.is_empty())
-            .map(str::to_owned);
+            .as_ref()
+            .and_then(|url| url.host_str())
+            .map(|host| {
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            });
         let mut mail_ports = Vec::new();
         for protocol in Protocol::ALL {
             if let Some(settings) = config.protocol(protocol).transpose()? {
@@ -138,7 +141,9 @@ impl WebState {
             penalties: runtime.penalties.clone(),
             admin_passwords: runtime.admin_passwords.clone(),
             registry: runtime.registry.clone(),
-            secure_cookies: public_url.starts_with("https://"),
+            secure_cookies: public_url
+                .as_ref()
+                .is_some_and(|url| url.scheme() == "https"),
             mail_host,
             mail_ports,
             metrics_token: config

@@ -143,18 +143,66 @@ pub enum Seen {
     Command(String),
     /// The raw bytes between DATA's 354 and the final dot line (exclusive).
     Data(Vec<u8>),
+    /// A connection ended (either side closed it).
+    Closed,
 }
 
+/// What a fake upstream saw, in order; tests await entries instead of sleeping.
 #[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<Seen>>>);
+pub struct Log(Arc<LogInner>);
+
+#[derive(Default)]
+pub struct LogInner {
+    seen: Mutex<Vec<Seen>>,
+    changed: tokio::sync::Notify,
+}
 
 impl Log {
     pub fn push(&self, seen: Seen) {
-        self.0.lock().unwrap().push(seen);
+        self.0.seen.lock().unwrap().push(seen);
+        self.0.changed.notify_waiters();
     }
     pub fn all(&self) -> Vec<Seen> {
-        self.0.lock().unwrap().clone()
+        self.0.seen.lock().unwrap().clone()
     }
+
+    /// Waits (at most 20 s, then panics naming `what`) until the record
+    /// satisfies `done`.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Seen]) -> bool) {
+        let waited = tokio::time::timeout(WAIT, async {
+            loop {
+                let changed = self.0.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(&self.0.seen.lock().unwrap()) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "waited 20 s for {what}: {:?}", self.all());
+    }
+
+    /// Waits until every connection postern opened to the fake has ended, so
+    /// nothing more can reach it: the record is final. Await it after the
+    /// client's own connection was closed.
+    pub async fn connections_closed(&self) {
+        self.wait_for("the upstream connections to close", |seen| {
+            let count = |kind: &Seen| seen.iter().filter(|s| *s == kind).count();
+            count(&Seen::Connected) == count(&Seen::Closed)
+        })
+        .await
+    }
+
+    /// Waits until the fake has seen `n` logins.
+    pub async fn logins_seen(&self, n: usize) {
+        self.wait_for(&format!("{n} logins"), |seen| {
+            seen.iter().filter(|s| matches!(s, Seen::Login(..))).count() >= n
+        })
+        .await
+    }
+
     pub fn logins(&self) -> Vec<(String, String, String)> {
         self.all()
             .into_iter()
@@ -212,7 +260,8 @@ where
             log.push(Seen::Connected);
             let (serve, log) = (serve.clone(), log.clone());
             tokio::spawn(async move {
-                let _ = serve(tcp, log).await;
+                let _ = serve(tcp, log.clone()).await;
+                log.push(Seen::Closed);
             });
         }
     });
@@ -393,6 +442,14 @@ impl Client {
         }
     }
 
+    /// Sends QUIT (answered by postern before login, by the upstream after)
+    /// and waits for the server to close the connection.
+    pub async fn quit(&mut self) {
+        self.send("QUIT\r\n").await;
+        self.line().await;
+        assert!(self.closed().await, "the server closes after QUIT");
+    }
+
     /// The connection, e.g. for a TLS upgrade.
     pub fn into_inner(self) -> TcpStream {
         self.0.into_inner()
@@ -421,9 +478,4 @@ pub fn flood_10_mb(addr: SocketAddr) -> tokio::task::JoinHandle<std::io::Result<
         c.0.get_mut().write_all(b"\r\n").await?;
         Ok(c)
     })
-}
-
-/// Waits a little for in-flight work (e.g. a pipelined command) to land.
-pub async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }

@@ -36,8 +36,18 @@ enum State {
         mechanism: Mechanism,
         exchange: SaslExchange,
     },
-    /// A command that ends the pre-login phase was handed to the driver.
-    Done,
+    /// A login (LOGIN or a finished AUTHENTICATE) was handed to the driver,
+    /// which answers with [`PreAuthCore::login_failed`] or takes the pipelined
+    /// bytes; `tag` is the client's, reused upstream and in the reply.
+    LoginPending {
+        tag: String,
+    },
+    /// STARTTLS was accepted: what the client sent after it is discarded with
+    /// this core (RFC 9051 §6.2.1), nothing more is read.
+    StartTls,
+    /// LOGOUT, too many bad commands or an oversized message: the connection
+    /// closes after the reply, nothing more is read.
+    Closing,
 }
 
 pub struct ImapPreAuth {
@@ -45,8 +55,6 @@ pub struct ImapPreAuth {
     framer: Framer,
     state: State,
     bad_commands: u32,
-    /// The tag of the login handed to the driver.
-    login_tag: String,
 }
 
 impl ImapPreAuth {
@@ -56,7 +64,6 @@ impl ImapPreAuth {
             options,
             state: State::Commands,
             bad_commands: 0,
-            login_tag: String::new(),
         }
     }
 
@@ -65,8 +72,20 @@ impl ImapPreAuth {
     }
 
     /// The client's tag of the pending login; postern reuses it upstream.
-    pub fn login_tag(&self) -> &str {
-        &self.login_tag
+    /// `None` unless [`PreAuthCore::next_action`] returned `Action::Login`.
+    pub fn login_tag(&self) -> Option<&str> {
+        match &self.state {
+            State::LoginPending { tag } => Some(tag),
+            _ => None,
+        }
+    }
+
+    /// Whether the core reads no more client bytes until the driver acts.
+    fn handed_over(&self) -> bool {
+        matches!(
+            self.state,
+            State::LoginPending { .. } | State::StartTls | State::Closing
+        )
     }
 
     /// The capability list for the current state (RFC 9051 §7.2.2).
@@ -93,7 +112,7 @@ impl ImapPreAuth {
     fn bad(&mut self, tag: &str, text: &str) -> Action {
         self.bad_commands += 1;
         if self.bad_commands >= self.options.max_bad_commands {
-            self.state = State::Done;
+            self.state = State::Closing;
             return Action::Close(
                 format!("{tag} BAD {text}\r\n* BYE Too many invalid commands\r\n").into_bytes(),
             );
@@ -111,7 +130,7 @@ impl ImapPreAuth {
                 let line = strip_line_ending(self.framer.message()).to_vec();
                 self.sasl_step(tag, mechanism, exchange.step(&line))
             }
-            State::Commands | State::Done => self.command(),
+            _ => self.command(),
         }
     }
 
@@ -126,8 +145,7 @@ impl ImapPreAuth {
                 Action::Send(format!("+ {}\r\n", sasl::encode(prompt)).into_bytes())
             }
             Step::Done(credentials) => {
-                self.state = State::Done;
-                self.login_tag = tag;
+                self.state = State::LoginPending { tag };
                 Action::Login {
                     credentials,
                     method: LoginMethod::Sasl(mechanism),
@@ -150,13 +168,13 @@ impl ImapPreAuth {
     /// whose response is too long was parsed from a whole command, so that
     /// command gets its tagged answer.
     fn too_long(&mut self) -> Action {
-        let reply = match std::mem::replace(&mut self.state, State::Done) {
+        let reply = match std::mem::replace(&mut self.state, State::Closing) {
             State::Sasl { tag, .. } => {
                 format!(
                     "{tag} BAD Authentication line too long\r\n* BYE [TOOBIG] Line too long\r\n"
                 )
             }
-            State::Commands | State::Done => "* BYE [TOOBIG] Command line too long\r\n".to_owned(),
+            _ => "* BYE [TOOBIG] Command line too long\r\n".to_owned(),
         };
         Action::Close(reply.into_bytes())
     }
@@ -182,7 +200,7 @@ impl ImapPreAuth {
             ),
             CommandBody::Noop => Action::Send(format!("{tag} OK NOOP completed\r\n").into_bytes()),
             CommandBody::Logout => {
-                self.state = State::Done;
+                self.state = State::Closing;
                 Action::Close(
                     format!("* BYE postern logging out\r\n{tag} OK LOGOUT completed\r\n")
                         .into_bytes(),
@@ -198,7 +216,7 @@ impl ImapPreAuth {
                 self.bad(&tag, "STARTTLS is not available")
             }
             CommandBody::StartTLS => {
-                self.state = State::Done;
+                self.state = State::StartTls;
                 Action::StartTls(format!("{tag} OK Begin TLS negotiation now\r\n").into_bytes())
             }
             CommandBody::Login { .. } | CommandBody::Authenticate { .. }
@@ -212,8 +230,7 @@ impl ImapPreAuth {
             CommandBody::Login { username, password } => {
                 match Credentials::new(username.as_ref(), password.declassify().as_ref()) {
                     Ok(credentials) => {
-                        self.state = State::Done;
-                        self.login_tag = tag;
+                        self.state = State::LoginPending { tag };
                         Action::Login {
                             credentials,
                             method: LoginMethod::LoginCommand,
@@ -257,13 +274,13 @@ impl PreAuthCore for ImapPreAuth {
     }
 
     fn feed(&mut self, bytes: &[u8]) {
-        if !matches!(self.state, State::Done) {
+        if !self.handed_over() {
             self.framer.push(bytes);
         }
     }
 
     fn next_action(&mut self) -> Option<Action> {
-        if matches!(self.state, State::Done) {
+        if self.handed_over() {
             return None;
         }
         loop {
@@ -292,7 +309,7 @@ impl PreAuthCore for ImapPreAuth {
                     }
                     (LiteralMode::NonSync, false) => {
                         // RFC 7888 §4: the bytes are already on their way.
-                        self.state = State::Done;
+                        self.state = State::Closing;
                         return Some(Action::Close(
                             b"* BYE [TOOBIG] Literal too large\r\n".to_vec(),
                         ));
@@ -308,8 +325,11 @@ impl PreAuthCore for ImapPreAuth {
 
     /// The reply for a login the driver could not complete; the client may retry.
     fn login_failed(&mut self, failure: LoginFailure) -> Vec<u8> {
-        self.state = State::Commands;
-        let tag = &self.login_tag;
+        // Called only for a pending login; a stray call answers untagged.
+        let tag = match std::mem::replace(&mut self.state, State::Commands) {
+            State::LoginPending { tag } => tag,
+            _ => "*".to_owned(),
+        };
         match failure {
             LoginFailure::Refused => {
                 format!("{tag} NO [AUTHENTICATIONFAILED] {REFUSAL_TEXT}\r\n").into_bytes()

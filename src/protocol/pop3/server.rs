@@ -54,8 +54,11 @@ enum State {
     },
     /// `Action::Login` was returned; the driver is deciding.
     LoggingIn,
-    /// `STLS` was accepted or the connection is closing: nothing more is read.
-    Finished,
+    /// `STLS` was accepted: what the client sent after it goes with this
+    /// core, nothing more is read.
+    StartTls,
+    /// The reply ends the connection (QUIT, too many errors): nothing more is read.
+    Closing,
 }
 
 /// One POP3 connection before login. Feed it bytes, act on what
@@ -227,7 +230,10 @@ impl PreAuthCore for Pop3PreAuth {
     /// The next thing to do; `None` means more bytes are needed (or, after
     /// `StartTls`, `Close` or `Login`, that the core is waiting for the driver).
     fn next_action(&mut self) -> Option<Action> {
-        if matches!(self.state, State::LoggingIn | State::Finished) {
+        if matches!(
+            self.state,
+            State::LoggingIn | State::StartTls | State::Closing
+        ) {
             return None;
         }
         let action = match self.reader.next_frame()? {
@@ -242,7 +248,7 @@ impl PreAuthCore for Pop3PreAuth {
                         mechanism,
                     } => self.sasl_step(exchange.step(&line), mechanism),
                     State::Authorization { user } => self.command(&line, user),
-                    state @ (State::LoggingIn | State::Finished) => {
+                    state @ (State::LoggingIn | State::StartTls | State::Closing) => {
                         self.state = state;
                         return None;
                     }
@@ -250,7 +256,8 @@ impl PreAuthCore for Pop3PreAuth {
             }
         };
         match &action {
-            Action::Close(_) | Action::StartTls(_) => self.state = State::Finished,
+            Action::Close(_) => self.state = State::Closing,
+            Action::StartTls(_) => self.state = State::StartTls,
             Action::Login { .. } => {
                 self.state = State::LoggingIn;
                 self.reader.hold_raw();

@@ -4,6 +4,8 @@
 //! - [`server`]: the client-facing conversation before AUTH (EHLO, STARTTLS,
 //!   AUTH).
 //! - [`upstream`]: postern's own submission login to the protected server.
+//! - [`reply`]: the server replies both of postern's upstream conversations read.
 
+pub mod reply;
 pub mod server;
 pub mod upstream;

@@ -54,8 +54,11 @@ enum State {
     },
     /// `Action::Login` was returned; the driver is deciding.
     LoggingIn,
-    /// STARTTLS was accepted or the connection is closing: nothing more is read.
-    Finished,
+    /// `STARTTLS` was accepted: what the client sent after it goes with this
+    /// core, nothing more is read.
+    StartTls,
+    /// The reply ends the connection (QUIT, too many errors): nothing more is read.
+    Closing,
 }
 
 /// How the client introduced itself (RFC 5321 §4.1.1.1).
@@ -282,7 +285,10 @@ impl PreAuthCore for SmtpPreAuth {
     /// The next thing to do; `None` means more bytes are needed (or, after
     /// `StartTls`, `Close` or `Login`, that the core is waiting for the driver).
     fn next_action(&mut self) -> Option<Action> {
-        if matches!(self.state, State::LoggingIn | State::Finished) {
+        if matches!(
+            self.state,
+            State::LoggingIn | State::StartTls | State::Closing
+        ) {
             return None;
         }
         let action = match self.reader.next_frame()? {
@@ -302,7 +308,8 @@ impl PreAuthCore for SmtpPreAuth {
             },
         };
         match &action {
-            Action::Close(_) | Action::StartTls(_) => self.state = State::Finished,
+            Action::Close(_) => self.state = State::Closing,
+            Action::StartTls(_) => self.state = State::StartTls,
             Action::Login { .. } => {
                 self.state = State::LoggingIn;
                 self.reader.hold_raw();

@@ -23,8 +23,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::protocol::line::{Frame, LineReader};
-use crate::protocol::upstream::{UpstreamRequest, UpstreamStep, log_safe};
+use super::reply::{Reply, ReplyReader};
+use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
 
 /// postern's name in its own `EHLO`.
 pub const EHLO_NAME: &str = "postern";
@@ -44,23 +44,6 @@ pub enum SmtpLoginMode {
     /// No password: Postfix trusts postern's `XCLIENT LOGIN=` (postern must be in
     /// `smtpd_authorized_xclient_hosts`).
     Xclient,
-}
-
-/// One complete reply: its code and its lines without line endings.
-struct Reply {
-    code: u16,
-    lines: Vec<Vec<u8>>,
-}
-
-impl Reply {
-    fn class(&self) -> u16 {
-        self.code / 100
-    }
-
-    /// Every line, for a log.
-    fn detail(&self) -> String {
-        log_safe(&self.lines.join(&b' '))
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +72,7 @@ pub struct SmtpUpstreamLogin {
     request: UpstreamRequest,
     mode: SmtpLoginMode,
     client_helo: String,
-    reader: LineReader,
-    /// Lines of the reply being read.
-    pending: Vec<Vec<u8>>,
+    replies: ReplyReader,
     state: State,
     extensions: Vec<String>,
     tls_done: bool,
@@ -112,8 +93,7 @@ impl SmtpUpstreamLogin {
             request,
             mode,
             client_helo,
-            reader: LineReader::new(MAX_REPLY_LINE),
-            pending: Vec::new(),
+            replies: ReplyReader::new(MAX_REPLY_LINE, MAX_REPLY_LINES),
             state: State::Greeting,
             extensions: Vec::new(),
             tls_done: false,
@@ -124,7 +104,7 @@ impl SmtpUpstreamLogin {
 
     /// Takes bytes read from the upstream.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.reader.feed(bytes);
+        self.replies.feed(bytes);
     }
 
     /// The next step; `None` when the core needs more upstream bytes (or is done).
@@ -136,7 +116,7 @@ impl SmtpUpstreamLogin {
             if self.state == State::Finished {
                 return None;
             }
-            let reply = match self.next_reply()? {
+            let reply = match self.replies.next_reply()? {
                 Ok(reply) => reply,
                 Err(detail) => return Some(self.fail(detail)),
             };
@@ -162,44 +142,6 @@ impl SmtpUpstreamLogin {
     fn fail(&mut self, detail: String) -> UpstreamStep {
         self.state = State::Finished;
         UpstreamStep::Failed { detail }
-    }
-
-    /// The next complete reply, an error for a malformed one, `None` for more bytes.
-    fn next_reply(&mut self) -> Option<Result<Reply, String>> {
-        loop {
-            let line = match self.reader.next_frame()? {
-                Frame::Line(line) => line,
-                Frame::TooLong => return Some(Err("reply line too long".into())),
-            };
-            let code = match line.get(..3) {
-                Some(digits) if digits.iter().all(u8::is_ascii_digit) => digits,
-                _ => return Some(Err(format!("malformed reply: {}", log_safe(&line)))),
-            };
-            if self
-                .pending
-                .first()
-                .is_some_and(|first| first[..3] != *code)
-            {
-                return Some(Err(format!(
-                    "reply code changed within a reply: {}",
-                    log_safe(&line)
-                )));
-            }
-            let code = code
-                .iter()
-                .fold(0u16, |n, digit| n * 10 + u16::from(digit - b'0'));
-            let more = line.get(3) == Some(&b'-');
-            self.pending.push(line);
-            if !more {
-                return Some(Ok(Reply {
-                    code,
-                    lines: std::mem::take(&mut self.pending),
-                }));
-            }
-            if self.pending.len() > MAX_REPLY_LINES {
-                return Some(Err("reply has too many lines".into()));
-            }
-        }
     }
 
     fn ehlo(&mut self) -> UpstreamStep {
@@ -284,7 +226,7 @@ impl SmtpUpstreamLogin {
     }
 
     fn take_leftover(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.reader, LineReader::new(0)).into_rest()
+        std::mem::replace(&mut self.replies, ReplyReader::new(0, 0)).into_rest()
     }
 
     fn on_reply(&mut self, reply: Reply) -> Option<UpstreamStep> {
@@ -299,12 +241,7 @@ impl SmtpUpstreamLogin {
                 if reply.code != 250 {
                     return Some(self.fail(format!("EHLO refused: {}", reply.detail())));
                 }
-                self.extensions = reply
-                    .lines
-                    .iter()
-                    .skip(1)
-                    .map(|line| String::from_utf8_lossy(line.get(4..).unwrap_or_default()).into())
-                    .collect();
+                self.extensions = reply.extensions();
                 if self.state == State::FinalEhlo {
                     self.state = State::Finished;
                     return Some(UpstreamStep::LoggedIn {
@@ -320,7 +257,7 @@ impl SmtpUpstreamLogin {
                 }
                 // Nothing received in plain text may be read as if it came
                 // through TLS (RFC 3207 §4.2).
-                self.reader = LineReader::new(MAX_REPLY_LINE);
+                self.replies.discard();
                 self.tls_done = true;
                 self.state = State::AfterTls;
                 Some(UpstreamStep::StartTls)

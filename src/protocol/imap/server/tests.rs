@@ -406,3 +406,27 @@ fn nul_bytes_in_literals_never_reach_a_login() {
         );
     }
 }
+
+/// The pending login carries the client's tag: postern logs in upstream under
+/// it, and a refusal answers under it, so the client matches the reply to its
+/// command. After STARTTLS no login is pending.
+#[test]
+fn a_pending_login_carries_the_client_tag() {
+    let mut core = ImapPreAuth::new(Options {
+        tls_active: true,
+        ..Options::default()
+    });
+    assert_eq!(core.login_tag(), None);
+    core.feed(b"x7 LOGIN user pass\r\n");
+    assert!(matches!(core.next_action(), Some(Action::Login { .. })));
+    assert_eq!(core.login_tag(), Some("x7"));
+    let reply = core.login_failed(LoginFailure::Refused);
+    assert!(reply.starts_with(b"x7 NO [AUTHENTICATIONFAILED]"));
+    assert_eq!(core.login_tag(), None);
+
+    let mut core = ImapPreAuth::new(Options::default());
+    core.feed(b"s1 STARTTLS\r\ns2 LOGIN user pass\r\n");
+    assert!(matches!(core.next_action(), Some(Action::StartTls(_))));
+    assert_eq!(core.next_action(), None);
+    assert_eq!(core.login_tag(), None);
+}
