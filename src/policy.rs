@@ -464,6 +464,13 @@ pub fn decide_sensitive_action(
     }
 }
 
+/// Whether a user may remove one of their second factors (an authenticator app,
+/// the recovery address, a passkey): always, unless it is the last one
+/// (`others_left` false) and the domain forces 2-Step.
+pub fn may_remove_factor(status: DomainStatus, others_left: bool) -> bool {
+    others_left || status != DomainStatus::Forced
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
