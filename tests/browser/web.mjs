@@ -234,6 +234,8 @@ scenario('user adds a passkey, signs in with it at the second step, removes it',
     await page.fill('#passkey_name', 'laptop');
     const logged = [];
     page.on('console', (m) => logged.push(m.text()));
+    page.on('pageerror', (e) => logged.push(`error: ${e.message}`));
+    page.on('response', (r) => { if (r.url().includes('passkey')) logged.push(`${r.status()} ${r.url()}`); });
     await page.click('#passkey-add button');
     await Promise.race([
       page.waitForSelector('.passkey-name:has-text("laptop")'),

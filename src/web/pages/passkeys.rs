@@ -137,7 +137,7 @@ pub async fn register_finish(
     )
     .await
     {
-        Ok(_) => Json(json!({ "redirect": "/account/two-step#passkeys" })).into_response(),
+        Ok(_) => Json(json!({ "redirect": "/account/two-step" })).into_response(),
         Err(err) => json_error(&err),
     }
 }
