@@ -837,4 +837,20 @@ mod tests {
         assert!("imap,ftp".parse::<Scopes>().is_err());
         assert_eq!(Scopes::ALL.to_string(), "imap,pop3,smtp");
     }
+
+    #[test]
+    fn the_last_factor_stays_while_the_domain_forces_2_step() {
+        for (status, others_left, may) in [
+            (Disabled, false, true),
+            (Enabled, false, true),
+            (Forced, false, false),
+            (Forced, true, true),
+        ] {
+            assert_eq!(
+                may_remove_factor(status, others_left),
+                may,
+                "{status:?} {others_left}"
+            );
+        }
+    }
 }
