@@ -6,6 +6,10 @@
 #   docker run ... postern:0.1.0            (README has the full command)
 
 FROM rust:1.95-slim-bookworm AS build
+# OpenSSL for webauthn-rs (passkeys).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
@@ -21,7 +25,7 @@ RUN cargo build --release --locked \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 postern \
     && useradd --system --uid 10001 --gid postern --home-dir /var/lib/postern \

@@ -570,6 +570,13 @@ pub fn decide_sensitive_action(
     }
 }
 
+/// Whether a user may remove one of their second factors (an authenticator app,
+/// the recovery address, a passkey): always, unless it is the last one
+/// (`others_left` false) and the domain forces 2-Step.
+pub fn may_remove_factor(status: DomainStatus, others_left: bool) -> bool {
+    others_left || status != DomainStatus::Forced
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1004,5 +1011,21 @@ mod tests {
                 .unwrap_err()
                 .contains("at most")
         );
+    }
+
+    #[test]
+    fn the_last_factor_stays_while_the_domain_forces_2_step() {
+        for (status, others_left, may) in [
+            (Disabled, false, true),
+            (Enabled, false, true),
+            (Forced, false, false),
+            (Forced, true, true),
+        ] {
+            assert_eq!(
+                may_remove_factor(status, others_left),
+                may,
+                "{status:?} {others_left}"
+            );
+        }
     }
 }

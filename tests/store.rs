@@ -1524,3 +1524,79 @@ async fn the_schema_is_the_binarys_and_one_from_a_newer_postern_is_refused() {
         db.finish().await;
     }
 }
+
+#[tokio::test]
+async fn a_passkey_enrolls_its_user_and_a_ceremony_is_taken_once_before_it_expires() {
+    use postern::store::CeremonyPurpose;
+    on_each_db!(|s| {
+        let user = s.ensure_user("pat@example.org").await.unwrap();
+        let other = s.ensure_user("sam@example.org").await.unwrap();
+        assert!(!s.user("pat@example.org").await.unwrap().unwrap().enrolled);
+        let id = s
+            .add_passkey(user.id, "laptop", "cred-1", "{}", "test")
+            .await
+            .unwrap();
+        assert!(s.user("pat@example.org").await.unwrap().unwrap().enrolled);
+        assert!(
+            events(s)
+                .await
+                .iter()
+                .any(|e| e.kind == EventKind::UserEnrolled)
+        );
+        assert!(
+            audit_actions(s, "pat@example.org")
+                .await
+                .contains(&"passkey.add".to_owned())
+        );
+        s.passkey_used(id, "{\"counter\":1}").await.unwrap();
+        let stored = &s.passkeys(user.id).await.unwrap()[0];
+        assert_eq!(stored.name, "laptop");
+        assert!(stored.last_used_at.is_some());
+        // A credential id belongs to one passkey only.
+        assert!(
+            s.add_passkey(other.id, "copy", "cred-1", "{}", "test")
+                .await
+                .is_err()
+        );
+
+        let ceremony = s
+            .begin_ceremony(user.id, CeremonyPurpose::Login, "state")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.take_ceremony(&ceremony, other.id, CeremonyPurpose::Login)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            s.take_ceremony(&ceremony, user.id, CeremonyPurpose::Login)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("state")
+        );
+        assert_eq!(
+            s.take_ceremony(&ceremony, user.id, CeremonyPurpose::Login)
+                .await
+                .unwrap(),
+            None
+        );
+        let late = s
+            .begin_ceremony(user.id, CeremonyPurpose::Register, "state")
+            .await
+            .unwrap();
+        s.expire_ceremony(&late).await.unwrap();
+        assert_eq!(
+            s.take_ceremony(&late, user.id, CeremonyPurpose::Register)
+                .await
+                .unwrap(),
+            None
+        );
+
+        // Reset 2-Step removes passkeys too: no longer enrolled.
+        s.reset_user("pat@example.org", "test").await.unwrap();
+        assert!(s.passkeys(user.id).await.unwrap().is_empty());
+        assert!(!s.user("pat@example.org").await.unwrap().unwrap().enrolled);
+    });
+}

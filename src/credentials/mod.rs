@@ -1,5 +1,5 @@
 //! Credentials postern issues or checks itself: app passwords (generate, keyed
-//! lookup), the instance key, TOTP secrets, and the Argon2id hashes of system
+//! lookup), the instance key, TOTP secrets, the passkeys' WebAuthn relying party, and the Argon2id hashes of system
 //! administrators' passwords.
 //!
 //! Primary passwords are never stored or checked here: only the upstream server
@@ -9,6 +9,7 @@ pub mod admin_password;
 pub mod app_password;
 pub mod issue;
 pub mod key;
+pub mod passkey;
 pub mod totp;
 
 pub use admin_password::AdminPasswords;

@@ -77,11 +77,30 @@ fn factor_from_row(row: &AnyRow) -> Result<SecondFactorRecord, StoreError> {
     })
 }
 
-async fn is_enrolled(conn: &mut AnyConnection, user_id: i64) -> Result<bool, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM second_factors \
-         WHERE user_id = $1 AND confirmed = 1",
-    )
+/// The one definition of "enrolled", as an SQL condition on the user id
+/// expression `$user`: a confirmed second factor or a passkey exists.
+macro_rules! enrolled_condition {
+    ($user:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM second_factors f WHERE f.user_id = ",
+            $user,
+            " AND f.confirmed = 1) OR EXISTS (SELECT 1 FROM passkeys p WHERE p.user_id = ",
+            $user,
+            "))"
+        )
+    };
+}
+pub(crate) use enrolled_condition;
+
+pub(super) async fn is_enrolled(
+    conn: &mut AnyConnection,
+    user_id: i64,
+) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(concat!(
+        "SELECT CAST(CASE WHEN ",
+        enrolled_condition!("$1"),
+        " THEN 1 ELSE 0 END AS BIGINT)"
+    ))
     .bind(user_id)
     .fetch_one(&mut *conn)
     .await?;

@@ -1,5 +1,5 @@
 //! Users: mailbox addresses postern has seen, their disabled and domain-administrator
-//! flags, and the derived "enrolled" state (a confirmed second factor exists). The
+//! flags, and the derived "enrolled" state (a confirmed second factor or a passkey exists). The
 //! primary password is never stored: the upstream server checks it.
 
 use sqlx::any::AnyRow;
@@ -18,10 +18,12 @@ const MAX_ADDRESS_LEN: usize = 256;
 /// The user columns plus the derived `enrolled`, for a `users u` query.
 macro_rules! user_columns {
     () => {
-        "u.id, u.address, u.domain, u.disabled, u.domain_admin, u.created_at, \
-         CAST(CASE WHEN EXISTS (SELECT 1 FROM second_factors f \
-                                WHERE f.user_id = u.id AND f.confirmed = 1) \
-              THEN 1 ELSE 0 END AS BIGINT) AS enrolled"
+        concat!(
+            "u.id, u.address, u.domain, u.disabled, u.domain_admin, u.created_at, \
+             CAST(CASE WHEN ",
+            super::factors::enrolled_condition!("u.id"),
+            " THEN 1 ELSE 0 END AS BIGINT) AS enrolled"
+        )
     };
 }
 
@@ -35,7 +37,7 @@ pub struct UserRecord {
     pub domain: String,
     pub disabled: bool,
     pub domain_admin: bool,
-    /// A confirmed second factor exists.
+    /// A confirmed second factor or a passkey exists.
     pub enrolled: bool,
     pub created_at: i64,
 }
@@ -375,6 +377,11 @@ impl Store {
             .bind(user.id)
             .execute(&mut *tx)
             .await?;
+        let passkeys = sqlx::query("DELETE FROM passkeys WHERE user_id = $1")
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let app_passwords = sqlx::query("DELETE FROM app_passwords WHERE user_id = $1")
             .bind(user.id)
             .execute(&mut *tx)
@@ -382,7 +389,8 @@ impl Store {
             .rows_affected();
         login_failures::clear_in(&mut tx, &address).await?;
         super::web_sessions::end_user_web_sessions_in(&mut tx, &address).await?;
-        let detail = format!("second_factors={factors} app_passwords={app_passwords}");
+        let detail =
+            format!("second_factors={factors} passkeys={passkeys} app_passwords={app_passwords}");
         insert_audit(&mut tx, actor, "user.reset", &address, &detail, None).await?;
         insert_event(
             &mut tx,

@@ -13,6 +13,7 @@ pub mod csrf;
 mod login_counts;
 pub mod ops;
 pub mod pages;
+pub mod passkeys;
 pub mod recovery;
 pub mod session;
 pub mod sysadmin;
@@ -89,6 +90,8 @@ pub struct Inner {
     pub mail_ports: Vec<(Protocol, u16, &'static str)>,
     /// `[web] metrics_token`: required as a bearer token on `/metrics` when set.
     pub metrics_token: Option<crate::secret::Secret<String>>,
+    /// The passkeys' relying party (from `public_url`), or why there is none.
+    pub webauthn: Result<Arc<webauthn_rs::Webauthn>, String>,
 }
 
 impl Deref for WebState {
@@ -152,6 +155,8 @@ impl WebState {
                 .as_deref()
                 .filter(|t| !t.is_empty())
                 .map(crate::secret::Secret::from),
+            webauthn: crate::credentials::passkey::relying_party(config.web.public_url.as_deref())
+                .map(Arc::new),
         }))
     }
 }
@@ -337,7 +342,7 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
             );
         }
     }
-    let cacheable = request.uri().path() == "/style.css";
+    let cacheable = matches!(request.uri().path(), "/style.css" | "/passkey.js");
     request.extensions_mut().insert(Current { session, client });
     let mut response = next.run(request).await;
     if let Some(change) = response.extensions().get::<SessionCookie>().cloned() {

@@ -676,7 +676,7 @@ pub async fn new_backup_codes(
     Ok(codes)
 }
 
-/// Turns 2-Step off for the user: removes every factor and backup code. Not while
+/// Turns 2-Step off for the user: removes every factor, passkey and backup code. Not while
 /// the domain forces it.
 pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebError> {
     let (domain, user) = user_context(state, who.address).await?;
@@ -693,6 +693,7 @@ pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebEr
             .remove_second_factor(user.id, factor.id, actor)
             .await?;
     }
+    super::passkeys::remove_all(state, who, user.id).await?;
     state
         .store
         .replace_backup_codes(user.id, &[], actor)

@@ -251,7 +251,8 @@ pub async fn remove_recovery_address(
     let factors = state.store.second_factors(user.id).await?;
     let other_confirmed = factors
         .iter()
-        .any(|f| f.kind != FactorKind::Email && f.confirmed);
+        .any(|f| f.kind != FactorKind::Email && f.confirmed)
+        || !state.store.passkeys(user.id).await?.is_empty();
     let emails = email_factors(factors);
     if emails.is_empty() {
         return Err(WebError::NotFound);

@@ -21,7 +21,7 @@
 #
 # Ports (127.0.0.1): Dovecot IMAP 17143, IMAPS 17993, POP3 17110, POP3S 17995;
 #                    postern IMAP 12143 (plain; plaintext login allowed on loopback),
-#                    web 18090; SMTP sink for the [relay] 12725 (in web.mjs).
+#                    web 18090 (browsed as http://localhost:18090); SMTP sink for the [relay] 12725 (in web.mjs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -97,6 +97,9 @@ key = "$OUT/tls.key"
 
 [web]
 listen = "$POSTERN_WEB"
+# Passkeys need a host name for their relying party (WebAuthn allows no IP
+# address): the scenarios use http://localhost, a secure context for Chromium.
+public_url = "http://localhost:${POSTERN_WEB##*:}"
 
 [imap]
 listen = ["$POSTERN_IMAP"]
@@ -160,7 +163,7 @@ if [ -n "${TOUR_DIR:-}" ]; then
 fi
 
 log "scenarios (headless Chromium)"
-POSTERN_WEB=http://$POSTERN_WEB POSTERN_IMAP=$POSTERN_IMAP SMTP_SINK=$SMTP_SINK \
+POSTERN_WEB=http://localhost:${POSTERN_WEB##*:} POSTERN_IMAP=$POSTERN_IMAP SMTP_SINK=$SMTP_SINK \
 SYSADMIN_NAME=admin SYSADMIN_PASSWORD=$SYSADMIN_PASSWORD LONG_DOMAIN=$LONG_DOMAIN \
 SCREENSHOTS=$SCREENSHOTS TOUR_DIR=$TOUR \
     timeout --kill-after=5 170 node "$HERE/web.mjs"

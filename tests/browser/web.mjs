@@ -116,7 +116,7 @@ async function newPage(ctx, options) {
   const context = await ctx.browser.newContext(options);
   const page = await context.newPage();
   page.setDefaultTimeout(15_000);
-  // The pages carry no script and a strict Content-Security-Policy; anything the
+  // The pages carry no inline script and a strict Content-Security-Policy; anything the
   // browser refuses would show up here.
   page.on('console', (m) => {
     if (m.type() === 'error' && /Content.Security.Policy|Refused to/i.test(m.text())) ctx.cspErrors.push(m.text());
@@ -215,6 +215,61 @@ scenario('user signs out and in with a fresh code', async (ctx) => {
     await page.click('form[action="/login/code"] button');
     expect(path_(page) === '/account', `landed on ${path_(page)}`);
   });
+});
+
+// ---- a passkey as the second step (DevTools virtual authenticator) ---------
+
+scenario('user adds a passkey, signs in with it at the second step, removes it', async (ctx) => {
+  const page = ctx.alice;
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2', transport: 'internal', hasResidentKey: true,
+      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  await check('alice adds a passkey named "laptop" on the 2-Step page', async () => {
+    await page.goto(`${BASE}/account/two-step`);
+    await page.fill('#passkey_name', 'laptop');
+    const logged = [];
+    page.on('console', (m) => logged.push(m.text()));
+    page.on('pageerror', (e) => logged.push(`error: ${e.message}`));
+    page.on('response', (r) => { if (r.url().includes('passkey')) logged.push(`${r.status()} ${r.url()}`); });
+    await page.click('#passkey-add button');
+    await Promise.race([
+      page.waitForSelector('.passkey-name:has-text("laptop")'),
+      page.waitForSelector('#passkeys [data-passkey-error]:not([hidden])'),
+    ]).catch(() => {});
+    const error = page.locator('#passkeys [data-passkey-error]');
+    expect(!(await error.isVisible()), `the page says: ${await error.textContent()}`);
+    expect(await page.locator('.passkey-name').count() === 1, `not listed (${path_(page)}; console: ${logged.join(' | ')})`);
+    const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+    expect(credentials.length === 1, `${credentials.length} credentials on the authenticator`);
+    expect(/last used never/.test(await page.textContent('#passkeys')), 'no last use shown');
+  });
+  await shot(page, '05b-passkeys');
+  await check('after signing out, the second step offers the passkey and it signs alice in', async () => {
+    await page.click('button:has-text("Sign out")');
+    await signIn(page, ALICE);
+    expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
+    await page.click('#passkey-login button');
+    await Promise.race([
+      page.waitForURL(`${BASE}/account`),
+      page.waitForSelector('#passkey-login [data-passkey-error]:not([hidden])'),
+    ]).catch(() => {});
+    expect(path_(page) === '/account',
+      `still on ${path_(page)}: ${await page.locator('#passkey-login [data-passkey-error]').textContent().catch(() => '')}`);
+  });
+  await check('the passkey shows its last use and can be removed', async () => {
+    await page.goto(`${BASE}/account/two-step`);
+    expect(!/last used never/.test(await page.textContent('#passkeys')), 'last use not recorded');
+    await page.click('#passkeys form[action$="/remove"] button');
+    expect(path_(page) === '/account/two-step', `landed on ${path_(page)}`);
+    expect(await page.locator('.passkey-name').count() === 0, 'still listed');
+  });
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId });
+  await cdp.detach();
 });
 
 // ---- an application password works over IMAP -------------------------------

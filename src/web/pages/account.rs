@@ -131,7 +131,8 @@ async fn two_step_page_with(
                 .await
                 .unwrap_or_default()
                 .iter()
-                .any(|f| f.kind != FactorKind::Email && f.confirmed);
+                .any(|f| f.kind != FactorKind::Email && f.confirmed)
+                || super::passkeys::has_passkey(state, &user.address).await;
             (recovery, other)
         }
         Err(err) => return error_page(&err),
@@ -145,6 +146,7 @@ async fn two_step_page_with(
         notes.recovery_notice,
         notes.recovery_error,
     );
+    let passkeys_html = super::passkeys::card(state, user).await;
     let body = if enrolled {
         let factors = match ops::user_context(state, &user.address).await {
             Ok((_, record)) => state
@@ -178,12 +180,13 @@ async fn two_step_page_with(
             @if let Some(pending) = &add_app {
                 (enroll_card(&user.csrf, "/account/two-step/confirm", pending, error))
             }
+            (passkeys_html)
             (recovery_html)
             (backup_codes_card(&user.csrf))
             @if status != DomainStatus::Forced {
                 div.card {
                     h2 { "Turn off" }
-                    p { "Removes your authenticator app, recovery e-mail and backup codes." }
+                    p { "Removes your authenticator app, passkeys, recovery e-mail and backup codes." }
                     (post_button("/account/two-step/off", &user.csrf, "Turn off 2-Step Authentication", "danger"))
                 }
             }
@@ -195,6 +198,7 @@ async fn two_step_page_with(
             Ok(pending) => html! {
                 p { "2-Step Authentication is off. Once it is on, signing in here needs a code from your phone, and mail apps use application passwords." }
                 (enroll_card(&user.csrf, "/account/two-step/confirm", &pending, error))
+                (passkeys_html)
                 (recovery_html)
             },
             Err(err @ WebError::NotForImpersonator) => html! {

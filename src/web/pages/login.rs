@@ -122,6 +122,8 @@ struct CodeNotes<'a> {
     recovery: Option<&'a str>,
     /// A code was just sent to the recovery address.
     sent: bool,
+    /// The user has a passkey: offer it.
+    passkey: bool,
 }
 
 fn code_page(csrf: &str, address: &str, notes: CodeNotes<'_>) -> Markup {
@@ -152,6 +154,7 @@ fn code_page(csrf: &str, address: &str, notes: CodeNotes<'_>) -> Markup {
                 @if let Some(to) = notes.recovery {
                     (post_button("/login/email", csrf, &format!("Send a code to my recovery e-mail ({to})"), "link"))
                 }
+                @if notes.passkey { (super::passkeys::login_button(csrf)) }
             }
         },
     )
@@ -175,6 +178,7 @@ pub async fn code_form(
             let recovery = recovery_of(&state, &address).await;
             let notes = CodeNotes {
                 recovery: recovery.as_deref(),
+                passkey: super::passkeys::has_passkey(&state, &address).await,
                 ..CodeNotes::default()
             };
             code_page(&csrf, &address, notes).into_response()
@@ -206,6 +210,7 @@ pub async fn email_code(
             let notes = CodeNotes {
                 recovery: Some(&masked),
                 sent: true,
+                passkey: super::passkeys::has_passkey(&state, &address).await,
                 ..CodeNotes::default()
             };
             with_cookie(
@@ -219,6 +224,7 @@ pub async fn email_code(
             let notes = CodeNotes {
                 error: Some(&message),
                 recovery: recovery.as_deref(),
+                passkey: super::passkeys::has_passkey(&state, &address).await,
                 ..CodeNotes::default()
             };
             (err.status(), code_page(&csrf, &address, notes)).into_response()
@@ -268,6 +274,7 @@ pub async fn code(
             let notes = CodeNotes {
                 error: Some(message),
                 recovery: recovery.as_deref(),
+                passkey: super::passkeys::has_passkey(&state, &address).await,
                 ..CodeNotes::default()
             };
             (StatusCode::UNAUTHORIZED, code_page(&csrf, &address, notes)).into_response()

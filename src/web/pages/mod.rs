@@ -1,10 +1,11 @@
-//! Server-rendered HTML (maud): no script at all, one stylesheet route, forms that
-//! POST with the session's CSRF token.
+//! Server-rendered HTML (maud): no inline script (one script file, for passkeys),
+//! one stylesheet route, forms that POST with the session's CSRF token.
 
 mod account;
 mod admin;
 pub use admin::parse_since as admin_parse_since;
 mod login;
+mod passkeys;
 
 use axum::Extension;
 use axum::Router;
@@ -25,6 +26,12 @@ pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/", get(home))
         .route("/style.css", get(stylesheet))
+        .route("/passkey.js", get(passkeys::script))
+        .route("/login/passkey/begin", post(passkeys::login_begin))
+        .route("/login/passkey/finish", post(passkeys::login_finish))
+        .route("/account/passkeys/begin", post(passkeys::register_begin))
+        .route("/account/passkeys/finish", post(passkeys::register_finish))
+        .route("/account/passkeys/{id}/remove", post(passkeys::remove))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login::form).post(login::password))
         .route("/login/code", get(login::code_form).post(login::code))
