@@ -211,8 +211,7 @@ impl Runtime {
         let plain = ctx.settings.listen.iter().map(|a| (*a, false));
         let implicit = ctx.settings.listen_tls.iter().map(|a| (*a, true));
         for (addr, implicit_tls) in plain.chain(implicit) {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = crate::net::listener::bind(addr)
                 .with_context(|| format!("binding {protocol} listener {addr}"))?;
             let local = listener.local_addr()?;
             info!(

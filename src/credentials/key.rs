@@ -10,8 +10,19 @@ use sha2::Sha256;
 
 use crate::secret::Secret;
 
-#[derive(Clone, Debug)]
-pub struct InstanceKey(Secret<Vec<u8>>);
+/// The key, and HMAC-SHA256 already keyed with it: the two key blocks (inner and
+/// outer pad) are hashed once, not on every login (two of the five SHA-256
+/// blocks of a lookup). The keyed state is as secret as the key.
+#[derive(Clone)]
+pub struct InstanceKey {
+    keyed: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstanceKey(<redacted>)")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -34,7 +45,7 @@ impl InstanceKey {
                     .ok()
                     .filter(|b| b.len() == 32)
                     .ok_or_else(|| KeyError::Malformed(path.display().to_string()))?;
-                Ok(Self(Secret::new(bytes)))
+                Ok(Self::keyed(Secret::new(bytes)))
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -49,7 +60,7 @@ impl InstanceKey {
                 match options.open(path) {
                     Ok(mut file) => {
                         file.write_all(hex::encode(&bytes).as_bytes()).map_err(io)?;
-                        Ok(Self(Secret::new(bytes)))
+                        Ok(Self::keyed(Secret::new(bytes)))
                     }
                     // Another process created it first: use theirs.
                     Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -64,13 +75,18 @@ impl InstanceKey {
 
     /// A key for tests and the demo.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(Secret::new(bytes.to_vec()))
+        Self::keyed(Secret::new(bytes.to_vec()))
+    }
+
+    fn keyed(key: Secret<Vec<u8>>) -> Self {
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+            .expect("HMAC accepts keys of any length");
+        Self { keyed }
     }
 
     /// HMAC-SHA256 over the parts, separated so that ("ab","c") != ("a","bc").
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose())
-            .expect("HMAC accepts keys of any length");
+        let mut mac = self.keyed.clone();
         for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
@@ -107,6 +123,19 @@ mod tests {
             InstanceKey::load_or_create(&path),
             Err(KeyError::Malformed(_))
         ));
+    }
+
+    /// Stored lookups were made with this HMAC: it must not change, or every
+    /// existing app password stops logging in (value from Python's `hmac`).
+    #[test]
+    fn mac_is_hmac_sha256_over_length_prefixed_parts() {
+        let k = InstanceKey::from_bytes([7; 32]);
+        assert_eq!(
+            hex::encode(k.mac(&[b"alice@example.test", b"abcd-efgh"])),
+            "c0cfc666ab69e51aa32cd706f34afce2005dcd1d8af8a873a96c233a7dd2b048"
+        );
+        // The keyed state is copied per call, never consumed.
+        assert_eq!(k.mac(&[b"x"]), k.clone().mac(&[b"x"]));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod client_key;
 pub mod limiter;
+pub mod listener;
 pub mod proxy;
 pub mod stream;
 pub mod tls;

@@ -21,6 +21,13 @@
 //!   kill-latency  --creds FILE --sessions N --command CMD [--wait-secs W]
 //!                 opens N logged-in sessions, runs `sh -c CMD`, then measures from
 //!                 the command returning until each socket is closed by the server.
+//!   storm         --creds FILE [--count N] [--spread-ms S]
+//!                 a restart storm: one device per line (the first N), all launched
+//!                 at once (or device i at i*S/N ms: arrivals spread evenly over S
+//!                 ms), each connects, LOGINs, LOGOUTs. Latency = connect start
+//!                 to LOGIN's tagged OK (what the device waits); peak_open = most
+//!                 connections established and not yet closed at one moment.
+//!                 refused = connects that failed, unavailable = NO [UNAVAILABLE].
 //!
 //! Common options: --tls (implicit TLS, certificate verification off), --timeout S
 //! (per network step, default 30), --parallel-open P (connects in flight while opening
@@ -62,7 +69,9 @@ struct Args {
 impl Args {
     fn parse() -> Res<Args> {
         let mut it = std::env::args().skip(1);
-        let addr = it.next().ok_or("usage: loadgen HOST:PORT FIGURE [--opt value] [--tls]")?;
+        let addr = it
+            .next()
+            .ok_or("usage: loadgen HOST:PORT FIGURE [--opt value] [--tls]")?;
         let figure = it.next().ok_or("missing FIGURE")?;
         let mut opts = HashMap::new();
         let mut tls = false;
@@ -77,16 +86,26 @@ impl Args {
             let v = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
             opts.insert(key.to_string(), v);
         }
-        Ok(Args { addr, figure, opts, tls })
+        Ok(Args {
+            addr,
+            figure,
+            opts,
+            tls,
+        })
     }
     fn get<T: std::str::FromStr>(&self, key: &str, default: Option<T>) -> Res<T> {
         match self.opts.get(key) {
-            Some(v) => v.parse().map_err(|_| format!("bad value for --{key}: {v}").into()),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("bad value for --{key}: {v}").into()),
             None => default.ok_or_else(|| format!("--{key} is required").into()),
         }
     }
     fn str(&self, key: &str) -> Res<String> {
-        self.opts.get(key).cloned().ok_or_else(|| format!("--{key} is required").into())
+        self.opts
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("--{key} is required").into())
     }
 }
 
@@ -112,7 +131,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -120,7 +144,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -142,13 +171,20 @@ impl Target {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
                 .with_no_client_auth();
-            let host = args.addr.rsplit_once(':').map_or(args.addr.as_str(), |(h, _)| h);
+            let host = args
+                .addr
+                .rsplit_once(':')
+                .map_or(args.addr.as_str(), |(h, _)| h);
             let name = ServerName::try_from(host.to_string())?;
             Some((TlsConnector::from(Arc::new(cfg)), name))
         } else {
             None
         };
-        Ok(Target { addr: args.addr.clone(), tls, timeout: Duration::from_secs(args.get("timeout", Some(30))?) })
+        Ok(Target {
+            addr: args.addr.clone(),
+            tls,
+            timeout: Duration::from_secs(args.get("timeout", Some(30))?),
+        })
     }
 }
 
@@ -176,7 +212,11 @@ fn quote(s: &str) -> String {
 fn literal_len(line: &[u8]) -> Option<usize> {
     let l = line.strip_suffix(b"}")?;
     let open = l.iter().rposition(|&b| b == b'{')?;
-    std::str::from_utf8(&l[open + 1..]).ok()?.trim_end_matches('+').parse().ok()
+    std::str::from_utf8(&l[open + 1..])
+        .ok()?
+        .trim_end_matches('+')
+        .parse()
+        .ok()
 }
 
 impl Conn {
@@ -190,11 +230,21 @@ impl Conn {
             };
             Ok::<_, Error>(io)
         };
-        let io = tokio::time::timeout(t.timeout, fut).await.map_err(|_| "connect timed out")??;
-        let mut c = Conn { io: BufReader::with_capacity(bufsize, io), tag: 0, timeout: t.timeout, line: Vec::new() };
+        let io = tokio::time::timeout(t.timeout, fut)
+            .await
+            .map_err(|_| "connect timed out")??;
+        let mut c = Conn {
+            io: BufReader::with_capacity(bufsize, io),
+            tag: 0,
+            timeout: t.timeout,
+            line: Vec::new(),
+        };
         c.read_line().await?;
         if !c.line.starts_with(b"* OK") {
-            return err(format!("greeting: {}", String::from_utf8_lossy(&c.line).trim_end()));
+            return err(format!(
+                "greeting: {}",
+                String::from_utf8_lossy(&c.line).trim_end()
+            ));
         }
         Ok(c)
     }
@@ -253,7 +303,9 @@ impl Conn {
     }
 
     async fn login(&mut self, user: &str, pass: &str) -> Res<()> {
-        self.command(&format!("LOGIN {} {}", quote(user), quote(pass))).await.map(|_| ())
+        self.command(&format!("LOGIN {} {}", quote(user), quote(pass)))
+            .await
+            .map(|_| ())
     }
 
     async fn logout(&mut self) -> Res<()> {
@@ -363,8 +415,14 @@ async fn logins(args: &Args, t: Arc<Target>) -> Res<()> {
     let deadline = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (t, creds, next, ok, bad, errors) =
-            (t.clone(), creds.clone(), next.clone(), ok.clone(), bad.clone(), errors.clone());
+        let (t, creds, next, ok, bad, errors) = (
+            t.clone(),
+            creds.clone(),
+            next.clone(),
+            ok.clone(),
+            bad.clone(),
+            errors.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -483,7 +541,10 @@ async fn idle(args: &Args, t: Arc<Target>) -> Res<()> {
     let release = args.opts.get("release-file").cloned();
     let hold_until = Instant::now() + Duration::from_secs_f64(hold);
     while Instant::now() < hold_until {
-        if release.as_deref().is_some_and(|f| std::path::Path::new(f).exists()) {
+        if release
+            .as_deref()
+            .is_some_and(|f| std::path::Path::new(f).exists())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -583,7 +644,11 @@ async fn kill_latency(args: &Args, t: Arc<Target>) -> Res<()> {
         }));
     }
     let cmd_start = Instant::now();
-    let status = tokio::process::Command::new("sh").arg("-c").arg(&command).status().await?;
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+        .await?;
     let t0 = Instant::now();
     if !status.success() {
         eprintln!("loadgen: command exited with {status}");
@@ -620,6 +685,87 @@ async fn kill_latency(args: &Args, t: Arc<Target>) -> Res<()> {
     Ok(())
 }
 
+async fn storm(args: &Args, t: Arc<Target>) -> Res<()> {
+    let creds = read_creds(&args.str("creds")?)?;
+    let n: usize = args.get("count", Some(creds.len()))?.min(creds.len());
+    let spread_ms: f64 = args.get("spread-ms", Some(0.0))?;
+    let errors = Arc::new(Errors::default());
+    let open = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let unavailable = Arc::new(AtomicUsize::new(0));
+    // Every task is spawned before any runs far: the runtime's threads pick them up
+    // while this loop goes on, so the connects all start within a few milliseconds.
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (u, p)) in creds.into_iter().take(n).enumerate() {
+        let (t, errors, open, peak, refused, unavailable) = (
+            t.clone(),
+            errors.clone(),
+            open.clone(),
+            peak.clone(),
+            refused.clone(),
+            unavailable.clone(),
+        );
+        let due = start + Duration::from_secs_f64(spread_ms / 1000.0 * i as f64 / n as f64);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            let t0 = Instant::now();
+            let mut c = match Conn::open(&t, 1024).await {
+                Ok(c) => c,
+                Err(e) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    errors.add(&e);
+                    return None;
+                }
+            };
+            let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+            peak.fetch_max(now_open, Ordering::Relaxed);
+            let r = async {
+                c.login(&u, &p).await?;
+                let at = Instant::now();
+                c.logout().await?;
+                Ok::<_, Error>(ms(at - t0))
+            }
+            .await;
+            drop(c);
+            open.fetch_sub(1, Ordering::Relaxed);
+            match r {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    if e.to_string().contains("[UNAVAILABLE]") {
+                        unavailable.fetch_add(1, Ordering::Relaxed);
+                    }
+                    errors.add(&e);
+                    None
+                }
+            }
+        }));
+    }
+    let spawn_ms = ms(start.elapsed());
+    let mut lat = Vec::with_capacity(n);
+    for task in tasks {
+        if let Some(l) = task.await? {
+            lat.push(l);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    errors.report();
+    println!(
+        "storm devices={n} spread_ms={spread_ms} ok={} errors={} refused={} unavailable={} peak_open={} spawn_ms={spawn_ms:.1} elapsed={elapsed:.2} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+        lat.len(),
+        n - lat.len(),
+        refused.load(Ordering::Relaxed),
+        unavailable.load(Ordering::Relaxed),
+        peak.load(Ordering::Relaxed),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let r = async {
@@ -631,6 +777,7 @@ async fn main() {
             "idle" => idle(&args, t).await,
             "latency" => latency(&args, t).await,
             "kill-latency" => kill_latency(&args, t).await,
+            "storm" => storm(&args, t).await,
             f => err(format!("unknown figure {f}")),
         }
     }
