@@ -53,15 +53,23 @@ impl InstanceKey {
                 }
                 let mut bytes = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut bytes);
+                // Written whole to a file of our own, then linked into place:
+                // the link fails if another process got there first, and no
+                // process ever reads a key file that is still being written.
+                let tmp =
+                    path.with_extension(format!("tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
                 let mut options = std::fs::OpenOptions::new();
                 options.write(true).create_new(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                match options.open(path) {
-                    Ok(mut file) => {
-                        file.write_all(hex::encode(&bytes).as_bytes()).map_err(io)?;
-                        Ok(Self::keyed(Secret::new(bytes)))
-                    }
+                let written = options.open(&tmp).and_then(|mut file| {
+                    file.write_all(hex::encode(&bytes).as_bytes())?;
+                    file.sync_all()
+                });
+                let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(Self::keyed(Secret::new(bytes))),
                     // Another process created it first: use theirs.
                     Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
                         Self::load_or_create(path)
@@ -98,6 +106,25 @@ impl InstanceKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_starting_at_once_all_read_one_whole_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let keys: Vec<_> = (0..16)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || InstanceKey::load_or_create(&path))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap().expect("every start reads a whole key"))
+            .collect();
+        let first = keys[0].mac(&[b"x"]);
+        assert!(keys.iter().all(|k| k.mac(&[b"x"]) == first));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+    }
 
     #[test]
     fn created_once_then_read_back() {
