@@ -1,4 +1,5 @@
-//! Sends recovery e-mail codes through the `[relay]` SMTP server.
+//! Sends the mail postern writes (recovery e-mail codes, security notices)
+//! through the `[relay]` SMTP server.
 //!
 //! This module only builds and submits the message: it does not generate, store
 //! or check codes (the web layer and the store do). The relay is spoken to in
@@ -110,7 +111,6 @@ impl RecoveryMailer {
 
     /// Sends `code` to `to`, within [`SEND_TIMEOUT`].
     pub async fn send_code(&self, to: &str, code: &str, kind: CodeMail) -> Result<(), SendError> {
-        let recipient = parse_address(to).ok_or_else(|| SendError::Recipient(to.to_owned()))?;
         let (subject, reason) = match kind {
             CodeMail::Confirm => (
                 "Confirm your recovery e-mail address",
@@ -128,6 +128,13 @@ impl RecoveryMailer {
              If you did not ask for it, ignore this message; if it was a sign-in, \
              someone knows your password: change it.\n"
         );
+        self.send_text(to, subject, body).await
+    }
+
+    /// Sends a plain-text message `subject` / `body` to `to`, within
+    /// [`SEND_TIMEOUT`]. Every mail postern writes (codes, notices) goes out here.
+    pub async fn send_text(&self, to: &str, subject: &str, body: String) -> Result<(), SendError> {
+        let recipient = parse_address(to).ok_or_else(|| SendError::Recipient(to.to_owned()))?;
         let message = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, recipient))
