@@ -109,6 +109,65 @@ async fn the_cookie_at_rest_is_not_the_session_id() {
     assert!(!on_account(&mut thief).await);
 }
 
+/// Every `web_sessions` row.
+async fn session_rows(db: &mut sqlx::SqliteConnection) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM web_sessions")
+        .fetch_one(db)
+        .await
+        .expect("count")
+        .get("n")
+}
+
+#[tokio::test]
+async fn visitors_of_the_login_forms_write_nothing_until_they_sign_in() {
+    let w = world().await;
+    let mut db = database(&w.gateway).await;
+    // A flood of visitors: each gets a form, none a row.
+    for path in ["/login", "/admin/login", "/login", "/admin/login"] {
+        for _ in 0..25 {
+            let mut visitor = Browser::new(&w.app);
+            let page = visitor.get(path).await;
+            assert_eq!(page.status, StatusCode::OK, "{path}");
+            assert!(!page.csrf().is_empty(), "{path} carries a form token");
+        }
+    }
+    assert_eq!(
+        session_rows(&mut db).await,
+        0,
+        "anonymous visits are not stored"
+    );
+    // The form still works, and still needs its own token.
+    let mut visitor = Browser::new(&w.app);
+    let form = visitor.get("/login").await;
+    let mut forger = Browser::new(&w.app);
+    forger.get("/login").await;
+    let forged = forger
+        .post(
+            "/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("address", ALICE),
+                ("password", "alice-primary"),
+            ],
+        )
+        .await;
+    assert_ne!(
+        forged.location(),
+        "/account",
+        "another visitor's token signs nobody in"
+    );
+    let page = visitor.password_step(ALICE, "alice-primary").await;
+    assert_eq!(page.location(), "/account", "{}", page.body);
+    assert_eq!(session_rows(&mut db).await, 1, "the sign-in made one row");
+    // A login form older than ten minutes is a new visit (a fresh cookie).
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let stale = format!("a.{}.{}", now - 601, "0".repeat(64));
+    let mut late = Browser::new(&w.app);
+    late.cookie = Some(stale.clone());
+    late.get("/login").await;
+    assert_ne!(late.cookie.as_deref(), Some(stale.as_str()));
+}
+
 #[tokio::test]
 async fn a_signed_in_browser_stays_signed_in_after_a_restart_and_on_another_node() {
     let w = world().await;

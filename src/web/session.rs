@@ -12,8 +12,15 @@
 //! request from the stored state (`crate::policy::decide_web_access`), so a
 //! domain forced after sign-in binds the session at once.
 //!
-//! Cost per request: one read (the row, expiry checked by the store), and a
-//! write of "last seen" at most once a minute per session.
+//! A visitor who has not signed in yet (the login forms) is not stored at all:
+//! the cookie carries `a.<issued>.<random>`, and the form token is that id's
+//! HMAC under the instance key, so a flood of visits writes nothing, any node
+//! checks the token, and another visitor's token is worthless. The first row
+//! is written by the first login step that succeeds.
+//!
+//! Cost per request: one read (the row, expiry checked by the store), none for
+//! an anonymous visitor, and a write of "last seen" at most once a minute per
+//! session.
 
 use cookie::{Cookie, SameSite};
 use tracing::error;
@@ -125,6 +132,9 @@ fn expires_at(auth: &Auth, created: i64, seen: i64) -> i64 {
     (seen + idle).min(created + ABSOLUTE)
 }
 
+/// How an anonymous (unstored) session id starts.
+const ANONYMOUS_PREFIX: &str = "a.";
+
 /// 256 random bits, hex.
 pub fn random_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
@@ -156,6 +166,13 @@ impl SessionStore {
         auth: Auth,
         proved: Option<(Proof, i64)>,
     ) -> (String, WebSession) {
+        if auth == Auth::Anonymous {
+            // Nothing to store; a stored session it replaces ends.
+            if let Some(old) = replaces {
+                self.remove(old).await;
+            }
+            return self.new_anonymous();
+        }
         let now = unix_now();
         let session = WebSession {
             auth,
@@ -174,7 +191,9 @@ impl SessionStore {
             last_seen_at: now,
             expires_at: expires_at(&session.auth, now, now),
         };
-        let old = replaces.map(|old| self.hash(old));
+        let old = replaces
+            .filter(|old| !old.starts_with(ANONYMOUS_PREFIX))
+            .map(|old| self.hash(old));
         if let Err(err) = self
             .store
             .insert_web_session(&self.hash(&id), &row, old.as_deref())
@@ -185,9 +204,41 @@ impl SessionStore {
         (id, session)
     }
 
-    /// A new session with a fresh id and CSRF token.
+    /// A new session with a fresh id and CSRF token. An anonymous one is not
+    /// stored (see the module documentation).
     pub async fn create(&self, auth: Auth) -> (String, WebSession) {
+        if auth == Auth::Anonymous {
+            return self.new_anonymous();
+        }
         self.insert(None, auth, None).await
+    }
+
+    fn new_anonymous(&self) -> (String, WebSession) {
+        let id = format!("{ANONYMOUS_PREFIX}{}.{}", unix_now(), random_token());
+        let session = self.anonymous(&id);
+        (id, session)
+    }
+
+    /// The anonymous session an unstored id stands for: its form token is
+    /// derived from the id.
+    fn anonymous(&self, id: &str) -> WebSession {
+        WebSession {
+            auth: Auth::Anonymous,
+            csrf: hex::encode(self.key.mac(&[b"web-anonymous-csrf", id.as_bytes()])),
+            proved: None,
+        }
+    }
+
+    /// The anonymous session `id` names, if it is one of ours in its form and
+    /// was issued within the pending idle time (a login form left open longer
+    /// is refused as before). Nothing is read from the store.
+    fn live_anonymous(&self, id: &str, now: i64) -> Option<WebSession> {
+        let rest = id.strip_prefix(ANONYMOUS_PREFIX)?;
+        let (issued, random) = rest.split_once('.')?;
+        let issued: i64 = issued.parse().ok()?;
+        let fresh = issued <= now + TOUCH_EVERY && now - issued < IDLE_PENDING;
+        let well_formed = random.len() == 64 && random.bytes().all(|b| b.is_ascii_hexdigit());
+        (fresh && well_formed).then(|| self.anonymous(id))
     }
 
     /// The live session with this id, if any; its idle timer restarts (written
@@ -197,6 +248,9 @@ impl SessionStore {
             return None;
         }
         let now = unix_now();
+        if id.starts_with(ANONYMOUS_PREFIX) {
+            return self.live_anonymous(id, now);
+        }
         let hash = self.hash(id);
         let row = match self.store.web_session(&hash, now).await {
             Ok(row) => row?,
@@ -251,6 +305,9 @@ impl SessionStore {
 
     /// Ends one session (sign-out).
     pub async fn remove(&self, id: &str) {
+        if id.starts_with(ANONYMOUS_PREFIX) {
+            return;
+        }
         if let Err(err) = self.store.delete_web_session(&self.hash(id)).await {
             error!(error = %err, "cannot end a web session");
         }
