@@ -252,6 +252,34 @@ async fn logout_ends_only_its_own_session_and_sign_out_everywhere_ends_all() {
         .json("GET", "/api/v1/account/app-passwords", None, "")
         .await;
     assert_eq!(gone.status, StatusCode::UNAUTHORIZED);
+
+    // Both are in the audit log, with the client's address.
+    let audited = w
+        .gateway
+        .store()
+        .list_audit(postern::store::AuditFilter {
+            user: Some(ALICE.into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    let signed_out: Vec<_> = audited
+        .iter()
+        .filter(|r| r.action == "web.sign_out_everywhere")
+        .collect();
+    assert_eq!(signed_out.len(), 2, "{audited:?}");
+    assert!(
+        signed_out
+            .iter()
+            .any(|r| r.detail == "2 browser sessions ended")
+    );
+    assert!(
+        signed_out
+            .iter()
+            .all(|r| r.actor == format!("user:{ALICE}") && r.ip.is_some()),
+        "{signed_out:?}"
+    );
 }
 
 #[tokio::test]

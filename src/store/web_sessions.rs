@@ -10,6 +10,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::audit::{RemoteActor, insert_audit};
 use super::{Store, StoreError};
 
 /// One stored web session.
@@ -164,12 +165,28 @@ impl Store {
         Ok(())
     }
 
-    /// Ends every web session of the user `address` ("sign out everywhere");
-    /// returns how many there were.
-    pub async fn end_user_web_sessions(&self, address: &str) -> Result<u64, StoreError> {
+    /// Ends every web session of the user `address` ("sign out everywhere"),
+    /// audited as `actor` in the same transaction; returns how many there were.
+    pub async fn end_user_web_sessions(
+        &self,
+        address: &str,
+        actor: &RemoteActor,
+    ) -> Result<u64, StoreError> {
         let address = super::normalize_address(address)?;
-        let mut conn = self.pool.acquire().await?;
-        end_user_web_sessions_in(&mut conn, &address).await
+        let mut tx = self.begin().await?;
+        let ended = end_user_web_sessions_in(&mut tx, &address).await?;
+        let detail = format!("{ended} browser sessions ended");
+        insert_audit(
+            &mut tx,
+            actor,
+            "web.sign_out_everywhere",
+            &address,
+            &detail,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ended)
     }
 
     /// Deletes the sessions expired at `now`; returns how many.

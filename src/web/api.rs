@@ -433,8 +433,10 @@ async fn sign_out_everywhere(
     Extension(current): Extension<Current>,
 ) -> ApiResult {
     let user = full_user(&state, &current).await?;
-    let ended = state.sessions.end_all(&user.address).await?;
-    tracing::info!(address = %user.address, ended, "signed out everywhere");
+    let ended = state
+        .sessions
+        .end_all(&user.address, &user.who().actor())
+        .await?;
     Ok(with_cookie(
         SessionCookie::Clear,
         Json(serde_json::json!({ "ended": ended })),

@@ -314,9 +314,15 @@ impl SessionStore {
     }
 
     /// Ends every session of the user `address`, on every node ("sign out
-    /// everywhere").
-    pub async fn end_all(&self, address: &str) -> Result<u64, crate::store::StoreError> {
-        self.store.end_user_web_sessions(address).await
+    /// everywhere"), audited as `actor`.
+    pub async fn end_all(
+        &self,
+        address: &str,
+        actor: &crate::store::RemoteActor,
+    ) -> Result<u64, crate::store::StoreError> {
+        let ended = self.store.end_user_web_sessions(address, actor).await?;
+        tracing::info!(address, ended, "signed out everywhere");
+        Ok(ended)
     }
 
     /// Deletes expired rows, every [`SWEEP_EVERY`], for as long as the node runs.

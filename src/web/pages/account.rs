@@ -72,11 +72,8 @@ pub async fn overview(State(state): State<WebState>, user: UserSession) -> Respo
 /// "Sign out everywhere": ends every web session of the user, this one
 /// included, on every node at once (the rows are gone from the store).
 pub async fn sign_out_everywhere(State(state): State<WebState>, user: UserSession) -> Response {
-    match state.sessions.end_all(&user.address).await {
-        Ok(ended) => {
-            tracing::info!(address = %user.address, ended, "signed out everywhere");
-            with_cookie(SessionCookie::Clear, Redirect::to("/login"))
-        }
+    match state.sessions.end_all(&user.address, &user.actor()).await {
+        Ok(_) => with_cookie(SessionCookie::Clear, Redirect::to("/login")),
         Err(err) => error_page(&WebError::Store(err)),
     }
 }
