@@ -24,6 +24,9 @@ use crate::store::{EventKind, EventRecord, NOTIFY_CHANNEL, Store};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Events read per catch-up query.
 const BATCH: i64 = 500;
+/// How often each node deletes events no node needs
+/// ([`Store::prune_events`](crate::store::Store::prune_events)).
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct Rechecker {
@@ -257,11 +260,20 @@ impl Rechecker {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut since_sweep = tokio::time::Instant::now();
+        let mut since_prune = since_sweep;
         loop {
             last = self.catch_up(last).await;
             if since_sweep.elapsed() >= Duration::from_secs(1) {
                 self.sweep_deadlines().await;
                 since_sweep = tokio::time::Instant::now();
+            }
+            if since_prune.elapsed() >= PRUNE_EVERY {
+                match self.store().prune_events(unix_now()).await {
+                    Ok(0) => {}
+                    Ok(pruned) => debug!(pruned, "old events pruned"),
+                    Err(err) => warn!(error = %err, "cannot prune the event log"),
+                }
+                since_prune = tokio::time::Instant::now();
             }
             match listener.as_mut() {
                 // A notification, or the tick (for the deadline sweep and in case

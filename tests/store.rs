@@ -928,6 +928,49 @@ async fn reset_removes_second_factors_backup_codes_and_app_passwords() {
 }
 
 #[tokio::test]
+async fn old_events_are_pruned_but_the_newest_always_stays() {
+    on_each_db!(|s, db| {
+        s.add_domain("example.org", "cli").await.unwrap();
+        let change = s
+            .append_event(EventKind::SessionKill, None, Some("a@example.org"), None)
+            .await
+            .unwrap();
+        let failure = s
+            .append_event(EventKind::ClientFailed, None, None, None)
+            .await
+            .unwrap();
+        let recent = s
+            .append_event(EventKind::SessionKill, None, Some("b@example.org"), None)
+            .await
+            .unwrap();
+        let newest = s
+            .append_event(EventKind::ClientFailed, None, None, None)
+            .await
+            .unwrap();
+        let now = postern::clock::unix_now();
+        // A change two hours old, a client's failure two hours old, a change
+        // and a failure 25 hours old.
+        db.raw(&format!(
+            "UPDATE events SET at = {} WHERE id IN ({change}, {failure}); \
+             UPDATE events SET at = {} WHERE id = {newest}",
+            now - 7200,
+            now - 90_000,
+        ))
+        .await;
+        assert_eq!(s.prune_events(now).await.unwrap(), 1);
+        let left: Vec<i64> = events(s).await.iter().map(|e| e.id).collect();
+        assert!(left.contains(&change) && left.contains(&recent), "{left:?}");
+        assert!(!left.contains(&failure), "a two-hour-old failure goes");
+        assert!(left.contains(&newest), "the newest row stays, however old");
+        // A day later every change goes, except the newest row.
+        s.prune_events(now + 90_000).await.unwrap();
+        let left: Vec<i64> = events(s).await.iter().map(|e| e.id).collect();
+        assert_eq!(left, vec![newest]);
+        assert_eq!(s.last_event_id().await.unwrap(), newest);
+    });
+}
+
+#[tokio::test]
 async fn events_ascend_and_resume_after_an_id() {
     on_each_db!(|s| {
         assert_eq!(s.last_event_id().await.unwrap(), 0);

@@ -187,6 +187,13 @@ fn event_from_row(row: &AnyRow) -> Result<EventRecord, StoreError> {
     })
 }
 
+/// How long a client's failure stays in the event log (its delay lives in the
+/// `client_penalties` table; the row only tells running nodes of it).
+pub const CLIENT_FAILED_KEEP_SECS: i64 = 3600;
+/// How long every other event stays: far longer than any node may lag
+/// (`postern_event_lag_seconds`) and still serve.
+pub const EVENT_KEEP_SECS: i64 = 86_400;
+
 impl Store {
     /// Appends an event that goes with no other change (e.g. a session kill); returns
     /// its id.
@@ -226,6 +233,25 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    /// Deletes the events no node needs any more; returns how many. A node
+    /// reads the log from its newest row at start (and the penalties from their
+    /// own table), so old rows serve only a node that fell behind: a client's
+    /// failure is kept [`CLIENT_FAILED_KEEP_SECS`], every other event
+    /// [`EVENT_KEEP_SECS`]. The newest row always stays, so a new reader's
+    /// position never goes back.
+    pub async fn prune_events(&self, now: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM events WHERE id < (SELECT MAX(id) FROM events) \
+             AND ((kind = $1 AND at < $2) OR at < $3)",
+        )
+        .bind(EventKind::ClientFailed.as_str())
+        .bind(now - CLIENT_FAILED_KEEP_SECS)
+        .bind(now - EVENT_KEEP_SECS)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// The newest event's id, 0 if there is none: where a new reader starts.
