@@ -76,6 +76,46 @@ fn node_config(dir: &Path, name: &str, upstream: SocketAddr, url: &str, key: &Pa
     write_config(&home, upstream, Some(url), Some(key), "", &extra)
 }
 
+/// The operator's CLI config in `dir`: the shared store and key, nothing else.
+fn cli_config(dir: &Path, url: &str, key: &Path) -> PathBuf {
+    let cli = dir.join("admin.toml");
+    std::fs::write(
+        &cli,
+        format!(
+            "[store]\nurl = \"{url}\"\n[secrets]\nkey_file = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .expect("write the CLI config");
+    cli
+}
+
+/// Two nodes' configs on one schema and key, in front of `upstream`, with
+/// example.test Enabled. The CLI runs first: it creates the tables and the key,
+/// so the nodes never race to make them.
+struct TwoNodes {
+    dir: tempfile::TempDir,
+    cli: PathBuf,
+    configs: [PathBuf; 2],
+}
+
+fn two_nodes(schema: &Schema, upstream: SocketAddr) -> TwoNodes {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("k");
+    let cli = cli_config(dir.path(), &schema.url, &key);
+    admin(&cli, &["admin", "domain", "add", "example.test"]);
+    admin(&cli, &["admin", "domain", "feature", "example.test", "on"]);
+    admin(
+        &cli,
+        &["admin", "domain", "status", "example.test", "enabled"],
+    );
+    let configs = [
+        node_config(dir.path(), "a", upstream, &schema.url, &key),
+        node_config(dir.path(), "b", upstream, &schema.url, &key),
+    ];
+    TwoNodes { dir, cli, configs }
+}
+
 async fn session(addr: SocketAddr, user: &str, password: &str) -> LineClient<TcpStream> {
     let mut client = connect(addr).await;
     client.line().await;
@@ -94,30 +134,11 @@ async fn a_cli_change_on_one_node_drops_sessions_on_another() {
         return;
     };
     let fake = FakeImap::start(&[(ALICE, "alice-primary"), (BOB, "bob-primary")]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k");
-
-    // The operator's CLI config: same store, same key. Running it first creates
-    // the tables and the key, so the nodes never race to make them.
-    let cli = dir.path().join("admin.toml");
-    std::fs::write(
-        &cli,
-        format!(
-            "[store]\nurl = \"{}\"\n[secrets]\nkey_file = \"{}\"\n",
-            schema.url,
-            key.display()
-        ),
-    )
-    .unwrap();
-    admin(&cli, &["admin", "domain", "add", "example.test"]);
-    admin(&cli, &["admin", "domain", "feature", "example.test", "on"]);
-    admin(
-        &cli,
-        &["admin", "domain", "status", "example.test", "enabled"],
-    );
-
-    let config_a = node_config(dir.path(), "a", fake.addr, &schema.url, &key);
-    let config_b = node_config(dir.path(), "b", fake.addr, &schema.url, &key);
+    let TwoNodes {
+        dir: _dir,
+        cli,
+        configs: [config_a, config_b],
+    } = two_nodes(&schema, fake.addr);
     let node_a = ServeProcess::start(&config_a, 2).await;
     let node_b = ServeProcess::start(&config_b, 2).await;
     assert_ne!(node_a.addr(false), node_b.addr(false));
@@ -234,16 +255,7 @@ async fn an_account_block_counts_failures_on_every_node() {
 
     // The operator's `postern admin user enable`, from a third process.
     let dir = tempfile::tempdir().unwrap();
-    let cli = dir.path().join("admin.toml");
-    std::fs::write(
-        &cli,
-        format!(
-            "[store]\nurl = \"{}\"\n[secrets]\nkey_file = \"{}\"\n",
-            schema.url,
-            first.config.secrets.key_file.display()
-        ),
-    )
-    .unwrap();
+    let cli = cli_config(dir.path(), &schema.url, &first.config.secrets.key_file);
     admin(&cli, &["admin", "user", "enable", ALICE]);
     for (n, addr) in nodes.iter().enumerate() {
         let reply = guess(*addr, 2000 + n as u32, "alice-primary").await;
@@ -352,26 +364,11 @@ async fn a_browser_alternating_nodes_signs_in_enrolls_and_manages_app_passwords(
         return;
     };
     let fake = FakeImap::start(&[(ALICE, "alice-primary")]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k");
-    let cli = dir.path().join("admin.toml");
-    std::fs::write(
-        &cli,
-        format!(
-            "[store]\nurl = \"{}\"\n[secrets]\nkey_file = \"{}\"\n",
-            schema.url,
-            key.display()
-        ),
-    )
-    .unwrap();
-    admin(&cli, &["admin", "domain", "add", "example.test"]);
-    admin(&cli, &["admin", "domain", "feature", "example.test", "on"]);
-    admin(
-        &cli,
-        &["admin", "domain", "status", "example.test", "enabled"],
-    );
-    let config_a = node_config(dir.path(), "a", fake.addr, &schema.url, &key);
-    let config_b = node_config(dir.path(), "b", fake.addr, &schema.url, &key);
+    let TwoNodes {
+        dir: _dir,
+        cli: _,
+        configs: [config_a, config_b],
+    } = two_nodes(&schema, fake.addr);
     let mut nodes = [
         ServeProcess::start(&config_a, 2).await,
         ServeProcess::start(&config_b, 2).await,
