@@ -157,18 +157,23 @@ impl Runtime {
             upstream_tls: tls::upstream_connector(&config.upstream_auth.ca_file)?,
             registry: self.registry.clone(),
             penalties: self.penalties.clone(),
+            rechecker: self.rechecker(),
             user_client_limiter: self.user_client_limiter.clone(),
             handshake_timeout: Duration::from_secs(config.tls.handshake_timeout_secs),
         }))
     }
 
-    /// Starts tailing the event log so live sessions follow every change.
-    pub fn start_rechecks(&self, config: &Config) -> tokio::task::JoinHandle<()> {
-        let rechecker = Rechecker::new(
+    fn rechecker(&self) -> Rechecker {
+        Rechecker::new(
             self.gate.clone(),
             self.registry.clone(),
             self.penalties.clone(),
-        );
+        )
+    }
+
+    /// Starts tailing the event log so live sessions follow every change.
+    pub fn start_rechecks(&self, config: &Config) -> tokio::task::JoinHandle<()> {
+        let rechecker = self.rechecker();
         let postgres =
             (self.store.backend() == Backend::Postgres).then(|| config.store.url.clone());
         tokio::spawn(rechecker.run(postgres))

@@ -171,14 +171,14 @@ impl Gate {
     ) -> Self {
         Self {
             audit: audit_queue(store.clone()),
-            store,
             key,
             master,
             last_use: moka::sync::Cache::builder()
                 .max_capacity(LAST_USE_ENTRIES)
                 .time_to_live(std::time::Duration::from_secs(LAST_USE_RESOLUTION as u64))
                 .build(),
-            cache: std::sync::Arc::new(LoginCache::new(login_cache)),
+            cache: std::sync::Arc::new(LoginCache::new(login_cache, store.epoch().clone())),
+            store,
         }
     }
 
@@ -217,17 +217,17 @@ impl Gate {
                 .map(|c| c.lookup_key(&self.key, &address)),
             address,
         };
-        // `Some(changes)` when read from the store now (and so worth remembering).
-        let (context, read_after) = match self.cache.get(&key, self.store.changes_seen()) {
+        // `Some(epoch)` when read from the store now (and so worth remembering).
+        let (context, read_after) = match self.cache.get(&key) {
             Some(context) => {
                 metrics::counter!(crate::metrics::LOGIN_CACHE, "result" => "hit").increment(1);
                 (context, None)
             }
             None => {
                 metrics::counter!(crate::metrics::LOGIN_CACHE, "result" => "miss").increment(1);
-                let changes = self.store.changes_seen();
+                let read_at = self.store.epoch().now();
                 match self.read_context(&key).await {
-                    Ok(context) => (context, Some(changes)),
+                    Ok(context) => (context, Some(read_at)),
                     Err(err) => {
                         return Verdict::Unavailable {
                             user: key.address,
@@ -240,14 +240,14 @@ impl Gate {
         let verdict = self.decide(presented, protocol, client, now, &key, &context);
         // A context without a user row is not remembered: the success creates
         // the row, and the next login reads it.
-        if let (Verdict::Proceed { .. }, Some(changes), true) =
+        if let (Verdict::Proceed { .. }, Some(read_at), true) =
             (&verdict, read_after, context.account.user.is_some())
         {
             let mut context = context;
             // The caller clears them once the upstream accepts; a failure
             // instead forgets this entry (`count_login_failure`).
             context.account.failures = Default::default();
-            self.cache.put(key, context, changes);
+            self.cache.put(key, context, read_at);
         }
         verdict
     }
@@ -366,19 +366,20 @@ impl Gate {
     /// and applied every change it found: remembered logins may be used (see
     /// [`cache`]).
     pub fn event_log_read(&self, started: std::time::Instant) {
-        self.cache.confirm(started);
+        self.store.epoch().log_read(started);
     }
 
     /// The event-log tail could not read the log: remembered logins are
     /// dropped, and every login reads the store until the log is read again.
     pub fn event_log_unreadable(&self) {
-        self.cache.unconfirm();
+        self.store.epoch().log_unreadable();
+        self.cache.clear();
     }
 
     /// Whether a login may be answered from remembered store reads: the event
-    /// log was read recently (see [`cache::FRESHNESS`]).
+    /// log was read recently (see [`crate::epoch::FRESHNESS`]).
     pub fn remembers_logins(&self) -> bool {
-        self.cache.fresh()
+        self.store.epoch().fresh()
     }
 
     /// Resolves once every audit row queued so far is written (shutdown).

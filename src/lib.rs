@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod epoch;
 pub mod gate;
 pub mod login_log;
 pub mod metrics;

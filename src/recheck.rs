@@ -198,13 +198,11 @@ impl Rechecker {
                             last = event.id;
                             continue;
                         }
-                        // First void the logins the gate remembers, then move the
-                        // generation, both before the event's snapshot of the
-                        // sessions: a login that used a remembered context, or
-                        // registers after the snapshot, sees the new generation
-                        // and re-checks itself (`SessionRegistry::generation`).
-                        self.store().note_change();
-                        self.registry.advance_generation();
+                        // Move the change counter before the event's snapshot
+                        // of the sessions: remembered logins stop counting, and
+                        // a login that registers after the snapshot re-checks
+                        // itself (see `crate::epoch`).
+                        self.store().epoch().advance();
                         self.handle_event(event).await;
                         last = event.id;
                     }

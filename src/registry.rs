@@ -62,6 +62,7 @@ impl EndReason {
     }
 }
 
+use crate::epoch::{ChangeEpoch, Epoch};
 use crate::gate::SessionCredential;
 use crate::policy::{Protocol, Refusal};
 use crate::store::batch::{BatchWriter, Batching};
@@ -199,8 +200,16 @@ struct Inner {
     connections: watch::Sender<usize>,
     /// The reason once shutdown began; `None` while running.
     closing: watch::Sender<Option<EndReason>>,
-    /// Events applied to this node's sessions so far (see [`SessionRegistry::generation`]).
-    generation: AtomicU64,
+    /// The node's change counter (the store's; see [`crate::epoch`]).
+    epoch: ChangeEpoch,
+}
+
+/// What [`SessionRegistry::register`] answers.
+pub struct Registered {
+    pub handle: SessionHandle,
+    /// A change was applied between the login's start and its listing: the
+    /// session must re-check itself against the store.
+    pub must_recheck: bool,
 }
 
 /// Held by a live session; removes its entry on drop.
@@ -217,13 +226,15 @@ impl SessionRegistry {
             inner: Arc::new(Inner {
                 row_prefix: format!("{node}-{}-", std::process::id()),
                 node,
-                mirror: store.map(mirror),
+                mirror: store.clone().map(mirror),
                 next_id: AtomicU64::new(0),
                 sessions: Mutex::new(HashMap::new()),
                 left: watch::channel(0).0,
                 connections: watch::channel(0).0,
                 closing: watch::channel(None).0,
-                generation: AtomicU64::new(0),
+                epoch: store
+                    .as_ref()
+                    .map_or_else(ChangeEpoch::default, |s| s.epoch().clone()),
             }),
         }
     }
@@ -236,10 +247,19 @@ impl SessionRegistry {
         format!("{}{id}", self.inner.row_prefix)
     }
 
-    /// Registers a session. Its row in the shared table follows within
+    /// Where the node's change counter is: a login takes it before it reads the
+    /// stored state, and hands it to [`register`](Self::register).
+    pub fn login_began(&self) -> Epoch {
+        self.inner.epoch.now()
+    }
+
+    /// Registers a session whose login took [`login_began`](Self::login_began)
+    /// as `began`, and answers whether it must re-check itself: a change applied
+    /// since may have missed it (the event-log tail looked at the sessions
+    /// before this one was listed). Its row in the shared table follows within
     /// [`MIRROR_DELAY`] (plus the write), so `session list` on any node shows it
     /// a moment after the session starts relaying.
-    pub async fn register(&self, session: NewSession) -> SessionHandle {
+    pub async fn register(&self, session: NewSession, began: Epoch) -> Registered {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (kill, killed) = watch::channel(None);
         if let Some(mirror) = &self.inner.mirror {
@@ -262,25 +282,18 @@ impl SessionRegistry {
         if let Ok(mut sessions) = self.inner.sessions.lock() {
             sessions.insert(id, Entry { info, kill });
         }
-        SessionHandle {
-            id,
-            registry: self.clone(),
-            killed,
-            traffic,
+        // Listed first, then compared: a change applied after this point sees
+        // the session; one applied before moved the counter.
+        let must_recheck = !self.inner.epoch.unchanged_since(began);
+        Registered {
+            handle: SessionHandle {
+                id,
+                registry: self.clone(),
+                killed,
+                traffic,
+            },
+            must_recheck,
         }
-    }
-
-    /// How many stored changes have been applied to the live sessions. A login
-    /// reads it before its policy check; if it moved by the time the session is
-    /// registered, a change may have been applied while the session was not yet
-    /// listed, and the session re-checks itself.
-    pub fn generation(&self) -> u64 {
-        self.inner.generation.load(Ordering::SeqCst)
-    }
-
-    /// Called before each change is applied to the listed sessions.
-    pub fn advance_generation(&self) {
-        self.inner.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// One live session.
@@ -497,12 +510,15 @@ mod tests {
     async fn the_shared_table_lists_live_sessions_and_forgets_ended_ones() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let registry = SessionRegistry::new("n1".into(), Some(store.clone()));
+        let began = registry.login_began();
         let live = registry
-            .register(session("a@x", SessionCredential::AppPassword(2)))
-            .await;
+            .register(session("a@x", SessionCredential::AppPassword(2)), began)
+            .await
+            .handle;
         let brief = registry
-            .register(session("b@x", SessionCredential::Primary))
-            .await;
+            .register(session("b@x", SessionCredential::Primary), began)
+            .await
+            .handle;
         drop(brief);
         registry.flush().await;
         let listed = store.list_sessions().await.unwrap();
@@ -539,14 +555,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_session_registered_after_a_change_since_its_login_began_must_recheck() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let registry = SessionRegistry::new("n1".into(), Some(store.clone()));
+        let quiet = registry.login_began();
+        let calm = registry
+            .register(session("a@x", SessionCredential::Primary), quiet)
+            .await;
+        assert!(!calm.must_recheck, "nothing changed");
+        let began = registry.login_began();
+        // Between the policy check and the registration, a change commits
+        // (here through this process's store: a domain switched).
+        store.add_domain("x", "cli").await.unwrap();
+        store.set_domain_feature("x", true, "cli").await.unwrap();
+        let raced = registry
+            .register(session("b@x", SessionCredential::Primary), began)
+            .await;
+        assert!(raced.must_recheck, "the change may have missed the session");
+    }
+
+    #[tokio::test]
     async fn entries_leave_on_drop_and_kills_reach_the_session() {
         let registry = SessionRegistry::new("n1".into(), None);
+        let began = registry.login_began();
         let mut a = registry
-            .register(session("a@x", SessionCredential::Primary))
-            .await;
+            .register(session("a@x", SessionCredential::Primary), began)
+            .await
+            .handle;
         let b = registry
-            .register(session("b@x", SessionCredential::AppPassword(4)))
-            .await;
+            .register(session("b@x", SessionCredential::AppPassword(4)), began)
+            .await
+            .handle;
         assert_eq!(registry.len(), 2);
         assert_eq!(
             registry.kill_where(EndReason::AdminKill, |s| s.session.user == "a@x"),

@@ -6,15 +6,15 @@
 //! every change that can refuse a credential writes to (revocation, user
 //! disabled or reset, enrollment, domain feature or status):
 //!
-//! - an entry is used only while [`Store::changes_seen`] is what it was before
-//!   the entry's store read: a change committed by this process, or one from
-//!   another process or node applied by the event-log tail, voids every entry
-//!   before the tail re-checks live sessions; a login that used an entry just
-//!   before that is registered after the registry's generation moved and
-//!   re-checks itself against the store;
+//! - an entry is used only while the node's change counter ([`ChangeEpoch`])
+//!   is where it was before the entry's store read: a change committed by this
+//!   process, or one from another process or node applied by the event-log
+//!   tail, voids every entry before the tail re-checks live sessions; a login
+//!   that used an entry just before that is registered after the counter moved
+//!   and re-checks itself against the store;
 //! - entries are used only while the event log was read successfully within
-//!   [`FRESHNESS`], so a lost database fails logins closed within that time and
-//!   a stalled tail cannot keep stale entries alive;
+//!   [`FRESHNESS`](crate::epoch::FRESHNESS), so a lost database fails logins
+//!   closed within that time and a stalled tail cannot keep stale entries alive;
 //! - time-based rules (expiry, grace period) are decided per login with the
 //!   current time from the cached rows, as from fresh ones.
 //!
@@ -31,13 +31,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[cfg(doc)]
-use crate::store::Store;
+use crate::epoch::{ChangeEpoch, Epoch};
 use crate::store::{Account, AppPasswordRecord, normalize_address};
-
-/// How recent the last successful event-log read must be for entries to count
-/// (the tail reads every 200 ms).
-pub const FRESHNESS: Duration = Duration::from_millis(600);
 /// Entries kept at most; past this the cache starts again empty.
 const CAPACITY: usize = 50_000;
 
@@ -59,7 +54,8 @@ pub struct CacheKey {
 
 struct Entry {
     context: LoginContext,
-    changes: u64,
+    /// Where the change counter was when the store read began.
+    read_at: Epoch,
     filled: Instant,
 }
 
@@ -68,6 +64,7 @@ pub struct LoginCache {
     /// How long an entry lives at most, whatever the event log says (zero:
     /// nothing is remembered).
     ttl: Duration,
+    epoch: ChangeEpoch,
 }
 
 #[derive(Default)]
@@ -76,40 +73,29 @@ struct Inner {
     entries: HashMap<String, HashMap<Option<String>, Entry>>,
     /// Entries in `entries`, all users together.
     count: usize,
-    /// When the last successful event-log read began.
-    confirmed: Option<Instant>,
-}
-
-impl Inner {
-    fn fresh(&self) -> bool {
-        self.confirmed
-            .is_some_and(|confirmed| confirmed.elapsed() < FRESHNESS)
-    }
 }
 
 impl LoginCache {
-    pub fn new(ttl: Duration) -> Self {
+    /// Entries count while `epoch` says nothing changed since their read.
+    pub fn new(ttl: Duration, epoch: ChangeEpoch) -> Self {
         Self {
             inner: Mutex::default(),
             ttl,
+            epoch,
         }
     }
 
-    /// The context for `key`, if an entry is still valid now that
-    /// [`Store::changes_seen`] is `changes`.
-    pub fn get(&self, key: &CacheKey, changes: u64) -> Option<LoginContext> {
+    /// The context for `key`, if an entry is still valid
+    /// ([`ChangeEpoch::remembered`]) and younger than the lifetime.
+    pub fn get(&self, key: &CacheKey) -> Option<LoginContext> {
         let inner = self.inner.lock().ok()?;
-        if !inner.fresh() {
-            return None;
-        }
         let entry = inner.entries.get(&key.address)?.get(&key.lookup)?;
-        (entry.changes == changes && entry.filled.elapsed() < self.ttl)
+        (self.epoch.remembered(entry.read_at) && entry.filled.elapsed() < self.ttl)
             .then(|| entry.context.clone())
     }
 
-    /// Remembers a context read from the store after [`Store::changes_seen`]
-    /// returned `changes`.
-    pub fn put(&self, key: CacheKey, context: LoginContext, changes: u64) {
+    /// Remembers a context from a store read that began at `read_at`.
+    pub fn put(&self, key: CacheKey, context: LoginContext, read_at: Epoch) {
         if self.ttl.is_zero() {
             return;
         }
@@ -122,7 +108,7 @@ impl LoginCache {
         }
         let entry = Entry {
             context,
-            changes,
+            read_at,
             filled: Instant::now(),
         };
         let replaced = inner
@@ -146,25 +132,12 @@ impl LoginCache {
         }
     }
 
-    /// The event log was read in full by a read that began at `started`.
-    pub fn confirm(&self, started: Instant) {
+    /// Drops every entry (they no longer count: the event log is unreadable).
+    pub fn clear(&self) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.confirmed = Some(inner.confirmed.map_or(started, |c| c.max(started)));
-        }
-    }
-
-    /// The event log could not be read: nothing cached counts until it can.
-    pub fn unconfirm(&self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.confirmed = None;
             inner.entries.clear();
             inner.count = 0;
         }
-    }
-
-    /// Whether entries count: the event log was read within [`FRESHNESS`].
-    pub fn fresh(&self) -> bool {
-        self.inner.lock().is_ok_and(|inner| inner.fresh())
     }
 }
 
@@ -199,6 +172,13 @@ mod tests {
         }
     }
 
+    /// A cache whose event log was just read.
+    fn cache(ttl: Duration) -> (LoginCache, ChangeEpoch) {
+        let epoch = ChangeEpoch::default();
+        epoch.log_read(Instant::now());
+        (LoginCache::new(ttl, epoch.clone()), epoch)
+    }
+
     fn key(address: &str) -> CacheKey {
         CacheKey {
             address: address.into(),
@@ -208,84 +188,72 @@ mod tests {
 
     #[test]
     fn an_entry_counts_only_while_the_log_was_read_recently_and_nothing_changed() {
-        let cache = LoginCache::new(Duration::from_secs(30));
-        cache.put(key("alice@example.test"), context(), 3);
+        let epoch = ChangeEpoch::default();
+        let cache = LoginCache::new(Duration::from_secs(30), epoch.clone());
+        cache.put(key("alice@example.test"), context(), epoch.now());
         assert!(
-            cache.get(&key("alice@example.test"), 3).is_none(),
+            cache.get(&key("alice@example.test")).is_none(),
             "log never read"
         );
 
-        cache.confirm(Instant::now());
-        let hit = cache.get(&key("alice@example.test"), 3).expect("hit");
+        epoch.log_read(Instant::now());
+        let hit = cache.get(&key("alice@example.test")).expect("hit");
         assert_eq!(hit.account.user.map(|u| u.id), Some(7));
         assert!(
-            cache.get(&key("alice@example.test"), 4).is_none(),
-            "a change since"
-        );
-        assert!(
-            cache.get(&key("bob@example.test"), 3).is_none(),
+            cache.get(&key("bob@example.test")).is_none(),
             "another user"
         );
         let other_lookup = CacheKey {
             lookup: None,
             ..key("alice@example.test")
         };
-        assert!(cache.get(&other_lookup, 3).is_none(), "another credential");
-
-        cache.unconfirm();
+        assert!(cache.get(&other_lookup).is_none(), "another credential");
+        epoch.advance();
         assert!(
-            cache.get(&key("alice@example.test"), 3).is_none(),
-            "log unreadable"
+            cache.get(&key("alice@example.test")).is_none(),
+            "a change since"
+        );
+
+        cache.put(key("alice@example.test"), context(), epoch.now());
+        assert!(cache.get(&key("alice@example.test")).is_some());
+        epoch.log_unreadable();
+        epoch.log_read(Instant::now());
+        assert!(
+            cache.get(&key("alice@example.test")).is_none(),
+            "the log was unreadable since"
         );
     }
 
     #[test]
-    fn a_read_older_than_the_freshness_window_does_not_count() {
-        let cache = LoginCache::new(Duration::from_secs(30));
-        cache.put(key("alice@example.test"), context(), 0);
-        let Some(long_ago) = Instant::now().checked_sub(FRESHNESS * 2) else {
-            return; // a clock this close to its origin cannot hold the case
-        };
-        cache.confirm(long_ago);
-        assert!(!cache.fresh());
-        assert!(cache.get(&key("alice@example.test"), 0).is_none());
-        cache.confirm(Instant::now());
-        assert!(cache.get(&key("alice@example.test"), 0).is_some());
-    }
-
-    #[test]
     fn a_zero_lifetime_remembers_nothing() {
-        let cache = LoginCache::new(Duration::ZERO);
-        cache.confirm(Instant::now());
-        cache.put(key("alice@example.test"), context(), 0);
-        assert!(cache.get(&key("alice@example.test"), 0).is_none());
+        let (cache, epoch) = cache(Duration::ZERO);
+        cache.put(key("alice@example.test"), context(), epoch.now());
+        assert!(cache.get(&key("alice@example.test")).is_none());
     }
 
     #[test]
     fn forgetting_a_user_drops_all_their_entries_only() {
-        let cache = LoginCache::new(Duration::from_secs(30));
-        cache.confirm(Instant::now());
-        cache.put(key("alice@example.test"), context(), 0);
+        let (cache, epoch) = cache(Duration::from_secs(30));
+        cache.put(key("alice@example.test"), context(), epoch.now());
         cache.put(
             CacheKey {
                 lookup: None,
                 ..key("alice@example.test")
             },
             context(),
-            0,
+            epoch.now(),
         );
-        cache.put(key("bob@example.test"), context(), 0);
+        cache.put(key("bob@example.test"), context(), epoch.now());
         cache.forget_user("Alice@Example.test");
-        assert!(cache.get(&key("alice@example.test"), 0).is_none());
-        assert!(cache.get(&key("bob@example.test"), 0).is_some());
+        assert!(cache.get(&key("alice@example.test")).is_none());
+        assert!(cache.get(&key("bob@example.test")).is_some());
     }
 
     #[test]
     fn forgetting_finds_an_address_beyond_ascii_in_any_case() {
-        let cache = LoginCache::new(Duration::from_secs(30));
-        cache.confirm(Instant::now());
-        cache.put(key("jürgen@example.test"), context(), 0);
+        let (cache, epoch) = cache(Duration::from_secs(30));
+        cache.put(key("jürgen@example.test"), context(), epoch.now());
         cache.forget_user(" JÜRGEN@Example.test");
-        assert!(cache.get(&key("jürgen@example.test"), 0).is_none());
+        assert!(cache.get(&key("jürgen@example.test")).is_none());
     }
 }

@@ -23,6 +23,7 @@ use super::connect::{connect_upstream, start_tls};
 use super::relay::Relay;
 use super::{ProtocolHandler, SharedContext, UpstreamCore};
 use crate::config::{ProtocolSettings, UpstreamTls};
+use crate::epoch::Epoch;
 use crate::gate::{SessionCredential, Verdict};
 use crate::login_log::LoginAttempt;
 use crate::metrics as m;
@@ -31,7 +32,6 @@ use crate::net::stream::MaybeTls;
 use crate::protocol::line::{Action, LoginFailure, LoginMethod, Options, PreAuthCore};
 use crate::protocol::sasl::Credentials;
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
-use crate::recheck::Rechecker;
 use crate::registry::{ConnectionHandle, EndReason, NewSession};
 use crate::store::normalize_address;
 
@@ -48,8 +48,8 @@ struct Established {
     user: String,
     credential: SessionCredential,
     allowed_until: Option<i64>,
-    /// The registry's generation when the policy was checked.
-    generation: u64,
+    /// The change counter when the login began (see `crate::epoch`).
+    began: Epoch,
     /// This session's place under `max_connections_per_user_ip`.
     slot: UserClientPermit,
 }
@@ -256,7 +256,7 @@ async fn pre_login<H: ProtocolHandler>(
                         user,
                         credential,
                         allowed_until,
-                        generation,
+                        began,
                         slot,
                     }) => {
                         // Logged in: from here on this is a session, which
@@ -271,7 +271,7 @@ async fn pre_login<H: ProtocolHandler>(
                             user,
                             credential,
                             allowed_until,
-                            generation,
+                            began,
                             slot,
                         }));
                     }
@@ -313,7 +313,7 @@ struct LoggedIn {
     user: String,
     credential: SessionCredential,
     allowed_until: Option<i64>,
-    generation: u64,
+    began: Epoch,
     slot: UserClientPermit,
 }
 
@@ -360,8 +360,8 @@ async fn login<H: ProtocolHandler>(
         // A name the store keeps no row for, blocked on this node.
         return blocked(ctx, protocol, &credentials.username, ip, method).await;
     }
-    // Before reading the stored state: see `SessionRegistry::generation`.
-    let generation = ctx.registry.generation();
+    // Before reading the stored state: see `crate::epoch`.
+    let began = ctx.registry.login_began();
     let verdict = ctx.gate.check(credentials, protocol, ip, unix_now()).await;
     let (user, credential, upstream, allowed_until, after_success) = match verdict {
         Verdict::Refuse { user, reason } => {
@@ -439,7 +439,7 @@ async fn login<H: ProtocolHandler>(
                 user,
                 credential,
                 allowed_until,
-                generation,
+                began,
                 slot,
             })
         }
@@ -569,30 +569,27 @@ async fn relay<H: ProtocolHandler>(
         user,
         credential,
         allowed_until,
-        generation,
+        began,
         slot: _slot,
     } = established;
     let protocol = handler.protocol();
-    let mut handle = Box::pin(ctx.registry.register(NewSession {
-        user: user.clone(),
-        protocol,
-        credential,
-        client: peer,
-        started_at: unix_now(),
-        allowed_until,
-    }))
+    let registered = Box::pin(ctx.registry.register(
+        NewSession {
+            user: user.clone(),
+            protocol,
+            credential,
+            client: peer,
+            started_at: unix_now(),
+            allowed_until,
+        },
+        began,
+    ))
     .await;
-    if ctx.registry.generation() != generation
+    let mut handle = registered.handle;
+    if registered.must_recheck
         && let Some(info) = ctx.registry.get(handle.id())
     {
-        // A change was applied between the policy check and the registration:
-        // it may not have seen this session, so the session checks itself.
-        let rechecker = Rechecker::new(
-            ctx.gate.clone(),
-            ctx.registry.clone(),
-            ctx.penalties.clone(),
-        );
-        Box::pin(rechecker.recheck(vec![info])).await;
+        Box::pin(ctx.rechecker.recheck(vec![info])).await;
     }
     let active = metrics::gauge!(m::SESSIONS_ACTIVE, "protocol" => protocol.as_str());
     active.increment(1);

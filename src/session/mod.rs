@@ -30,6 +30,7 @@ use crate::penalty::Penalties;
 use crate::policy::Protocol;
 use crate::protocol::line::{Options, PreAuthCore};
 use crate::protocol::upstream::{UpstreamRequest, UpstreamStep};
+use crate::recheck::Rechecker;
 use crate::registry::SessionRegistry;
 
 /// An upstream-login core.
@@ -70,6 +71,8 @@ pub struct Context {
     pub upstream_tls: TlsConnector,
     pub registry: SessionRegistry,
     pub penalties: Arc<Penalties>,
+    /// Re-checks a session that registered after a change (see `crate::epoch`).
+    pub rechecker: Rechecker,
     /// Logged-in sessions per user and client network (shared by the protocols).
     pub user_client_limiter: UserClientLimiter,
     pub handshake_timeout: Duration,

@@ -36,6 +36,8 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
+use crate::epoch::ChangeEpoch;
+
 pub use app_passwords::{AppPasswordRecord, MAX_APP_PASSWORDS, NewAppPassword};
 pub use audit::{AuditActor, AuditFilter, AuditRecord, NewAudit, RemoteActor};
 pub use counters::PenaltyRow;
@@ -207,12 +209,10 @@ const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// Changes seen by this process that can alter a login's outcome: bumped
-    /// after each commit through this handle (or its clones) that appended an
-    /// event or created an app password, and by the event-log tail for every
-    /// event it applies. Memory derived from stored state (the gate's login
-    /// cache) is valid only while this is unchanged.
-    changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// This process's change counter (see [`crate::epoch`]): moved after each
+    /// commit through this handle (or its clones) that appended an event or
+    /// created an app password; the event-log tail moves it for every event.
+    epoch: ChangeEpoch,
 }
 
 impl Store {
@@ -250,21 +250,13 @@ impl Store {
         Ok(Store {
             pool,
             backend,
-            changes: Default::default(),
+            epoch: ChangeEpoch::default(),
         })
     }
 
-    /// How many event-log changes this process has seen (see [`Store::note_change`]).
-    pub fn changes_seen(&self) -> u64 {
-        self.changes.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Records a change that can alter a login's outcome: after a commit that
-    /// appended an event or created an app password, and when the event-log
-    /// tail applies an event written elsewhere.
-    pub fn note_change(&self) {
-        self.changes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    /// This process's change counter (see [`crate::epoch`]).
+    pub fn epoch(&self) -> &ChangeEpoch {
+        &self.epoch
     }
 
     /// Which database this store talks to.
@@ -288,11 +280,10 @@ impl Store {
     }
 
     /// Commits a transaction that can alter a login's outcome (it appended an
-    /// event or created an app password), then records the change
-    /// ([`Store::note_change`]).
+    /// event or created an app password), then moves the change counter.
     async fn commit_change(&self, tx: Transaction<'static, Any>) -> Result<(), StoreError> {
         tx.commit().await?;
-        self.note_change();
+        self.epoch.advance();
         Ok(())
     }
 }
