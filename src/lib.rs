@@ -2,6 +2,7 @@
 //! submission servers.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod app;
 pub mod cli;
 pub mod clock;

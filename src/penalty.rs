@@ -41,6 +41,7 @@ use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::address::fold;
 use crate::clock::unix_now;
 use crate::net::ClientKey;
 use crate::store::{PenaltyRow, Store};
@@ -254,7 +255,7 @@ impl Default for Penalties {
 }
 
 fn account_key(account: &str) -> [u8; 32] {
-    Sha256::digest(account.to_lowercase().as_bytes()).into()
+    Sha256::digest(fold(account).as_bytes()).into()
 }
 
 /// A client network as stored: its first address.
@@ -361,11 +362,9 @@ impl Penalties {
     /// Whether a name counted here (see [`Penalties::local_account_failed`]) is
     /// blocked on the mail protocols.
     pub fn blocked(&self, user: &str) -> bool {
-        self.accounts
-            .get(&user.to_ascii_lowercase())
-            .is_some_and(|record| {
-                record.consecutive >= BLOCK_AFTER && record.last.elapsed() < QUIET_PERIOD
-            })
+        self.accounts.get(&fold(user)).is_some_and(|record| {
+            record.consecutive >= BLOCK_AFTER && record.last.elapsed() < QUIET_PERIOD
+        })
     }
 
     /// Records a refused login for `account` against the client. `attempt`
@@ -416,18 +415,16 @@ impl Penalties {
     /// store keeps no row for.
     pub fn local_account_failed(&self, user: &str) {
         let now = Instant::now();
-        self.accounts
-            .entry(user.to_ascii_lowercase())
-            .and_upsert_with(|old| {
-                let consecutive = old
-                    .map(|entry| entry.into_value())
-                    .filter(|r| r.last.elapsed() < QUIET_PERIOD)
-                    .map_or(0, |r| r.consecutive);
-                AccountRecord {
-                    consecutive: consecutive.saturating_add(1),
-                    last: now,
-                }
-            });
+        self.accounts.entry(fold(user)).and_upsert_with(|old| {
+            let consecutive = old
+                .map(|entry| entry.into_value())
+                .filter(|r| r.last.elapsed() < QUIET_PERIOD)
+                .map_or(0, |r| r.consecutive);
+            AccountRecord {
+                consecutive: consecutive.saturating_add(1),
+                last: now,
+            }
+        });
     }
 
     /// Records a successful login to `account`: this client's failures for that
@@ -436,7 +433,7 @@ impl Penalties {
     pub async fn succeeded(&self, ip: IpAddr, account: &str) {
         let hash = account_key(account);
         let key = ClientKey::new(ip);
-        self.accounts.invalidate(&account.to_ascii_lowercase());
+        self.accounts.invalidate(&fold(account));
         let Some(store) = &self.store else {
             self.clients.entry(key).and_compute_with(|old| {
                 match old.map(|e| e.into_value()).map(|r| r.succeeded(hash)) {
@@ -478,7 +475,7 @@ impl Penalties {
 
     /// An administrator cleared the account.
     pub fn clear_account(&self, user: &str) {
-        self.accounts.invalidate(&user.to_ascii_lowercase());
+        self.accounts.invalidate(&fold(user));
     }
 }
 
@@ -591,16 +588,18 @@ mod tests {
     async fn a_local_account_blocks_after_100_consecutive_failures_until_cleared() {
         let p = Penalties::default();
         for n in 0..BLOCK_AFTER {
-            assert!(!p.blocked("alice"));
+            assert!(!p.blocked("jürgen"));
             // Many clients, each guessing once: a distributed attack.
             let ip = IpAddr::from([10, 0, (n / 256) as u8, (n % 256) as u8]);
-            assert!(p.failed(ip, "alice", attempt(n)).await);
-            p.local_account_failed("Alice");
+            assert!(p.failed(ip, "jürgen", attempt(n)).await);
+            // Spelled in any case, beyond ASCII too: one account.
+            p.local_account_failed(if n % 2 == 0 { "JÜRGEN" } else { "jürgen" });
         }
-        assert!(p.blocked("alice"));
+        assert!(p.blocked("Jürgen"));
+        assert!(!p.blocked("jurgen"), "another name");
         assert!(!p.blocked("bob"));
-        p.clear_account("alice");
-        assert!(!p.blocked("alice"));
+        p.clear_account("JÜRGEN");
+        assert!(!p.blocked("jürgen"));
     }
 
     #[tokio::test]

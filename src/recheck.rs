@@ -8,6 +8,7 @@
 //! concerns. Time-based changes (an app password expiring, a grace period ending)
 //! have no event: each session carries its `allowed_until`, swept every second.
 
+use crate::address::fold;
 use crate::clock::unix_now;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,11 +51,9 @@ impl Rechecker {
 
     /// Applies one event to the live sessions it concerns.
     pub async fn handle_event(&self, event: &EventRecord) {
-        let user = event.user_address.as_deref().map(str::to_ascii_lowercase);
-        let same_user = |s: &SessionInfo| {
-            user.as_deref()
-                .is_some_and(|u| s.session.user.eq_ignore_ascii_case(u))
-        };
+        let user = event.user_address.as_deref().map(fold);
+        let same_user =
+            |s: &SessionInfo| user.as_deref().is_some_and(|u| fold(&s.session.user) == *u);
         let concerned: Vec<SessionInfo> = match event.kind {
             EventKind::ClientFailed => {
                 if let Some(client) = &event.client {
@@ -118,7 +117,7 @@ impl Rechecker {
         let mut first_error = None;
         for info in sessions {
             let s = &info.session;
-            let key = (s.user.to_ascii_lowercase(), s.protocol, s.credential);
+            let key = (fold(&s.user), s.protocol, s.credential);
             let outcome = match decided.get(&key) {
                 Some(outcome) => outcome.clone(),
                 None => {

@@ -62,6 +62,7 @@ impl EndReason {
     }
 }
 
+use crate::address::fold;
 use crate::epoch::{ChangeEpoch, Epoch};
 use crate::gate::SessionCredential;
 use crate::policy::{Protocol, Refusal};
@@ -114,7 +115,7 @@ impl SessionInfo {
         self.session
             .user
             .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
+            .map(|(_, d)| fold(d))
             .unwrap_or_default()
     }
 }

@@ -19,6 +19,8 @@ use sqlx::{AssertSqlSafe, Connection};
 
 const ALICE: &str = "alice@example.test";
 const DAVE: &str = "dave@forced.test";
+/// A mailbox whose name has a letter beyond ASCII.
+const JURGEN: &str = "jürgen@example.test";
 const RECOVERY: &str = "alice.home@elsewhere.test";
 const MASKED: &str = "a***@elsewhere.test";
 
@@ -30,7 +32,12 @@ struct World {
 
 /// postern whose `[relay]` is `relay`.
 async fn world_with_relay(relay: &str) -> World {
-    let fake = FakeImap::start(&[(ALICE, "alice-primary"), (DAVE, "dave-primary")]).await;
+    let fake = FakeImap::start(&[
+        (ALICE, "alice-primary"),
+        (DAVE, "dave-primary"),
+        (JURGEN, "jurgen-primary"),
+    ])
+    .await;
     let gateway = Gateway::start_imap(fake.addr, "allow_plaintext_auth = true").await;
     gateway.domain("example.test", DomainStatus::Enabled).await;
     gateway.domain("forced.test", DomainStatus::Forced).await;
@@ -199,6 +206,11 @@ async fn the_mailbox_itself_cannot_be_its_recovery_address() {
     assert!(page.body.contains("outside this mailbox"), "{}", page.body);
     let page = add_address(&mut browser, "not an address").await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    // Nor the mailbox spelled in capitals, beyond ASCII too.
+    let mut browser = login(&w.app, JURGEN, "jurgen-primary").await;
+    let page = add_address(&mut browser, "JÜRGEN@Example.test").await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+    assert!(page.body.contains("outside this mailbox"), "{}", page.body);
     assert_eq!(sink.waiting(), 0);
 }
 

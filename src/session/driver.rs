@@ -7,6 +7,7 @@
 //! goodbye (when it can be) and closed. After login the relay's loop does the
 //! same over both sides, the kill signal and the idle timeout.
 
+use crate::address::fold;
 use crate::clock::unix_now;
 use std::io;
 use std::net::SocketAddr;
@@ -353,7 +354,7 @@ async fn login<H: ProtocolHandler>(
     }
     let attempt = ctx.gate.key().mac(&[
         b"login-attempt",
-        credentials.username.to_ascii_lowercase().as_bytes(),
+        fold(&credentials.username).as_bytes(),
         credentials.password.expose().as_bytes(),
     ]);
     if ctx.penalties.blocked(&credentials.username) {

@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{Store, StoreError, unix_now};
+use crate::address::fold;
 
 /// One audit row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,7 +201,7 @@ impl Store {
 
     /// Audit rows matching `filter`, newest first.
     pub async fn list_audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let user = filter.user.map(|u| u.trim().to_lowercase());
+        let user = filter.user.as_deref().map(fold);
         let as_actor = user.as_ref().map(|u| format!("user:{u}"));
         let rows = sqlx::query(
             "SELECT id, at, actor, action, target, detail, ip FROM audit_log \

@@ -10,10 +10,8 @@ use super::domains::DomainRecord;
 use super::events::{EventKind, insert_event};
 use super::login_failures::{self, LoginFailures};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
+use crate::address::Address;
 use crate::policy::UserState;
-
-/// Longest address accepted, in bytes.
-const MAX_ADDRESS_LEN: usize = 256;
 
 /// The user columns plus the derived `enrolled`, for a `users u` query.
 macro_rules! user_columns {
@@ -97,25 +95,13 @@ pub struct UserSummary {
     pub last_used_at: Option<i64>,
 }
 
-/// Trims and lower-cases `local@domain`: exactly one '@', both parts non-empty, no
-/// whitespace or control characters, at most 256 bytes.
+/// Trims and lower-cases `local@domain` (see [`crate::address::Address`]):
+/// exactly one '@', both parts non-empty, no whitespace or control characters,
+/// at most 256 bytes.
 pub fn normalize_address(address: &str) -> Result<String, StoreError> {
-    let address = address.trim().to_lowercase();
-    let bad = |why: &str| StoreError::InvalidAddress(format!("{address:?} {why}"));
-    if address.len() > MAX_ADDRESS_LEN {
-        return Err(bad("is longer than 256 bytes"));
-    }
-    if address.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("contains whitespace or control characters"));
-    }
-    match address.split_once('@') {
-        Some((local, domain))
-            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
-        {
-            Ok(address)
-        }
-        _ => Err(bad("is not local@domain")),
-    }
+    Address::parse(address)
+        .map(Address::into_string)
+        .map_err(|err| StoreError::InvalidAddress(err.to_string()))
 }
 
 fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {

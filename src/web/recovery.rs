@@ -15,6 +15,7 @@ use super::ops::{
     CodeOutcome, Requester, WebError, authorize, effective_status, unix_now, user_actor,
     user_context,
 };
+use crate::address::same;
 use crate::policy::{DomainStatus, SensitiveAction};
 use crate::recovery_mail::{CodeMail, mask_address, parse_address};
 use crate::store::{EmailCodeIssue, EmailCodePurpose, FactorKind, SecondFactorRecord, UserRecord};
@@ -146,7 +147,7 @@ pub async fn add_recovery_address(
         ));
     };
     let recovery = parsed.to_string();
-    if recovery.eq_ignore_ascii_case(&user.address) {
+    if same(&recovery, &user.address) {
         return Err(WebError::BadRequest(
             "use an address outside this mailbox: a code sent here would reach whoever \
              knows your password"
