@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
-use super::users::address_of;
+use super::users::{OwnedRow, address_of, remove_owned};
 use super::{Backend, Store, StoreError, get_parsed, unix_now};
 use crate::policy::{Protocol, Scopes, SourceNetworks};
 
@@ -194,26 +194,7 @@ impl Store {
         actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let address = address_of(&mut tx, user_id).await?;
-        let removed = sqlx::query("DELETE FROM app_passwords WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let detail = format!("id={id}");
-        insert_audit(
-            &mut tx,
-            actor,
-            "app_password.revoke",
-            &address,
-            &detail,
-            None,
-        )
-        .await?;
+        let address = remove_owned(&mut tx, OwnedRow::AppPassword, user_id, id, actor).await?;
         insert_event(
             &mut tx,
             self.backend,

@@ -10,7 +10,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
-use super::users::address_of;
+use super::users::{OwnedRow, address_of, remove_owned};
 use super::{Store, StoreError, get_flag, get_parsed, unix_now};
 use crate::secret::Secret;
 
@@ -218,26 +218,7 @@ impl Store {
         actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let address = address_of(&mut tx, user_id).await?;
-        let removed = sqlx::query("DELETE FROM second_factors WHERE id = $1 AND user_id = $2")
-            .bind(factor_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let detail = format!("id={factor_id}");
-        insert_audit(
-            &mut tx,
-            actor,
-            "second_factor.remove",
-            &address,
-            &detail,
-            None,
-        )
-        .await?;
+        remove_owned(&mut tx, OwnedRow::SecondFactor, user_id, factor_id, actor).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::factors::is_enrolled;
-use super::users::address_of;
+use super::users::{OwnedRow, address_of, remove_owned};
 use super::{Store, StoreError, unix_now};
 
 /// How long a begun ceremony can be finished, in seconds.
@@ -126,18 +126,7 @@ impl Store {
         actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let address = address_of(&mut tx, user_id).await?;
-        let removed = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
-            .bind(passkey_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let detail = format!("id={passkey_id}");
-        insert_audit(&mut tx, actor, "passkey.remove", &address, &detail, None).await?;
+        remove_owned(&mut tx, OwnedRow::Passkey, user_id, passkey_id, actor).await?;
         self.commit_change(tx).await?;
         Ok(())
     }

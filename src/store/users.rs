@@ -174,6 +174,57 @@ pub(crate) async fn address_of(conn: &mut AnyConnection, id: i64) -> Result<Stri
         .ok_or_else(|| StoreError::UnknownUser(format!("#{id}")))
 }
 
+/// The rows a user owns that are removed one at a time, by id.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OwnedRow {
+    AppPassword,
+    SecondFactor,
+    Passkey,
+}
+
+impl OwnedRow {
+    fn delete_sql(self) -> &'static str {
+        match self {
+            Self::AppPassword => "DELETE FROM app_passwords WHERE id = $1 AND user_id = $2",
+            Self::SecondFactor => "DELETE FROM second_factors WHERE id = $1 AND user_id = $2",
+            Self::Passkey => "DELETE FROM passkeys WHERE id = $1 AND user_id = $2",
+        }
+    }
+
+    fn audit_action(self) -> &'static str {
+        match self {
+            Self::AppPassword => "app_password.revoke",
+            Self::SecondFactor => "second_factor.remove",
+            Self::Passkey => "passkey.remove",
+        }
+    }
+}
+
+/// Deletes the user's `row` with this `id` and audits it as `actor`, on `conn`
+/// (the caller's transaction); returns the user's address.
+/// [`StoreError::NotFound`] if the user has no such row.
+pub(crate) async fn remove_owned(
+    conn: &mut AnyConnection,
+    row: OwnedRow,
+    user_id: i64,
+    id: i64,
+    actor: &(impl AuditActor + ?Sized),
+) -> Result<String, StoreError> {
+    let address = address_of(conn, user_id).await?;
+    let removed = sqlx::query(row.delete_sql())
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if removed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    let detail = format!("id={id}");
+    insert_audit(conn, actor, row.audit_action(), &address, &detail, None).await?;
+    Ok(address)
+}
+
 impl Store {
     /// The user's record, created on first sight.
     pub async fn ensure_user(&self, address: &str) -> Result<UserRecord, StoreError> {
