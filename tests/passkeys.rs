@@ -501,3 +501,493 @@ async fn without_a_public_url_passkeys_are_refused_clearly() {
             .contains("public_url")
     );
 }
+
+// ---- the JSON API -----------------------------------------------------------
+
+/// A JSON API client: its browser (the cookie) and the current CSRF token.
+struct Api {
+    browser: Browser,
+    csrf: String,
+}
+
+impl Api {
+    async fn new(app: &Router) -> Self {
+        let mut browser = Browser::new(app);
+        let session = browser.json("GET", "/api/v1/session", None, "").await;
+        assert_eq!(session.status, StatusCode::OK, "{}", session.body);
+        let csrf = body(&session)["csrf"].as_str().expect("csrf").to_owned();
+        Self { browser, csrf }
+    }
+
+    async fn call(&mut self, method: &str, path: &str, json: &Value) -> Page {
+        let page = self
+            .browser
+            .json(method, path, Some(&self.csrf), &json.to_string())
+            .await;
+        // A step that rotates the session hands out the new token.
+        if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&page.body)
+            && let Some(Value::String(token)) = map.get("csrf")
+        {
+            self.csrf = token.clone();
+        }
+        page
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.browser.json("GET", path, None, "").await
+    }
+
+    /// Address and password; the session's state afterwards.
+    async fn login(&mut self, address: &str, password: &str) -> String {
+        let page = self
+            .call(
+                "POST",
+                "/api/v1/login",
+                &json!({ "address": address, "password": password }),
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        body(&page)["session"]["state"]
+            .as_str()
+            .expect("state")
+            .to_owned()
+    }
+
+    /// Adds a passkey through the API; the finishing answer.
+    async fn add_passkey(&mut self, key: &Authenticator, name: &str) -> Page {
+        let begun = self
+            .call("POST", "/api/v1/account/passkeys/begin", &json!({}))
+            .await;
+        assert_eq!(begun.status, StatusCode::OK, "{}", begun.body);
+        let begun = body(&begun);
+        let finish = json!({
+            "ceremony": begun["ceremony"],
+            "name": name,
+            "credential": key.create(&begun),
+        });
+        self.call("POST", "/api/v1/account/passkeys/finish", &finish)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn the_api_adds_lists_and_removes_passkeys_and_signs_in_with_one() {
+    let w = world().await;
+    let mut api = Api::new(&w.app).await;
+    assert_eq!(api.login(ALICE, "alice-primary").await, "user");
+    let listed = api.get("/api/v1/account/passkeys").await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(body(&listed), json!([]));
+
+    let mut laptop = Authenticator::new();
+    let added = api.add_passkey(&laptop, "laptop").await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+    let id = body(&added)["id"].as_i64().expect("id");
+    let listed = body(&api.get("/api/v1/account/passkeys").await);
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["name"], "laptop");
+    assert_eq!(listed[0]["last_used_at"], Value::Null);
+    let two_step = body(&api.get("/api/v1/account/two-step").await);
+    assert_eq!(two_step["enrolled"], true);
+    assert_eq!(two_step["passkeys"], 1);
+    // Enrolled: the primary password no longer works in mail apps.
+    assert!(imap_login(&w, "alice-primary").await.starts_with("a NO"));
+
+    // A new API session: the password, then the passkey as the second step.
+    let mut api = Api::new(&w.app).await;
+    assert_eq!(api.login(ALICE, "alice-primary").await, "second_step");
+    let refused = api.get("/api/v1/account/passkeys").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    let begun = api
+        .call("POST", "/api/v1/login/passkey/begin", &json!({}))
+        .await;
+    assert_eq!(begun.status, StatusCode::OK, "{}", begun.body);
+    let begun = body(&begun);
+    // An answer from a key that is not alice's is refused, and the ceremony is spent.
+    let stranger = Authenticator::new().get(&begun);
+    let wrong = api
+        .call(
+            "POST",
+            "/api/v1/login/passkey/finish",
+            &json!({ "ceremony": begun["ceremony"], "credential": stranger }),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.body);
+    assert!(body(&wrong)["error"].as_str().unwrap().contains("passkey"));
+    let begun = body(
+        &api.call("POST", "/api/v1/login/passkey/begin", &json!({}))
+            .await,
+    );
+    let before = api.browser.cookie.clone();
+    let done = api
+        .call(
+            "POST",
+            "/api/v1/login/passkey/finish",
+            &json!({ "ceremony": begun["ceremony"], "credential": laptop.get(&begun) }),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(body(&done)["session"]["state"], "user");
+    assert_eq!(body(&done)["session"]["proof"]["kind"], "code");
+    assert_ne!(api.browser.cookie, before, "the session id rotates");
+    let listed = body(&api.get("/api/v1/account/passkeys").await);
+    assert!(listed[0]["last_used_at"].is_i64(), "{listed}");
+    assert!(
+        audit_actions(&w, ALICE)
+            .await
+            .iter()
+            .any(|(a, d)| a == "web.login" && d.contains("passkey \"laptop\"")),
+    );
+
+    // Removing it (the session's proof is fresh): alice's domain is Enabled.
+    let removed = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/account/passkeys/{id}"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT, "{}", removed.body);
+    assert_eq!(body(&api.get("/api/v1/account/passkeys").await), json!([]));
+    let missing = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/account/passkeys/{id}"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.body);
+    assert!(
+        !w.gateway
+            .store()
+            .user(ALICE)
+            .await
+            .unwrap()
+            .unwrap()
+            .enrolled
+    );
+}
+
+#[tokio::test]
+async fn the_api_enrolls_a_forced_user_with_a_passkey_and_keeps_the_last_one() {
+    let w = world().await;
+    let mut api = Api::new(&w.app).await;
+    assert_eq!(api.login(DAVE, "dave-primary").await, "must_enroll");
+    let refused = api.get("/api/v1/account/app-passwords").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    let key = Authenticator::new();
+    let before = api.browser.cookie.clone();
+    let added = api.add_passkey(&key, "security key").await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+    let added = body(&added);
+    assert_eq!(added["session"]["state"], "user", "{added}");
+    assert_ne!(api.browser.cookie, before, "the session id rotates");
+    let id = added["id"].as_i64().expect("id");
+    assert!(
+        w.gateway
+            .store()
+            .user(DAVE)
+            .await
+            .unwrap()
+            .unwrap()
+            .enrolled
+    );
+    // Full access now, with the proof the new passkey gave: an app password.
+    let created = api
+        .call(
+            "POST",
+            "/api/v1/account/app-passwords",
+            &json!({ "name": "phone" }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+
+    // The last factor of a Forced user stays.
+    let kept = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/account/passkeys/{id}"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(kept.status, StatusCode::FORBIDDEN, "{}", kept.body);
+    assert!(
+        body(&kept)["error"]
+            .as_str()
+            .unwrap()
+            .contains("requires 2-Step")
+    );
+    let user = w.gateway.store().user(DAVE).await.unwrap().unwrap();
+    assert_eq!(w.gateway.store().passkeys(user.id).await.unwrap().len(), 1);
+}
+
+// ---- the forced-enrollment page ---------------------------------------------
+
+#[tokio::test]
+async fn a_forced_user_may_enroll_with_a_passkey_first() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    let page = browser.password_step(DAVE, "dave-primary").await;
+    assert_eq!(page.location(), "/login/enroll");
+    let enroll = browser.get("/login/enroll").await;
+    assert_eq!(enroll.status, StatusCode::OK);
+    assert!(
+        enroll
+            .body
+            .contains("data-begin=\"/login/enroll/passkey/begin\""),
+        "{}",
+        enroll.body
+    );
+    assert!(enroll.body.contains("Add a passkey"));
+    let token = enroll.csrf();
+    // The account page's own passkey calls are not open to it yet.
+    let early = browser
+        .json("POST", "/account/passkeys/begin", Some(&token), "{}")
+        .await;
+    assert_eq!(early.location(), "/login/enroll");
+
+    let begun = browser
+        .json("POST", "/login/enroll/passkey/begin", Some(&token), "{}")
+        .await;
+    assert_eq!(begun.status, StatusCode::OK, "{}", begun.body);
+    let begun = body(&begun);
+    let mut key = Authenticator::new();
+    let finish = json!({
+        "ceremony": begun["ceremony"],
+        "name": "phone",
+        "credential": key.create(&begun),
+    });
+    let before = browser.cookie.clone();
+    let done = browser
+        .json(
+            "POST",
+            "/login/enroll/passkey/finish",
+            Some(&token),
+            &finish.to_string(),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(body(&done)["redirect"], "/account/two-step");
+    assert_ne!(browser.cookie, before, "the session id rotates");
+    let two_step = browser.get("/account/two-step").await;
+    assert_eq!(two_step.status, StatusCode::OK);
+    assert!(two_step.body.contains("2-Step Authentication is on."));
+    assert!(two_step.body.contains(">phone<"), "{}", two_step.body);
+    assert!(
+        w.gateway
+            .store()
+            .user(DAVE)
+            .await
+            .unwrap()
+            .unwrap()
+            .enrolled
+    );
+    // The enrollment proved the second step: an app password needs no more.
+    let created = browser
+        .post(
+            "/account/app-passwords",
+            &[
+                ("csrf", &two_step.csrf()),
+                ("name", "laptop"),
+                ("imap", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert!(created.body.contains("class=\"secret\""));
+
+    // The next sign-in asks for the passkey.
+    let token = csrf(&mut browser).await;
+    browser.post("/logout", &[("csrf", &token)]).await;
+    assert_eq!(
+        browser.password_step(DAVE, "dave-primary").await.location(),
+        "/login/code"
+    );
+    let token = browser.get("/login/code").await.csrf();
+    let begun = begin_login(&mut browser, &token).await;
+    let answer = key.get(&begun);
+    let done = finish_login(&mut browser, &token, &begun, answer).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+}
+
+// ---- "Confirm it is you" ------------------------------------------------------
+
+/// Begins a passkey re-authentication on the page; the ceremony's JSON.
+async fn begin_reauth(browser: &mut Browser, csrf: &str) -> Value {
+    let begun = browser
+        .json(
+            "POST",
+            "/account/reauthenticate/passkey/begin",
+            Some(csrf),
+            "{}",
+        )
+        .await;
+    assert_eq!(begun.status, StatusCode::OK, "{}", begun.body);
+    body(&begun)
+}
+
+async fn finish_reauth(browser: &mut Browser, csrf: &str, begun: &Value, answer: Value) -> Page {
+    let finish = json!({
+        "ceremony": begun["ceremony"],
+        "credential": answer,
+        "next": "/account/app-passwords",
+    });
+    browser
+        .json(
+            "POST",
+            "/account/reauthenticate/passkey/finish",
+            Some(csrf),
+            &finish.to_string(),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn confirm_it_is_you_takes_a_passkey_under_the_code_lock() {
+    let w = world().await;
+    let mut browser = Browser::new(&w.app);
+    // Signed in with the password alone, then a passkey added: the session has
+    // no second-factor proof, so creating an app password asks first.
+    browser.password_step(ALICE, "alice-primary").await;
+    let mut laptop = Authenticator::new();
+    let added = add_passkey(&mut browser, &laptop, "laptop").await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    let token = csrf(&mut browser).await;
+    let asked = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &token), ("name", "phone"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::FORBIDDEN, "{}", asked.body);
+    assert!(asked.body.contains("Confirm it is you"));
+    assert!(
+        asked
+            .body
+            .contains("data-begin=\"/account/reauthenticate/passkey/begin\""),
+        "{}",
+        asked.body
+    );
+    assert_eq!(app_password_count(&w).await, 0);
+
+    let begun = begin_reauth(&mut browser, &token).await;
+    let done = finish_reauth(&mut browser, &token, &begun, laptop.get(&begun)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(body(&done)["redirect"], "/account/app-passwords");
+    let created = browser
+        .post(
+            "/account/app-passwords",
+            &[("csrf", &token), ("name", "phone"), ("imap", "on")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert_eq!(app_password_count(&w).await, 1);
+    assert!(
+        audit_actions(&w, ALICE)
+            .await
+            .iter()
+            .any(|(a, d)| a == "web.reauth" && d.contains("passkey \"laptop\"")),
+    );
+
+    // Four wrong codes and a passkey that is not alice's make five failures:
+    // then even her own passkey is refused, as a right code would be.
+    for _ in 0..4 {
+        let wrong = browser
+            .post(
+                "/account/reauthenticate",
+                &[
+                    ("csrf", &token),
+                    ("secret", "000000"),
+                    ("next", "/account/app-passwords"),
+                ],
+            )
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+    let begun = begin_reauth(&mut browser, &token).await;
+    let stranger = Authenticator::new().get(&begun);
+    let refused = finish_reauth(&mut browser, &token, &begun, stranger).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    let begun = begin_reauth(&mut browser, &token).await;
+    let locked = finish_reauth(&mut browser, &token, &begun, laptop.get(&begun)).await;
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        locked.body
+    );
+    assert!(
+        body(&locked)["error"]
+            .as_str()
+            .unwrap()
+            .contains("15 minutes")
+    );
+    assert!(
+        audit_actions(&w, ALICE)
+            .await
+            .iter()
+            .any(|(a, _)| a == "web.reauth.passkey_refused")
+    );
+}
+
+#[tokio::test]
+async fn the_api_reauthenticates_with_a_passkey() {
+    let w = world().await;
+    let mut api = Api::new(&w.app).await;
+    assert_eq!(api.login(ALICE, "alice-primary").await, "user");
+    let mut laptop = Authenticator::new();
+    let added = api.add_passkey(&laptop, "laptop").await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+    // The password proof is not enough for an enrolled user.
+    let asked = api
+        .call(
+            "POST",
+            "/api/v1/account/app-passwords",
+            &json!({ "name": "phone" }),
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::FORBIDDEN, "{}", asked.body);
+
+    let begun = api
+        .call("POST", "/api/v1/account/reauthenticate/passkey", &json!({}))
+        .await;
+    assert_eq!(begun.status, StatusCode::OK, "{}", begun.body);
+    let begun = body(&begun);
+    let stranger = Authenticator::new().get(&begun);
+    let wrong = api
+        .call(
+            "POST",
+            "/api/v1/account/reauthenticate",
+            &json!({ "ceremony": begun["ceremony"], "credential": stranger }),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.body);
+    let begun = body(
+        &api.call("POST", "/api/v1/account/reauthenticate/passkey", &json!({}))
+            .await,
+    );
+    let done = api
+        .call(
+            "POST",
+            "/api/v1/account/reauthenticate",
+            &json!({ "ceremony": begun["ceremony"], "credential": laptop.get(&begun) }),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(body(&done)["reauthenticated_until"].is_i64());
+    let created = api
+        .call(
+            "POST",
+            "/api/v1/account/app-passwords",
+            &json!({ "name": "phone" }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+}
+
+async fn app_password_count(w: &World) -> usize {
+    let store = w.gateway.store();
+    let user = store.user(ALICE).await.unwrap().unwrap();
+    store.list_app_passwords(user.id).await.unwrap().len()
+}

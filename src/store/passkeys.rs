@@ -24,7 +24,8 @@ pub const CEREMONY_LIFETIME: i64 = 300;
 pub enum CeremonyPurpose {
     /// Adding a passkey on the account page.
     Register,
-    /// Signing in with a passkey at the second step.
+    /// Signing in with a passkey: the second step, or "confirm it is you"
+    /// before a sensitive action (the same WebAuthn authentication ceremony).
     Login,
 }
 

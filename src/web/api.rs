@@ -22,11 +22,12 @@ use serde_json::json;
 
 use super::ops::{self, CodeOutcome, PasswordOutcome, WebError};
 use super::pages::admin_parse_since;
+use super::passkeys::{self, Begun};
 use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::{Current, SessionCookie, WebState, with_cookie};
 use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
-use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, RemoteActor};
+use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, PasskeyRecord, RemoteActor};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -35,6 +36,8 @@ pub fn routes() -> Router<WebState> {
         .route("/login/code", post(login_code))
         .route("/login/email-code", post(login_email_code))
         .route("/login/enroll", post(enroll_confirm))
+        .route("/login/passkey/begin", post(login_passkey_begin))
+        .route("/login/passkey/finish", post(login_passkey_finish))
         .route("/logout", post(logout))
         .route("/account/sign-out-everywhere", post(sign_out_everywhere))
         .route("/account/two-step", get(two_step))
@@ -47,6 +50,14 @@ pub fn routes() -> Router<WebState> {
             "/account/reauthenticate/email-code",
             post(reauth_email_code),
         )
+        .route(
+            "/account/reauthenticate/passkey",
+            post(reauth_passkey_begin),
+        )
+        .route("/account/passkeys", get(list_passkeys))
+        .route("/account/passkeys/begin", post(passkey_begin))
+        .route("/account/passkeys/finish", post(passkey_finish))
+        .route("/account/passkeys/{id}", delete(remove_passkey))
         .route(
             "/account/two-step/email",
             post(recovery_add).delete(recovery_remove),
@@ -373,13 +384,25 @@ async fn login_code(
 ) -> ApiResult {
     let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
-    match ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await? {
+    let outcome = ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await?;
+    second_step_done(&state, id, address, outcome).await
+}
+
+/// The answer to a second step (a code or a passkey): on success the session
+/// is signed in under a new id.
+async fn second_step_done(
+    state: &WebState,
+    id: String,
+    address: String,
+    outcome: CodeOutcome,
+) -> ApiResult {
+    match outcome {
         CodeOutcome::Accepted => {
             let auth = Auth::User {
                 address,
                 impersonator: None,
             };
-            rotated_proved(&state, &id, auth, Proof::SecondFactor).await
+            rotated_proved(state, &id, auth, Proof::SecondFactor).await
         }
         CodeOutcome::Replayed => Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -417,6 +440,56 @@ async fn login_email_code(
             Json(json!({ "csrf": s.csrf, "session": session, "sent_to": sent_to })),
         ),
     ))
+}
+
+fn begun(begun: Begun) -> Response {
+    Json(json!({ "ceremony": begun.ceremony, "options": begun.options })).into_response()
+}
+
+/// The browser's answer to a passkey ceremony (`navigator.credentials.create`
+/// or `.get`, binary fields as base64url).
+#[derive(Deserialize)]
+struct PasskeyAnswer {
+    ceremony: String,
+    credential: serde_json::Value,
+}
+
+/// Second step with a passkey: the options for `navigator.credentials.get`.
+async fn login_passkey_begin(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (_, address) = second_step_pending(&current)?;
+    Ok(begun(passkeys::begin_login(&state, &address).await?))
+}
+
+/// Second step with a passkey: the browser's answer. A refusal counts toward
+/// the same attempt lock as a wrong code.
+async fn login_passkey_finish(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiJson(body): ApiJson<PasskeyAnswer>,
+) -> ApiResult {
+    let (id, address) = second_step_pending(&current)?;
+    let ip = current.ip_string();
+    let outcome = passkeys::finish_login(
+        &state,
+        &address,
+        &id,
+        &body.ceremony,
+        &body.credential,
+        ip.as_deref(),
+    )
+    .await?;
+    match outcome {
+        CodeOutcome::Accepted | CodeOutcome::Locked => {
+            second_step_done(&state, id, address, outcome).await
+        }
+        _ => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "the passkey was not accepted, or the request expired".into(),
+        )),
+    }
 }
 
 async fn logout(State(state): State<WebState>, Extension(current): Extension<Current>) -> Response {
@@ -466,6 +539,7 @@ async fn two_step(
         "enrolled": record.enrolled,
         "domain_status": ops::effective_status(domain.as_ref()),
         "recovery_email": recovery.map(|r| json!({ "address": r.masked, "confirmed": r.confirmed })),
+        "passkeys": passkeys::list(&state, &address).await?.len(),
     }))
     .into_response())
 }
@@ -569,6 +643,108 @@ async fn enrolled(state: &WebState, user: ApiUser, forced: bool) -> ApiResult {
     ))
 }
 
+#[derive(Serialize)]
+struct PasskeyJson {
+    id: i64,
+    name: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+impl From<PasskeyRecord> for PasskeyJson {
+    fn from(r: PasskeyRecord) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+        }
+    }
+}
+
+/// The user's passkeys (also while a forced enrollment is due: then none).
+async fn list_passkeys(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (user, _) = enrolling(&state, &current).await?;
+    let list: Vec<PasskeyJson> = passkeys::list(&state, &user.address)
+        .await?
+        .into_iter()
+        .map(PasskeyJson::from)
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+/// Begins adding a passkey: the options for `navigator.credentials.create`.
+/// Also the first factor of a forced enrollment.
+async fn passkey_begin(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (user, _) = enrolling(&state, &current).await?;
+    Ok(begun(
+        passkeys::begin_registration(&state, &user.who()).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct NewPasskey {
+    ceremony: String,
+    name: String,
+    credential: serde_json::Value,
+}
+
+/// Finishes adding a passkey. A forced enrollment it completes gives the
+/// session full access under a new id and token (in the body, as a sign-in
+/// step does).
+async fn passkey_finish(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiJson(body): ApiJson<NewPasskey>,
+) -> ApiResult {
+    let (user, forced) = enrolling(&state, &current).await?;
+    let id = passkeys::finish_registration(
+        &state,
+        &user.who(),
+        &body.ceremony,
+        &body.name,
+        &body.credential,
+    )
+    .await?;
+    if !forced {
+        return Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response());
+    }
+    let auth = Auth::User {
+        address: user.address,
+        impersonator: None,
+    };
+    let (new_id, s) = state
+        .sessions
+        .rotate_proved(&user.id, auth, Proof::SecondFactor)
+        .await;
+    let session = describe(&state, &s).await?;
+    Ok(with_cookie(
+        SessionCookie::Set(new_id),
+        (
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "csrf": s.csrf, "session": session })),
+        ),
+    ))
+}
+
+/// Removes one passkey: needs a recent proof, and is refused for the last
+/// factor while the domain forces 2-Step.
+async fn remove_passkey(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    passkeys::remove(&state, &user.who(), id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn backup_codes(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
@@ -586,6 +762,12 @@ struct ReauthBody {
     /// The primary password (a user without one).
     #[serde(default)]
     password: Option<String>,
+    /// A passkey: the ceremony from `POST /account/reauthenticate/passkey`...
+    #[serde(default)]
+    ceremony: Option<String>,
+    /// ...and the browser's answer to it.
+    #[serde(default)]
+    credential: Option<serde_json::Value>,
 }
 
 /// Confirms it is the user before sensitive actions (creating an app password
@@ -594,11 +776,19 @@ struct ReauthBody {
 async fn reauthenticate(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Json(body): Json<ReauthBody>,
+    ApiJson(body): ApiJson<ReauthBody>,
 ) -> ApiResult {
     let user = full_user(&state, &current).await?;
-    let secret = body.code.or(body.password).unwrap_or_default();
-    match ops::reauthenticate(&state, &user.id, &user.who(), &secret, current.client).await? {
+    let outcome = match (body.ceremony, body.credential) {
+        (Some(ceremony), Some(credential)) => {
+            passkeys::reauthenticate(&state, &user.id, &user.who(), &ceremony, &credential).await?
+        }
+        _ => {
+            let secret = body.code.or(body.password).unwrap_or_default();
+            ops::reauthenticate(&state, &user.id, &user.who(), &secret, current.client).await?
+        }
+    };
+    match outcome {
         ops::ReauthOutcome::Accepted(_) => Ok(Json(json!({
             "reauthenticated_until": ops::unix_now() + REAUTH_WINDOW_SECS,
         }))
@@ -613,9 +803,19 @@ async fn reauthenticate(
         )),
         ops::ReauthOutcome::Refused(_) => Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "wrong code or password".into(),
+            "wrong code, password or passkey".into(),
         )),
     }
+}
+
+/// Begins a "confirm it is you" with a passkey; the answer goes to
+/// `POST /account/reauthenticate` with the ceremony.
+async fn reauth_passkey_begin(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    Ok(begun(passkeys::begin_reauth(&state, &user.who()).await?))
 }
 
 /// Mails a code to the confirmed recovery address, for `/account/reauthenticate`.

@@ -1,6 +1,7 @@
 //! Passkeys (WebAuthn) as a second factor, behind the pages and the API: the
-//! registration ceremony on the account page, the sign-in ceremony at the
-//! second step, and removal. Each ceremony's state is kept in the store (see
+//! registration ceremony (on the account page, or as the first factor of a
+//! forced enrollment), the sign-in ceremony (at the second step, and to confirm
+//! it is the user before a sensitive action), and removal. Each ceremony's state is kept in the store (see
 //! `store::passkeys`), never in this node's memory, so a ceremony begun through
 //! one node finishes through another.
 
@@ -14,11 +15,12 @@ use webauthn_rs::prelude::{
 
 use super::WebState;
 use super::ops::{
-    CodeOutcome, Requester, WebError, authorize, effective_status, user_actor, user_context,
+    CodeOutcome, ReauthOutcome, Requester, WebError, authorize, effective_status, user_actor,
+    user_context,
 };
 use crate::credentials::passkey::credential_id;
 use crate::login_log::LoginAttempt;
-use crate::policy::{DomainStatus, SensitiveAction, may_remove_factor};
+use crate::policy::{DomainStatus, Proof, SensitiveAction, may_remove_factor};
 use crate::store::{CeremonyPurpose, PasskeyRecord, UserRecord};
 
 /// Longest passkey name, in characters.
@@ -185,6 +187,41 @@ pub async fn begin_login(state: &WebState, address: &str) -> Result<Begun, WebEr
     Ok(Begun { ceremony, options })
 }
 
+/// Begins a "confirm it is you" with a passkey: the same WebAuthn ceremony as
+/// the sign-in's (an assertion over a fresh challenge), for a signed-in user
+/// themselves, never for a system administrator acting as them.
+pub async fn begin_reauth(state: &WebState, who: &Requester<'_>) -> Result<Begun, WebError> {
+    if who.impersonator.is_some() {
+        return Err(WebError::NotForImpersonator);
+    }
+    begin_login(state, who.address).await
+}
+
+/// Which step a passkey answers, for the log line and the audit row.
+#[derive(Clone, Copy)]
+enum Step {
+    /// The sign-in's second step.
+    SignIn,
+    /// "Confirm it is you" before a sensitive action.
+    Reauth,
+}
+
+impl Step {
+    fn action(self) -> &'static str {
+        match self {
+            Self::SignIn => "web.login",
+            Self::Reauth => "web.reauth",
+        }
+    }
+
+    fn detail(self, name: &str) -> String {
+        match self {
+            Self::SignIn => format!("second step: passkey {name:?}"),
+            Self::Reauth => format!("passkey {name:?}"),
+        }
+    }
+}
+
 /// Finishes a second step with a passkey, under the second step's attempt
 /// limits (the same counters as codes); audited like a code.
 pub async fn finish_login(
@@ -194,6 +231,65 @@ pub async fn finish_login(
     ceremony: &str,
     credential: &Value,
     ip: Option<&str>,
+) -> Result<CodeOutcome, WebError> {
+    let outcome = check(
+        state,
+        address,
+        session_id,
+        ceremony,
+        credential,
+        ip,
+        Step::SignIn,
+    )
+    .await;
+    super::login_counts::count(super::login_counts::code(&outcome));
+    outcome
+}
+
+/// "Confirm it is you" with a passkey: under the same attempt lock as a code
+/// (a refused passkey counts as a wrong code, a locked session or user is
+/// refused before the signature is looked at); on success the session records
+/// a fresh second-factor proof.
+pub async fn reauthenticate(
+    state: &WebState,
+    session_id: &str,
+    who: &Requester<'_>,
+    ceremony: &str,
+    credential: &Value,
+) -> Result<ReauthOutcome, WebError> {
+    if who.impersonator.is_some() {
+        return Err(WebError::NotForImpersonator);
+    }
+    let outcome = check(
+        state,
+        who.address,
+        session_id,
+        ceremony,
+        credential,
+        who.ip,
+        Step::Reauth,
+    )
+    .await?;
+    if outcome != CodeOutcome::Accepted {
+        return Ok(ReauthOutcome::Refused(outcome));
+    }
+    state
+        .sessions
+        .record_proof(session_id, Proof::SecondFactor)
+        .await;
+    Ok(ReauthOutcome::Accepted(Proof::SecondFactor))
+}
+
+/// A passkey's answer to a sign-in ceremony, under the attempt limits keyed by
+/// the session and the user (those of `ops::second_step`).
+async fn check(
+    state: &WebState,
+    address: &str,
+    session_id: &str,
+    ceremony: &str,
+    credential: &Value,
+    ip: Option<&str>,
+    step: Step,
 ) -> Result<CodeOutcome, WebError> {
     let session_key = format!("s:{session_id}");
     let user_key = format!("u:{address}");
@@ -214,19 +310,19 @@ pub async fn finish_login(
         Some(name) => {
             attempt.ok();
             state.attempts.succeed(&keys).await?;
-            let detail = format!("second step: passkey {name:?}");
             state
                 .store
-                .audit(&actor, "web.login", address, &detail, ip)
+                .audit(&actor, step.action(), address, &step.detail(&name), ip)
                 .await?;
             Ok(CodeOutcome::Accepted)
         }
         None => {
             attempt.refused("wrong-passkey");
             state.attempts.fail(&keys).await?;
+            let action = format!("{}.passkey_refused", step.action());
             state
                 .store
-                .audit(&actor, "web.login.passkey_refused", address, "passkey", ip)
+                .audit(&actor, &action, address, "passkey", ip)
                 .await?;
             Ok(CodeOutcome::Wrong)
         }

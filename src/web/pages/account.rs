@@ -360,7 +360,7 @@ async fn refused(state: &WebState, user: &UserSession, err: &WebError, next: &st
 }
 
 /// Where a re-authentication may send the browser back to: an account page.
-fn reauth_next(next: &str) -> &str {
+pub(super) fn reauth_next(next: &str) -> &str {
     const PAGES: [&str; 2] = ["/account/two-step", "/account/app-passwords"];
     PAGES
         .into_iter()
@@ -390,6 +390,9 @@ async fn reauth_page(
             .flatten(),
         Proof::PrimaryPassword => None,
     };
+    let passkey = need == Proof::SecondFactor
+        && state.webauthn.is_ok()
+        && super::passkeys::has_passkey(state, &user.address).await;
     let minutes = REAUTH_WINDOW_SECS / 60;
     let status = if error.is_some() {
         StatusCode::UNAUTHORIZED
@@ -423,6 +426,7 @@ async fn reauth_page(
                     button.link type="submit" { "Send a code to my recovery e-mail (" (to) ")" }
                 }
             }
+            @if passkey { (super::passkeys::reauth_button(&user.csrf, reauth_next(next))) }
             p { a href=(reauth_next(next)) { "Cancel" } }
         }
     };

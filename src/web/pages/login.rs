@@ -417,8 +417,9 @@ async fn enroll_page(
                 "Set up 2-Step Authentication",
                 html! { nav { (post_button("/logout", csrf, "Cancel", "link")) } },
                 html! {
-                    p { "Your domain requires 2-Step Authentication. Set it up to continue: an authenticator app, or a recovery e-mail address." }
+                    p { "Your domain requires 2-Step Authentication. Set it up to continue: an authenticator app, a passkey, or a recovery e-mail address." }
                     (enroll_card(csrf, "/login/enroll", &pending, notes.error))
+                    (super::passkeys::enroll_card(state, csrf))
                     (recovery_card(csrf, "/login/enroll/email", recovery.as_ref(), true, notes.recovery_notice, notes.recovery_error))
                 },
             ),

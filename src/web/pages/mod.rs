@@ -32,6 +32,19 @@ pub fn routes() -> Router<WebState> {
         .route("/account/passkeys/begin", post(passkeys::register_begin))
         .route("/account/passkeys/finish", post(passkeys::register_finish))
         .route("/account/passkeys/{id}/remove", post(passkeys::remove))
+        .route("/login/enroll/passkey/begin", post(passkeys::enroll_begin))
+        .route(
+            "/login/enroll/passkey/finish",
+            post(passkeys::enroll_finish),
+        )
+        .route(
+            "/account/reauthenticate/passkey/begin",
+            post(passkeys::reauth_begin),
+        )
+        .route(
+            "/account/reauthenticate/passkey/finish",
+            post(passkeys::reauth_finish),
+        )
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login::form).post(login::password))
         .route("/login/code", get(login::code_form).post(login::code))

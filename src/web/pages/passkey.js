@@ -1,5 +1,6 @@
 // postern: passkeys (WebAuthn). Forms marked data-passkey="register" (the 2-Step
-// page) or "login" (the second step) ask the server for the ceremony's options
+// page, the forced enrollment) or "login" (the second step, "Confirm it is you")
+// ask the server for the ceremony's options
 // (data-begin), let the browser create or use the passkey, and send its answer
 // back (data-finish). Binary fields travel as base64url.
 "use strict";
@@ -81,7 +82,8 @@
       },
       extensions: {},
     };
-    return call(form.dataset.finish, csrf, { ceremony: begun.ceremony, credential: credential });
+    const next = form.querySelector("[name=next]");
+    return call(form.dataset.finish, csrf, { ceremony: begun.ceremony, credential: credential, next: next ? next.value : "" });
   }
   function wire(form) {
     if (form.dataset.wired) return;

@@ -1,5 +1,7 @@
 //! Passkeys on the pages: the card on the 2-Step page (list, add, remove), the
-//! "Use a passkey" button at the second step, and the JSON calls the script
+//! card on the forced-enrollment page (a passkey as the first factor), the "Use
+//! a passkey" buttons at the second step and on "Confirm it is you", and the
+//! JSON calls the script
 //! (`/passkey.js`, served as a file: the CSP allows no inline script) makes
 //! around `navigator.credentials.create` and `.get`.
 
@@ -11,9 +13,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{UserSession, error_page, fmt_time, post_button, sentence};
+use super::{EnrollingSession, UserSession, error_page, fmt_time, post_button, sentence};
 use crate::policy::Proof;
-use crate::web::ops::{CodeOutcome, WebError};
+use crate::web::ops::{CodeOutcome, ReauthOutcome, WebError};
 use crate::web::passkeys::{self, Begun, MAX_NAME_CHARS};
 use crate::web::session::Auth;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
@@ -101,6 +103,44 @@ pub fn login_button(csrf: &str) -> Markup {
     }
 }
 
+/// The forced-enrollment page's passkey card: a passkey may be the first
+/// factor. Nothing when passkeys cannot work here (no `public_url`): the page
+/// offers the app and the recovery address.
+pub fn enroll_card(state: &WebState, csrf: &str) -> Markup {
+    if state.webauthn.is_err() {
+        return html! {};
+    }
+    html! {
+        div.card #passkeys {
+            h2 { "Use a passkey" }
+            p { "Your phone, your computer's fingerprint or face unlock, or a security key: nothing to type at the next sign-in." }
+            p.error role="alert" hidden data-passkey-error {}
+            form #passkey-add data-passkey="register" data-begin="/login/enroll/passkey/begin" data-finish="/login/enroll/passkey/finish" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="passkey_name" { "Name of the passkey" }
+                input #passkey_name type="text" name="name" maxlength=(MAX_NAME_CHARS) placeholder="laptop, phone, security key" required;
+                button type="submit" { "Add a passkey" }
+            }
+            noscript { p.muted { "Adding a passkey needs JavaScript." } }
+            script src="/passkey.js" defer {}
+        }
+    }
+}
+
+/// "Confirm it is you" with a passkey; the script sends the browser back to
+/// `next` (an account page) once it is accepted.
+pub fn reauth_button(csrf: &str, next: &str) -> Markup {
+    html! {
+        form #passkey-reauth data-passkey="login" data-begin="/account/reauthenticate/passkey/begin" data-finish="/account/reauthenticate/passkey/finish" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="next" value=(next);
+            p.error role="alert" hidden data-passkey-error {}
+            button type="submit" { "Use a passkey" }
+        }
+        script src="/passkey.js" defer {}
+    }
+}
+
 /// The user at the second step has a passkey (a lookup error: no button).
 pub async fn has_passkey(state: &WebState, address: &str) -> bool {
     passkeys::list(state, address)
@@ -121,6 +161,9 @@ pub struct Finish {
     #[serde(default)]
     name: String,
     credential: Value,
+    /// Where "Confirm it is you" sends the browser back to.
+    #[serde(default)]
+    next: String,
 }
 
 pub async fn register_finish(
@@ -140,6 +183,100 @@ pub async fn register_finish(
         Ok(_) => Json(json!({ "redirect": "/account/two-step" })).into_response(),
         Err(err) => json_error(&err),
     }
+}
+
+/// Forced enrollment: begins adding a passkey as the first factor.
+pub async fn enroll_begin(State(state): State<WebState>, user: EnrollingSession) -> Response {
+    match passkeys::begin_registration(&state, &user.who()).await {
+        Ok(b) => begun(b),
+        Err(err) => json_error(&err),
+    }
+}
+
+/// Forced enrollment: the new passkey completes it. As with a confirmed app,
+/// the session now has full access and a fresh second-factor proof, under a
+/// new id.
+pub async fn enroll_finish(
+    State(state): State<WebState>,
+    user: EnrollingSession,
+    Json(body): Json<Finish>,
+) -> Response {
+    let added = passkeys::finish_registration(
+        &state,
+        &user.who(),
+        &body.ceremony,
+        &body.name,
+        &body.credential,
+    )
+    .await;
+    match added {
+        Ok(_) => {
+            let auth = Auth::User {
+                address: user.address,
+                impersonator: None,
+            };
+            let (new_id, _) = state
+                .sessions
+                .rotate_proved(&user.id, auth, Proof::SecondFactor)
+                .await;
+            with_cookie(
+                SessionCookie::Set(new_id),
+                Json(json!({ "redirect": "/account/two-step" })),
+            )
+        }
+        Err(err) => json_error(&err),
+    }
+}
+
+/// "Confirm it is you": begins a passkey assertion.
+pub async fn reauth_begin(State(state): State<WebState>, user: UserSession) -> Response {
+    match passkeys::begin_reauth(&state, &user.who()).await {
+        Ok(b) => begun(b),
+        Err(err) => json_error(&err),
+    }
+}
+
+/// "Confirm it is you": the passkey's answer, under the same attempt lock as
+/// the codes; on success, back to the page the user came from.
+pub async fn reauth_finish(
+    State(state): State<WebState>,
+    user: UserSession,
+    Json(body): Json<Finish>,
+) -> Response {
+    let outcome = passkeys::reauthenticate(
+        &state,
+        &user.id,
+        &user.who(),
+        &body.ceremony,
+        &body.credential,
+    )
+    .await;
+    match outcome {
+        Ok(ReauthOutcome::Accepted(_)) => {
+            Json(json!({ "redirect": super::account::reauth_next(&body.next) })).into_response()
+        }
+        Ok(ReauthOutcome::Refused(CodeOutcome::Locked)) => locked(),
+        Ok(ReauthOutcome::Refused(_)) => not_accepted(),
+        Err(err) => json_error(&err),
+    }
+}
+
+fn locked() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(json!({ "error": "Too many failed attempts. Wait 15 minutes, then try again." })),
+    )
+        .into_response()
+}
+
+fn not_accepted() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(
+            json!({ "error": "That passkey was not accepted, or the request expired. Try again." }),
+        ),
+    )
+        .into_response()
 }
 
 pub async fn remove(
@@ -203,29 +340,24 @@ pub async fn login_finish(
     .await;
     match outcome {
         Ok(CodeOutcome::Accepted) => {
-            let (new_id, _) = state.sessions.rotate_proved(
-                &id,
-                Auth::User {
-                    address,
-                    impersonator: None,
-                },
-                Proof::SecondFactor,
-            ).await;
+            let (new_id, _) = state
+                .sessions
+                .rotate_proved(
+                    &id,
+                    Auth::User {
+                        address,
+                        impersonator: None,
+                    },
+                    Proof::SecondFactor,
+                )
+                .await;
             with_cookie(
                 SessionCookie::Set(new_id),
                 Json(json!({ "redirect": "/account" })),
             )
         }
-        Ok(CodeOutcome::Locked) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({ "error": "Too many failed attempts. Wait 15 minutes, then try again." })),
-        )
-            .into_response(),
-        Ok(_) => (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "That passkey was not accepted, or the request expired. Try again." })),
-        )
-            .into_response(),
+        Ok(CodeOutcome::Locked) => locked(),
+        Ok(_) => not_accepted(),
         Err(err) => json_error(&err),
     }
 }
