@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the browser tests need, skipping quickly what is present: Debian's
-# chromium and chromium-driver, Node.js with npm, and playwright-core from npm at
+# chromium and chromium-driver, Node.js with npm, sqlite3, and playwright-core from npm at
 # the version in package-lock.json (it drives /usr/bin/chromium and downloads no
 # browser of its own).
 set -euo pipefail
@@ -11,6 +11,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# web.mjs ages a web session's proof in the SQLite store (no 10-minute wait).
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "install.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -7,6 +7,7 @@
 // The scenarios run in order and share `ctx` (a later one may build on an earlier
 // one: alice enrolls before she signs in with a second step). A new scenario is a
 // `scenario('name', async (ctx) => { ... })` call appended below.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -30,15 +31,17 @@ const BOB = { address: 'bob@example.test', password: 'bob-primary' };
 const CAROL = { address: 'carol@example.test', password: 'carol-primary' };
 const DAVE = { address: 'dave@forced.test', password: 'dave-primary' };
 const ERIN = { address: 'erin@forced.test', password: 'erin-primary' };
+const JUDY = { address: 'judy@example.test', password: 'judy-primary' };
+const KIM = { address: 'kim@forced.test', password: 'kim-primary' };
 
 const DESKTOP = { viewport: { width: 1100, height: 800 } };
 const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
 
 // The whole walk is bounded (one wait for the next TOTP step is the longest part).
 const watchdog = setTimeout(() => {
-  fail('browser scenarios finish within 150 s', new Error('still running'));
+  fail('browser scenarios finish within 180 s', new Error('still running'));
   process.exit(1);
-}, 150_000);
+}, 180_000);
 
 const scenarios = [];
 const scenario = (name, run) => scenarios.push({ name, run });
@@ -579,6 +582,129 @@ scenario('a user of a Forced domain enrolls on a phone-sized screen', async (ctx
 
 // Scenarios appended here run last (example.test is Forced by then); ctx.mail
 // holds what postern sent through [relay].
+
+// ---- a passkey as the first factor; app passwords limited to networks -----
+
+/** A DevTools virtual authenticator (platform, user verified) on `page`. */
+async function virtualAuthenticator(page) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2', transport: 'internal', hasResidentKey: true,
+      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  return { cdp, authenticatorId };
+}
+
+/** On the forced-enrollment page: a passkey named `name` as the first factor. */
+async function enrollWithPasskey(page, name) {
+  expect(path_(page) === '/login/enroll', `on ${path_(page)}, not the enrollment page`);
+  await page.fill('#passkey_name', name);
+  await page.click('#passkey-add button');
+  await Promise.race([
+    page.waitForURL(`${BASE}/account/two-step`),
+    page.waitForSelector('#passkeys [data-passkey-error]:not([hidden])'),
+  ]).catch(() => {});
+  expect(path_(page) === '/account/two-step',
+    `still on ${path_(page)}: ${await page.locator('#passkeys [data-passkey-error]').textContent().catch(() => '')}`);
+  expect(/2-Step Authentication is on/.test(await page.textContent('main')), 'not on');
+  expect(await page.locator(`.passkey-name:has-text("${name}")`).count() === 1, `${name} not listed`);
+}
+
+/** Creates an app password limited to `networks` on /account/app-passwords; returns it. */
+async function appPasswordFrom(page, name, networks) {
+  await page.goto(`${BASE}/account/app-passwords`);
+  await page.fill('#name', name);
+  await page.fill('#networks', networks);
+  await page.click('form[action="/account/app-passwords"] button');
+  const shown = await page.textContent('main');
+  expect(shown.includes(`It works only from ${networks}`), `the page does not say where it works: ${shown.slice(0, 200)}`);
+  return (await page.textContent('.secret')).trim();
+}
+
+scenario('a user of a Forced domain enrolls with a passkey; app passwords limited to networks', async (ctx) => {
+  const page = await newPage(ctx, DESKTOP);
+  const { cdp, authenticatorId } = await virtualAuthenticator(page);
+  await check('judy (example.test, Forced) is offered a passkey on the enrollment page', async () => {
+    await signIn(page, JUDY);
+    expect(path_(page) === '/login/enroll', `landed on ${path_(page)}`);
+    expect(await page.locator('#passkeys #passkey-add button').isVisible(), 'no "Add a passkey"');
+  });
+  await shot(page, '26-forced-enroll-passkey');
+  await check('a passkey alone completes the enrollment', () => enrollWithPasskey(page, 'laptop'));
+  await check('judy\'s primary password is refused over IMAP', async () => {
+    const { imap, reply } = await imapLogin(JUDY);
+    imap.close();
+    expect(reply.status === 'NO', `${reply.status} ${reply.text}`);
+  });
+  let office;
+  let branch;
+  await check('an app password limited to 127.0.0.1/32 and one to 192.0.2.0/24 are created', async () => {
+    office = await appPasswordFrom(page, 'Office desktop', '127.0.0.1/32');
+    branch = await appPasswordFrom(page, 'Branch office', '192.0.2.0/24');
+  });
+  await check('the list shows each app password\'s networks', async () => {
+    await page.goto(`${BASE}/account/app-passwords`);
+    const row = async (name) => (await page.textContent(`tr:has-text("${name}") td[data-label="Networks"]`)).trim();
+    expect(await row('Office desktop') === '127.0.0.1/32', `Office desktop: ${await row('Office desktop')}`);
+    expect(await row('Branch office') === '192.0.2.0/24', `Branch office: ${await row('Branch office')}`);
+  });
+  await shot(page, '27-app-passwords-networks');
+  await check('IMAP from 127.0.0.1 works with the one limited to 127.0.0.1/32', async () => {
+    const { imap, reply } = await imapLogin({ address: JUDY.address, password: office });
+    imap.close();
+    expect(reply.status === 'OK', `${reply.status} ${reply.text}`);
+  });
+  await check('IMAP from 127.0.0.1 is refused with the one limited to 192.0.2.0/24', async () => {
+    const { imap, reply } = await imapLogin({ address: JUDY.address, password: branch });
+    imap.close();
+    expect(reply.status === 'NO' && /AUTHENTICATIONFAILED/.test(reply.text), `${reply.status} ${reply.text}`);
+  });
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId });
+  await cdp.detach();
+  await page.context().close();
+});
+
+// ---- "Confirm it is you" with a passkey -----------------------------------
+
+scenario('a user confirms it is them with a passkey before creating an app password', async (ctx) => {
+  const page = await newPage(ctx, DESKTOP);
+  const { cdp, authenticatorId } = await virtualAuthenticator(page);
+  await check('kim (forced.test) enrolls with a passkey', async () => {
+    await signIn(page, KIM);
+    await enrollWithPasskey(page, 'phone');
+  });
+  await check('ten minutes later, creating an app password asks "Confirm it is you" with a passkey', async () => {
+    // The session's proof ages in the store instead of the test waiting 10 minutes.
+    execFileSync('sqlite3', [env('POSTERN_DB'),
+      `UPDATE web_sessions SET proved_at = proved_at - 660 WHERE subject = '${KIM.address}'`]);
+    await page.goto(`${BASE}/account/app-passwords`);
+    await page.fill('#name', 'Tablet');
+    await page.click('form[action="/account/app-passwords"] button');
+    expect(/Confirm it is you/.test(await page.textContent('h1')), `shown: ${await page.textContent('h1')}`);
+    expect(await page.locator('#passkey-reauth button').isVisible(), 'no "Use a passkey"');
+  });
+  await shot(page, '28-reauth-passkey');
+  await check('the passkey confirms it and leads back to the app passwords', async () => {
+    await page.click('#passkey-reauth button');
+    await Promise.race([
+      page.waitForURL(`${BASE}/account/app-passwords`),
+      page.waitForSelector('#passkey-reauth [data-passkey-error]:not([hidden])'),
+    ]).catch(() => {});
+    expect(path_(page) === '/account/app-passwords',
+      `still on ${path_(page)}: ${await page.locator('#passkey-reauth [data-passkey-error]').textContent().catch(() => '')}`);
+  });
+  await check('the app password is then created without asking again', async () => {
+    await page.fill('#name', 'Tablet');
+    await page.click('form[action="/account/app-passwords"] button');
+    expect(/^[0-9a-z]{4}(-[0-9a-z]{4}){3,}$/.test((await page.textContent('.secret')).trim()), 'no password shown');
+  });
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId });
+  await cdp.detach();
+  await page.context().close();
+});
 
 // ---- run -------------------------------------------------------------------
 
