@@ -869,6 +869,8 @@ async fn confirm_it_is_you_takes_a_passkey_under_the_code_lock() {
         "{}",
         asked.body
     );
+    // Her only factor is the passkey: no code field to puzzle over.
+    assert!(!asked.body.contains("action=\"/account/reauthenticate\""));
     assert_eq!(app_password_count(&w).await, 0);
 
     let begun = begin_reauth(&mut browser, &token).await;

@@ -393,6 +393,9 @@ async fn reauth_page(
     let passkey = need == Proof::SecondFactor
         && state.webauthn.is_ok()
         && super::passkeys::has_passkey(state, &user.address).await;
+    // A user whose only factor is a passkey has no code to type: the passkey
+    // alone is offered (the code form stays when in doubt).
+    let codes = !passkey || has_code(state, &user.address).await;
     let minutes = REAUTH_WINDOW_SECS / 60;
     let status = if error.is_some() {
         StatusCode::UNAUTHORIZED
@@ -404,20 +407,23 @@ async fn reauth_page(
             p { "This changes how you, or your mail apps, sign in. Confirm it is you first; you will not be asked again for " (minutes) " minutes." }
             @if let Some(error) = error { p.error role="alert" { (error) } }
             @if let Some(sent) = notes.sent { p.ok role="status" { "We sent a code to " strong { (sent) } ". It is valid for 10 minutes." } }
-            form method="post" action="/account/reauthenticate" {
-                input type="hidden" name="csrf" value=(user.csrf);
-                input type="hidden" name="next" value=(reauth_next(next));
-                @match need {
-                    Proof::SecondFactor => {
-                        label for="secret" { "Code from your authenticator app, a backup code, or a code from your recovery e-mail" }
-                        input #secret type="text" name="secret" autocomplete="one-time-code" required autofocus;
+            @if passkey { (super::passkeys::reauth_button(&user.csrf, reauth_next(next))) }
+            @if codes {
+                form method="post" action="/account/reauthenticate" {
+                    input type="hidden" name="csrf" value=(user.csrf);
+                    input type="hidden" name="next" value=(reauth_next(next));
+                    @match need {
+                        Proof::SecondFactor => {
+                            label for="secret" { "Code from your authenticator app, a backup code, or a code from your recovery e-mail" }
+                            input #secret type="text" name="secret" autocomplete="one-time-code" required autofocus;
+                        }
+                        Proof::PrimaryPassword => {
+                            label for="secret" { "Your password" }
+                            input #secret type="password" name="secret" autocomplete="current-password" required autofocus;
+                        }
                     }
-                    Proof::PrimaryPassword => {
-                        label for="secret" { "Your password" }
-                        input #secret type="password" name="secret" autocomplete="current-password" required autofocus;
-                    }
+                    button type="submit" { "Confirm" }
                 }
-                button type="submit" { "Confirm" }
             }
             @if let Some(to) = &recovery {
                 form.inline method="post" action="/account/reauthenticate/email" {
@@ -426,11 +432,29 @@ async fn reauth_page(
                     button.link type="submit" { "Send a code to my recovery e-mail (" (to) ")" }
                 }
             }
-            @if passkey { (super::passkeys::reauth_button(&user.csrf, reauth_next(next))) }
             p { a href=(reauth_next(next)) { "Cancel" } }
         }
     };
     (status, page("Confirm it is you", nav, body)).into_response()
+}
+
+/// Whether the user has something that gives a code: a confirmed app or
+/// recovery address, or an unused backup code (true when it cannot be told).
+async fn has_code(state: &WebState, address: &str) -> bool {
+    let Ok((_, user)) = ops::user_context(state, address).await else {
+        return true;
+    };
+    let factor = state
+        .store
+        .second_factors(user.id)
+        .await
+        .map_or(true, |f| f.iter().any(|f| f.confirmed));
+    factor
+        || state
+            .store
+            .backup_code_hashes(user.id)
+            .await
+            .map_or(true, |codes| !codes.is_empty())
 }
 
 /// What the re-authentication page says besides the form.
