@@ -184,7 +184,10 @@ impl Runtime {
 
     /// Starts this node's roll-out mailer: the notices and reminders of a
     /// scheduled Forced, through `[relay]`.
-    pub fn start_rollout_mail(&self, config: &Config) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    pub fn start_rollout_mail(
+        &self,
+        config: &Config,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let relay = crate::recovery_mail::RecoveryMailer::from_config(&config.relay)?;
         let sign_in_url = config
             .web

@@ -917,8 +917,15 @@ mod tests {
                 "{u:?} sent={sent:?} reminded={reminded} now={now}"
             );
         }
-        for d in [None, Some(domain(true, Enabled)), Some(domain(true, Forced))] {
-            assert_eq!(rollout_mail_due(d.as_ref(), user(false), None, false, NOW), None);
+        for d in [
+            None,
+            Some(domain(true, Enabled)),
+            Some(domain(true, Forced)),
+        ] {
+            assert_eq!(
+                rollout_mail_due(d.as_ref(), user(false), None, false, NOW),
+                None
+            );
         }
     }
 

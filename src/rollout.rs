@@ -86,9 +86,7 @@ pub fn message(
     let (subject, opening) = match kind {
         RolloutMail::Notice => (
             format!("2-Step Authentication will be required from {date}"),
-            format!(
-                "Your mail domain {domain} will require 2-Step Authentication from {date}."
-            ),
+            format!("Your mail domain {domain} will require 2-Step Authentication from {date}."),
         ),
         RolloutMail::Reminder => (
             format!("Reminder: 2-Step Authentication is required from {date}"),

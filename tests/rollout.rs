@@ -177,7 +177,10 @@ async fn users_without_2_step_get_the_notice_and_the_reminder_once() {
         "{}",
         text(&reminder)
     );
-    assert_eq!(node.run_once(window + 60).await.unwrap(), PassReport::default());
+    assert_eq!(
+        node.run_once(window + 60).await.unwrap(),
+        PassReport::default()
+    );
     // Neither the enrolled nor the disabled user got anything.
     assert_eq!(sink.waiting(), 0);
 
@@ -212,7 +215,10 @@ async fn a_user_first_seen_in_the_last_days_gets_one_notice_and_no_reminder() {
     let node = mailer(&gateway, relay(sink.addr));
     assert_eq!(node.run_once(now).await.unwrap().sent, 1);
     assert!(text(&sink.next_mail().await).contains("will be required from"));
-    assert_eq!(node.run_once(now + 60).await.unwrap(), PassReport::default());
+    assert_eq!(
+        node.run_once(now + 60).await.unwrap(),
+        PassReport::default()
+    );
     // Once the date has come nothing more is sent.
     assert_eq!(node.run_once(at).await.unwrap(), PassReport::default());
     assert_eq!(sink.waiting(), 0);

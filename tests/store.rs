@@ -1669,7 +1669,11 @@ async fn a_roll_out_is_scheduled_moved_and_cancelled_with_its_audit() {
             .unwrap();
         let d = s.domain("r.org").await.unwrap().unwrap();
         assert_eq!(d.policy().scheduled_forced(now), Some(at));
-        assert_eq!(d.policy().scheduled_forced(at), None, "switched at the date");
+        assert_eq!(
+            d.policy().scheduled_forced(at),
+            None,
+            "switched at the date"
+        );
         // Moved to a later date.
         s.schedule_forced("r.org", at + 86_400, "user:admin@r.org")
             .await
@@ -1677,7 +1681,11 @@ async fn a_roll_out_is_scheduled_moved_and_cancelled_with_its_audit() {
         let d = s.domain("r.org").await.unwrap().unwrap();
         assert_eq!(d.policy().scheduled_forced(now), Some(at + 86_400));
 
-        assert!(s.cancel_scheduled_forced("r.org", "user:admin@r.org").await.unwrap());
+        assert!(
+            s.cancel_scheduled_forced("r.org", "user:admin@r.org")
+                .await
+                .unwrap()
+        );
         let d = s.domain("r.org").await.unwrap().unwrap();
         assert_eq!((d.status, d.grace_until), (DomainStatus::Enabled, None));
         // Nothing left to cancel; a domain Forced at once is not "scheduled".
@@ -1755,15 +1763,31 @@ async fn roll_out_mails_are_claimed_once_whichever_node_asks() {
             None => (b.unwrap(), &other, s),
         };
         // Held: nobody else takes it while the claim's lease runs.
-        assert!(loser.claim_rollout_mail(ivy.id, Notice, at, now + 1).await.unwrap().is_none());
+        assert!(
+            loser
+                .claim_rollout_mail(ivy.id, Notice, at, now + 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(winner.rollout_mail_sent(&claim, now).await.unwrap());
         // Sent: never again, even once the lease would have run out.
         let later = now + postern::store::CLAIM_LEASE_SECS + 1;
         for node in [s, &other] {
-            assert!(node.claim_rollout_mail(ivy.id, Notice, at, later).await.unwrap().is_none());
+            assert!(
+                node.claim_rollout_mail(ivy.id, Notice, at, later)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
         }
         // Before the reminder's days, ivy is nobody's work any more.
-        assert!(s.rollout_recipients("r.org", at, later).await.unwrap().is_empty());
+        assert!(
+            s.rollout_recipients("r.org", at, later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let window = at - postern::policy::ROLLOUT_REMINDER_SECS;
         let due = s.rollout_recipients("r.org", at, window).await.unwrap();
         assert_eq!(due.len(), 1);
@@ -1776,8 +1800,16 @@ async fn roll_out_mails_are_claimed_once_whichever_node_asks() {
             .await
             .unwrap()
             .expect("reminder claimed");
-        other.rollout_mail_failed(&claim, window + 300).await.unwrap();
-        assert!(s.claim_rollout_mail(ivy.id, Reminder, at, window + 299).await.unwrap().is_none());
+        other
+            .rollout_mail_failed(&claim, window + 300)
+            .await
+            .unwrap();
+        assert!(
+            s.claim_rollout_mail(ivy.id, Reminder, at, window + 299)
+                .await
+                .unwrap()
+                .is_none()
+        );
         let retried = s
             .claim_rollout_mail(ivy.id, Reminder, at, window + 300)
             .await
@@ -1786,14 +1818,26 @@ async fn roll_out_mails_are_claimed_once_whichever_node_asks() {
         // The first claim is void once another node took the mail.
         assert!(!other.rollout_mail_sent(&claim, window + 301).await.unwrap());
         assert!(s.rollout_mail_sent(&retried, window + 301).await.unwrap());
-        assert!(s.rollout_recipients("r.org", at, window + 400).await.unwrap().is_empty());
+        assert!(
+            s.rollout_recipients("r.org", at, window + 400)
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // A new date is a new roll-out: ivy is due its notice again.
-        s.schedule_forced("r.org", at + 86_400, "cli").await.unwrap();
-        let due = s.rollout_recipients("r.org", at + 86_400, later).await.unwrap();
+        s.schedule_forced("r.org", at + 86_400, "cli")
+            .await
+            .unwrap();
+        let due = s
+            .rollout_recipients("r.org", at + 86_400, later)
+            .await
+            .unwrap();
         assert_eq!(who(due), ["ivy@r.org"]);
         // A skipped reminder counts as done.
-        s.skip_rollout_mail(ivy.id, Reminder, at + 86_400, later).await.unwrap();
+        s.skip_rollout_mail(ivy.id, Reminder, at + 86_400, later)
+            .await
+            .unwrap();
         assert!(
             s.claim_rollout_mail(ivy.id, Reminder, at + 86_400, later)
                 .await

@@ -108,7 +108,15 @@ impl Store {
                 Some(_) => Ok(false),
             };
         }
-        insert_audit(&mut tx, actor, "domain.schedule_cancel", &name, "enabled", None).await?;
+        insert_audit(
+            &mut tx,
+            actor,
+            "domain.schedule_cancel",
+            &name,
+            "enabled",
+            None,
+        )
+        .await?;
         insert_event(
             &mut tx,
             self.backend,

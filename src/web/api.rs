@@ -59,7 +59,10 @@ pub fn routes() -> Router<WebState> {
         .route("/account/app-passwords/{id}", delete(revoke_app_password))
         .route("/domain", get(domain))
         .route("/domain/two-step", post(domain_status))
-        .route("/domain/two-step/forced-from", delete(domain_cancel_schedule))
+        .route(
+            "/domain/two-step/forced-from",
+            delete(domain_cancel_schedule),
+        )
         .route("/domain/users/{address}/reset", post(domain_reset))
         .route("/admin/login", post(admin_login))
         .route("/admin/domains", get(admin_domains).post(admin_add_domain))

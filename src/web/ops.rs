@@ -892,8 +892,8 @@ pub async fn schedule_forced(
                 .into(),
         ));
     }
-    let at = crate::rollout::parse_forced_from(forced_from, unix_now())
-        .map_err(WebError::BadRequest)?;
+    let at =
+        crate::rollout::parse_forced_from(forced_from, unix_now()).map_err(WebError::BadRequest)?;
     state.store.schedule_forced(domain, at, actor).await?;
     state.rollout_wake.notify_one();
     Ok(at)

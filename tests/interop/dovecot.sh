@@ -10,7 +10,8 @@
 # DOVECOT_POP3S_PORT move them; DOVECOT_EXTRA_CONF=FILE is appended to dovecot.conf). Master user: proxy / masterpw (SASL PLAIN authzid=user, or user*proxy).
 # Users: alice@example.test/alice-primary, bob@example.test/bob-primary,
 #        carol@example.test/carol-primary, dave@forced.test/dave-primary,
-#        erin@forced.test/erin-primary.
+#        erin@forced.test/erin-primary, henry@rollout.test/henry-primary,
+#        ivy@rollout.test/ivy-primary.
 # Files under DIR: dovecot.conf, dovecot.log, cert.pem (also the CA: self-signed),
 # key.pem, known-message.eml (the message in alice's INBOX, CRLF line ends),
 # auth-postfix (SASL socket for Postfix), mail/ (Maildirs owned by vmail).
@@ -90,7 +91,8 @@ write_cert() {
 write_users() {
     local dir=$1 u local_part domain
     : > "$dir/users"
-    for u in alice@example.test bob@example.test carol@example.test dave@forced.test erin@forced.test; do
+    for u in alice@example.test bob@example.test carol@example.test dave@forced.test erin@forced.test \
+             henry@rollout.test ivy@rollout.test; do
         local_part=${u%@*}
         domain=${u#*@}
         echo "$u:{PLAIN}$local_part-primary::::::" >> "$dir/users"
