@@ -223,3 +223,96 @@ async fn a_user_first_seen_in_the_last_days_gets_one_notice_and_no_reminder() {
     assert_eq!(node.run_once(at).await.unwrap(), PassReport::default());
     assert_eq!(sink.waiting(), 0);
 }
+
+/// The domain administrator schedules, reads, moves and cancels a roll-out
+/// through the JSON API.
+#[tokio::test]
+async fn the_api_schedules_shows_and_cancels_a_roll_out() {
+    use axum::http::StatusCode;
+    use common::browser::{Browser, between};
+    let (_fake, gateway) = setup().await;
+    let store = gateway.store();
+    store
+        .set_domain_admin("rollout.test", HENRY, "test")
+        .await
+        .unwrap();
+    store.ensure_user(IVY).await.unwrap();
+    let app = postern::web::router(
+        postern::web::WebState::from_runtime(&gateway.runtime, &gateway.config).expect("web"),
+    );
+    let mut api = Browser::new(&app);
+    let session = api.json("GET", "/api/v1/session", None, "").await;
+    let csrf = between(&session.body, "\"csrf\":\"", "\"");
+    let login = api
+        .json(
+            "POST",
+            "/api/v1/login",
+            Some(&csrf),
+            &format!(r#"{{"address":"{HENRY}","password":"henry-primary"}}"#),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let csrf = between(&login.body, "\"csrf\":\"", "\"");
+    const STATUS: &str = "/api/v1/domain/two-step";
+    for bad in [
+        r#"{"status":"forced","forced_from":"2001-01-01"}"#,
+        r#"{"status":"forced","forced_from":"next week"}"#,
+        r#"{"status":"enabled","forced_from":"2099-01-01"}"#,
+    ] {
+        let page = api.json("POST", STATUS, Some(&csrf), bad).await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "{bad}: {}", page.body);
+    }
+    assert_eq!(
+        store.domain("rollout.test").await.unwrap().unwrap().status,
+        DomainStatus::Enabled,
+        "a refused date changes nothing"
+    );
+    let in_a_week = time::OffsetDateTime::now_utc().date() + time::Duration::days(7);
+    let day = in_a_week.to_string();
+    let at = in_a_week.midnight().assume_utc().unix_timestamp();
+    let body = format!(r#"{{"status":"forced","forced_from":"{day}"}}"#);
+    let page = api.json("POST", STATUS, Some(&csrf), &body).await;
+    assert_eq!(page.status, StatusCode::NO_CONTENT, "{}", page.body);
+    // This node's mailer is woken at once for the notices.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        gateway.runtime.rollout_wake.notified(),
+    )
+    .await
+    .expect("the roll-out mailer is woken");
+
+    let card = api.json("GET", "/api/v1/domain", None, "").await;
+    let card: serde_json::Value = serde_json::from_str(&card.body).unwrap();
+    assert_eq!(card["domain"]["forced_from"], at);
+    assert_eq!(card["domain"]["effective_status"], "forced");
+    assert_eq!(card["enrolled_users"], 0);
+    assert_eq!(card["not_enrolled_users"], 2);
+    let mine = api.json("GET", "/api/v1/account/two-step", None, "").await;
+    let mine: serde_json::Value = serde_json::from_str(&mine.body).unwrap();
+    assert_eq!(mine["forced_from"], at);
+
+    const CANCEL: &str = "/api/v1/domain/two-step/forced-from";
+    let page = api.json("DELETE", CANCEL, Some(&csrf), "").await;
+    assert_eq!(page.status, StatusCode::NO_CONTENT, "{}", page.body);
+    let d = store.domain("rollout.test").await.unwrap().unwrap();
+    assert_eq!((d.status, d.grace_until), (DomainStatus::Enabled, None));
+    let page = api.json("DELETE", CANCEL, Some(&csrf), "").await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+
+    let actions: Vec<(String, String)> = store
+        .list_audit(postern::store::AuditFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action.starts_with("domain.schedule"))
+        .map(|r| (r.action, r.actor))
+        .collect();
+    let henry = format!("user:{HENRY}");
+    assert_eq!(
+        actions,
+        [
+            ("domain.schedule_cancel".to_owned(), henry.clone()),
+            ("domain.schedule_forced".to_owned(), henry),
+        ]
+    );
+}
