@@ -86,6 +86,32 @@ async fn on_the_date_a_password_session_without_2_step_is_dropped_and_logins_ref
     assert_eq!(henry.line().await, "z OK NOOP completed\r\n");
 }
 
+/// Scheduled through one node, the switch happens on another by itself: a
+/// password session there is dropped at the date, its new logins refused.
+#[tokio::test]
+async fn the_switch_happens_on_every_node() {
+    let (_fake, gateway) = setup().await;
+    let other = gateway.another_node().await;
+    let mut ivy = session(&other, IVY, "ivy-primary").await;
+    let at = unix_now() + 2;
+    gateway
+        .store()
+        .schedule_forced("rollout.test", at, "test")
+        .await
+        .unwrap();
+    let line = ivy.line().await;
+    assert!(
+        line.starts_with("* BYE [ALERT] ") && line.contains("requires 2-Step Authentication"),
+        "{line:?}"
+    );
+    assert!(ivy.closed().await);
+    assert!(unix_now() >= at, "dropped before the date");
+    for node in [&other, &gateway] {
+        let (reply, _) = try_login(node, IVY, "ivy-primary").await;
+        assert!(reply.starts_with("a NO [AUTHENTICATIONFAILED]"), "{reply}");
+    }
+}
+
 fn relay(addr: std::net::SocketAddr) -> RecoveryMailer {
     RecoveryMailer::from_config(&RelayConfig {
         smtp: addr.to_string(),
