@@ -51,6 +51,8 @@ pub struct Runtime {
     pub penalties: Arc<Penalties>,
     /// System administrators' Argon2 checks, bounded.
     pub admin_passwords: AdminPasswords,
+    /// Wakes this node's roll-out mailer (`crate::rollout`) at once.
+    pub rollout_wake: Arc<tokio::sync::Notify>,
     /// Accept loops, stopped first on shutdown.
     listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -99,6 +101,7 @@ impl Runtime {
             proxies: TrustedProxies::new(config.proxy_protocol.trusted_proxies.clone()),
             admin_passwords: AdminPasswords::new(config.limits.argon2_parallelism),
             penalties,
+            rollout_wake: Arc::default(),
             listeners: std::sync::Mutex::default(),
             store,
         })
@@ -177,6 +180,28 @@ impl Runtime {
         let postgres =
             (self.store.backend() == Backend::Postgres).then(|| config.store.url.clone());
         tokio::spawn(rechecker.run(postgres))
+    }
+
+    /// Starts this node's roll-out mailer: the notices and reminders of a
+    /// scheduled Forced, through `[relay]`.
+    pub fn start_rollout_mail(
+        &self,
+        config: &Config,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let relay = crate::recovery_mail::RecoveryMailer::from_config(&config.relay)?;
+        let sign_in_url = config
+            .web
+            .public_url()
+            .ok()
+            .flatten()
+            .map(|url| url.to_string());
+        let mailer = crate::rollout::RolloutMailer::new(
+            self.store.clone(),
+            relay,
+            sign_in_url,
+            self.rollout_wake.clone(),
+        );
+        Ok(tokio::spawn(mailer.run()))
     }
 
     /// Binds every listener of every configured protocol and spawns its accept loop.
@@ -347,6 +372,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = Runtime::build(&config).await?;
     runtime.bind_all(&config).await?;
     runtime.start_rechecks(&config);
+    runtime.start_rollout_mail(&config)?;
     crate::web::spawn(&runtime, &config).await?;
     crate::service_manager::notify_ready();
     signals.wait_for_shutdown(&runtime).await;

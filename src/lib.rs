@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod recheck;
 pub mod recovery_mail;
 pub mod registry;
+pub mod rollout;
 pub mod secret;
 pub mod service_manager;
 pub mod session;

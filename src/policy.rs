@@ -246,6 +246,71 @@ impl DomainPolicy {
             DomainStatus::Disabled
         }
     }
+
+    /// The date a scheduled roll-out makes 2-Step binding, while it is still
+    /// ahead: a Forced domain (feature on) whose `grace_until` is after `now`.
+    /// A roll-out *is* the grace period, seen as a date: until then a user
+    /// who has not enrolled keeps the primary password, from then on the
+    /// table's Forced rows apply, by [`decide_mail_login`] alone, on every
+    /// node, with no stored change at that instant.
+    pub fn scheduled_forced(&self, now: i64) -> Option<i64> {
+        (self.effective_status() == DomainStatus::Forced)
+            .then_some(self.grace_until)
+            .flatten()
+            .filter(|&at| now < at)
+    }
+}
+
+/// How long before a scheduled roll-out the reminder goes out.
+pub const ROLLOUT_REMINDER_SECS: i64 = 3 * 86_400;
+
+/// The mails a scheduled roll-out sends a user who has not enrolled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RolloutMail {
+    /// The announcement with the date and the steps, once the date is set.
+    Notice,
+    /// [`ROLLOUT_REMINDER_SECS`] before the date.
+    Reminder,
+}
+
+impl RolloutMail {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Notice => "notice",
+            Self::Reminder => "reminder",
+        }
+    }
+}
+
+/// Whether a notice sent at `notice_sent_at` calls for a reminder before
+/// `forced_from`: only when it went out before the reminder's time (a notice
+/// sent in the last days is its own reminder).
+pub fn reminder_needed(notice_sent_at: i64, forced_from: i64) -> bool {
+    notice_sent_at < forced_from - ROLLOUT_REMINDER_SECS
+}
+
+/// Which roll-out mail `user` of `domain` is due now, if any: nothing unless
+/// the domain has a roll-out ahead and the user is neither enrolled nor
+/// disabled; the notice first; the reminder once its time has come, if the
+/// notice called for one and it has not gone out (`reminder_done`).
+pub fn rollout_mail_due(
+    domain: Option<&DomainPolicy>,
+    user: UserState,
+    notice_sent_at: Option<i64>,
+    reminder_done: bool,
+    now: i64,
+) -> Option<RolloutMail> {
+    let forced_from = domain?.scheduled_forced(now)?;
+    if user.enrolled || user.disabled {
+        return None;
+    }
+    match notice_sent_at {
+        None => Some(RolloutMail::Notice),
+        Some(sent) => (!reminder_done
+            && reminder_needed(sent, forced_from)
+            && now >= forced_from - ROLLOUT_REMINDER_SECS)
+            .then_some(RolloutMail::Reminder),
+    }
 }
 
 /// What the policy needs to know about a user.
@@ -728,6 +793,140 @@ mod tests {
             decide_web_login(Some(&d), user(false), NOW + 10),
             WebLoginStep::MustEnroll
         );
+    }
+
+    /// A roll-out scheduled for a date: the Forced rows of the table from
+    /// that instant on, the Enabled rows' behaviour for mail before it.
+    #[test]
+    fn a_scheduled_roll_out_forces_from_its_date() {
+        use Decision::*;
+        use UpstreamLogin::*;
+        let at = NOW + 3_600;
+        let scheduled = DomainPolicy {
+            grace_until: Some(at),
+            ..domain(true, Forced)
+        };
+        // (now, enrolled, primary, web, still scheduled)
+        let rows = [
+            (
+                at - 1,
+                false,
+                Allow(Passthrough),
+                WebLoginStep::DoneMayEnroll,
+                Some(at),
+            ),
+            (
+                at - 1,
+                true,
+                Refuse(Refusal::AppPasswordRequired),
+                WebLoginStep::SecondStep,
+                Some(at),
+            ),
+            (
+                at,
+                false,
+                Refuse(Refusal::EnrollmentRequired),
+                WebLoginStep::MustEnroll,
+                None,
+            ),
+            (
+                at + 86_400,
+                false,
+                Refuse(Refusal::EnrollmentRequired),
+                WebLoginStep::MustEnroll,
+                None,
+            ),
+            (
+                at,
+                true,
+                Refuse(Refusal::AppPasswordRequired),
+                WebLoginStep::SecondStep,
+                None,
+            ),
+        ];
+        for (now, enrolled, primary, web, ahead) in rows {
+            for protocol in Protocol::ALL {
+                assert_eq!(
+                    decide_mail_login(
+                        Some(&scheduled),
+                        user(enrolled),
+                        Credential::Primary,
+                        protocol,
+                        now
+                    ),
+                    primary,
+                    "now={now} enrolled={enrolled} {protocol}"
+                );
+                assert_eq!(
+                    decide_mail_login(Some(&scheduled), user(enrolled), APP, protocol, now),
+                    Allow(Master)
+                );
+            }
+            assert_eq!(decide_web_login(Some(&scheduled), user(enrolled), now), web);
+            assert_eq!(scheduled.scheduled_forced(now), ahead, "now={now}");
+        }
+        // A live password session learns the instant it must be checked again.
+        assert_eq!(
+            allowed_until(Some(&scheduled), user(false), Credential::Primary),
+            Some(at)
+        );
+        // No roll-out while the feature is off, or without a date.
+        let off = DomainPolicy {
+            feature: false,
+            ..scheduled
+        };
+        assert_eq!(off.scheduled_forced(NOW), None);
+        assert_eq!(domain(true, Forced).scheduled_forced(NOW), None);
+        assert_eq!(domain(true, Enabled).scheduled_forced(NOW), None);
+    }
+
+    #[test]
+    fn roll_out_mails_go_to_users_without_2_step_once_each() {
+        use RolloutMail::*;
+        let at = NOW + 10 * 86_400;
+        let window = at - ROLLOUT_REMINDER_SECS;
+        let scheduled = DomainPolicy {
+            grace_until: Some(at),
+            ..domain(true, Forced)
+        };
+        let disabled = UserState {
+            enrolled: false,
+            disabled: true,
+        };
+        // (user, notice sent at, reminder done, now, due)
+        let rows = [
+            (user(false), None, false, NOW, Some(Notice)),
+            (user(true), None, false, NOW, None),
+            (disabled, None, false, NOW, None),
+            (user(false), Some(NOW), false, NOW + 60, None),
+            (user(false), Some(NOW), false, window - 1, None),
+            (user(false), Some(NOW), false, window, Some(Reminder)),
+            (user(false), Some(NOW), true, window, None),
+            (user(true), Some(NOW), false, window, None),
+            // Known only in the last days: the notice is its own reminder.
+            (user(false), None, false, window + 5, Some(Notice)),
+            (user(false), Some(window + 5), false, window + 60, None),
+            // The date has come: nothing more is sent.
+            (user(false), None, false, at, None),
+            (user(false), Some(NOW), false, at, None),
+        ];
+        for (u, sent, reminded, now, due) in rows {
+            assert_eq!(
+                rollout_mail_due(Some(&scheduled), u, sent, reminded, now),
+                due,
+                "{u:?} sent={sent:?} reminded={reminded} now={now}"
+            );
+        }
+        for d in [
+            None,
+            Some(domain(true, Enabled)),
+            Some(domain(true, Forced)),
+        ] {
+            assert_eq!(
+                rollout_mail_due(d.as_ref(), user(false), None, false, NOW),
+                None
+            );
+        }
     }
 
     #[test]

@@ -165,6 +165,58 @@ fn domains_flags_anywhere_and_json_shape() {
 }
 
 #[test]
+fn forced_from_a_date_is_scheduled_and_shown_as_the_grace_until() {
+    let env = Env::new();
+    env.ok(&["admin", "domain", "add", "example.org"]);
+    env.ok(&["admin", "domain", "feature", "example.org", "on"]);
+    let day = (OffsetDateTime::now_utc().date() + time::Duration::days(10)).to_string();
+    let said = env.ok(&[
+        "admin",
+        "domain",
+        "status",
+        "example.org",
+        "forced",
+        "--from",
+        &day,
+    ]);
+    assert!(
+        said.contains(&format!("forced from {day}T00:00:00Z")),
+        "{said}"
+    );
+    let list = env.json(&["admin", "domain", "list", "--json"]);
+    assert_eq!(list[0]["status"], "forced");
+    assert_eq!(list[0]["grace_until"], format!("{day}T00:00:00Z"));
+    for bad in [
+        vec!["forced", "--from", "2001-01-01"],
+        vec!["enabled", "--from", day.as_str()],
+        vec!["forced", "--from", "soon"],
+    ] {
+        let mut args = vec!["admin", "domain", "status", "example.org"];
+        args.extend(bad);
+        let err = env.fails(&args);
+        assert!(err.contains("--from"), "{err}");
+    }
+    let err = env.fails(&[
+        "admin",
+        "domain",
+        "status",
+        "example.org",
+        "forced",
+        "--from",
+        &day,
+        "--grace-days",
+        "3",
+    ]);
+    assert!(
+        err.contains("--grace-days") || err.contains("--from"),
+        "{err}"
+    );
+    // The date stands after the refused changes.
+    let list = env.json(&["admin", "domain", "list", "--json"]);
+    assert_eq!(list[0]["grace_until"], format!("{day}T00:00:00Z"));
+}
+
+#[test]
 fn settings_of_an_unknown_domain_name_domain_add() {
     let env = Env::new();
     let err = env.fails(&["admin", "domain", "feature", "nowhere.example", "on"]);

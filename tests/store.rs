@@ -1643,3 +1643,207 @@ async fn a_passkey_enrolls_its_user_and_a_ceremony_is_taken_once_before_it_expir
         assert!(!s.user("pat@example.org").await.unwrap().unwrap().enrolled);
     });
 }
+
+#[tokio::test]
+async fn a_roll_out_is_scheduled_moved_and_cancelled_with_its_audit() {
+    on_each_db!(|s| {
+        let now = postern::clock::unix_now();
+        s.add_domain("r.org", "cli").await.unwrap();
+        s.set_domain_feature("r.org", true, "cli").await.unwrap();
+        s.set_domain_status("r.org", DomainStatus::Enabled, None, "cli")
+            .await
+            .unwrap();
+        let enrolled = s.ensure_user("e@r.org").await.unwrap();
+        s.add_second_factor(enrolled.id, FactorKind::Totp, "GEZDGNBVGY3TQOJQ", true, "t")
+            .await
+            .unwrap();
+        s.ensure_user("n1@r.org").await.unwrap();
+        s.ensure_user("n2@r.org").await.unwrap();
+        s.set_user_disabled("off@r.org", true, "t").await.unwrap();
+        let counts = s.enrollment_counts("r.org").await.unwrap();
+        assert_eq!((counts.enrolled, counts.not_enrolled), (1, 2));
+
+        let at = now + 7 * 86_400;
+        s.schedule_forced("r.org", at, "user:admin@r.org")
+            .await
+            .unwrap();
+        let d = s.domain("r.org").await.unwrap().unwrap();
+        assert_eq!(d.policy().scheduled_forced(now), Some(at));
+        assert_eq!(
+            d.policy().scheduled_forced(at),
+            None,
+            "switched at the date"
+        );
+        // Moved to a later date.
+        s.schedule_forced("r.org", at + 86_400, "user:admin@r.org")
+            .await
+            .unwrap();
+        let d = s.domain("r.org").await.unwrap().unwrap();
+        assert_eq!(d.policy().scheduled_forced(now), Some(at + 86_400));
+
+        assert!(
+            s.cancel_scheduled_forced("r.org", "user:admin@r.org")
+                .await
+                .unwrap()
+        );
+        let d = s.domain("r.org").await.unwrap().unwrap();
+        assert_eq!((d.status, d.grace_until), (DomainStatus::Enabled, None));
+        // Nothing left to cancel; a domain Forced at once is not "scheduled".
+        assert!(!s.cancel_scheduled_forced("r.org", "cli").await.unwrap());
+        s.set_domain_status("r.org", DomainStatus::Forced, None, "cli")
+            .await
+            .unwrap();
+        assert!(!s.cancel_scheduled_forced("r.org", "cli").await.unwrap());
+        assert_eq!(
+            s.domain("r.org").await.unwrap().unwrap().status,
+            DomainStatus::Forced
+        );
+        assert!(matches!(
+            s.cancel_scheduled_forced("unknown.org", "cli").await,
+            Err(StoreError::UnknownDomain(_))
+        ));
+
+        let actions = audit_actions(s, "r.org").await;
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| a.starts_with("domain.schedule"))
+                .collect::<Vec<_>>(),
+            [
+                "domain.schedule_cancel",
+                "domain.schedule_forced",
+                "domain.schedule_forced"
+            ]
+        );
+        let statuses = events(s)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == EventKind::DomainStatus)
+            .count();
+        assert_eq!(statuses, 5, "every change re-checks live sessions");
+    });
+}
+
+#[tokio::test]
+async fn roll_out_mails_are_claimed_once_whichever_node_asks() {
+    use postern::policy::RolloutMail::{Notice, Reminder};
+    on_each_db!(|s, db| {
+        // A second node on the same database.
+        let other = Store::connect(&db.url).await.unwrap();
+        let now = postern::clock::unix_now();
+        let at = now + 10 * 86_400;
+        s.add_domain("r.org", "cli").await.unwrap();
+        s.set_domain_feature("r.org", true, "cli").await.unwrap();
+        s.schedule_forced("r.org", at, "cli").await.unwrap();
+        let ivy = s.ensure_user("ivy@r.org").await.unwrap();
+        let enrolled = s.ensure_user("e@r.org").await.unwrap();
+        s.add_second_factor(enrolled.id, FactorKind::Totp, "GEZDGNBVGY3TQOJQ", true, "t")
+            .await
+            .unwrap();
+        s.set_user_disabled("off@r.org", true, "t").await.unwrap();
+        s.ensure_user("ivy@elsewhere.org").await.unwrap();
+
+        let who = |list: Vec<postern::store::RolloutRecipient>| {
+            list.into_iter().map(|r| r.address).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            who(s.rollout_recipients("r.org", at, now).await.unwrap()),
+            ["ivy@r.org"]
+        );
+
+        // Both nodes race for ivy's notice: one wins.
+        let (a, b) = tokio::join!(
+            s.claim_rollout_mail(ivy.id, Notice, at, now),
+            other.claim_rollout_mail(ivy.id, Notice, at, now)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.is_some() != b.is_some(), "exactly one claim: {a:?} {b:?}");
+        let (claim, winner, loser) = match a {
+            Some(claim) => (claim, s, &other),
+            None => (b.unwrap(), &other, s),
+        };
+        // Held: nobody else takes it while the claim's lease runs.
+        assert!(
+            loser
+                .claim_rollout_mail(ivy.id, Notice, at, now + 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(winner.rollout_mail_sent(&claim, now).await.unwrap());
+        // Sent: never again, even once the lease would have run out.
+        let later = now + postern::store::CLAIM_LEASE_SECS + 1;
+        for node in [s, &other] {
+            assert!(
+                node.claim_rollout_mail(ivy.id, Notice, at, later)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // Before the reminder's days, ivy is nobody's work any more.
+        assert!(
+            s.rollout_recipients("r.org", at, later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let window = at - postern::policy::ROLLOUT_REMINDER_SECS;
+        let due = s.rollout_recipients("r.org", at, window).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].notice_sent_at, Some(now));
+        assert!(!due[0].reminder_done);
+
+        // A failed reminder waits for its retry time, then another node takes it.
+        let claim = other
+            .claim_rollout_mail(ivy.id, Reminder, at, window)
+            .await
+            .unwrap()
+            .expect("reminder claimed");
+        other
+            .rollout_mail_failed(&claim, window + 300)
+            .await
+            .unwrap();
+        assert!(
+            s.claim_rollout_mail(ivy.id, Reminder, at, window + 299)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let retried = s
+            .claim_rollout_mail(ivy.id, Reminder, at, window + 300)
+            .await
+            .unwrap()
+            .expect("taken again after the back-off");
+        // The first claim is void once another node took the mail.
+        assert!(!other.rollout_mail_sent(&claim, window + 301).await.unwrap());
+        assert!(s.rollout_mail_sent(&retried, window + 301).await.unwrap());
+        assert!(
+            s.rollout_recipients("r.org", at, window + 400)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // A new date is a new roll-out: ivy is due its notice again.
+        s.schedule_forced("r.org", at + 86_400, "cli")
+            .await
+            .unwrap();
+        let due = s
+            .rollout_recipients("r.org", at + 86_400, later)
+            .await
+            .unwrap();
+        assert_eq!(who(due), ["ivy@r.org"]);
+        // A skipped reminder counts as done.
+        s.skip_rollout_mail(ivy.id, Reminder, at + 86_400, later)
+            .await
+            .unwrap();
+        assert!(
+            s.claim_rollout_mail(ivy.id, Reminder, at + 86_400, later)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        other.close().await;
+    });
+}

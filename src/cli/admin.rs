@@ -101,8 +101,13 @@ pub enum DomainCommand {
         #[arg(value_name = "disabled|enabled|forced")]
         status: DomainStatus,
         /// Forced enrollment grace period, in days from now.
-        #[arg(long, value_name = "N", value_parser = days)]
+        #[arg(long, value_name = "N", value_parser = days, conflicts_with = "from")]
         grace_days: Option<i64>,
+        /// Forced from this date (YYYY-MM-DD, 00:00 UTC, or an RFC 3339
+        /// time): users without 2-Step are mailed the date and the steps, and
+        /// postern switches by itself then. Only with forced.
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
     },
     /// Make USER an administrator of DOMAIN.
     Admin {
@@ -348,6 +353,24 @@ impl Admin<'_> {
                 domain,
                 status,
                 grace_days,
+                from: Some(date),
+            } => {
+                if status != DomainStatus::Forced || grace_days.is_some() {
+                    bail!("--from goes with status forced (and without --grace-days)");
+                }
+                let at = crate::rollout::parse_forced_from(&date, unix_now())
+                    .map_err(|err| anyhow!("--from: {err}"))?;
+                self.store.schedule_forced(&domain, at, &self.actor).await?;
+                format!(
+                    "domain {domain}: status forced from {}; users without 2-Step are mailed by a running serve",
+                    rfc3339(at)?
+                )
+            }
+            DomainCommand::Status {
+                domain,
+                status,
+                grace_days,
+                from: None,
             } => {
                 let grace_until = grace_days.map(|n| unix_now() + n * DAY);
                 self.store

@@ -179,6 +179,25 @@ impl Store {
         grace_until: Option<i64>,
         actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
+        let detail = match grace_until {
+            Some(until) => format!("{status} grace_until={until}"),
+            None => status.to_string(),
+        };
+        self.change_domain_status(name, status, grace_until, "domain.status", &detail, actor)
+            .await
+    }
+
+    /// The one write of a domain's status and date, with its audit row
+    /// (`action`, `detail`) and the event that re-checks live sessions.
+    pub(super) async fn change_domain_status(
+        &self,
+        name: &str,
+        status: DomainStatus,
+        grace_until: Option<i64>,
+        action: &str,
+        detail: &str,
+        actor: &(impl AuditActor + ?Sized),
+    ) -> Result<(), StoreError> {
         let name = normalize_domain(name)?;
         let mut tx = self.begin().await?;
         let changed =
@@ -192,11 +211,7 @@ impl Store {
         if changed == 0 {
             return Err(StoreError::UnknownDomain(name));
         }
-        let detail = match grace_until {
-            Some(until) => format!("{status} grace_until={until}"),
-            None => status.to_string(),
-        };
-        insert_audit(&mut tx, actor, "domain.status", &name, &detail, None).await?;
+        insert_audit(&mut tx, actor, action, &name, detail, None).await?;
         insert_event(
             &mut tx,
             self.backend,

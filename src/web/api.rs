@@ -70,6 +70,10 @@ pub fn routes() -> Router<WebState> {
         .route("/account/app-passwords/{id}", delete(revoke_app_password))
         .route("/domain", get(domain))
         .route("/domain/two-step", post(domain_status))
+        .route(
+            "/domain/two-step/forced-from",
+            delete(domain_cancel_schedule),
+        )
         .route("/domain/users/{address}/reset", post(domain_reset))
         .route("/admin/login", post(admin_login))
         .route("/admin/domains", get(admin_domains).post(admin_add_domain))
@@ -538,6 +542,7 @@ async fn two_step(
     Ok(Json(json!({
         "enrolled": record.enrolled,
         "domain_status": ops::effective_status(domain.as_ref()),
+        "forced_from": domain.as_ref().and_then(|d| d.policy().scheduled_forced(ops::unix_now())),
         "recovery_email": recovery.map(|r| json!({ "address": r.masked, "confirmed": r.confirmed })),
         "passkeys": passkeys::list(&state, &address).await?.len(),
     }))
@@ -949,6 +954,7 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
         "status": d.status,
         "effective_status": d.policy().effective_status(),
         "grace_until": d.grace_until,
+        "forced_from": d.policy().scheduled_forced(ops::unix_now()),
     })
 }
 
@@ -981,6 +987,8 @@ async fn domain(
     Ok(Json(json!({
         "domain": domain_json(&overview.domain),
         "primary_sessions": overview.primary_sessions,
+        "enrolled_users": overview.counts.enrolled,
+        "not_enrolled_users": overview.counts.not_enrolled,
         "users": users,
     }))
     .into_response())
@@ -991,6 +999,9 @@ struct StatusBody {
     status: DomainStatus,
     #[serde(default)]
     grace_days: Option<u32>,
+    /// With `forced`: the date it takes effect (`YYYY-MM-DD` or RFC 3339).
+    #[serde(default)]
+    forced_from: Option<String>,
 }
 
 async fn domain_status(
@@ -999,7 +1010,36 @@ async fn domain_status(
     ApiJson(body): ApiJson<StatusBody>,
 ) -> ApiResult {
     let (domain, actor) = domain_admin(&state, &current).await?;
-    ops::set_domain_status(&state, &domain, body.status, body.grace_days, &actor).await?;
+    match (body.status, body.forced_from) {
+        (DomainStatus::Forced, Some(date)) => {
+            if body.grace_days.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "give forced_from or grace_days, not both",
+                ));
+            }
+            ops::schedule_forced(&state, &domain, &date, &actor).await?;
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "forced_from goes with status forced",
+            ));
+        }
+        (status, None) => {
+            ops::set_domain_status(&state, &domain, status, body.grace_days, &actor).await?;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Cancels a scheduled Forced still ahead (the domain goes back to Enabled).
+async fn domain_cancel_schedule(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let (domain, actor) = domain_admin(&state, &current).await?;
+    ops::cancel_scheduled_forced(&state, &domain, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -90,6 +90,9 @@ pub struct Inner {
     pub mail_ports: Vec<(Protocol, u16, &'static str)>,
     /// `[web] metrics_token`: required as a bearer token on `/metrics` when set.
     pub metrics_token: Option<crate::secret::Secret<String>>,
+    /// Wakes this node's roll-out mailer: a roll-out was scheduled here, or a
+    /// user it may have to mail signed in.
+    pub rollout_wake: Arc<tokio::sync::Notify>,
     /// The passkeys' relying party (from `public_url`), or why there is none.
     pub webauthn: Result<Arc<webauthn_rs::Webauthn>, String>,
 }
@@ -155,6 +158,7 @@ impl WebState {
                 .as_deref()
                 .filter(|t| !t.is_empty())
                 .map(crate::secret::Secret::from),
+            rollout_wake: runtime.rollout_wake.clone(),
             webauthn: crate::credentials::passkey::relying_party(config.web.public_url.as_deref())
                 .map(Arc::new),
         }))

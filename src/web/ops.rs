@@ -22,8 +22,8 @@ use crate::policy::{
 };
 use crate::secret::Secret;
 use crate::store::{
-    AppPasswordRecord, AuditActor, DomainRecord, FactorKind, RemoteActor, StoreError, UserRecord,
-    UserSummary, normalize_address,
+    AppPasswordRecord, AuditActor, DomainRecord, EnrollmentCounts, FactorKind, RemoteActor,
+    StoreError, UserRecord, UserSummary, normalize_address,
 };
 
 /// Why an action did not happen. `Display` is what the person sees.
@@ -371,6 +371,14 @@ async fn check_password(
         return Err(WebError::Forbidden(ACCOUNT_DISABLED.into()));
     }
     let step = decide_web_login(account.policy().as_ref(), account.state(), now);
+    // A user first seen now may be due the roll-out's notice.
+    if !account.state().enrolled
+        && account
+            .policy()
+            .is_some_and(|p| p.scheduled_forced(now).is_some())
+    {
+        state.rollout_wake.notify_one();
+    }
     LoginAttempt::new("web", "password", &address, ip).password_ok(match step {
         WebLoginStep::Done | WebLoginStep::DoneMayEnroll => "done",
         WebLoginStep::SecondStep => "second-step",
@@ -785,6 +793,10 @@ pub struct DomainOverview {
     /// forcing 2-Step would drop them (for users not enrolled, unless in grace).
     pub primary_sessions: usize,
     pub users: Vec<UserSummary>,
+    /// Users with and without 2-Step (disabled ones left out).
+    pub counts: EnrollmentCounts,
+    /// The date a scheduled Forced takes effect, while it is ahead.
+    pub scheduled_forced: Option<i64>,
 }
 
 /// The domain of a domain administrator, checked against the store each time.
@@ -816,10 +828,13 @@ pub async fn domain_overview(state: &WebState, domain: &str) -> Result<DomainOve
         .filter(|s| s.credential == "primary" && s.user_address.ends_with(&suffix))
         .count();
     let users = state.store.list_users(domain).await?;
+    let counts = state.store.enrollment_counts(domain).await?;
     Ok(DomainOverview {
+        scheduled_forced: record.policy().scheduled_forced(unix_now()),
         domain: record,
         primary_sessions,
         users,
+        counts,
     })
 }
 
@@ -846,10 +861,57 @@ pub async fn set_domain_status(
         Some(days) if days <= 365 => Some(unix_now() + i64::from(days) * 86_400),
         Some(_) => return Err(WebError::BadRequest("grace: at most 365 days".into())),
     };
-    Ok(state
+    state
         .store
         .set_domain_status(domain, status, grace_until, actor)
-        .await?)
+        .await?;
+    // A grace period is a roll-out with a date: its users are mailed too.
+    if grace_until.is_some() {
+        state.rollout_wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Schedules Forced for a date (`forced_from` as typed: `YYYY-MM-DD` or RFC
+/// 3339), or moves the date. The users without 2-Step are mailed the notice
+/// by the roll-out mailer, woken here; a send never holds this request.
+pub async fn schedule_forced(
+    state: &WebState,
+    domain: &str,
+    forced_from: &str,
+    actor: &(impl AuditActor + ?Sized),
+) -> Result<i64, WebError> {
+    let record = state
+        .store
+        .domain(domain)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    if !record.feature {
+        return Err(WebError::Forbidden(
+            "the system administrator has not turned on 2-Step Authentication for this domain"
+                .into(),
+        ));
+    }
+    let at =
+        crate::rollout::parse_forced_from(forced_from, unix_now()).map_err(WebError::BadRequest)?;
+    state.store.schedule_forced(domain, at, actor).await?;
+    state.rollout_wake.notify_one();
+    Ok(at)
+}
+
+/// Cancels a scheduled Forced still ahead: the domain goes back to Enabled.
+pub async fn cancel_scheduled_forced(
+    state: &WebState,
+    domain: &str,
+    actor: &(impl AuditActor + ?Sized),
+) -> Result<(), WebError> {
+    if state.store.cancel_scheduled_forced(domain, actor).await? {
+        Ok(())
+    } else {
+        Err(WebError::BadRequest(
+            "no switch to Forced is scheduled for this domain".into(),
+        ))
+    }
 }
 
 pub async fn reset_user(

@@ -16,6 +16,7 @@
 # Set-up the scenarios rely on:
 #   example.test: feature on, status Enabled, alice@example.test its administrator;
 #   forced.test:  feature off, status Forced, dave@forced.test its administrator;
+#   rollout.test: feature on, status Enabled, henry@rollout.test its administrator;
 #   a domain with a 60-character name (LONG_DOMAIN, passed to web.mjs);
 #   system administrator `admin` (password generated here, passed to web.mjs).
 #
@@ -141,6 +142,10 @@ admin domain admin forced.test dave@forced.test
 # A 60-character name with no hyphen to break at: tables must still fit a phone.
 LONG_DOMAIN=accountingandfinancesofthenorthernregionsoffice.example.test
 admin domain add "$LONG_DOMAIN"
+admin domain add rollout.test
+admin domain feature rollout.test on
+admin domain status rollout.test enabled
+admin domain admin rollout.test henry@rollout.test
 
 log "start postern serve (log $POSTERN_LOG)"
 RUST_LOG=${RUST_LOG:-info} "$POSTERN_BIN" serve --config "$CONFIG" </dev/null >"$POSTERN_LOG" 2>&1 &
@@ -166,5 +171,5 @@ log "scenarios (headless Chromium)"
 POSTERN_WEB=http://localhost:${POSTERN_WEB##*:} POSTERN_IMAP=$POSTERN_IMAP SMTP_SINK=$SMTP_SINK \
 SYSADMIN_NAME=admin SYSADMIN_PASSWORD=$SYSADMIN_PASSWORD LONG_DOMAIN=$LONG_DOMAIN \
 SCREENSHOTS=$SCREENSHOTS TOUR_DIR=$TOUR POSTERN_DB=$OUT/postern.db \
-    timeout --kill-after=5 200 node "$HERE/web.mjs"
+    timeout --kill-after=5 240 node "$HERE/web.mjs"
 log "all checks passed; screenshots in $SCREENSHOTS"

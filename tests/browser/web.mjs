@@ -39,9 +39,9 @@ const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch:
 
 // The whole walk is bounded (one wait for the next TOTP step is the longest part).
 const watchdog = setTimeout(() => {
-  fail('browser scenarios finish within 180 s', new Error('still running'));
+  fail('browser scenarios finish within 220 s', new Error('still running'));
   process.exit(1);
-}, 180_000);
+}, 220_000);
 
 const scenarios = [];
 const scenario = (name, run) => scenarios.push({ name, run });
@@ -703,6 +703,71 @@ scenario('a user confirms it is them with a passkey before creating an app passw
   });
   await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId });
   await cdp.detach();
+  await page.context().close();
+});
+
+// ---- a Forced roll-out scheduled for a date --------------------------------
+
+// rollout.test: feature on, status Enabled, henry its administrator (run.sh).
+const HENRY = { address: 'henry@rollout.test', password: 'henry-primary' };
+const IVY = { address: 'ivy@rollout.test', password: 'ivy-primary' };
+
+scenario('domain administrator schedules Forced for a date; users see the date and are mailed the steps', async (ctx) => {
+  const page = await newPage(ctx, DESKTOP);
+  const day = new Date(Date.now() + 14 * 86_400_000).toISOString().slice(0, 10);
+  const date = `${day} 00:00 UTC`;
+  const since = ctx.mail.messages.length;
+  const counts = async (p) => (await p.textContent('#enrollment')).replace(/\s+/g, ' ').trim();
+  await check('henry (administrator of rollout.test) opens the domain card', async () => {
+    await signIn(page, HENRY);
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+    await page.goto(`${BASE}/domain`);
+    const said = await counts(page);
+    expect(/^0 user\(s\) have set up 2-Step Authentication; 1 have not\.$/.test(said), said);
+  });
+  await check('Forced with a date asks for a confirmation naming the date and the sessions it drops', async () => {
+    await page.selectOption('#status', 'forced');
+    await page.fill('#forced_from', day);
+    await page.click('form[action="/domain/two-step"] button');
+    const main = (await page.textContent('main')).replace(/\s+/g, ' ');
+    expect(main.includes(`From ${date}, users who have not set up 2-Step Authentication`), main.trim());
+    expect(/mail session\(s\) that use a password now would be dropped/.test(main), main.trim());
+  });
+  await check('henry confirms: the card shows Forced from that date', async () => {
+    await page.click('form[action="/domain/two-step"] button');
+    expect(path_(page) === '/domain', `landed on ${path_(page)}`);
+    const effective = (await page.textContent('#effective')).replace(/\s+/g, ' ');
+    expect(effective.includes(`Forced from ${date}`), effective.trim());
+    expect(await page.inputValue('#forced_from') === day, 'the date field does not show the date');
+  });
+  await shot(page, '26-domain-rollout-scheduled');
+  const ivy = await newPage(ctx, DESKTOP);
+  await check('ivy (not enrolled) signs in with her password and /account names the date', async () => {
+    await signIn(ivy, IVY);
+    expect(path_(ivy) === '/account', `landed on ${path_(ivy)}`);
+    const notice = (await ivy.textContent('#rollout')).replace(/\s+/g, ' ');
+    expect(notice.includes(`Your domain requires 2-Step Authentication from ${date}`), notice.trim());
+  });
+  await shot(ivy, '27-account-rollout-date');
+  await check('the 2-Step page names the date too', async () => {
+    await ivy.goto(`${BASE}/account/two-step`);
+    const notice = (await ivy.textContent('#rollout')).replace(/\s+/g, ' ');
+    expect(notice.includes(`from ${date}`), notice.trim());
+  });
+  await check('ivy is mailed the notice with the date and the steps', async () => {
+    const mail = await ctx.mail.waitFor(IVY.address, { since });
+    const text = mail.data.replace(/\r\n /g, ' ').replace(/=\r\n/g, '');
+    expect(subjectOf({ data: text }).includes(`2-Step Authentication will be required from ${date}`), subjectOf({ data: text }));
+    expect(text.includes(`Sign in at ${BASE}/ with your address ${IVY.address}`), text.slice(0, 600));
+    expect(/create one for each device or mail app/.test(text), 'no app-password step');
+    return subjectOf({ data: text });
+  });
+  await check('the card now counts ivy among the users without 2-Step', async () => {
+    await page.reload();
+    const said = await counts(page);
+    expect(/^0 user\(s\) have set up 2-Step Authentication; 2 have not\.$/.test(said), said);
+  });
+  await ivy.context().close();
   await page.context().close();
 });
 

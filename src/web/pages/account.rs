@@ -12,6 +12,7 @@ use super::login::{confirm_refusal, enroll_card, recovery_card};
 use super::{UserSession, error_page, fmt_time, page, post_button, sentence, user_nav};
 use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS};
 use crate::recovery_mail::mask_address;
+use crate::rollout::format_date;
 use crate::store::FactorKind;
 use crate::web::ops::{self, CodeOutcome, ReauthOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome};
@@ -21,38 +22,72 @@ async fn chrome(
     state: &WebState,
     user: &UserSession,
 ) -> Result<(Markup, bool, DomainStatus, bool), WebError> {
+    let (nav, enrolled, status, domain_admin, _) = chrome_with_date(state, user).await?;
+    Ok((nav, enrolled, status, domain_admin))
+}
+
+/// [`chrome`], and the date a scheduled Forced takes effect while it is ahead.
+async fn chrome_with_date(
+    state: &WebState,
+    user: &UserSession,
+) -> Result<(Markup, bool, DomainStatus, bool, Option<i64>), WebError> {
     let (domain, record) = ops::user_context(state, &user.address).await?;
     let status = ops::effective_status(domain.as_ref());
+    let scheduled = domain
+        .as_ref()
+        .and_then(|d| d.policy().scheduled_forced(ops::unix_now()));
     Ok((
         user_nav(user, record.domain_admin),
         record.enrolled,
         status,
         record.domain_admin,
+        scheduled,
     ))
 }
 
-fn status_text(status: DomainStatus) -> &'static str {
-    match status {
-        DomainStatus::Disabled => "not available for your domain",
-        DomainStatus::Enabled => "available: you may turn it on",
-        DomainStatus::Forced => "required by your domain",
+fn status_text(status: DomainStatus, scheduled: Option<i64>) -> String {
+    match (status, scheduled) {
+        (DomainStatus::Forced, Some(at)) => {
+            format!("required by your domain from {}", format_date(at))
+        }
+        (DomainStatus::Disabled, _) => "not available for your domain".into(),
+        (DomainStatus::Enabled, _) => "available: you may turn it on".into(),
+        (DomainStatus::Forced, None) => "required by your domain".into(),
+    }
+}
+
+/// What a user without 2-Step is told while a switch to Forced is ahead.
+fn rollout_notice(enrolled: bool, scheduled: Option<i64>) -> Markup {
+    html! {
+        @if let (false, Some(at)) = (enrolled, scheduled) {
+            div.card #rollout {
+                p.warning {
+                    "Your domain requires 2-Step Authentication from " strong { (format_date(at)) } ". "
+                    "Turn it on before then, and create an "
+                    a href="/account/app-passwords" { "application password" }
+                    " for each mail app: from that date your password no longer works in mail apps."
+                }
+            }
+        }
     }
 }
 
 pub async fn overview(State(state): State<WebState>, user: UserSession) -> Response {
-    let (nav, enrolled, status, domain_admin) = match chrome(&state, &user).await {
-        Ok(c) => c,
-        Err(err) => return error_page(&err),
-    };
+    let (nav, enrolled, status, domain_admin, scheduled) =
+        match chrome_with_date(&state, &user).await {
+            Ok(c) => c,
+            Err(err) => return error_page(&err),
+        };
     page(
         "Account",
         nav,
         html! {
+            (rollout_notice(enrolled, scheduled))
             div.card {
                 h2 { (user.address) }
                 p { "2-Step Authentication: "
                     @if enrolled { span.ok { "on" } } @else { "off" }
-                    " (" (status_text(status)) ")." }
+                    " (" (status_text(status, scheduled)) ")." }
                 p { a href="/account/two-step" { "Manage 2-Step Authentication" } }
                 p { a href="/account/app-passwords" { "Application passwords for mail apps" } }
                 @if domain_admin { p { a href="/domain" { "Domain settings" } } }
@@ -112,7 +147,7 @@ async fn two_step_page_with(
     error_status: StatusCode,
 ) -> Response {
     let error = notes.error;
-    let (nav, enrolled, status, _) = match chrome(state, user).await {
+    let (nav, enrolled, status, _, scheduled) = match chrome_with_date(state, user).await {
         Ok(c) => c,
         Err(err) => return error_page(&err),
     };
@@ -210,6 +245,7 @@ async fn two_step_page_with(
     } else {
         StatusCode::OK
     };
+    let body = html! { (rollout_notice(enrolled, scheduled)) (body) };
     (status_code, page("2-Step Authentication", nav, body)).into_response()
 }
 

@@ -10,7 +10,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{AdminSession, UserSession, admin_nav, error_page, fmt_time, page, sentence, user_nav};
+use crate::clock::unix_now;
 use crate::policy::DomainStatus;
+use crate::rollout::format_date;
 use crate::store::{AuditFilter, RemoteActor};
 use crate::web::ops::{self, WebError};
 use crate::web::session::Auth;
@@ -50,9 +52,17 @@ pub async fn domain(State(state): State<WebState>, user: UserSession) -> Respons
                 h2 { "2-Step Authentication" }
                 @if !d.feature {
                     p.muted { "The system administrator has not turned on 2-Step Authentication for this domain, so it is Disabled. Your choice below is kept and applies once it is turned on." }
+                } @else if let Some(at) = overview.scheduled_forced {
+                    p #effective { "Effective status: " strong { "Forced from " (format_date(at)) } }
+                    p.muted { "Until then users without 2-Step Authentication keep their password in mail apps. postern e-mails each of them the date and the steps, and a reminder 3 days before; at that time it switches by itself." }
+                    form.inline method="post" action="/domain/two-step/cancel" {
+                        input type="hidden" name="csrf" value=(user.csrf);
+                        button.small type="submit" { "Cancel the switch (back to Enabled)" }
+                    }
                 } @else {
-                    p { "Effective status: " strong { (status_label(d.policy().effective_status())) } }
+                    p #effective { "Effective status: " strong { (status_label(d.policy().effective_status())) } }
                 }
+                p #enrollment { strong { (overview.counts.enrolled) } " user(s) have set up 2-Step Authentication; " strong { (overview.counts.not_enrolled) } " have not." }
                 form method="post" action="/domain/two-step" {
                     input type="hidden" name="csrf" value=(user.csrf);
                     label for="status" { "Status" }
@@ -61,9 +71,8 @@ pub async fn domain(State(state): State<WebState>, user: UserSession) -> Respons
                             option value=(s.as_str()) selected[d.status == s] { (status_label(s)) }
                         }
                     }
-                    label for="grace_days" { "Enrollment grace period for Forced (days, empty: none)" }
-                    input #grace_days type="number" name="grace_days" min="1" max="365" disabled[!d.feature];
-                    @if let Some(until) = d.grace_until { p.muted { "Current grace period ends " (fmt_time(Some(until))) "." } }
+                    label for="forced_from" { "Forced from (a date, 00:00 UTC; empty: at once)" }
+                    input #forced_from type="date" name="forced_from" min=(day_input(unix_now() + 86_400)) value=[overview.scheduled_forced.map(day_input)] disabled[!d.feature];
                     p.warning {
                         strong { "Forcing 2-Step Authentication disconnects third-party clients and devices" }
                         " that sign in with a password; users must set up 2-Step Authentication and create application passwords. Tell your users before you force it. "
@@ -100,10 +109,21 @@ pub async fn domain(State(state): State<WebState>, user: UserSession) -> Respons
     .into_response()
 }
 
+/// `YYYY-MM-DD` of a time, for a date input.
+fn day_input(at: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
 #[derive(Deserialize)]
 pub struct StatusForm {
     status: String,
     grace_days: Option<String>,
+    /// With Forced: the date it takes effect (empty: at once).
+    forced_from: Option<String>,
     /// `yes` from the confirmation page; forcing 2-Step without it changes nothing.
     confirm: Option<String>,
 }
@@ -135,12 +155,25 @@ pub async fn domain_status(
         Ok(days) => days,
         Err(err) => return error_page(&err),
     };
+    let forced_from = form
+        .forced_from
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && status == DomainStatus::Forced);
+    // Checked before the confirmation, so a past date is said at once.
+    let scheduled = match forced_from
+        .map(|text| crate::rollout::parse_forced_from(text, unix_now()))
+        .transpose()
+    {
+        Ok(at) => at,
+        Err(msg) => return error_page(&WebError::BadRequest(msg)),
+    };
     if status == DomainStatus::Forced && form.confirm.as_deref() != Some("yes") {
         let overview = match ops::domain_overview(&state, &domain).await {
             Ok(overview) => overview,
             Err(err) => return error_page(&err),
         };
-        let not_enrolled = overview.users.iter().filter(|u| !u.enrolled).count();
+        let not_enrolled = overview.counts.not_enrolled;
         let grace = days.map(|d| d.to_string()).unwrap_or_default();
         return page(
             &format!("Force 2-Step Authentication for {domain}?"),
@@ -148,7 +181,9 @@ pub async fn domain_status(
             html! {
                 div.card {
                     p.warning {
-                        @if grace.is_empty() {
+                        @if let Some(at) = scheduled {
+                            strong { "From " (format_date(at)) }
+                        } @else if grace.is_empty() {
                             strong { "At once" }
                         } @else {
                             strong { "After a grace period of " (grace) " days" }
@@ -156,12 +191,18 @@ pub async fn domain_status(
                         ", users who have not set up 2-Step Authentication (" strong { (not_enrolled) } " known) can sign in to the web only to set it up, and their password stops working in mail apps: "
                         strong { (overview.primary_sessions) } " mail session(s) that use a password now would be dropped for them."
                     }
+                    @if scheduled.is_some() {
+                        p { "postern e-mails each of them the date and the steps now, and a reminder 3 days before." }
+                    }
                     form method="post" action="/domain/two-step" {
                         input type="hidden" name="csrf" value=(user.csrf);
                         input type="hidden" name="status" value="forced";
                         input type="hidden" name="grace_days" value=(grace);
+                        input type="hidden" name="forced_from" value=(forced_from.unwrap_or(""));
                         input type="hidden" name="confirm" value="yes";
-                        button.danger type="submit" { "Force 2-Step Authentication" }
+                        button.danger type="submit" {
+                            @if scheduled.is_some() { "Schedule Forced 2-Step Authentication" } @else { "Force 2-Step Authentication" }
+                        }
                     }
                     p { a href="/domain" { "Cancel" } }
                 }
@@ -169,7 +210,25 @@ pub async fn domain_status(
         )
         .into_response();
     }
+    if let Some(text) = forced_from {
+        return match ops::schedule_forced(&state, &domain, text, &user.actor()).await {
+            Ok(_) => Redirect::to("/domain").into_response(),
+            Err(err) => error_page(&err),
+        };
+    }
     match ops::set_domain_status(&state, &domain, status, days, &user.actor()).await {
+        Ok(()) => Redirect::to("/domain").into_response(),
+        Err(err) => error_page(&err),
+    }
+}
+
+/// Cancels a scheduled switch to Forced still ahead.
+pub async fn domain_cancel_schedule(State(state): State<WebState>, user: UserSession) -> Response {
+    let (user, domain) = match domain_admin(&state, user).await {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    match ops::cancel_scheduled_forced(&state, &domain, &user.actor()).await {
         Ok(()) => Redirect::to("/domain").into_response(),
         Err(err) => error_page(&err),
     }
