@@ -24,6 +24,7 @@ use super::ops::{self, CodeOutcome, PasswordOutcome, WebError};
 use super::pages::admin_parse_since;
 use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
+use super::trusted;
 use super::{Current, SessionCookie, WebState, with_cookie};
 use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
 use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, RemoteActor};
@@ -57,8 +58,17 @@ pub fn routes() -> Router<WebState> {
             get(list_app_passwords).post(create_app_password),
         )
         .route("/account/app-passwords/{id}", delete(revoke_app_password))
+        .route(
+            "/account/trusted-browsers",
+            get(list_trusted_browsers).delete(forget_all_trusted_browsers),
+        )
+        .route(
+            "/account/trusted-browsers/{id}",
+            delete(forget_trusted_browser),
+        )
         .route("/domain", get(domain))
         .route("/domain/two-step", post(domain_status))
+        .route("/domain/trusted-browsers", post(domain_trusted_browsers))
         .route("/domain/users/{address}/reset", post(domain_reset))
         .route("/admin/login", post(admin_login))
         .route("/admin/domains", get(admin_domains).post(admin_add_domain))
@@ -182,7 +192,7 @@ fn second_step_pending(current: &Current) -> Result<(String, String), ApiError> 
         (
             id,
             WebSession {
-                auth: Auth::SecondStep { address },
+                auth: Auth::SecondStep { address, .. },
                 ..
             },
         ) => Ok((id, address)),
@@ -285,7 +295,7 @@ async fn describe(state: &WebState, session: &WebSession) -> Result<serde_json::
     });
     Ok(match &session.auth {
         Auth::Anonymous => json!({ "state": "anonymous" }),
-        Auth::SecondStep { address } => json!({ "state": "second_step", "address": address }),
+        Auth::SecondStep { address, .. } => json!({ "state": "second_step", "address": address }),
         Auth::User {
             address,
             impersonator,
@@ -350,7 +360,16 @@ async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult {
     let (id, _) = live(&current)?;
-    match ops::password_step(&state, &body.address, &body.password, current.client).await? {
+    let trusted = current.trusted.as_deref();
+    match ops::password_step(
+        &state,
+        &body.address,
+        &body.password,
+        current.client,
+        trusted,
+    )
+    .await?
+    {
         PasswordOutcome::Wrong => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "wrong address or password".into(),
@@ -366,20 +385,33 @@ struct CodeBody {
     code: String,
 }
 
+#[derive(Deserialize)]
+struct SecondStepBody {
+    code: String,
+    /// "Don't ask again on this browser for 30 days".
+    #[serde(default)]
+    remember: bool,
+}
+
 async fn login_code(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    ApiJson(body): ApiJson<CodeBody>,
+    ApiJson(body): ApiJson<SecondStepBody>,
 ) -> ApiResult {
     let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await? {
         CodeOutcome::Accepted => {
+            let trust = match body.remember {
+                true => trusted::trust_this_browser(&state, &current, &address).await,
+                false => None,
+            };
             let auth = Auth::User {
                 address,
                 impersonator: None,
             };
-            rotated_proved(&state, &id, auth, Proof::SecondFactor).await
+            let response = rotated_proved(&state, &id, auth, Proof::SecondFactor).await?;
+            Ok(trusted::attach(trust, response))
         }
         CodeOutcome::Replayed => Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -407,7 +439,13 @@ async fn login_email_code(
     let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
     let (new_id, s) = state
         .sessions
-        .rotate(&id, Auth::SecondStep { address })
+        .rotate(
+            &id,
+            Auth::SecondStep {
+                address,
+                password_tag: current.password_tag(),
+            },
+        )
         .await;
     let session = describe(&state, &s).await?;
     Ok(with_cookie(
@@ -742,6 +780,40 @@ async fn revoke_app_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+async fn list_trusted_browsers(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let list = trusted::list(&state, &user.address, &current).await?;
+    Ok(Json(list).into_response())
+}
+
+async fn forget_trusted_browser(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let cookie = trusted::forget(&state, &user.who(), id, &current).await?;
+    Ok(trusted::attach(
+        cookie,
+        StatusCode::NO_CONTENT.into_response(),
+    ))
+}
+
+async fn forget_all_trusted_browsers(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let (forgotten, cookie) = trusted::forget_all(&state, &user.who(), &current).await?;
+    Ok(trusted::attach(
+        cookie,
+        Json(json!({ "forgotten": forgotten })).into_response(),
+    ))
+}
+
 fn domain_json(d: &DomainRecord) -> serde_json::Value {
     json!({
         "domain": d.name,
@@ -749,6 +821,7 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
         "status": d.status,
         "effective_status": d.policy().effective_status(),
         "grace_until": d.grace_until,
+        "trusted_browsers": d.trusted_browsers,
     })
 }
 
@@ -801,6 +874,26 @@ async fn domain_status(
     let (domain, actor) = domain_admin(&state, &current).await?;
     ops::set_domain_status(&state, &domain, body.status, body.grace_days, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct TrustedBrowsersBody {
+    allowed: bool,
+}
+
+/// "Remember trusted browsers": turning it off forgets every trusted browser
+/// of the domain.
+async fn domain_trusted_browsers(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiJson(body): ApiJson<TrustedBrowsersBody>,
+) -> ApiResult {
+    let (domain, actor) = domain_admin(&state, &current).await?;
+    let forgotten = state
+        .store
+        .set_domain_trusted_browsers(&domain, body.allowed, &actor)
+        .await?;
+    Ok(Json(json!({ "allowed": body.allowed, "forgotten": forgotten })).into_response())
 }
 
 async fn domain_reset(

@@ -321,6 +321,7 @@ pub async fn remove(state: &WebState, who: &Requester<'_>, id: i64) -> Result<()
             .store
             .replace_backup_codes(user.id, &[], actor)
             .await?;
+        super::trusted::two_step_off(state, user.id, actor).await?;
     }
     Ok(())
 }

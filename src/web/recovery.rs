@@ -286,6 +286,7 @@ pub async fn remove_recovery_address(
             .store
             .replace_backup_codes(user.id, &[], actor)
             .await?;
+        super::trusted::two_step_off(state, user.id, actor).await?;
     }
     Ok(())
 }

@@ -52,6 +52,14 @@ pub fn routes() -> Router<WebState> {
             "/account/sign-out-everywhere",
             post(account::sign_out_everywhere),
         )
+        .route(
+            "/account/trusted-browsers/{id}/forget",
+            post(account::forget_trusted_browser),
+        )
+        .route(
+            "/account/trusted-browsers/forget-all",
+            post(account::forget_all_trusted_browsers),
+        )
         .route("/account/two-step", get(account::two_step))
         .route("/account/two-step/confirm", post(account::confirm))
         .route(
@@ -80,6 +88,10 @@ pub fn routes() -> Router<WebState> {
         )
         .route("/domain", get(admin::domain))
         .route("/domain/two-step", post(admin::domain_status))
+        .route(
+            "/domain/trusted-browsers",
+            post(admin::domain_trusted_browsers),
+        )
         .route("/domain/users/reset", post(admin::domain_reset))
         .route("/admin", get(admin::console))
         .route("/admin/login", get(admin::login_form).post(admin::login))

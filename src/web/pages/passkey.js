@@ -81,7 +81,13 @@
       },
       extensions: {},
     };
-    return call(form.dataset.finish, csrf, { ceremony: begun.ceremony, credential: credential });
+    // "Don't ask again on this browser", in the code form beside this one.
+    const remember = document.querySelector("input[name=remember]");
+    return call(form.dataset.finish, csrf, {
+      ceremony: begun.ceremony,
+      credential: credential,
+      remember: Boolean(remember && remember.checked),
+    });
   }
   function wire(form) {
     if (form.dataset.wired) return;

@@ -16,6 +16,7 @@ use crate::policy::Proof;
 use crate::web::ops::{CodeOutcome, WebError};
 use crate::web::passkeys::{self, Begun, MAX_NAME_CHARS};
 use crate::web::session::Auth;
+use crate::web::trusted;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 const SCRIPT: &str = include_str!("passkey.js");
@@ -121,6 +122,9 @@ pub struct Finish {
     #[serde(default)]
     name: String,
     credential: Value,
+    /// At sign-in: "Don't ask again on this browser for 30 days" was ticked.
+    #[serde(default)]
+    remember: bool,
 }
 
 pub async fn register_finish(
@@ -157,7 +161,7 @@ pub async fn remove(
 fn second_step(current: &Current) -> Option<(String, String)> {
     let (id, session) = current.session.as_ref()?;
     match &session.auth {
-        Auth::SecondStep { address } => Some((id.clone(), address.clone())),
+        Auth::SecondStep { address, .. } => Some((id.clone(), address.clone())),
         _ => None,
     }
 }
@@ -203,6 +207,10 @@ pub async fn login_finish(
     .await;
     match outcome {
         Ok(CodeOutcome::Accepted) => {
+            let trust = match body.remember {
+                true => trusted::trust_this_browser(&state, &current, &address).await,
+                false => None,
+            };
             let (new_id, _) = state.sessions.rotate_proved(
                 &id,
                 Auth::User {
@@ -211,9 +219,12 @@ pub async fn login_finish(
                 },
                 Proof::SecondFactor,
             ).await;
-            with_cookie(
-                SessionCookie::Set(new_id),
-                Json(json!({ "redirect": "/account" })),
+            trusted::attach(
+                trust,
+                with_cookie(
+                    SessionCookie::Set(new_id),
+                    Json(json!({ "redirect": "/account" })),
+                ),
             )
         }
         Ok(CodeOutcome::Locked) => (
