@@ -242,7 +242,8 @@ pub async fn confirm_recovery_address(
 
 /// Removes the recovery address (confirmed or being added). Not when it is the
 /// last second factor of a user whose domain forces 2-Step; removing the last
-/// factor also voids the backup codes, as turning 2-Step off does.
+/// factor also voids the backup codes and forgets the trusted browsers, as
+/// turning 2-Step off does.
 pub async fn remove_recovery_address(
     state: &WebState,
     who: &Requester<'_>,

@@ -166,5 +166,5 @@ log "scenarios (headless Chromium)"
 POSTERN_WEB=http://localhost:${POSTERN_WEB##*:} POSTERN_IMAP=$POSTERN_IMAP SMTP_SINK=$SMTP_SINK \
 SYSADMIN_NAME=admin SYSADMIN_PASSWORD=$SYSADMIN_PASSWORD LONG_DOMAIN=$LONG_DOMAIN \
 SCREENSHOTS=$SCREENSHOTS TOUR_DIR=$TOUR \
-    timeout --kill-after=5 170 node "$HERE/web.mjs"
+    timeout --kill-after=5 185 node "$HERE/web.mjs"
 log "all checks passed; screenshots in $SCREENSHOTS"
