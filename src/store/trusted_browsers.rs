@@ -240,7 +240,8 @@ impl Store {
     }
 
     /// Forgets every trusted browser of the user, audited as `actor` with
-    /// `why` ("forget all", "2-Step turned off"); returns how many there were.
+    /// `why` ("forget all", "2-Step turned off") when there was any; returns
+    /// how many there were.
     pub async fn forget_trusted_browsers(
         &self,
         user_id: i64,
@@ -250,16 +251,18 @@ impl Store {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;
         let forgotten = forget_user_browsers_in(&mut tx, user_id).await?;
-        let detail = format!("{forgotten} browsers: {why}");
-        insert_audit(
-            &mut tx,
-            actor,
-            "trusted_browser.forget_all",
-            &address,
-            &detail,
-            None,
-        )
-        .await?;
+        if forgotten > 0 {
+            let detail = format!("{forgotten} browsers: {why}");
+            insert_audit(
+                &mut tx,
+                actor,
+                "trusted_browser.forget_all",
+                &address,
+                &detail,
+                None,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(forgotten)
     }
