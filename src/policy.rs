@@ -642,6 +642,91 @@ pub fn may_remove_factor(status: DomainStatus, others_left: bool) -> bool {
     others_left || status != DomainStatus::Forced
 }
 
+/// How long a browser the user trusted at the second step may skip it
+/// ("don't ask again on this browser for 30 days", as Google offers).
+pub const TRUSTED_BROWSER_SECS: i64 = 30 * 86_400;
+
+/// What is stored about the browser a sign-in's trusted-browser cookie names,
+/// for [`decide_trusted_browser`]. The caller has already checked that the row
+/// belongs to the user signing in (another user's row vouches for nobody).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustedBrowser {
+    /// Unix seconds: the end of the 30 days.
+    pub expires_at: i64,
+    /// The primary password just accepted has the tag stored when the browser
+    /// was trusted (a different one: the password was changed upstream).
+    pub same_password: bool,
+}
+
+/// Why a trusted browser can never skip the second step again: its row is
+/// deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustVoided {
+    /// The domain administrator requires the second step on every sign-in.
+    NotAllowed,
+    Expired,
+    /// The primary password was changed (or reset) since.
+    PasswordChanged,
+}
+
+impl TrustVoided {
+    /// For the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAllowed => "not allowed by the domain",
+            Self::Expired => "expired",
+            Self::PasswordChanged => "password changed",
+        }
+    }
+}
+
+/// Whether a trusted browser lets a sign-in skip its second step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustedBrowserCheck {
+    /// Signed in without the second step.
+    Skip,
+    /// The sign-in goes on as the policy table says (no browser, or nothing to
+    /// skip); the browser's row, if any, stays.
+    NoSkip,
+    /// Ask for the second step, and forget the browser.
+    Void(TrustVoided),
+}
+
+/// May a trusted browser skip the sign-in's second step? Only where the table
+/// asks for one (`step`), for a user who is not disabled, in a domain that
+/// allows it (`domain_allows`), within the 30 days, and with the same primary
+/// password as when the browser was trusted.
+pub fn decide_trusted_browser(
+    domain_allows: bool,
+    user: UserState,
+    step: WebLoginStep,
+    browser: Option<TrustedBrowser>,
+    now: i64,
+) -> TrustedBrowserCheck {
+    let Some(browser) = browser else {
+        return TrustedBrowserCheck::NoSkip;
+    };
+    if step != WebLoginStep::SecondStep || user.disabled || !user.enrolled {
+        return TrustedBrowserCheck::NoSkip;
+    }
+    if !domain_allows {
+        TrustedBrowserCheck::Void(TrustVoided::NotAllowed)
+    } else if browser.expires_at <= now {
+        TrustedBrowserCheck::Void(TrustVoided::Expired)
+    } else if !browser.same_password {
+        TrustedBrowserCheck::Void(TrustVoided::PasswordChanged)
+    } else {
+        TrustedBrowserCheck::Skip
+    }
+}
+
+/// May the browser that just passed the second step be trusted for
+/// [`TRUSTED_BROWSER_SECS`]? Not when the domain requires the second step on
+/// every sign-in, and not for a system administrator acting as the user.
+pub fn may_trust_browser(domain_allows: bool, impersonated: bool) -> bool {
+    domain_allows && !impersonated
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1226,5 +1311,89 @@ mod tests {
                 "{status:?} {others_left}"
             );
         }
+    }
+
+    #[test]
+    fn a_trusted_browser_skips_the_second_step_only_while_nothing_changed() {
+        use TrustedBrowserCheck::*;
+        let fresh = TrustedBrowser {
+            expires_at: NOW + 1,
+            same_password: true,
+        };
+        let disabled = UserState {
+            enrolled: true,
+            disabled: true,
+        };
+        let rows = [
+            // (domain allows, user, step, browser, decision)
+            (
+                true,
+                user(true),
+                WebLoginStep::SecondStep,
+                Some(fresh),
+                Skip,
+            ),
+            (true, user(true), WebLoginStep::SecondStep, None, NoSkip),
+            (
+                false,
+                user(true),
+                WebLoginStep::SecondStep,
+                Some(fresh),
+                Void(TrustVoided::NotAllowed),
+            ),
+            (
+                true,
+                user(true),
+                WebLoginStep::SecondStep,
+                Some(TrustedBrowser {
+                    expires_at: NOW,
+                    ..fresh
+                }),
+                Void(TrustVoided::Expired),
+            ),
+            (
+                true,
+                user(true),
+                WebLoginStep::SecondStep,
+                Some(TrustedBrowser {
+                    same_password: false,
+                    ..fresh
+                }),
+                Void(TrustVoided::PasswordChanged),
+            ),
+            // Nothing to skip: the row stays for when there is.
+            (true, user(true), WebLoginStep::Done, Some(fresh), NoSkip),
+            (
+                true,
+                user(false),
+                WebLoginStep::MustEnroll,
+                Some(fresh),
+                NoSkip,
+            ),
+            (
+                true,
+                user(false),
+                WebLoginStep::DoneMayEnroll,
+                Some(fresh),
+                NoSkip,
+            ),
+            (
+                true,
+                disabled,
+                WebLoginStep::SecondStep,
+                Some(fresh),
+                NoSkip,
+            ),
+        ];
+        for (allows, who, step, browser, expected) in rows {
+            assert_eq!(
+                decide_trusted_browser(allows, who, step, browser, NOW),
+                expected,
+                "allows={allows} {who:?} {step:?} {browser:?}"
+            );
+        }
+        assert!(may_trust_browser(true, false));
+        assert!(!may_trust_browser(false, false));
+        assert!(!may_trust_browser(true, true));
     }
 }

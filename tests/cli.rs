@@ -1013,3 +1013,64 @@ fn every_positional_argument_has_help() {
         "positional arguments without help: {missing:?}"
     );
 }
+
+#[test]
+fn domain_trusted_browsers_is_switched_and_turning_it_off_forgets_them() {
+    use postern::store::NewTrustedBrowser;
+    let env = Env::new();
+    env.ok(&["admin", "domain", "add", "example.org"]);
+    env.with_store(async |store| {
+        let user = store.ensure_user("ann@example.org").await.unwrap();
+        let browser = NewTrustedBrowser {
+            id_hash: "h1",
+            browser: "Firefox on Linux",
+            password_tag: 7,
+            created_at: 1,
+            expires_at: i64::MAX,
+            replaces: None,
+        };
+        store
+            .trust_browser(user.id, &browser, "test")
+            .await
+            .unwrap();
+    });
+    let text = env.ok(&["admin", "domain", "trusted-browsers", "example.org", "off"]);
+    assert!(
+        text.contains("not allowed (1 trusted browsers forgotten)"),
+        "{text}"
+    );
+    let (allowed, left) = env.with_store(async |store| {
+        let domain = store.domain("example.org").await.unwrap().unwrap();
+        let user = store.ensure_user("ann@example.org").await.unwrap();
+        let left = store.trusted_browsers(user.id, 0).await.unwrap().len();
+        (domain.trusted_browsers, left)
+    });
+    assert!(!allowed);
+    assert_eq!(left, 0);
+    let out = env.json(&[
+        "--json",
+        "admin",
+        "domain",
+        "trusted-browsers",
+        "example.org",
+        "on",
+    ]);
+    assert_eq!(out["ok"], true);
+    let allowed = env.with_store(async |store| {
+        store
+            .domain("example.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .trusted_browsers
+    });
+    assert!(allowed);
+    let err = env.fails(&[
+        "admin",
+        "domain",
+        "trusted-browsers",
+        "nowhere.example",
+        "on",
+    ]);
+    assert!(err.contains("domain add"), "{err}");
+}

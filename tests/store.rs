@@ -1847,3 +1847,172 @@ async fn roll_out_mails_are_claimed_once_whichever_node_asks() {
         other.close().await;
     });
 }
+
+fn browser<'a>(id_hash: &'a str, expires_at: i64) -> postern::store::NewTrustedBrowser<'a> {
+    postern::store::NewTrustedBrowser {
+        id_hash,
+        browser: "Firefox on Linux",
+        password_tag: 0xbeef,
+        created_at: 1_000,
+        expires_at,
+        replaces: None,
+    }
+}
+
+#[tokio::test]
+async fn trusted_browsers_are_stored_by_hash_used_forgotten_and_swept() {
+    on_each_db!(|s| {
+        let ann = s.ensure_user("ann@example.org").await.unwrap();
+        let bob = s.ensure_user("bob@example.org").await.unwrap();
+        let id = s
+            .trust_browser(ann.id, &browser("h-ann", 5_000), "user:ann@example.org")
+            .await
+            .unwrap();
+        let stored = s.trusted_browser("h-ann").await.unwrap().unwrap();
+        assert_eq!(stored.id, id);
+        assert_eq!(stored.user_id, ann.id);
+        assert_eq!(stored.password_tag, 0xbeef);
+        assert_eq!(stored.browser, "Firefox on Linux");
+        assert_eq!(stored.last_used_at, None);
+        assert!(s.trusted_browser("h-other").await.unwrap().is_none());
+        // A hash is one browser: the same one cannot be stored twice.
+        assert!(
+            s.trust_browser(bob.id, &browser("h-ann", 5_000), "test")
+                .await
+                .is_err()
+        );
+        // Listed while not expired.
+        assert_eq!(s.trusted_browsers(ann.id, 4_999).await.unwrap().len(), 1);
+        assert!(s.trusted_browsers(ann.id, 5_000).await.unwrap().is_empty());
+        assert!(s.trusted_browsers(bob.id, 0).await.unwrap().is_empty());
+
+        s.trusted_browser_signed_in(ann.id, id, 2_000, Some("192.0.2.7"))
+            .await
+            .unwrap();
+        let used = s.trusted_browser("h-ann").await.unwrap().unwrap();
+        assert_eq!(used.last_used_at, Some(2_000));
+        // Only its owner signs in with it, and only its owner forgets it.
+        assert!(matches!(
+            s.trusted_browser_signed_in(bob.id, id, 2_000, None).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.forget_trusted_browser(bob.id, id, "forgotten", "test")
+                .await,
+            Err(StoreError::NotFound)
+        ));
+
+        // A new cookie in the same browser replaces the old row, whoever's it was.
+        let replacing = postern::store::NewTrustedBrowser {
+            replaces: Some("h-ann"),
+            ..browser("h-bob", 6_000)
+        };
+        s.trust_browser(bob.id, &replacing, "test").await.unwrap();
+        assert!(s.trusted_browser("h-ann").await.unwrap().is_none());
+
+        s.trust_browser(ann.id, &browser("h-ann2", 3_000), "test")
+            .await
+            .unwrap();
+        let kept = s
+            .trust_browser(ann.id, &browser("h-ann3", 9_000), "test")
+            .await
+            .unwrap();
+        assert_eq!(s.sweep_trusted_browsers(3_000).await.unwrap(), 1);
+        assert!(s.trusted_browser("h-ann2").await.unwrap().is_none());
+        s.forget_trusted_browser(ann.id, kept, "forgotten", "user:ann@example.org")
+            .await
+            .unwrap();
+        assert!(s.trusted_browsers(ann.id, 0).await.unwrap().is_empty());
+        assert_eq!(
+            s.forget_trusted_browsers(bob.id, "forget all", "test")
+                .await
+                .unwrap(),
+            1
+        );
+        let actions = audit_actions(s, "ann@example.org").await;
+        for action in [
+            "trusted_browser.add",
+            "web.login.trusted_browser",
+            "trusted_browser.forget",
+        ] {
+            assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+        }
+        assert!(
+            audit_actions(s, "bob@example.org")
+                .await
+                .iter()
+                .any(|a| a == "trusted_browser.forget_all")
+        );
+    });
+}
+
+#[tokio::test]
+async fn a_reset_or_the_domain_setting_forgets_trusted_browsers() {
+    on_each_db!(|s| {
+        s.add_domain("example.org", "cli").await.unwrap();
+        s.add_domain("other.org", "cli").await.unwrap();
+        let ann = s.ensure_user("ann@example.org").await.unwrap();
+        let cat = s.ensure_user("cat@example.org").await.unwrap();
+        let dan = s.ensure_user("dan@other.org").await.unwrap();
+        for (user, hash) in [(ann.id, "a"), (ann.id, "a2"), (cat.id, "c"), (dan.id, "d")] {
+            s.trust_browser(user, &browser(hash, i64::MAX), "test")
+                .await
+                .unwrap();
+        }
+        assert!(
+            s.domain("example.org")
+                .await
+                .unwrap()
+                .unwrap()
+                .trusted_browsers
+        );
+        s.reset_user("ann@example.org", "cli").await.unwrap();
+        assert!(s.trusted_browsers(ann.id, 0).await.unwrap().is_empty());
+        assert_eq!(s.trusted_browsers(cat.id, 0).await.unwrap().len(), 1);
+
+        let forgotten = s
+            .set_domain_trusted_browsers("example.org", false, "user:boss@example.org")
+            .await
+            .unwrap();
+        assert_eq!(forgotten, 1);
+        assert!(
+            !s.domain("example.org")
+                .await
+                .unwrap()
+                .unwrap()
+                .trusted_browsers
+        );
+        assert!(s.trusted_browsers(cat.id, 0).await.unwrap().is_empty());
+        // Another domain's browsers stay.
+        assert_eq!(s.trusted_browsers(dan.id, 0).await.unwrap().len(), 1);
+        // The login's read carries the setting.
+        let account = s.account("cat@example.org").await.unwrap();
+        assert!(!account.domain.unwrap().trusted_browsers);
+        assert_eq!(
+            s.set_domain_trusted_browsers("example.org", true, "cli")
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(
+            s.domain("example.org")
+                .await
+                .unwrap()
+                .unwrap()
+                .trusted_browsers
+        );
+        assert!(matches!(
+            s.set_domain_trusted_browsers("nowhere.org", false, "cli")
+                .await,
+            Err(StoreError::UnknownDomain(_))
+        ));
+        let actions = audit_actions(s, "example.org").await;
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| *a == "domain.trusted_browsers")
+                .count(),
+            2
+        );
+    });
+}

@@ -109,6 +109,14 @@ pub enum DomainCommand {
         #[arg(long, value_name = "DATE")]
         from: Option<String>,
     },
+    /// Allow or not "Don't ask again on this browser for 30 days" at the web
+    /// sign-in's second step; off forgets every browser trusted so far.
+    TrustedBrowsers {
+        /// A domain added with `domain add`.
+        domain: String,
+        /// on (allowed, the default) or off.
+        state: Switch,
+    },
     /// Make USER an administrator of DOMAIN.
     Admin {
         /// A domain added with `domain add`.
@@ -140,7 +148,7 @@ pub enum UserCommand {
         #[arg(long, value_name = "BASE32")]
         secret: String,
     },
-    /// Drop the user's second factors, backup codes and app passwords.
+    /// Drop the user's second factors, backup codes, app passwords and trusted browsers.
     Reset {
         /// The user's mailbox address.
         user: String,
@@ -384,6 +392,21 @@ impl Admin<'_> {
                     None => format!("domain {domain}: status {status}, no grace period"),
                 }
             }
+            DomainCommand::TrustedBrowsers { domain, state } => {
+                let on = state == Switch::On;
+                let forgotten = self
+                    .store
+                    .set_domain_trusted_browsers(&domain, on, &self.actor)
+                    .await?;
+                if on {
+                    format!("domain {domain}: trusted browsers allowed")
+                } else {
+                    format!(
+                        "domain {domain}: trusted browsers not allowed \
+                         ({forgotten} trusted browsers forgotten)"
+                    )
+                }
+            }
             DomainCommand::Admin { domain, user } => {
                 self.store
                     .set_domain_admin(&domain, &user, &self.actor)
@@ -411,7 +434,9 @@ impl Admin<'_> {
             }
             UserCommand::Reset { user } => {
                 self.store.reset_user(&user, &self.actor).await?;
-                format!("{user}: second factors, backup codes and app passwords removed")
+                format!(
+                    "{user}: second factors, backup codes, app passwords and trusted browsers removed"
+                )
             }
             UserCommand::Disable { user } => {
                 self.store

@@ -1,7 +1,7 @@
 //! Persistent state: the sqlx pool, the migrations runner, and one submodule per table
 //! family (domains, users and their failed logins, second factors, recovery e-mail
 //! codes, app passwords, system administrators, the audit log, the event log, the
-//! live-session table and the web sign-in sessions).
+//! live-session table, the web sign-in sessions and the trusted browsers).
 //!
 //! The store owns SQL and nothing else: it does not decide whether a login is allowed
 //! (that is [`crate::policy`]), hash passwords or talk to the network. Every change
@@ -27,6 +27,7 @@ mod rollout;
 mod schema;
 mod sessions;
 mod sysadmins;
+mod trusted_browsers;
 mod users;
 mod web_sessions;
 
@@ -55,6 +56,7 @@ pub use rollout::{CLAIM_LEASE_SECS, EnrollmentCounts, RolloutClaim, RolloutRecip
 pub use schema::{MigrationId, SchemaMismatch, SchemaStatus};
 pub use sessions::SessionRow;
 pub use sysadmins::SysadminRecord;
+pub use trusted_browsers::{NewTrustedBrowser, TrustedBrowserRecord};
 pub use users::{Account, UserRecord, UserSummary, normalize_address};
 pub use web_sessions::WebSessionRow;
 

@@ -126,6 +126,7 @@ fn domain_from_row(row: &AnyRow) -> Result<Option<DomainRecord>, StoreError> {
             status: get_parsed(row, "d_status")?,
             grace_until: row.try_get("d_grace_until")?,
             created_at: row.try_get("d_created_at")?,
+            trusted_browsers: get_flag(row, "d_trusted_browsers")?,
         }),
     })
 }
@@ -270,7 +271,7 @@ impl Store {
             "SELECT ",
             user_columns!(),
             ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
-             d.grace_until AS d_grace_until, d.created_at AS d_created_at, \
+             d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.trusted_browsers AS d_trusted_browsers, \
              f.failed_logins AS f_count, f.last_failed_at AS f_last \
              FROM (SELECT CAST($1 AS TEXT) AS address) q \
              LEFT JOIN users u ON u.address = q.address \
@@ -315,7 +316,7 @@ impl Store {
                 "SELECT ",
                 user_columns!(),
                 ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
-                 d.grace_until AS d_grace_until, d.created_at AS d_created_at \
+                 d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.trusted_browsers AS d_trusted_browsers \
                  FROM users u LEFT JOIN domains d ON d.name = $2 WHERE u.address = $1"
             ))
             .bind(&address)
@@ -394,9 +395,9 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a user's second factors, backup codes and app passwords (created if
-    /// new): the user is no longer enrolled and every app password stops working.
-    /// A guessing block is cleared too.
+    /// Removes a user's second factors, backup codes, app passwords and trusted
+    /// browsers (created if new): the user is no longer enrolled and every app
+    /// password stops working. A guessing block is cleared too.
     pub async fn reset_user(
         &self,
         address: &str,
@@ -424,10 +425,14 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let trusted_browsers =
+            super::trusted_browsers::forget_user_browsers_in(&mut tx, user.id).await?;
         login_failures::clear_in(&mut tx, &address).await?;
         super::web_sessions::end_user_web_sessions_in(&mut tx, &address).await?;
-        let detail =
-            format!("second_factors={factors} passkeys={passkeys} app_passwords={app_passwords}");
+        let detail = format!(
+            "second_factors={factors} passkeys={passkeys} app_passwords={app_passwords} \
+             trusted_browsers={trusted_browsers}"
+        );
         insert_audit(&mut tx, actor, "user.reset", &address, &detail, None).await?;
         insert_event(
             &mut tx,

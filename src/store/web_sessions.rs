@@ -22,6 +22,9 @@ pub struct WebSessionRow {
     pub subject: String,
     pub impersonator: Option<String>,
     pub csrf: String,
+    /// The primary password's 16-bit tag, kept by a session whose second step
+    /// is due (see `crate::web::trusted`).
+    pub password_tag: Option<i64>,
     /// `(primary_password | second_factor, unix seconds)`.
     pub proved: Option<(String, i64)>,
     /// Unix seconds.
@@ -41,6 +44,7 @@ fn row_to_session(row: &AnyRow) -> Result<WebSessionRow, StoreError> {
         subject: row.try_get("subject")?,
         impersonator: row.try_get("impersonator")?,
         csrf: row.try_get("csrf")?,
+        password_tag: row.try_get("password_tag")?,
         proved: proved_kind.zip(proved_at),
         created_at: row.try_get("created_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
@@ -83,8 +87,8 @@ impl Store {
         let (proved_kind, proved_at) = session.proved.clone().unzip();
         sqlx::query(
             "INSERT INTO web_sessions (id_hash, kind, subject, impersonator, csrf, \
-             proved_kind, proved_at, created_at, last_seen_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             proved_kind, proved_at, created_at, last_seen_at, expires_at, password_tag) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(id_hash)
         .bind(&session.kind)
@@ -96,6 +100,7 @@ impl Store {
         .bind(session.created_at)
         .bind(session.last_seen_at)
         .bind(session.expires_at)
+        .bind(session.password_tag)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -110,7 +115,7 @@ impl Store {
     ) -> Result<Option<WebSessionRow>, StoreError> {
         let row = sqlx::query(
             "SELECT kind, subject, impersonator, csrf, proved_kind, proved_at, created_at, \
-             last_seen_at, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
+             last_seen_at, expires_at, password_tag FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
         )
         .bind(id_hash)
         .bind(now)

@@ -25,6 +25,7 @@ use super::pages::admin_parse_since;
 use super::passkeys::{self, Begun};
 use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
+use super::trusted;
 use super::{Current, SessionCookie, WebState, with_cookie};
 use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
 use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, PasskeyRecord, RemoteActor};
@@ -68,12 +69,21 @@ pub fn routes() -> Router<WebState> {
             get(list_app_passwords).post(create_app_password),
         )
         .route("/account/app-passwords/{id}", delete(revoke_app_password))
+        .route(
+            "/account/trusted-browsers",
+            get(list_trusted_browsers).delete(forget_all_trusted_browsers),
+        )
+        .route(
+            "/account/trusted-browsers/{id}",
+            delete(forget_trusted_browser),
+        )
         .route("/domain", get(domain))
         .route("/domain/two-step", post(domain_status))
         .route(
             "/domain/two-step/forced-from",
             delete(domain_cancel_schedule),
         )
+        .route("/domain/trusted-browsers", post(domain_trusted_browsers))
         .route("/domain/users/{address}/reset", post(domain_reset))
         .route("/admin/login", post(admin_login))
         .route("/admin/domains", get(admin_domains).post(admin_add_domain))
@@ -197,7 +207,7 @@ fn second_step_pending(current: &Current) -> Result<(String, String), ApiError> 
         (
             id,
             WebSession {
-                auth: Auth::SecondStep { address },
+                auth: Auth::SecondStep { address, .. },
                 ..
             },
         ) => Ok((id, address)),
@@ -300,7 +310,7 @@ async fn describe(state: &WebState, session: &WebSession) -> Result<serde_json::
     });
     Ok(match &session.auth {
         Auth::Anonymous => json!({ "state": "anonymous" }),
-        Auth::SecondStep { address } => json!({ "state": "second_step", "address": address }),
+        Auth::SecondStep { address, .. } => json!({ "state": "second_step", "address": address }),
         Auth::User {
             address,
             impersonator,
@@ -365,7 +375,16 @@ async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult {
     let (id, _) = live(&current)?;
-    match ops::password_step(&state, &body.address, &body.password, current.client).await? {
+    let trusted = current.trusted.as_deref();
+    match ops::password_step(
+        &state,
+        &body.address,
+        &body.password,
+        current.client,
+        trusted,
+    )
+    .await?
+    {
         PasswordOutcome::Wrong => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "wrong address or password".into(),
@@ -381,32 +400,47 @@ struct CodeBody {
     code: String,
 }
 
+#[derive(Deserialize)]
+struct SecondStepBody {
+    code: String,
+    /// "Don't ask again on this browser for 30 days".
+    #[serde(default)]
+    remember: bool,
+}
+
 async fn login_code(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    ApiJson(body): ApiJson<CodeBody>,
+    ApiJson(body): ApiJson<SecondStepBody>,
 ) -> ApiResult {
     let (id, address) = second_step_pending(&current)?;
     let ip = current.ip_string();
     let outcome = ops::second_step(&state, &address, &id, &body.code, ip.as_deref()).await?;
-    second_step_done(&state, id, address, outcome).await
+    second_step_done(&state, &current, body.remember, id, address, outcome).await
 }
 
 /// The answer to a second step (a code or a passkey): on success the session
 /// is signed in under a new id.
 async fn second_step_done(
     state: &WebState,
+    current: &Current,
+    remember: bool,
     id: String,
     address: String,
     outcome: CodeOutcome,
 ) -> ApiResult {
     match outcome {
         CodeOutcome::Accepted => {
+            let trust = match remember {
+                true => trusted::trust_this_browser(state, current, &address).await,
+                false => None,
+            };
             let auth = Auth::User {
                 address,
                 impersonator: None,
             };
-            rotated_proved(state, &id, auth, Proof::SecondFactor).await
+            let response = rotated_proved(state, &id, auth, Proof::SecondFactor).await?;
+            Ok(trusted::attach(trust, response))
         }
         CodeOutcome::Replayed => Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -434,7 +468,13 @@ async fn login_email_code(
     let sent_to = recovery::send_login_code(&state, &address, ip.as_deref()).await?;
     let (new_id, s) = state
         .sessions
-        .rotate(&id, Auth::SecondStep { address })
+        .rotate(
+            &id,
+            Auth::SecondStep {
+                address,
+                password_tag: current.password_tag(),
+            },
+        )
         .await;
     let session = describe(&state, &s).await?;
     Ok(with_cookie(
@@ -456,6 +496,9 @@ fn begun(begun: Begun) -> Response {
 struct PasskeyAnswer {
     ceremony: String,
     credential: serde_json::Value,
+    /// At the second step: "Don't ask again on this browser for 30 days".
+    #[serde(default)]
+    remember: bool,
 }
 
 /// Second step with a passkey: the options for `navigator.credentials.get`.
@@ -487,7 +530,7 @@ async fn login_passkey_finish(
     .await?;
     match outcome {
         CodeOutcome::Accepted | CodeOutcome::Locked => {
-            second_step_done(&state, id, address, outcome).await
+            second_step_done(&state, &current, body.remember, id, address, outcome).await
         }
         _ => Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -947,6 +990,40 @@ async fn revoke_app_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+async fn list_trusted_browsers(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let list = trusted::list(&state, &user.address, &current).await?;
+    Ok(Json(list).into_response())
+}
+
+async fn forget_trusted_browser(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let cookie = trusted::forget(&state, &user.who(), id, &current).await?;
+    Ok(trusted::attach(
+        cookie,
+        StatusCode::NO_CONTENT.into_response(),
+    ))
+}
+
+async fn forget_all_trusted_browsers(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+) -> ApiResult {
+    let user = full_user(&state, &current).await?;
+    let (forgotten, cookie) = trusted::forget_all(&state, &user.who(), &current).await?;
+    Ok(trusted::attach(
+        cookie,
+        Json(json!({ "forgotten": forgotten })).into_response(),
+    ))
+}
+
 fn domain_json(d: &DomainRecord) -> serde_json::Value {
     json!({
         "domain": d.name,
@@ -955,6 +1032,7 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
         "effective_status": d.policy().effective_status(),
         "grace_until": d.grace_until,
         "forced_from": d.policy().scheduled_forced(ops::unix_now()),
+        "trusted_browsers": d.trusted_browsers,
     })
 }
 
@@ -1041,6 +1119,26 @@ async fn domain_cancel_schedule(
     let (domain, actor) = domain_admin(&state, &current).await?;
     ops::cancel_scheduled_forced(&state, &domain, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct TrustedBrowsersBody {
+    allowed: bool,
+}
+
+/// "Remember trusted browsers": turning it off forgets every trusted browser
+/// of the domain.
+async fn domain_trusted_browsers(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiJson(body): ApiJson<TrustedBrowsersBody>,
+) -> ApiResult {
+    let (domain, actor) = domain_admin(&state, &current).await?;
+    let forgotten = state
+        .store
+        .set_domain_trusted_browsers(&domain, body.allowed, &actor)
+        .await?;
+    Ok(Json(json!({ "allowed": body.allowed, "forgotten": forgotten })).into_response())
 }
 
 async fn domain_reset(

@@ -17,6 +17,7 @@ pub mod passkeys;
 pub mod recovery;
 pub mod session;
 pub mod sysadmin;
+pub mod trusted;
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
@@ -171,6 +172,11 @@ pub struct Current {
     /// The session named by the cookie, if it is live.
     pub session: Option<(String, WebSession)>,
     pub client: Option<SocketAddr>,
+    /// The trusted-browser cookie's id, if the browser sent one (see
+    /// [`trusted`]); nothing about it is checked yet.
+    pub trusted: Option<String>,
+    /// The `User-Agent` header, for [`Current::browser`].
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl Current {
@@ -180,6 +186,25 @@ impl Current {
 
     pub fn ip_string(&self) -> Option<String> {
         self.ip().map(|ip| ip.to_string())
+    }
+
+    /// A short description of the browser from `User-Agent`, such as
+    /// "Firefox on Linux" (see [`trusted::describe_browser`]).
+    pub fn browser(&self) -> String {
+        trusted::describe_browser(
+            self.user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        )
+    }
+
+    /// The primary password's tag kept by a session whose second step is due.
+    pub fn password_tag(&self) -> Option<u16> {
+        match self.session.as_ref().map(|(_, s)| &s.auth) {
+            Some(session::Auth::SecondStep { password_tag, .. }) => *password_tag,
+            _ => None,
+        }
     }
 }
 
@@ -192,6 +217,22 @@ pub enum SessionCookie {
 
 /// Attaches a session change to a response.
 pub fn with_cookie(cookie: SessionCookie, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(cookie);
+    response
+}
+
+/// Put on a response by a handler that trusted this browser (a new id) or
+/// forgot it.
+#[derive(Clone, Debug)]
+pub enum TrustedCookie {
+    Set(String),
+    Clear,
+}
+
+/// Attaches a trusted-browser cookie change to a response (besides any
+/// session change [`with_cookie`] attached).
+pub fn with_trusted_cookie(cookie: TrustedCookie, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
     response.extensions_mut().insert(cookie);
     response
@@ -290,12 +331,16 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let cookies = request
+    let cookies: Vec<&str> = request
         .headers()
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok());
-    let session = match session::session_id(cookies, state.secure_cookies) {
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let trusted = trusted::cookie_id(cookies.iter().copied(), state.secure_cookies);
+    let session_id = session::session_id(cookies, state.secure_cookies);
+    let user_agent = request.headers().get(header::USER_AGENT).cloned();
+    let session = match session_id {
         Some(id) => state.sessions.get(&id).await.map(|s| (id, s)),
         None => None,
     };
@@ -347,12 +392,26 @@ async fn guard(State(state): State<WebState>, request: Request, next: Next) -> R
         }
     }
     let cacheable = matches!(request.uri().path(), "/style.css" | "/passkey.js");
-    request.extensions_mut().insert(Current { session, client });
+    request.extensions_mut().insert(Current {
+        session,
+        client,
+        trusted,
+        user_agent,
+    });
     let mut response = next.run(request).await;
     if let Some(change) = response.extensions().get::<SessionCookie>().cloned() {
         let value = match change {
             SessionCookie::Set(id) => session::set_cookie(Some(&id), state.secure_cookies),
             SessionCookie::Clear => session::set_cookie(None, state.secure_cookies),
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    if let Some(change) = response.extensions().get::<TrustedCookie>().cloned() {
+        let value = match change {
+            TrustedCookie::Set(id) => trusted::set_cookie(Some(&id), state.secure_cookies),
+            TrustedCookie::Clear => trusted::set_cookie(None, state.secure_cookies),
         };
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().append(header::SET_COOKIE, value);

@@ -187,7 +187,7 @@ pub async fn reauthenticate(
     } else {
         // The sign-in's own password step, penalties and log line included.
         let right = matches!(
-            password_step(state, who.address, secret, client).await?,
+            password_step(state, who.address, secret, client, None).await?,
             PasswordOutcome::Next { .. }
         );
         if !right {
@@ -277,13 +277,16 @@ pub const ENROLL_FIRST: &str =
 pub const ACCOUNT_DISABLED: &str = "this account is disabled; ask your administrator";
 
 /// Checks the primary password upstream, then asks the policy what comes next.
+/// `trusted`: the browser's trusted-browser cookie, which may stand in for the
+/// second step (see [`super::trusted`]).
 pub async fn password_step(
     state: &WebState,
     address: &str,
     password: &str,
     client: Option<SocketAddr>,
+    trusted: Option<&str>,
 ) -> Result<PasswordOutcome, WebError> {
-    let outcome = check_password(state, address, password, client).await;
+    let outcome = check_password(state, address, password, client, trusted).await;
     super::login_counts::count(super::login_counts::password(&outcome));
     outcome
 }
@@ -293,6 +296,7 @@ async fn check_password(
     address: &str,
     password: &str,
     client: Option<SocketAddr>,
+    trusted: Option<&str>,
 ) -> Result<PasswordOutcome, WebError> {
     // Unauthenticated input: capped before it is normalised, counted or logged.
     if address.len() > MAX_ADDRESS_BYTES {
@@ -379,13 +383,22 @@ async fn check_password(
     {
         state.rollout_wake.notify_one();
     }
+    let ip_text = ip.to_string();
+    let skipped =
+        super::trusted::skips_second_step(state, &account, password, trusted, step, Some(&ip_text))
+            .await;
     LoginAttempt::new("web", "password", &address, ip).password_ok(match step {
+        _ if skipped => "trusted-browser",
         WebLoginStep::Done | WebLoginStep::DoneMayEnroll => "done",
         WebLoginStep::SecondStep => "second-step",
         WebLoginStep::MustEnroll => "must-enroll",
     });
+    let step = if skipped { WebLoginStep::Done } else { step };
     let auth = match step {
-        WebLoginStep::SecondStep => Auth::SecondStep { address },
+        WebLoginStep::SecondStep => Auth::SecondStep {
+            password_tag: Some(super::trusted::password_tag(&state.key, &address, password)),
+            address,
+        },
         WebLoginStep::Done | WebLoginStep::DoneMayEnroll | WebLoginStep::MustEnroll => Auth::User {
             address,
             impersonator: None,
@@ -684,8 +697,8 @@ pub async fn new_backup_codes(
     Ok(codes)
 }
 
-/// Turns 2-Step off for the user: removes every factor, passkey and backup code. Not while
-/// the domain forces it.
+/// Turns 2-Step off for the user: removes every factor, passkey and backup code, and
+/// forgets every trusted browser. Not while the domain forces it.
 pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebError> {
     let (domain, user) = user_context(state, who.address).await?;
     if effective_status(domain.as_ref()) == DomainStatus::Forced {
@@ -706,6 +719,7 @@ pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebEr
         .store
         .replace_backup_codes(user.id, &[], actor)
         .await?;
+    super::trusted::two_step_off(state, user.id, actor).await?;
     Ok(())
 }
 

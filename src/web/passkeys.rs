@@ -394,7 +394,8 @@ async fn other_factors(state: &WebState, user: &UserRecord) -> Result<bool, WebE
 }
 
 /// Removes one of the user's passkeys: not the last factor while the domain
-/// forces 2-Step. Removing the last factor also voids the backup codes.
+/// forces 2-Step. Removing the last factor also voids the backup codes and
+/// forgets the trusted browsers.
 pub async fn remove(state: &WebState, who: &Requester<'_>, id: i64) -> Result<(), WebError> {
     let (domain, user) = user_context(state, who.address).await?;
     let passkeys = state.store.passkeys(user.id).await?;
@@ -417,6 +418,7 @@ pub async fn remove(state: &WebState, who: &Requester<'_>, id: i64) -> Result<()
             .store
             .replace_backup_codes(user.id, &[], actor)
             .await?;
+        super::trusted::two_step_off(state, user.id, actor).await?;
     }
     Ok(())
 }

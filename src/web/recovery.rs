@@ -242,7 +242,8 @@ pub async fn confirm_recovery_address(
 
 /// Removes the recovery address (confirmed or being added). Not when it is the
 /// last second factor of a user whose domain forces 2-Step; removing the last
-/// factor also voids the backup codes, as turning 2-Step off does.
+/// factor also voids the backup codes and forgets the trusted browsers, as
+/// turning 2-Step off does.
 pub async fn remove_recovery_address(
     state: &WebState,
     who: &Requester<'_>,
@@ -286,6 +287,7 @@ pub async fn remove_recovery_address(
             .store
             .replace_backup_codes(user.id, &[], actor)
             .await?;
+        super::trusted::two_step_off(state, user.id, actor).await?;
     }
     Ok(())
 }

@@ -54,8 +54,14 @@ pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(300)
 pub enum Auth {
     /// Nobody yet: holds only a CSRF token for the login forms.
     Anonymous,
-    /// Primary password right; a TOTP or backup code is due.
-    SecondStep { address: String },
+    /// Primary password right; a TOTP or backup code is due. `password_tag`:
+    /// the primary password's 16-bit tag, with which the browser may be
+    /// trusted once the second step passes (see [`super::trusted`]); `None`
+    /// for a session stored before postern kept it.
+    SecondStep {
+        address: String,
+        password_tag: Option<u16>,
+    },
     /// Signed in as a mail user (every step the sign-in asked for passed);
     /// `impersonator` is the system administrator acting as this (domain
     /// administrator) user, if any. Whether the user may do everything or only
@@ -77,7 +83,7 @@ impl Auth {
     fn to_columns(&self) -> (&'static str, String, Option<String>) {
         match self {
             Auth::Anonymous => ("anonymous", String::new(), None),
-            Auth::SecondStep { address } => ("second_step", address.clone(), None),
+            Auth::SecondStep { address, .. } => ("second_step", address.clone(), None),
             Auth::User {
                 address,
                 impersonator,
@@ -86,10 +92,26 @@ impl Auth {
         }
     }
 
-    fn from_columns(kind: &str, subject: String, impersonator: Option<String>) -> Option<Self> {
+    /// The password tag as stored (second step only).
+    fn password_tag(&self) -> Option<i64> {
+        match self {
+            Auth::SecondStep { password_tag, .. } => password_tag.map(i64::from),
+            _ => None,
+        }
+    }
+
+    fn from_columns(
+        kind: &str,
+        subject: String,
+        impersonator: Option<String>,
+        password_tag: Option<i64>,
+    ) -> Option<Self> {
         Some(match kind {
             "anonymous" => Auth::Anonymous,
-            "second_step" => Auth::SecondStep { address: subject },
+            "second_step" => Auth::SecondStep {
+                address: subject,
+                password_tag: password_tag.and_then(|t| u16::try_from(t).ok()),
+            },
             "user" => Auth::User {
                 address: subject,
                 impersonator,
@@ -186,6 +208,7 @@ impl SessionStore {
             subject,
             impersonator,
             csrf: session.csrf.clone(),
+            password_tag: session.auth.password_tag(),
             proved: proved.map(|(p, at)| (proof_name(p).to_owned(), at)),
             created_at: now,
             last_seen_at: now,
@@ -259,7 +282,9 @@ impl SessionStore {
                 return None;
             }
         };
-        let Some(auth) = Auth::from_columns(&row.kind, row.subject, row.impersonator) else {
+        let Some(auth) =
+            Auth::from_columns(&row.kind, row.subject, row.impersonator, row.password_tag)
+        else {
             error!(kind = %row.kind, "a stored web session has an unknown kind");
             return None;
         };
@@ -325,13 +350,17 @@ impl SessionStore {
         Ok(ended)
     }
 
-    /// Deletes expired rows, every [`SWEEP_EVERY`], for as long as the node runs.
+    /// Deletes expired rows (sessions and trusted browsers), every
+    /// [`SWEEP_EVERY`], for as long as the node runs.
     pub async fn sweep_forever(self) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         loop {
             tick.tick().await;
             if let Err(err) = self.store.sweep_web_sessions(unix_now()).await {
                 error!(error = %err, "cannot sweep expired web sessions");
+            }
+            if let Err(err) = self.store.sweep_trusted_browsers(unix_now()).await {
+                error!(error = %err, "cannot sweep expired trusted browsers");
             }
         }
     }

@@ -171,5 +171,5 @@ log "scenarios (headless Chromium)"
 POSTERN_WEB=http://localhost:${POSTERN_WEB##*:} POSTERN_IMAP=$POSTERN_IMAP SMTP_SINK=$SMTP_SINK \
 SYSADMIN_NAME=admin SYSADMIN_PASSWORD=$SYSADMIN_PASSWORD LONG_DOMAIN=$LONG_DOMAIN \
 SCREENSHOTS=$SCREENSHOTS TOUR_DIR=$TOUR POSTERN_DB=$OUT/postern.db \
-    timeout --kill-after=5 240 node "$HERE/web.mjs"
+    timeout --kill-after=5 280 node "$HERE/web.mjs"
 log "all checks passed; screenshots in $SCREENSHOTS"

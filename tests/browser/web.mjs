@@ -33,15 +33,16 @@ const DAVE = { address: 'dave@forced.test', password: 'dave-primary' };
 const ERIN = { address: 'erin@forced.test', password: 'erin-primary' };
 const JUDY = { address: 'judy@example.test', password: 'judy-primary' };
 const KIM = { address: 'kim@forced.test', password: 'kim-primary' };
+const FRANK = { address: 'frank@example.test', password: 'frank-primary' };
 
 const DESKTOP = { viewport: { width: 1100, height: 800 } };
 const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
 
 // The whole walk is bounded (one wait for the next TOTP step is the longest part).
 const watchdog = setTimeout(() => {
-  fail('browser scenarios finish within 220 s', new Error('still running'));
+  fail('browser scenarios finish within 260 s', new Error('still running'));
   process.exit(1);
-}, 220_000);
+}, 260_000);
 
 const scenarios = [];
 const scenario = (name, run) => scenarios.push({ name, run });
@@ -768,6 +769,76 @@ scenario('domain administrator schedules Forced for a date; users see the date a
     expect(/^0 user\(s\) have set up 2-Step Authentication; 2 have not\.$/.test(said), said);
   });
   await ivy.context().close();
+  await page.context().close();
+});
+
+// ---- a trusted browser skips the second step ---------------------------------
+
+scenario('user trusts this browser at the second step, then forgets it', async (ctx) => {
+  const page = await newPage(ctx, DESKTOP);
+  let secret;
+  let step;
+  // example.test is Forced by now: frank enrolls before anything else, with the
+  // key shown on the page (as erin does).
+  await check('frank (example.test, Forced by now) enrolls with the key on the page', async () => {
+    await signIn(page, FRANK);
+    expect(path_(page) === '/login/enroll', `landed on ${path_(page)}`);
+    secret = (await page.textContent('.secret')).replace(/\s/g, '');
+    step = totpStep();
+    await page.fill('#code', totp(secret, step));
+    await page.click('form[action="/login/enroll"] button');
+    expect(path_(page) === '/account/two-step', `landed on ${path_(page)}`);
+  });
+  await check('the second step offers "Don\'t ask again on this browser for 30 days"', async () => {
+    await page.click('button:has-text("Sign out")');
+    await signIn(page, FRANK);
+    expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
+    expect(await page.locator('#remember').isVisible(), 'no checkbox');
+    const label = await page.textContent('label:has(#remember)');
+    expect(/Don't ask again on this browser for 30 days/.test(label), label);
+  });
+  await shot(page, '26-trust-this-browser');
+  await check('frank ticks it and signs in with a code; the browser gets its own long-lived cookie', async () => {
+    await page.check('#remember');
+    // The next step's code (one step of drift is allowed): no wait on the clock.
+    await page.fill('#code', totp(secret, step + 1));
+    await page.click('form[action="/login/code"] button');
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+    const cookie = (await page.context().cookies()).find((c) => c.name === 'postern_trusted');
+    expect(cookie, 'no postern_trusted cookie');
+    expect(cookie.httpOnly && cookie.sameSite === 'Strict', `httpOnly=${cookie.httpOnly} sameSite=${cookie.sameSite}`);
+    const days = (cookie.expires - Date.now() / 1000) / 86_400;
+    expect(days > 29.9 && days <= 30, `expires in ${days.toFixed(2)} days`);
+  });
+  await check('signed out and in again, the password alone is enough on this browser', async () => {
+    await page.click('button:has-text("Sign out")');
+    expect(path_(page) === '/login', `landed on ${path_(page)}`);
+    await signIn(page, FRANK);
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+  });
+  await check('/account lists the browser as this browser, with its last use', async () => {
+    const row = page.locator('#trusted-browsers tbody tr');
+    expect(await row.count() === 1, `${await row.count()} rows`);
+    const text = (await row.textContent()).replace(/\s+/g, ' ');
+    expect(/Chrome on Linux/.test(text) && /\(this browser\)/.test(text), text);
+    const lastUsed = await row.locator('td[data-label="Last used"]').textContent();
+    expect(!/never/.test(lastUsed), `last used: ${lastUsed}`);
+  });
+  await shot(page, '27-trusted-browsers');
+  await check('another browser is still asked for the second step', async () => {
+    const other = await newPage(ctx, DESKTOP);
+    await signIn(other, FRANK);
+    expect(path_(other) === '/login/code', `landed on ${path_(other)}`);
+    await other.context().close();
+  });
+  await check('Forget removes the browser, and the next sign-in asks for the second step again', async () => {
+    await page.click('#trusted-browsers form[action$="/forget"] button');
+    expect(path_(page) === '/account', `landed on ${path_(page)}`);
+    expect(await page.locator('#trusted-browsers tbody tr').count() === 0, 'still listed');
+    await page.click('button:has-text("Sign out")');
+    await signIn(page, FRANK);
+    expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
+  });
   await page.context().close();
 });
 

@@ -47,12 +47,15 @@ pub fn between(text: &str, start: &str, end: &str) -> String {
     text[from..from + len].to_owned()
 }
 
-/// A cookie jar of one session cookie, in front of the router.
+/// A cookie jar of one session cookie (and any other cookies, such as the
+/// trusted-browser one), in front of the router.
 pub struct Browser {
     app: Router,
     pub cookie: Option<String>,
     /// The cookie's name as the server set it (`__Host-` prefixed over https).
     pub cookie_name: String,
+    /// Cookies other than the session's, by name.
+    pub others: std::collections::BTreeMap<String, String>,
     /// The address the web app sees the requests from.
     pub client: SocketAddr,
 }
@@ -68,29 +71,43 @@ impl Browser {
             app: app.clone(),
             cookie: None,
             cookie_name: "postern_session".into(),
+            others: Default::default(),
             client: client.parse().expect("addr"),
         }
     }
 
     pub async fn send(&mut self, mut request: Request<Body>) -> Page {
         request.extensions_mut().insert(ConnectInfo(self.client));
-        if let Some(cookie) = &self.cookie {
-            request.headers_mut().insert(
-                header::COOKIE,
-                format!("{}={cookie}", self.cookie_name)
-                    .parse()
-                    .expect("cookie"),
-            );
+        let mut jar: Vec<String> = self
+            .cookie
+            .iter()
+            .map(|cookie| format!("{}={cookie}", self.cookie_name))
+            .collect();
+        jar.extend(
+            self.others
+                .iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        );
+        if !jar.is_empty() {
+            request
+                .headers_mut()
+                .insert(header::COOKIE, jar.join("; ").parse().expect("cookie"));
         }
         let response = self.app.clone().oneshot(request).await.expect("response");
         let status = response.status();
         let headers = response.headers().clone();
-        if let Some(set) = headers.get(header::SET_COOKIE) {
+        for set in headers.get_all(header::SET_COOKIE) {
             let set = set.to_str().expect("ascii");
             let (name, rest) = set.split_once('=').expect("name=value");
             let value = rest.split(';').next().unwrap_or("").to_owned();
-            self.cookie_name = name.to_owned();
-            self.cookie = (!value.is_empty()).then_some(value);
+            if name.ends_with("postern_session") {
+                self.cookie_name = name.to_owned();
+                self.cookie = (!value.is_empty()).then_some(value);
+            } else if value.is_empty() {
+                self.others.remove(name);
+            } else {
+                self.others.insert(name.to_owned(), value);
+            }
         }
         let bytes = response
             .into_body()

@@ -16,6 +16,7 @@ use crate::rollout::format_date;
 use crate::store::FactorKind;
 use crate::web::ops::{self, CodeOutcome, ReauthOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome};
+use crate::web::trusted::{self, TrustedBrowserView};
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 async fn chrome(
@@ -72,12 +73,20 @@ fn rollout_notice(enrolled: bool, scheduled: Option<i64>) -> Markup {
     }
 }
 
-pub async fn overview(State(state): State<WebState>, user: UserSession) -> Response {
+pub async fn overview(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    user: UserSession,
+) -> Response {
     let (nav, enrolled, status, domain_admin, scheduled) =
         match chrome_with_date(&state, &user).await {
             Ok(c) => c,
             Err(err) => return error_page(&err),
         };
+    let browsers = match trusted::list(&state, &user.address, &current).await {
+        Ok(list) => list,
+        Err(err) => return error_page(&err),
+    };
     page(
         "Account",
         nav,
@@ -99,9 +108,72 @@ pub async fn overview(State(state): State<WebState>, user: UserSession) -> Respo
                     "Mail apps keep working: revoke their application passwords for that." }
                 (post_button("/account/sign-out-everywhere", &user.csrf, "Sign out everywhere", ""))
             }
+            (trusted_browsers_card(&user.csrf, &browsers))
         },
     )
     .into_response()
+}
+
+/// The browsers that skip the second step ("Don't ask again on this browser").
+fn trusted_browsers_card(csrf: &str, browsers: &[TrustedBrowserView]) -> Markup {
+    html! {
+        div.card.table #trusted-browsers {
+            h2 { "Trusted browsers" }
+            p { "These browsers sign in with your password alone, without the second step, until the date shown. "
+                "Forget one you no longer use; changing your password forgets them all." }
+            @if browsers.is_empty() { p.muted { "None." } } @else {
+                table.stack {
+                    thead { tr { th { "Browser" } th { "Trusted since" } th { "Last used" } th { "Until" } th {} } }
+                    tbody {
+                        @for b in browsers {
+                            tr {
+                                td data-label="Browser" {
+                                    (b.browser)
+                                    @if b.this_browser { " " span.ok { "(this browser)" } }
+                                }
+                                td data-label="Trusted since" { (fmt_time(Some(b.created_at))) }
+                                td data-label="Last used" { (fmt_time(b.last_used_at)) }
+                                td data-label="Until" { (fmt_time(Some(b.expires_at))) }
+                                td { (post_button(&format!("/account/trusted-browsers/{}/forget", b.id), csrf, "Forget", "danger small")) }
+                            }
+                        }
+                    }
+                }
+                (post_button("/account/trusted-browsers/forget-all", csrf, "Forget all browsers", "danger"))
+            }
+        }
+    }
+}
+
+/// "Forget" one trusted browser: its next sign-in asks for the second step.
+pub async fn forget_trusted_browser(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    user: UserSession,
+    Path(id): Path<i64>,
+) -> Response {
+    match trusted::forget(&state, &user.who(), id, &current).await {
+        Ok(cookie) => trusted::attach(
+            cookie,
+            Redirect::to("/account#trusted-browsers").into_response(),
+        ),
+        Err(err) => error_page(&err),
+    }
+}
+
+/// "Forget all browsers".
+pub async fn forget_all_trusted_browsers(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    user: UserSession,
+) -> Response {
+    match trusted::forget_all(&state, &user.who(), &current).await {
+        Ok((_, cookie)) => trusted::attach(
+            cookie,
+            Redirect::to("/account#trusted-browsers").into_response(),
+        ),
+        Err(err) => error_page(&err),
+    }
 }
 
 /// "Sign out everywhere": ends every web session of the user, this one
@@ -218,7 +290,7 @@ async fn two_step_page_with(
             @if status != DomainStatus::Forced {
                 div.card {
                     h2 { "Turn off" }
-                    p { "Removes your authenticator app, passkeys, recovery e-mail and backup codes." }
+                    p { "Removes your authenticator app, passkeys, recovery e-mail and backup codes, and forgets your trusted browsers." }
                     (post_button("/account/two-step/off", &user.csrf, "Turn off 2-Step Authentication", "danger"))
                 }
             }

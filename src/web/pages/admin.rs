@@ -81,6 +81,20 @@ pub async fn domain(State(state): State<WebState>, user: UserSession) -> Respons
                     @if d.feature { button type="submit" { "Save" } }
                 }
             }
+            div.card #trusted-browsers {
+                h2 { "Remember trusted browsers" }
+                p { "At the second step users may tick “Don't ask again on this browser for 30 days”. "
+                    "Not allowed: every sign-in asks for the second step, and every browser trusted so far is forgotten." }
+                form method="post" action="/domain/trusted-browsers" {
+                    input type="hidden" name="csrf" value=(user.csrf);
+                    label for="trusted_browsers" { "Remember trusted browsers" }
+                    select #trusted_browsers name="allowed" {
+                        option value="on" selected[d.trusted_browsers] { "Allowed" }
+                        option value="off" selected[!d.trusted_browsers] { "Not allowed" }
+                    }
+                    button type="submit" { "Save" }
+                }
+            }
             div.card.table {
                 h2 { "Users" }
                 table.stack {
@@ -96,7 +110,7 @@ pub async fn domain(State(state): State<WebState>, user: UserSession) -> Respons
                                     form.inline method="post" action="/domain/users/reset" {
                                         input type="hidden" name="csrf" value=(user.csrf);
                                         input type="hidden" name="address" value=(u.address);
-                                        button.danger.small type="submit" title="Removes the user's second factors, backup codes and application passwords" { "Reset 2-Step" }
+                                        button.danger.small type="submit" title="Removes the user's second factors, backup codes, application passwords and trusted browsers" { "Reset 2-Step" }
                                     }
                                 }
                             }
@@ -235,6 +249,38 @@ pub async fn domain_cancel_schedule(State(state): State<WebState>, user: UserSes
 }
 
 #[derive(Deserialize)]
+pub struct TrustedBrowsersForm {
+    /// `on` (allowed) or `off`.
+    allowed: String,
+}
+
+/// "Remember trusted browsers: allowed / not allowed"; not allowed forgets
+/// every trusted browser of the domain.
+pub async fn domain_trusted_browsers(
+    State(state): State<WebState>,
+    user: UserSession,
+    Form(form): Form<TrustedBrowsersForm>,
+) -> Response {
+    let (user, domain) = match domain_admin(&state, user).await {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let allowed = match form.allowed.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => return error_page(&WebError::BadRequest("allowed: on or off".into())),
+    };
+    match state
+        .store
+        .set_domain_trusted_browsers(&domain, allowed, &user.actor())
+        .await
+    {
+        Ok(_) => Redirect::to("/domain#trusted-browsers").into_response(),
+        Err(err) => error_page(&WebError::from(err)),
+    }
+}
+
+#[derive(Deserialize)]
 pub struct AddressForm {
     address: String,
 }
@@ -261,7 +307,7 @@ pub async fn domain_reset(
             user_nav(&user, true),
             html! {
                 div.card {
-                    p.warning { "This removes the second factors, backup codes and application passwords of " strong { (form.address) } ". Their mail apps are disconnected and need new application passwords; if the domain forces 2-Step, they must set it up again at their next sign-in." }
+                    p.warning { "This removes the second factors, backup codes, application passwords and trusted browsers of " strong { (form.address) } ". Their mail apps are disconnected and need new application passwords; if the domain forces 2-Step, they must set it up again at their next sign-in." }
                     form method="post" action="/domain/users/reset" {
                         input type="hidden" name="csrf" value=(user.csrf);
                         input type="hidden" name="address" value=(form.address);

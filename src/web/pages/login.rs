@@ -14,6 +14,7 @@ use crate::policy::{Proof, WebLoginStep};
 use crate::web::ops::{self, CodeOutcome, PasswordOutcome, WebError};
 use crate::web::recovery::{self, ConfirmOutcome, RecoveryAddress};
 use crate::web::session::Auth;
+use crate::web::trusted;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 /// The session of this request, or a fresh anonymous one (with its cookie).
@@ -79,7 +80,16 @@ pub async fn password(
     let Some((id, session)) = &current.session else {
         return Redirect::to("/login").into_response();
     };
-    match ops::password_step(&state, &form.address, &form.password, current.client).await {
+    let trusted = current.trusted.as_deref();
+    match ops::password_step(
+        &state,
+        &form.address,
+        &form.password,
+        current.client,
+        trusted,
+    )
+    .await
+    {
         Ok(PasswordOutcome::Wrong) => (
             StatusCode::UNAUTHORIZED,
             login_page(
@@ -109,7 +119,9 @@ pub async fn password(
 fn pending_address(current: &Current) -> Option<(String, String, String)> {
     let (id, session) = current.session.as_ref()?;
     match &session.auth {
-        Auth::SecondStep { address } => Some((id.clone(), session.csrf.clone(), address.clone())),
+        Auth::SecondStep { address, .. } => {
+            Some((id.clone(), session.csrf.clone(), address.clone()))
+        }
         _ => None,
     }
 }
@@ -124,7 +136,12 @@ struct CodeNotes<'a> {
     sent: bool,
     /// The user has a passkey: offer it.
     passkey: bool,
+    /// The domain lets browsers be trusted: offer "Don't ask again".
+    remember: bool,
 }
+
+/// The second step's checkbox (see [`crate::web::trusted`]).
+pub const REMEMBER: &str = "Don't ask again on this browser for 30 days";
 
 fn code_page(csrf: &str, address: &str, notes: CodeNotes<'_>) -> Markup {
     page(
@@ -149,6 +166,10 @@ fn code_page(csrf: &str, address: &str, notes: CodeNotes<'_>) -> Markup {
                     // A backup code has letters: a full keyboard, nothing capitalised or
                     // corrected. Only digits are valid where the app's code alone is.
                     input #code type="text" name="code" inputmode="text" autocapitalize="off" autocorrect="off" spellcheck="false" autocomplete="one-time-code" required autofocus;
+                    // Also read by /passkey.js for a sign-in with a passkey.
+                    @if notes.remember {
+                        label.check { input #remember type="checkbox" name="remember" value="on"; (REMEMBER) }
+                    }
                     button type="submit" { "Verify" }
                 }
                 @if let Some(to) = notes.recovery {
@@ -179,6 +200,7 @@ pub async fn code_form(
             let notes = CodeNotes {
                 recovery: recovery.as_deref(),
                 passkey: super::passkeys::has_passkey(&state, &address).await,
+                remember: trusted::offered(&state, &address).await,
                 ..CodeNotes::default()
             };
             code_page(&csrf, &address, notes).into_response()
@@ -204,6 +226,7 @@ pub async fn email_code(
                     &id,
                     Auth::SecondStep {
                         address: address.clone(),
+                        password_tag: current.password_tag(),
                     },
                 )
                 .await;
@@ -211,6 +234,7 @@ pub async fn email_code(
                 recovery: Some(&masked),
                 sent: true,
                 passkey: super::passkeys::has_passkey(&state, &address).await,
+                remember: trusted::offered(&state, &address).await,
                 ..CodeNotes::default()
             };
             with_cookie(
@@ -225,6 +249,7 @@ pub async fn email_code(
                 error: Some(&message),
                 recovery: recovery.as_deref(),
                 passkey: super::passkeys::has_passkey(&state, &address).await,
+                remember: trusted::offered(&state, &address).await,
                 ..CodeNotes::default()
             };
             (err.status(), code_page(&csrf, &address, notes)).into_response()
@@ -237,10 +262,17 @@ pub struct CodeForm {
     code: String,
 }
 
+/// The second step's form: the code, and "Don't ask again on this browser".
+#[derive(Deserialize)]
+pub struct SecondStepForm {
+    code: String,
+    remember: Option<String>,
+}
+
 pub async fn code(
     State(state): State<WebState>,
     Extension(current): Extension<Current>,
-    Form(form): Form<CodeForm>,
+    Form(form): Form<SecondStepForm>,
 ) -> Response {
     let Some((id, csrf, address)) = pending_address(&current) else {
         return Redirect::to("/").into_response();
@@ -248,6 +280,10 @@ pub async fn code(
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &form.code, ip.as_deref()).await {
         Ok(CodeOutcome::Accepted) => {
+            let trust = match form.remember {
+                Some(_) => trusted::trust_this_browser(&state, &current, &address).await,
+                None => None,
+            };
             let (new_id, _) = state
                 .sessions
                 .rotate_proved(
@@ -259,7 +295,10 @@ pub async fn code(
                     Proof::SecondFactor,
                 )
                 .await;
-            with_cookie(SessionCookie::Set(new_id), Redirect::to("/account"))
+            trusted::attach(
+                trust,
+                with_cookie(SessionCookie::Set(new_id), Redirect::to("/account")),
+            )
         }
         Ok(outcome) => {
             let message = match outcome {
@@ -275,6 +314,7 @@ pub async fn code(
                 error: Some(message),
                 recovery: recovery.as_deref(),
                 passkey: super::passkeys::has_passkey(&state, &address).await,
+                remember: trusted::offered(&state, &address).await,
                 ..CodeNotes::default()
             };
             (StatusCode::UNAUTHORIZED, code_page(&csrf, &address, notes)).into_response()

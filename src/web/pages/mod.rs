@@ -65,6 +65,14 @@ pub fn routes() -> Router<WebState> {
             "/account/sign-out-everywhere",
             post(account::sign_out_everywhere),
         )
+        .route(
+            "/account/trusted-browsers/{id}/forget",
+            post(account::forget_trusted_browser),
+        )
+        .route(
+            "/account/trusted-browsers/forget-all",
+            post(account::forget_all_trusted_browsers),
+        )
         .route("/account/two-step", get(account::two_step))
         .route("/account/two-step/confirm", post(account::confirm))
         .route(
@@ -96,6 +104,10 @@ pub fn routes() -> Router<WebState> {
         .route(
             "/domain/two-step/cancel",
             post(admin::domain_cancel_schedule),
+        )
+        .route(
+            "/domain/trusted-browsers",
+            post(admin::domain_trusted_browsers),
         )
         .route("/domain/users/reset", post(admin::domain_reset))
         .route("/admin", get(admin::console))

@@ -83,7 +83,14 @@
       extensions: {},
     };
     const next = form.querySelector("[name=next]");
-    return call(form.dataset.finish, csrf, { ceremony: begun.ceremony, credential: credential, next: next ? next.value : "" });
+    // "Don't ask again on this browser", in the code form beside this one.
+    const remember = document.querySelector("input[name=remember]");
+    return call(form.dataset.finish, csrf, {
+      ceremony: begun.ceremony,
+      credential: credential,
+      next: next ? next.value : "",
+      remember: Boolean(remember && remember.checked),
+    });
   }
   function wire(form) {
     if (form.dataset.wired) return;

@@ -18,6 +18,7 @@ use crate::policy::Proof;
 use crate::web::ops::{CodeOutcome, ReauthOutcome, WebError};
 use crate::web::passkeys::{self, Begun, MAX_NAME_CHARS};
 use crate::web::session::Auth;
+use crate::web::trusted;
 use crate::web::{Current, SessionCookie, WebState, with_cookie};
 
 const SCRIPT: &str = include_str!("passkey.js");
@@ -164,6 +165,9 @@ pub struct Finish {
     /// Where "Confirm it is you" sends the browser back to.
     #[serde(default)]
     next: String,
+    /// At sign-in: "Don't ask again on this browser for 30 days" was ticked.
+    #[serde(default)]
+    remember: bool,
 }
 
 pub async fn register_finish(
@@ -294,7 +298,7 @@ pub async fn remove(
 fn second_step(current: &Current) -> Option<(String, String)> {
     let (id, session) = current.session.as_ref()?;
     match &session.auth {
-        Auth::SecondStep { address } => Some((id.clone(), address.clone())),
+        Auth::SecondStep { address, .. } => Some((id.clone(), address.clone())),
         _ => None,
     }
 }
@@ -340,6 +344,10 @@ pub async fn login_finish(
     .await;
     match outcome {
         Ok(CodeOutcome::Accepted) => {
+            let trust = match body.remember {
+                true => trusted::trust_this_browser(&state, &current, &address).await,
+                false => None,
+            };
             let (new_id, _) = state
                 .sessions
                 .rotate_proved(
@@ -351,9 +359,12 @@ pub async fn login_finish(
                     Proof::SecondFactor,
                 )
                 .await;
-            with_cookie(
-                SessionCookie::Set(new_id),
-                Json(json!({ "redirect": "/account" })),
+            trusted::attach(
+                trust,
+                with_cookie(
+                    SessionCookie::Set(new_id),
+                    Json(json!({ "redirect": "/account" })),
+                ),
             )
         }
         Ok(CodeOutcome::Locked) => locked(),
