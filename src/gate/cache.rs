@@ -156,6 +156,7 @@ mod tests {
                     status: DomainStatus::Enabled,
                     grace_until: None,
                     created_at: 0,
+                    notices_off: Default::default(),
                 }),
                 user: Some(UserRecord {
                     id: 7,

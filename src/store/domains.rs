@@ -8,6 +8,7 @@ use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::users::{ensure_user_in, normalize_address};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
+use crate::notices::NoticeKinds;
 use crate::policy::{DomainPolicy, DomainStatus};
 
 /// A domain as stored.
@@ -22,6 +23,8 @@ pub struct DomainRecord {
     /// End of the Forced enrollment grace period (Unix seconds).
     pub grace_until: Option<i64>,
     pub created_at: i64,
+    /// The security notices the domain administrator turned off.
+    pub notices_off: NoticeKinds,
 }
 
 impl DomainRecord {
@@ -35,7 +38,7 @@ impl DomainRecord {
     }
 }
 
-/// Decodes `name, feature, status, grace_until, created_at`.
+/// Decodes `name, feature, status, grace_until, created_at, notices_off`.
 pub(crate) fn domain_from_row(row: &AnyRow) -> Result<DomainRecord, StoreError> {
     Ok(DomainRecord {
         name: row.try_get("name")?,
@@ -43,6 +46,7 @@ pub(crate) fn domain_from_row(row: &AnyRow) -> Result<DomainRecord, StoreError> 
         status: get_parsed(row, "status")?,
         grace_until: row.try_get("grace_until")?,
         created_at: row.try_get("created_at")?,
+        notices_off: get_parsed(row, "notices_off")?,
     })
 }
 
@@ -119,7 +123,7 @@ impl Store {
     pub async fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
         let name = normalize_domain(name)?;
         let row = sqlx::query(
-            "SELECT name, feature, status, grace_until, created_at FROM domains WHERE name = $1",
+            "SELECT name, feature, status, grace_until, created_at, notices_off FROM domains WHERE name = $1",
         )
         .bind(&name)
         .fetch_optional(&self.pool)
@@ -130,7 +134,7 @@ impl Store {
     /// Every known domain, sorted by name.
     pub async fn list_domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, feature, status, grace_until, created_at FROM domains ORDER BY name",
+            "SELECT name, feature, status, grace_until, created_at, notices_off FROM domains ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -11,6 +11,7 @@ use super::events::{EventKind, insert_event};
 use super::login_failures::{self, LoginFailures};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
 use crate::address::Address;
+use crate::notices::NoticeKind;
 use crate::policy::UserState;
 
 /// The user columns plus the derived `enrolled`, for a `users u` query.
@@ -126,6 +127,7 @@ fn domain_from_row(row: &AnyRow) -> Result<Option<DomainRecord>, StoreError> {
             status: get_parsed(row, "d_status")?,
             grace_until: row.try_get("d_grace_until")?,
             created_at: row.try_get("d_created_at")?,
+            notices_off: get_parsed(row, "d_notices_off")?,
         }),
     })
 }
@@ -270,7 +272,7 @@ impl Store {
             "SELECT ",
             user_columns!(),
             ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
-             d.grace_until AS d_grace_until, d.created_at AS d_created_at, \
+             d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.notices_off AS d_notices_off, \
              f.failed_logins AS f_count, f.last_failed_at AS f_last \
              FROM (SELECT CAST($1 AS TEXT) AS address) q \
              LEFT JOIN users u ON u.address = q.address \
@@ -315,7 +317,7 @@ impl Store {
                 "SELECT ",
                 user_columns!(),
                 ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
-                 d.grace_until AS d_grace_until, d.created_at AS d_created_at \
+                 d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.notices_off AS d_notices_off \
                  FROM users u LEFT JOIN domains d ON d.name = $2 WHERE u.address = $1"
             ))
             .bind(&address)
@@ -405,6 +407,19 @@ impl Store {
         let address = normalize_address(address)?;
         let mut tx = self.begin().await?;
         let user = ensure_user_in(&mut tx, &address).await?;
+        if user.enrolled {
+            // Queued first, so that the recovery addresses about to go hear of it.
+            super::notices::enqueue_in(
+                &mut tx,
+                self.backend,
+                &address,
+                NoticeKind::TwoStepOff,
+                "every second factor, passkey, backup code and application password",
+                actor,
+                &[],
+            )
+            .await?;
+        }
         let factors = sqlx::query("DELETE FROM second_factors WHERE user_id = $1")
             .bind(user.id)
             .execute(&mut *tx)

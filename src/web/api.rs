@@ -25,6 +25,7 @@ use super::pages::admin_parse_since;
 use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::{Current, SessionCookie, WebState, with_cookie};
+use crate::notices::{NoticeKind, NoticeKinds};
 use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
 use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, RemoteActor};
 
@@ -59,6 +60,7 @@ pub fn routes() -> Router<WebState> {
         .route("/account/app-passwords/{id}", delete(revoke_app_password))
         .route("/domain", get(domain))
         .route("/domain/two-step", post(domain_status))
+        .route("/domain/notices", post(domain_notices))
         .route("/domain/users/{address}/reset", post(domain_reset))
         .route("/admin/login", post(admin_login))
         .route("/admin/domains", get(admin_domains).post(admin_add_domain))
@@ -749,7 +751,17 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
         "status": d.status,
         "effective_status": d.policy().effective_status(),
         "grace_until": d.grace_until,
+        "notices": notices_json(d.notices_off),
     })
+}
+
+/// Every notice kind, sent (true) or turned off (false).
+fn notices_json(off: NoticeKinds) -> serde_json::Value {
+    NoticeKind::ALL
+        .iter()
+        .map(|k| (k.as_str().to_owned(), json!(!off.contains(*k))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 async fn domain_admin(
@@ -801,6 +813,46 @@ async fn domain_status(
     let (domain, actor) = domain_admin(&state, &current).await?;
     ops::set_domain_status(&state, &domain, body.status, body.grace_days, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct NoticesBody {
+    #[serde(default)]
+    off: Vec<String>,
+    #[serde(default)]
+    on: Vec<String>,
+}
+
+async fn domain_notices(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiJson(body): ApiJson<NoticesBody>,
+) -> ApiResult {
+    let (domain, actor) = domain_admin(&state, &current).await?;
+    let parse = |names: &[String]| -> Result<Vec<NoticeKind>, WebError> {
+        names
+            .iter()
+            .map(|n| n.parse::<NoticeKind>().map_err(WebError::BadRequest))
+            .collect()
+    };
+    let (off, on) = (parse(&body.off)?, parse(&body.on)?);
+    if let Some(both) = off.iter().find(|k| on.contains(k)) {
+        return Err(WebError::BadRequest(format!("{both} is in both off and on")).into());
+    }
+    let record = state
+        .store
+        .domain(&domain)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let mut set = record.notices_off;
+    for kind in off {
+        set = set.with(kind);
+    }
+    for kind in on {
+        set = set.without(kind);
+    }
+    ops::set_domain_notices(&state, &domain, set, &actor).await?;
+    Ok(Json(json!({ "notices": notices_json(set) })).into_response())
 }
 
 async fn domain_reset(

@@ -356,7 +356,7 @@ async fn check_password(
     })?;
     if !right {
         if state.penalties.failed(ip, &address, attempt).await {
-            state.gate.count_login_failure(&address, now).await;
+            state.gate.count_login_failure(&address, now, ip).await;
         }
         LoginAttempt::new("web", "password", &address, ip).refused("upstream-refused");
         return Ok(PasswordOutcome::Wrong);
@@ -686,19 +686,10 @@ pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebEr
         ));
     }
     authorize(&user, who, SensitiveAction::TurnOff)?;
-    let actor = &who.actor();
-    for factor in state.store.second_factors(user.id).await? {
-        state
-            .store
-            .remove_second_factor(user.id, factor.id, actor)
-            .await?;
-    }
-    super::passkeys::remove_all(state, who, user.id).await?;
-    state
+    Ok(state
         .store
-        .replace_backup_codes(user.id, &[], actor)
-        .await?;
-    Ok(())
+        .turn_off_two_step(user.id, &who.actor())
+        .await?)
 }
 
 /// Scopes from the three checkboxes.
@@ -850,6 +841,16 @@ pub async fn set_domain_status(
         .store
         .set_domain_status(domain, status, grace_until, actor)
         .await?)
+}
+
+/// Sets which security notices the domain's users are not sent.
+pub async fn set_domain_notices(
+    state: &WebState,
+    domain: &str,
+    off: crate::notices::NoticeKinds,
+    actor: &(impl AuditActor + ?Sized),
+) -> Result<(), WebError> {
+    Ok(state.store.set_domain_notices(domain, off, actor).await?)
 }
 
 pub async fn reset_user(

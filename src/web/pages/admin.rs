@@ -10,6 +10,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{AdminSession, UserSession, admin_nav, error_page, fmt_time, page, sentence, user_nav};
+use crate::notices::{NoticeKind, NoticeKinds};
 use crate::policy::DomainStatus;
 use crate::store::{AuditFilter, RemoteActor};
 use crate::web::ops::{self, WebError};
@@ -70,6 +71,22 @@ pub async fn domain(State(state): State<WebState>, user: UserSession) -> Respons
                         "Right now " strong { (overview.primary_sessions) } " mail session(s) of this domain use a password and would be dropped for users who are not enrolled."
                     }
                     @if d.feature { button type="submit" { "Save" } }
+                }
+            }
+            div.card {
+                h2 { "Security notices" }
+                p.muted { "postern e-mails a user (their mailbox and confirmed recovery address) when one of these happens to their account: what, when and from which address, never a password or code; at most 10 an hour per user. Untick a kind to stop sending it to this domain's users." }
+                form method="post" action="/domain/notices" {
+                    input type="hidden" name="csrf" value=(user.csrf);
+                    @for kind in NoticeKind::ALL {
+                        div {
+                            label.check {
+                                input type="checkbox" name=(kind.as_str()) value="on" checked[!d.notices_off.contains(kind)];
+                                " " (kind.label())
+                            }
+                        }
+                    }
+                    button type="submit" { "Save notices" }
                 }
             }
             div.card.table {
@@ -170,6 +187,27 @@ pub async fn domain_status(
         .into_response();
     }
     match ops::set_domain_status(&state, &domain, status, days, &user.actor()).await {
+        Ok(()) => Redirect::to("/domain").into_response(),
+        Err(err) => error_page(&err),
+    }
+}
+
+/// The notices card: a ticked kind is sent, an unticked one is not (a form
+/// sends only the ticked boxes).
+pub async fn domain_notices(
+    State(state): State<WebState>,
+    user: UserSession,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let (user, domain) = match domain_admin(&state, user).await {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let off = NoticeKind::ALL
+        .into_iter()
+        .filter(|kind| !fields.iter().any(|(name, _)| name == kind.as_str()))
+        .fold(NoticeKinds::NONE, NoticeKinds::with);
+    match ops::set_domain_notices(&state, &domain, off, &user.actor()).await {
         Ok(()) => Redirect::to("/domain").into_response(),
         Err(err) => error_page(&err),
     }

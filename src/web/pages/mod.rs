@@ -80,6 +80,7 @@ pub fn routes() -> Router<WebState> {
         )
         .route("/domain", get(admin::domain))
         .route("/domain/two-step", post(admin::domain_status))
+        .route("/domain/notices", post(admin::domain_notices))
         .route("/domain/users/reset", post(admin::domain_reset))
         .route("/admin", get(admin::console))
         .route("/admin/login", get(admin::login_form).post(admin::login))
