@@ -205,20 +205,28 @@ impl Store {
         timeout: i64,
         limit: i64,
     ) -> Result<Vec<QueuedNotice>, StoreError> {
-        // On PostgreSQL a row another sender is claiming is skipped, and the
-        // outer conditions are checked again on the row as it is updated.
-        let pick = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
+        let sql = match self.backend {
+            // The rows are picked once (a locking CTE is evaluated once), a
+            // row another sender is claiming is skipped, and the conditions
+            // are checked again on the row as it is updated.
+            Backend::Postgres => format!(
+                "WITH picked AS (SELECT id AS pick_id FROM notices WHERE state = 'queued' \
+                     AND next_attempt_at <= $2 AND (claimed_at IS NULL OR claimed_at <= $3) \
+                     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 UPDATE notices SET claim = $1, claimed_at = $2, attempts = attempts + 1 \
+                 FROM picked WHERE id = pick_id \
+                 AND state = 'queued' AND (claimed_at IS NULL OR claimed_at <= $3) \
+                 RETURNING {COLUMNS}"
+            ),
+            // One writer at a time: the statement sees no other claim.
+            Backend::Sqlite => format!(
+                "UPDATE notices SET claim = $1, claimed_at = $2, attempts = attempts + 1 \
+                 WHERE id IN (SELECT id FROM notices WHERE state = 'queued' \
+                     AND next_attempt_at <= $2 AND (claimed_at IS NULL OR claimed_at <= $3) \
+                     ORDER BY id LIMIT $4) \
+                 RETURNING {COLUMNS}"
+            ),
         };
-        let sql = format!(
-            "UPDATE notices SET claim = $1, claimed_at = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM notices WHERE state = 'queued' \
-                 AND next_attempt_at <= $2 AND (claimed_at IS NULL OR claimed_at <= $3) \
-                 ORDER BY id LIMIT $4 {pick}) \
-             AND state = 'queued' AND (claimed_at IS NULL OR claimed_at <= $3) \
-             RETURNING {COLUMNS}"
-        );
         // Only the fixed words above are formatted in; every value is bound.
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(claim)
