@@ -90,7 +90,7 @@ write_cert() {
 write_users() {
     local dir=$1 u local_part domain
     : > "$dir/users"
-    for u in alice@example.test bob@example.test carol@example.test dave@forced.test erin@forced.test; do
+    for u in alice@example.test bob@example.test carol@example.test dave@forced.test erin@forced.test grace@example.test; do
         local_part=${u%@*}
         domain=${u#*@}
         echo "$u:{PLAIN}$local_part-primary::::::" >> "$dir/users"
