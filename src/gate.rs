@@ -341,12 +341,7 @@ impl Gate {
         let ip = ip.to_string();
         if let Err(err) = self
             .store
-            .count_login_failure_from(
-                user,
-                now,
-                penalty::forget_failures_before(now),
-                Some(&ip),
-            )
+            .count_login_failure_from(user, now, penalty::forget_failures_before(now), Some(&ip))
             .await
         {
             tracing::warn!(error = %err, "could not count a failed login");

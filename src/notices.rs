@@ -153,7 +153,9 @@ impl NoticeKinds {
 
     /// The kinds in the set, in [`NoticeKind::ALL`]'s order.
     pub fn iter(self) -> impl Iterator<Item = NoticeKind> {
-        NoticeKind::ALL.into_iter().filter(move |k| self.contains(*k))
+        NoticeKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
     }
 }
 
@@ -211,8 +213,6 @@ fn who(notice: &QueuedNotice) -> String {
         "someone signed in to your account (you, if you did this)".to_owned()
     } else if notice.actor.starts_with("sysadmin:") {
         "a system administrator".to_owned()
-    } else if notice.actor == "system" {
-        "postern itself".to_owned()
     } else {
         "an administrator".to_owned()
     }
@@ -262,7 +262,10 @@ pub fn compose(notice: &QueuedNotice) -> (String, String) {
         ),
         NoticeKind::FactorAdded => (
             "A second factor was added to your account".to_owned(),
-            format!("{} was added as a second factor of {account}.", capital(detail)),
+            format!(
+                "{} was added as a second factor of {account}.",
+                capital(detail)
+            ),
             "someone who can sign in as you added a way in that they control: sign in, \
              remove it, change your password, and tell your administrator.",
         ),
@@ -315,14 +318,18 @@ pub fn compose(notice: &QueuedNotice) -> (String, String) {
              administrator.",
         ),
     };
-    let mut body = format!("{what}\n\nWhen: {}\nBy: {}\n", when(notice.created_at), who(notice));
+    let mut body = format!("{what}\n\nWhen: {}\n", when(notice.created_at));
+    // A block is nobody's deed but the failed logins'.
+    if notice.kind != NoticeKind::AccountBlocked {
+        body.push_str(&format!("By: {}\n", who(notice)));
+    }
     if let Some(ip) = &notice.ip {
         body.push_str(&format!("From the address: {ip}\n"));
     }
     body.push_str(&format!(
         "\nIf this was you, there is nothing to do.\nIf it was not you: {if_not_you}\n\n\
-         This message was sent automatically to {account} and its recovery address. \
-         It never contains a code or a link; do not answer it.\n"
+         This message about {account} was sent automatically to its mailbox and \
+         recovery address. It never contains a code or a link; do not answer it.\n"
     ));
     (subject, body)
 }
@@ -393,7 +400,11 @@ impl NoticeSender {
     ) -> Result<(), StoreError> {
         let (subject, body) = compose(notice);
         let kind = notice.kind.as_str();
-        match self.mailer.send_text(&notice.recipient, &subject, body).await {
+        match self
+            .mailer
+            .send_text(&notice.recipient, &subject, body)
+            .await
+        {
             Ok(()) => {
                 self.store.notice_sent(notice.id, claim).await?;
                 count(kind, "sent");

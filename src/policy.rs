@@ -577,7 +577,6 @@ pub fn may_remove_factor(status: DomainStatus, others_left: bool) -> bool {
     others_left || status != DomainStatus::Forced
 }
 
-
 /// Security notices a user may be sent in an hour; past it they are not sent.
 pub const NOTICES_PER_HOUR: i64 = 10;
 
@@ -618,15 +617,29 @@ mod tests {
         use crate::notices::{NoticeKind::*, NoticeKinds};
         let off = NoticeKinds::NONE.with(AppPasswordCreated);
         for (off, kind, last_hour, expected) in [
-            (NoticeKinds::NONE, AppPasswordCreated, 0, NoticeDecision::Queue),
+            (
+                NoticeKinds::NONE,
+                AppPasswordCreated,
+                0,
+                NoticeDecision::Queue,
+            ),
             (NoticeKinds::NONE, AccountBlocked, 9, NoticeDecision::Queue),
-            (NoticeKinds::NONE, TwoStepOff, 10, NoticeDecision::RateLimited),
+            (
+                NoticeKinds::NONE,
+                TwoStepOff,
+                10,
+                NoticeDecision::RateLimited,
+            ),
             (off, AppPasswordCreated, 0, NoticeDecision::TurnedOff),
             (off, AppPasswordCreated, 50, NoticeDecision::TurnedOff),
             (off, AppPasswordRevoked, 0, NoticeDecision::Queue),
             (off, AppPasswordRevoked, 11, NoticeDecision::RateLimited),
         ] {
-            assert_eq!(decide_notice(off, kind, last_hour), expected, "{kind} {last_hour}");
+            assert_eq!(
+                decide_notice(off, kind, last_hour),
+                expected,
+                "{kind} {last_hour}"
+            );
         }
     }
 

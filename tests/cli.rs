@@ -214,7 +214,14 @@ fn security_notices_are_turned_off_and_on_per_domain() {
         "backup-codes",
     ]);
     assert!(err.contains("both"), "{err}");
-    let err = env.fails(&["admin", "domain", "notices", "nowhere.example", "--off", "backup-codes"]);
+    let err = env.fails(&[
+        "admin",
+        "domain",
+        "notices",
+        "nowhere.example",
+        "--off",
+        "backup-codes",
+    ]);
     assert!(err.contains("domain add"), "{err}");
     let audit = env.ok(&["admin", "audit"]);
     assert!(audit.contains("domain.notices"), "{audit}");

@@ -113,7 +113,9 @@ fn assert_one_notice(sent: &[(String, ReceivedMail)], expected: &str) {
         to,
         BTreeSet::from([ALICE, RECOVERY]),
         "{expected}: {:?}",
-        sent.iter().map(|(t, m)| (t, subject(m))).collect::<Vec<_>>()
+        sent.iter()
+            .map(|(t, m)| (t, subject(m)))
+            .collect::<Vec<_>>()
     );
     assert_eq!(sent.len(), 2, "{expected}");
     for (_, mail) in sent {
@@ -155,7 +157,7 @@ async fn sign_in(w: &World) -> (Browser, String) {
 
 #[tokio::test]
 async fn an_app_password_created_on_the_web_is_told_to_the_mailbox_and_recovery_address_without_it()
- {
+{
     let w = world().await;
     let mut sink = SmtpSink::start().await;
     let sender = sender(w.gateway.store(), &sink.addr.to_string());
@@ -163,7 +165,10 @@ async fn an_app_password_created_on_the_web_is_told_to_the_mailbox_and_recovery_
     w.gateway.enroll(ALICE).await;
     let added = deliver(&sender, &mut sink).await;
     assert_one_notice(&added, "A second factor was added to your account");
-    assert!(!added[0].1.data.contains(SECRET), "the TOTP secret is never sent");
+    assert!(
+        !added[0].1.data.contains(SECRET),
+        "the TOTP secret is never sent"
+    );
 
     let (mut browser, csrf) = sign_in(&w).await;
     let page = browser
@@ -185,7 +190,8 @@ async fn an_app_password_created_on_the_web_is_told_to_the_mailbox_and_recovery_
     for (_, mail) in &sent {
         assert!(mail.data.contains("\"Kitchen tablet\""), "{}", mail.data);
         assert!(
-            mail.data.contains(&format!("From the address: {client_ip}")),
+            mail.data
+                .contains(&format!("From the address: {client_ip}")),
             "{}",
             mail.data
         );
@@ -225,7 +231,12 @@ async fn every_kind_of_change_is_told_once_to_the_mailbox_and_the_recovery_addre
         .expect("confirm");
     let sent = deliver(&sender, &mut sink).await;
     assert_one_notice(&sent, "A second factor was added to your account");
-    assert!(sent[0].1.data.contains("An authenticator app (TOTP) was added"));
+    assert!(
+        sent[0]
+            .1
+            .data
+            .contains("An authenticator app (TOTP) was added")
+    );
 
     let app = store
         .create_app_password(
@@ -414,7 +425,11 @@ async fn a_relay_that_is_down_does_not_hold_up_the_change_and_the_notice_is_retr
     let rows = w.gateway.store().notices_of(ALICE).await.expect("notices");
     let pending: Vec<_> = rows.iter().filter(|r| r.state == "queued").collect();
     assert_eq!(pending.len(), 2, "{rows:?}");
-    assert!(pending.iter().all(|r| r.notice.attempts == 1 && r.next_attempt_at > t));
+    assert!(
+        pending
+            .iter()
+            .all(|r| r.notice.attempts == 1 && r.next_attempt_at > t)
+    );
     // Not due yet: the next pass leaves them alone.
     assert_eq!(down.run_once(t).await.expect("sender").retried, 0);
     let metrics = postern::metrics::render();
@@ -482,8 +497,9 @@ async fn a_user_gets_at_most_ten_notices_an_hour() {
     assert_eq!(mails(&mut sink).await.len(), pass.sent);
     let metrics = postern::metrics::render();
     assert!(
-        metrics
-            .contains(r#"postern_notices_total{kind="app-password-created",result="rate-limited"}"#),
+        metrics.contains(
+            r#"postern_notices_total{kind="app-password-created",result="rate-limited"}"#
+        ),
         "{metrics}"
     );
 }
@@ -517,7 +533,10 @@ async fn two_nodes_on_one_store_send_each_notice_once() {
             expected += 1;
         }
     }
-    let (a, b) = (sender(w.gateway.store(), &addr), sender(other.store(), &addr));
+    let (a, b) = (
+        sender(w.gateway.store(), &addr),
+        sender(other.store(), &addr),
+    );
     let t = now();
     let (pa, pb) = tokio::join!(a.run_once(t), b.run_once(t));
     let (pa, pb) = (pa.expect("node a"), pb.expect("node b"));

@@ -1654,7 +1654,11 @@ async fn a_notice_is_queued_with_its_change_and_claimed_by_one_sender_at_a_time(
             .await
             .unwrap();
         let id = s
-            .create_app_password(user.id, new_app_password("phone", "aa"), "user:ann@example.org")
+            .create_app_password(
+                user.id,
+                new_app_password("phone", "aa"),
+                "user:ann@example.org",
+            )
             .await
             .unwrap();
         let rows = s.notices_of("ann@example.org").await.unwrap();
@@ -1680,26 +1684,46 @@ async fn a_notice_is_queued_with_its_change_and_claimed_by_one_sender_at_a_time(
         assert!(first.iter().all(|n| n.attempts == 1));
         let second = s.claim_notices("b", now, CLAIM_TIMEOUT, 10).await.unwrap();
         assert_eq!(second.len(), 1, "only the row nobody holds");
-        assert!(s.claim_notices("c", now, CLAIM_TIMEOUT, 10).await.unwrap().is_empty());
+        assert!(
+            s.claim_notices("c", now, CLAIM_TIMEOUT, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         s.notice_sent(first[0].id, "a").await.unwrap();
         // A claim older than the timeout lapses: another sender takes the rows.
         let later = now + CLAIM_TIMEOUT;
-        let retaken = s.claim_notices("d", later, CLAIM_TIMEOUT, 10).await.unwrap();
+        let retaken = s
+            .claim_notices("d", later, CLAIM_TIMEOUT, 10)
+            .await
+            .unwrap();
         assert_eq!(retaken.len(), 3, "{retaken:?}");
         // The lapsed claim's outcome no longer counts.
         s.notice_sent(first[1].id, "a").await.unwrap();
         for notice in &retaken {
-            s.notice_failed(notice.id, "d", false, later + 60).await.unwrap();
+            s.notice_failed(notice.id, "d", false, later + 60)
+                .await
+                .unwrap();
         }
         let rows = s.notices_of("ann@example.org").await.unwrap();
         let states: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
         assert_eq!(states, vec!["sent", "queued", "queued", "queued"]);
-        assert!(s.claim_notices("e", later, CLAIM_TIMEOUT, 10).await.unwrap().is_empty());
-        let due = s.claim_notices("e", later + 60, CLAIM_TIMEOUT, 10).await.unwrap();
+        assert!(
+            s.claim_notices("e", later, CLAIM_TIMEOUT, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let due = s
+            .claim_notices("e", later + 60, CLAIM_TIMEOUT, 10)
+            .await
+            .unwrap();
         assert_eq!(due.len(), 3);
         assert!(due.iter().all(|n| n.attempts == 3 || n.attempts == 2));
         for notice in &due {
-            s.notice_failed(notice.id, "e", true, later + 60).await.unwrap();
+            s.notice_failed(notice.id, "e", true, later + 60)
+                .await
+                .unwrap();
         }
         // Sent and failed rows go once they are old; nothing is left to send.
         assert_eq!(s.prune_notices(now).await.unwrap(), 0);
@@ -1710,12 +1734,20 @@ async fn a_notice_is_queued_with_its_change_and_claimed_by_one_sender_at_a_time(
         s.revoke_app_password(user.id, id, "cli").await.unwrap();
         let rows = s.notices_of("ann@example.org").await.unwrap();
         assert_eq!(rows.len(), 2);
-        assert!(rows.iter().all(|r| r.notice.kind == NoticeKind::AppPasswordRevoked
-            && r.notice.detail == "\"phone\""
-            && r.notice.actor == "cli"));
-        s.enqueue_notice("nobody@example.org", NoticeKind::AccountBlocked, "", "system")
-            .await
-            .unwrap();
+        assert!(
+            rows.iter()
+                .all(|r| r.notice.kind == NoticeKind::AppPasswordRevoked
+                    && r.notice.detail == "\"phone\""
+                    && r.notice.actor == "cli")
+        );
+        s.enqueue_notice(
+            "nobody@example.org",
+            NoticeKind::AccountBlocked,
+            "",
+            "system",
+        )
+        .await
+        .unwrap();
         assert!(s.notices_of("nobody@example.org").await.unwrap().is_empty());
     });
 }
@@ -1727,7 +1759,9 @@ async fn a_turned_off_kind_is_not_queued_and_a_user_gets_ten_an_hour() {
     on_each_db!(|s| {
         s.add_domain("example.org", "test").await.unwrap();
         let off = NoticeKinds::NONE.with(NoticeKind::BackupCodes);
-        s.set_domain_notices("example.org", off, "cli").await.unwrap();
+        s.set_domain_notices("example.org", off, "cli")
+            .await
+            .unwrap();
         assert_eq!(
             s.domain("example.org").await.unwrap().unwrap().notices_off,
             off
@@ -1737,9 +1771,15 @@ async fn a_turned_off_kind_is_not_queued_and_a_user_gets_ten_an_hour() {
             s.set_domain_notices("nowhere.org", off, "cli").await,
             Err(StoreError::UnknownDomain(_))
         ));
-        assert!(audit_actions(s, "example.org").await.contains(&"domain.notices".to_owned()));
+        assert!(
+            audit_actions(s, "example.org")
+                .await
+                .contains(&"domain.notices".to_owned())
+        );
         let user = s.ensure_user("ann@example.org").await.unwrap();
-        s.replace_backup_codes(user.id, &["x".into()], "cli").await.unwrap();
+        s.replace_backup_codes(user.id, &["x".into()], "cli")
+            .await
+            .unwrap();
         assert!(s.notices_of("ann@example.org").await.unwrap().is_empty());
         for _ in 0..NOTICES_PER_HOUR {
             assert_eq!(

@@ -50,8 +50,7 @@ pub struct NoticeRecord {
     pub next_attempt_at: i64,
 }
 
-const COLUMNS: &str =
-    "id, user_address, kind, recipient, detail, actor, ip, created_at, attempts, state, \
+const COLUMNS: &str = "id, user_address, kind, recipient, detail, actor, ip, created_at, attempts, state, \
      next_attempt_at";
 
 fn notice_from_row(row: &AnyRow) -> Result<NoticeRecord, StoreError> {
@@ -76,7 +75,8 @@ fn notice_from_row(row: &AnyRow) -> Result<NoticeRecord, StoreError> {
 /// transaction) for the user's mailbox, their confirmed recovery addresses and
 /// `also` (recovery addresses the change just removed), unless the domain
 /// turned the kind off or the user's hourly limit is reached. An address with
-/// no user row gets nothing. The client address is the actor's.
+/// no user row gets nothing (answered as `TurnedOff`: there is nobody to tell).
+/// The client address is the actor's.
 pub(crate) async fn enqueue_in(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -86,7 +86,17 @@ pub(crate) async fn enqueue_in(
     actor: &(impl AuditActor + ?Sized),
     also: &[String],
 ) -> Result<NoticeDecision, StoreError> {
-    enqueue_from(conn, backend, address, kind, detail, actor, actor.ip(), also).await
+    enqueue_from(
+        conn,
+        backend,
+        address,
+        kind,
+        detail,
+        actor,
+        actor.ip(),
+        also,
+    )
+    .await
 }
 
 /// [`enqueue_in`] with the client address given.
@@ -114,11 +124,10 @@ pub(crate) async fn enqueue_from(
         return Ok(NoticeDecision::TurnedOff);
     };
     let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
-    let off: Option<String> =
-        sqlx::query_scalar("SELECT notices_off FROM domains WHERE name = $1")
-            .bind(domain)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let off: Option<String> = sqlx::query_scalar("SELECT notices_off FROM domains WHERE name = $1")
+        .bind(domain)
+        .fetch_optional(&mut *conn)
+        .await?;
     let off: NoticeKinds = match off {
         Some(text) => text.parse().map_err(|detail| StoreError::Corrupt {
             what: "notices_off",
@@ -179,7 +188,8 @@ pub(crate) async fn enqueue_from(
 
 impl Store {
     /// Queues a notice on its own (a change that is not the store's, such as a
-    /// mail postern decides to send); see [`enqueue_in`].
+    /// mail postern decides to send); see [`enqueue_in`]. An address postern
+    /// has no user row for is sent nothing (answered as `TurnedOff`).
     pub async fn enqueue_notice(
         &self,
         address: &str,
@@ -189,7 +199,8 @@ impl Store {
     ) -> Result<NoticeDecision, StoreError> {
         let address = super::normalize_address(address)?;
         let mut tx = self.begin().await?;
-        let decision = enqueue_in(&mut tx, self.backend, &address, kind, detail, actor, &[]).await?;
+        let decision =
+            enqueue_in(&mut tx, self.backend, &address, kind, detail, actor, &[]).await?;
         tx.commit().await?;
         Ok(decision)
     }

@@ -14,9 +14,9 @@ use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::factors::is_enrolled;
 use super::notices::enqueue_in;
-use crate::notices::{self, NoticeKind};
 use super::users::{OwnedRow, address_of, remove_owned};
 use super::{Store, StoreError, unix_now};
+use crate::notices::{self, NoticeKind};
 
 /// How long a begun ceremony can be finished, in seconds.
 pub const CEREMONY_LIFETIME: i64 = 300;

@@ -686,10 +686,7 @@ pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebEr
         ));
     }
     authorize(&user, who, SensitiveAction::TurnOff)?;
-    Ok(state
-        .store
-        .turn_off_two_step(user.id, &who.actor())
-        .await?)
+    Ok(state.store.turn_off_two_step(user.id, &who.actor()).await?)
 }
 
 /// Scopes from the three checkboxes.
