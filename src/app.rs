@@ -204,6 +204,14 @@ impl Runtime {
         Ok(tokio::spawn(mailer.run()))
     }
 
+    /// Starts this node's sender of queued security notices (see
+    /// [`crate::notices`]); every node runs one on the shared store.
+    pub fn start_notices(&self, config: &Config) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let mailer = crate::recovery_mail::RecoveryMailer::from_config(&config.relay)?;
+        let sender = crate::notices::NoticeSender::new(self.store.clone(), mailer);
+        Ok(tokio::spawn(sender.run()))
+    }
+
     /// Binds every listener of every configured protocol and spawns its accept loop.
     pub async fn bind_all(&self, config: &Config) -> anyhow::Result<Vec<Bound>> {
         let mut bound = Vec::new();
@@ -373,6 +381,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     runtime.bind_all(&config).await?;
     runtime.start_rechecks(&config);
     runtime.start_rollout_mail(&config)?;
+    runtime.start_notices(&config)?;
     crate::web::spawn(&runtime, &config).await?;
     crate::service_manager::notify_ready();
     signals.wait_for_shutdown(&runtime).await;

@@ -43,7 +43,7 @@ pub struct Config {
     /// PROXY protocol v1/v2 on the mail listeners.
     #[serde(default)]
     pub proxy_protocol: ProxyProtocolConfig,
-    /// The SMTP relay that sends recovery e-mail codes.
+    /// The SMTP relay that sends recovery e-mail codes and security notices.
     #[serde(default)]
     pub relay: RelayConfig,
     /// Log output.
@@ -403,7 +403,7 @@ pub struct RelayConfig {
     /// `host:port` of an SMTP server that accepts mail from postern; spoken to in
     /// plain SMTP without authentication (a loopback or private-network relay).
     pub smtp: String,
-    /// Sender address of recovery codes.
+    /// Sender address of recovery codes and security notices.
     pub from: String,
 }
 

@@ -336,11 +336,12 @@ impl Gate {
 
     /// Counts a failed login against `user`'s stored account, shared by every
     /// node (best effort: a store failure is logged and the refusal stands).
-    pub async fn count_login_failure(&self, user: &str, now: i64) {
+    pub async fn count_login_failure(&self, user: &str, now: i64, ip: std::net::IpAddr) {
         self.cache.forget_user(user);
+        let ip = ip.to_string();
         if let Err(err) = self
             .store
-            .count_login_failure(user, now, penalty::forget_failures_before(now))
+            .count_login_failure_from(user, now, penalty::forget_failures_before(now), Some(&ip))
             .await
         {
             tracing::warn!(error = %err, "could not count a failed login");

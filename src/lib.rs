@@ -14,6 +14,7 @@ pub mod gate;
 pub mod login_log;
 pub mod metrics;
 pub mod net;
+pub mod notices;
 pub mod penalty;
 pub mod policy;
 pub mod protocol;

@@ -47,6 +47,14 @@ pub const BUILD_INFO: &str = "postern_build_info";
 /// next), `refused`, `code_refused`, `locked`, `unavailable` (upstream or store).
 pub const WEB_LOGINS: &str = "postern_web_logins_total";
 
+/// Security notices by `kind` and `result`: `sent`, `retried` (the relay
+/// failed; tried again later), `failed` (given up), `rate-limited` (not queued:
+/// too many for the user this hour).
+pub const NOTICES: &str = "postern_notices_total";
+
+/// The `result` labels of [`NOTICES`].
+pub const NOTICE_RESULTS: [&str; 4] = ["sent", "retried", "failed", "rate-limited"];
+
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -129,6 +137,7 @@ fn describe() {
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the binary");
     describe_counter!(WEB_LOGINS, "Web UI and API sign-in steps by result");
+    describe_counter!(NOTICES, "Security notices by kind and result");
     process::describe();
 }
 
@@ -179,6 +188,11 @@ fn present_at_zero() {
         "unavailable",
     ] {
         metrics::counter!(WEB_LOGINS, "result" => result).increment(0);
+    }
+    for kind in crate::notices::NoticeKind::ALL.map(crate::notices::NoticeKind::as_str) {
+        for result in NOTICE_RESULTS {
+            metrics::counter!(NOTICES, "kind" => kind, "result" => result).increment(0);
+        }
     }
     metrics::counter!(PENALTY_SECONDS).increment(0);
     metrics::counter!(RECHECK_FAILURES).increment(0);

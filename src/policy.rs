@@ -727,10 +727,71 @@ pub fn may_trust_browser(domain_allows: bool, impersonated: bool) -> bool {
     domain_allows && !impersonated
 }
 
+/// Security notices a user may be sent in an hour; past it they are not sent.
+pub const NOTICES_PER_HOUR: i64 = 10;
+
+/// What becomes of a security notice about to be queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeDecision {
+    /// Queued for the user's mailbox and recovery address.
+    Queue,
+    /// The domain administrator turned this kind off: nothing is queued.
+    TurnedOff,
+    /// [`NOTICES_PER_HOUR`] were queued in the last hour: not sent.
+    RateLimited,
+}
+
+/// Whether a notice of `kind` is queued, given the kinds the user's domain
+/// turned `off` and how many notices the user was queued in the last hour.
+pub fn decide_notice(
+    off: crate::notices::NoticeKinds,
+    kind: crate::notices::NoticeKind,
+    queued_last_hour: i64,
+) -> NoticeDecision {
+    if off.contains(kind) {
+        NoticeDecision::TurnedOff
+    } else if queued_last_hour >= NOTICES_PER_HOUR {
+        NoticeDecision::RateLimited
+    } else {
+        NoticeDecision::Queue
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use DomainStatus::*;
+
+    #[test]
+    fn notice_table() {
+        use crate::notices::{NoticeKind::*, NoticeKinds};
+        let off = NoticeKinds::NONE.with(AppPasswordCreated);
+        for (off, kind, last_hour, expected) in [
+            (
+                NoticeKinds::NONE,
+                AppPasswordCreated,
+                0,
+                NoticeDecision::Queue,
+            ),
+            (NoticeKinds::NONE, AccountBlocked, 9, NoticeDecision::Queue),
+            (
+                NoticeKinds::NONE,
+                TwoStepOff,
+                10,
+                NoticeDecision::RateLimited,
+            ),
+            (off, AppPasswordCreated, 0, NoticeDecision::TurnedOff),
+            (off, AppPasswordCreated, 50, NoticeDecision::TurnedOff),
+            (off, AppPasswordRevoked, 0, NoticeDecision::Queue),
+            (off, AppPasswordRevoked, 11, NoticeDecision::RateLimited),
+        ] {
+            assert_eq!(
+                decide_notice(off, kind, last_hour),
+                expected,
+                "{kind} {last_hour}"
+            );
+        }
+    }
 
     const NOW: i64 = 1_800_000_000;
 

@@ -139,7 +139,9 @@ fn domains_flags_anywhere_and_json_shape() {
         .keys()
         .map(|k| k.as_str())
         .collect();
-    assert_eq!(keys.len(), 4, "{domain}");
+    // DESIGN's four, and the security notices turned off.
+    assert_eq!(keys.len(), 5, "{domain}");
+    assert_eq!(domain["notices_off"], json!([]));
     assert_eq!(domain["domain"], "example.org");
     assert_eq!(domain["feature"], true);
     assert_eq!(domain["status"], "forced");
@@ -152,8 +154,8 @@ fn domains_flags_anywhere_and_json_shape() {
     assert_eq!(
         list,
         json!([
-            {"domain": "example.org", "feature": true, "status": "enabled", "grace_until": null},
-            {"domain": "other.example", "feature": false, "status": "disabled", "grace_until": null},
+            {"domain": "example.org", "feature": true, "status": "enabled", "grace_until": null, "notices_off": []},
+            {"domain": "other.example", "feature": false, "status": "disabled", "grace_until": null, "notices_off": []},
         ])
     );
 
@@ -161,7 +163,68 @@ fn domains_flags_anywhere_and_json_shape() {
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("DOMAIN"), "{text}");
     let words: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(words, ["example.org", "on", "enabled", "-"]);
+    assert_eq!(words, ["example.org", "on", "enabled", "-", "-"]);
+}
+
+#[test]
+fn security_notices_are_turned_off_and_on_per_domain() {
+    let env = Env::new();
+    env.ok(&["admin", "domain", "add", "example.org"]);
+    let shown = env.ok(&["admin", "domain", "notices", "example.org"]);
+    assert!(shown.contains("every security notice is sent"), "{shown}");
+    let off = env.ok(&[
+        "admin",
+        "domain",
+        "notices",
+        "example.org",
+        "--off",
+        "app-password-created,backup-codes",
+    ]);
+    assert!(
+        off.contains("security notices off: app-password-created,backup-codes"),
+        "{off}"
+    );
+    env.ok(&[
+        "admin",
+        "domain",
+        "notices",
+        "example.org",
+        "--on",
+        "backup-codes",
+    ]);
+    let list = env.json(&["admin", "domain", "list", "--json"]);
+    assert_eq!(list[0]["notices_off"], json!(["app-password-created"]));
+    let err = env.fails(&[
+        "admin",
+        "domain",
+        "notices",
+        "example.org",
+        "--off",
+        "app-password",
+    ]);
+    assert!(err.contains("app-password-created"), "{err}");
+    let err = env.fails(&[
+        "admin",
+        "domain",
+        "notices",
+        "example.org",
+        "--off",
+        "backup-codes",
+        "--on",
+        "backup-codes",
+    ]);
+    assert!(err.contains("both"), "{err}");
+    let err = env.fails(&[
+        "admin",
+        "domain",
+        "notices",
+        "nowhere.example",
+        "--off",
+        "backup-codes",
+    ]);
+    assert!(err.contains("domain add"), "{err}");
+    let audit = env.ok(&["admin", "audit"]);
+    assert!(audit.contains("domain.notices"), "{audit}");
 }
 
 #[test]

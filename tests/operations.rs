@@ -85,6 +85,8 @@ async fn every_series_is_present_at_zero_before_the_first_event() {
         "postern_web_logins_total{result=\"refused\"}",
         "postern_web_logins_total{result=\"second_step\"}",
         "postern_login_cache_total{result=\"hit\"}",
+        "postern_notices_total{kind=\"app-password-created\",result=\"sent\"}",
+        "postern_notices_total{kind=\"account-blocked\",result=\"rate-limited\"}",
         "postern_upstream_login_seconds_count{protocol=\"imap\"}",
         "postern_upstream_login_seconds_bucket{protocol=\"pop3\",le=\"0.1\"}",
     ] {

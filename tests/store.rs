@@ -2016,3 +2016,193 @@ async fn a_reset_or_the_domain_setting_forgets_trusted_browsers() {
         );
     });
 }
+
+#[tokio::test]
+async fn a_notice_is_queued_with_its_change_and_claimed_by_one_sender_at_a_time() {
+    use postern::notices::{CLAIM_TIMEOUT, NoticeKind};
+    on_each_db!(|s| {
+        s.add_domain("example.org", "test").await.unwrap();
+        let user = s.ensure_user("ann@example.org").await.unwrap();
+        s.add_second_factor(user.id, FactorKind::Email, "ann@home.test", true, "cli")
+            .await
+            .unwrap();
+        let id = s
+            .create_app_password(
+                user.id,
+                new_app_password("phone", "aa"),
+                "user:ann@example.org",
+            )
+            .await
+            .unwrap();
+        let rows = s.notices_of("ann@example.org").await.unwrap();
+        let kinds: Vec<(NoticeKind, &str)> = rows
+            .iter()
+            .map(|r| (r.notice.kind, r.notice.recipient.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (NoticeKind::TwoStepOn, "ann@example.org"),
+                (NoticeKind::TwoStepOn, "ann@home.test"),
+                (NoticeKind::AppPasswordCreated, "ann@example.org"),
+                (NoticeKind::AppPasswordCreated, "ann@home.test"),
+            ]
+        );
+        assert_eq!(rows[2].notice.detail, "\"phone\"");
+        assert!(rows.iter().all(|r| r.state == "queued"));
+
+        let now = postern::clock::unix_now();
+        let first = s.claim_notices("a", now, CLAIM_TIMEOUT, 3).await.unwrap();
+        assert_eq!(first.len(), 3);
+        assert!(first.iter().all(|n| n.attempts == 1));
+        let second = s.claim_notices("b", now, CLAIM_TIMEOUT, 10).await.unwrap();
+        assert_eq!(second.len(), 1, "only the row nobody holds");
+        assert!(
+            s.claim_notices("c", now, CLAIM_TIMEOUT, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        s.notice_sent(first[0].id, "a").await.unwrap();
+        // A claim older than the timeout lapses: another sender takes the rows.
+        let later = now + CLAIM_TIMEOUT;
+        let retaken = s
+            .claim_notices("d", later, CLAIM_TIMEOUT, 10)
+            .await
+            .unwrap();
+        assert_eq!(retaken.len(), 3, "{retaken:?}");
+        // The lapsed claim's outcome no longer counts.
+        s.notice_sent(first[1].id, "a").await.unwrap();
+        for notice in &retaken {
+            s.notice_failed(notice.id, "d", false, later + 60)
+                .await
+                .unwrap();
+        }
+        let rows = s.notices_of("ann@example.org").await.unwrap();
+        let states: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
+        assert_eq!(states, vec!["sent", "queued", "queued", "queued"]);
+        assert!(
+            s.claim_notices("e", later, CLAIM_TIMEOUT, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let due = s
+            .claim_notices("e", later + 60, CLAIM_TIMEOUT, 10)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 3);
+        assert!(due.iter().all(|n| n.attempts == 3 || n.attempts == 2));
+        for notice in &due {
+            s.notice_failed(notice.id, "e", true, later + 60)
+                .await
+                .unwrap();
+        }
+        // Sent and failed rows go once they are old; nothing is left to send.
+        assert_eq!(s.prune_notices(now).await.unwrap(), 0);
+        assert_eq!(s.prune_notices(later + 120).await.unwrap(), 4);
+        assert!(s.notices_of("ann@example.org").await.unwrap().is_empty());
+
+        // Revoking names the device; an address without a user gets nothing.
+        s.revoke_app_password(user.id, id, "cli").await.unwrap();
+        let rows = s.notices_of("ann@example.org").await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows.iter()
+                .all(|r| r.notice.kind == NoticeKind::AppPasswordRevoked
+                    && r.notice.detail == "\"phone\""
+                    && r.notice.actor == "cli")
+        );
+        s.enqueue_notice(
+            "nobody@example.org",
+            NoticeKind::AccountBlocked,
+            "",
+            "system",
+        )
+        .await
+        .unwrap();
+        assert!(s.notices_of("nobody@example.org").await.unwrap().is_empty());
+    });
+}
+
+#[tokio::test]
+async fn a_turned_off_kind_is_not_queued_and_a_user_gets_ten_an_hour() {
+    use postern::notices::{NoticeKind, NoticeKinds};
+    use postern::policy::{NOTICES_PER_HOUR, NoticeDecision};
+    on_each_db!(|s| {
+        s.add_domain("example.org", "test").await.unwrap();
+        let off = NoticeKinds::NONE.with(NoticeKind::BackupCodes);
+        s.set_domain_notices("example.org", off, "cli")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.domain("example.org").await.unwrap().unwrap().notices_off,
+            off
+        );
+        assert_eq!(s.list_domains().await.unwrap()[0].notices_off, off);
+        assert!(matches!(
+            s.set_domain_notices("nowhere.org", off, "cli").await,
+            Err(StoreError::UnknownDomain(_))
+        ));
+        assert!(
+            audit_actions(s, "example.org")
+                .await
+                .contains(&"domain.notices".to_owned())
+        );
+        let user = s.ensure_user("ann@example.org").await.unwrap();
+        s.replace_backup_codes(user.id, &["x".into()], "cli")
+            .await
+            .unwrap();
+        assert!(s.notices_of("ann@example.org").await.unwrap().is_empty());
+        for _ in 0..NOTICES_PER_HOUR {
+            assert_eq!(
+                s.enqueue_notice("ann@example.org", NoticeKind::AccountBlocked, "", "system")
+                    .await
+                    .unwrap(),
+                NoticeDecision::Queue
+            );
+        }
+        assert_eq!(
+            s.enqueue_notice("ann@example.org", NoticeKind::AccountBlocked, "", "system")
+                .await
+                .unwrap(),
+            NoticeDecision::RateLimited
+        );
+        let n = s.notices_of("ann@example.org").await.unwrap().len();
+        assert_eq!(i64::try_from(n).unwrap(), NOTICES_PER_HOUR);
+    });
+}
+
+#[tokio::test]
+async fn two_nodes_claiming_at_once_never_get_the_same_notice() {
+    use postern::notices::{CLAIM_TIMEOUT, NoticeKind};
+    on_each_db!(|s, db| {
+        for n in 0..6 {
+            let address = format!("u{n}@example.org");
+            s.ensure_user(&address).await.unwrap();
+            for _ in 0..5 {
+                s.enqueue_notice(&address, NoticeKind::TwoStepOn, "", "cli")
+                    .await
+                    .unwrap();
+            }
+        }
+        let other = Store::connect(&db.url).await.unwrap();
+        let now = postern::clock::unix_now();
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            let (a, b) = tokio::join!(
+                s.claim_notices("a", now, CLAIM_TIMEOUT, 4),
+                other.claim_notices("b", now, CLAIM_TIMEOUT, 4)
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            if a.is_empty() && b.is_empty() {
+                break;
+            }
+            for notice in a.iter().chain(&b) {
+                assert!(seen.insert(notice.id), "claimed twice: {}", notice.id);
+            }
+        }
+        assert_eq!(seen.len(), 30);
+        other.close().await;
+    });
+}

@@ -22,6 +22,7 @@ use crate::credentials::{
     AppPasswordLimits, BadExpiry, InstanceKey, IssuedAppPassword, expiry_after_days,
     issue_limited_app_password, totp,
 };
+use crate::notices::NoticeKinds;
 use crate::policy::{DomainStatus, Protocol, Scopes, SourceNetworks};
 use crate::secret::Secret;
 use crate::store::{
@@ -116,6 +117,20 @@ pub enum DomainCommand {
         domain: String,
         /// on (allowed, the default) or off.
         state: Switch,
+    },
+    /// Turn security notices by e-mail off or on for the domain's users;
+    /// without --off or --on, show which are off.
+    Notices {
+        /// A domain added with `domain add`.
+        domain: String,
+        /// Kinds to stop sending, comma-separated: two-step-on, two-step-off,
+        /// factor-added, factor-removed, app-password-created,
+        /// app-password-revoked, backup-codes, account-blocked.
+        #[arg(long, value_name = "KIND,...")]
+        off: Option<NoticeKinds>,
+        /// Kinds to send again, comma-separated (as for --off).
+        #[arg(long, value_name = "KIND,...")]
+        on: Option<NoticeKinds>,
     },
     /// Make USER an administrator of DOMAIN.
     Admin {
@@ -407,6 +422,34 @@ impl Admin<'_> {
                     )
                 }
             }
+            DomainCommand::Notices { domain, off, on } => {
+                let record = self
+                    .store
+                    .domain(&domain)
+                    .await?
+                    .ok_or_else(|| StoreError::UnknownDomain(domain.clone()))?;
+                let (off, on) = (off.unwrap_or_default(), on.unwrap_or_default());
+                if let Some(both) = off.iter().find(|k| on.contains(*k)) {
+                    bail!("{both} is named in both --off and --on");
+                }
+                let mut set = record.notices_off;
+                for kind in off.iter() {
+                    set = set.with(kind);
+                }
+                for kind in on.iter() {
+                    set = set.without(kind);
+                }
+                if !(off.is_empty() && on.is_empty()) {
+                    self.store
+                        .set_domain_notices(&domain, set, &self.actor)
+                        .await?;
+                }
+                if set.is_empty() {
+                    format!("domain {}: every security notice is sent", record.name)
+                } else {
+                    format!("domain {}: security notices off: {set}", record.name)
+                }
+            }
             DomainCommand::Admin { domain, user } => {
                 self.store
                     .set_domain_admin(&domain, &user, &self.actor)
@@ -678,16 +721,24 @@ struct DomainRow {
     feature: bool,
     status: DomainStatus,
     grace_until: Option<String>,
+    /// The security notices turned off (`domain notices`).
+    notices_off: Vec<&'static str>,
 }
 
 impl Row for DomainRow {
-    const HEADERS: &'static [&'static str] = &["DOMAIN", "FEATURE", "STATUS", "GRACE UNTIL"];
+    const HEADERS: &'static [&'static str] =
+        &["DOMAIN", "FEATURE", "STATUS", "GRACE UNTIL", "NOTICES OFF"];
     fn cells(&self) -> Vec<String> {
         vec![
             self.domain.clone(),
             on_off(self.feature).to_owned(),
             self.status.to_string(),
             or_dash(self.grace_until.as_deref()),
+            if self.notices_off.is_empty() {
+                "-".to_owned()
+            } else {
+                self.notices_off.join(",")
+            },
         ]
     }
 }
@@ -701,6 +752,7 @@ fn domain_rows(domains: &[DomainRecord]) -> anyhow::Result<Vec<DomainRow>> {
                 feature: d.feature,
                 status: d.status,
                 grace_until: rfc3339_opt(d.grace_until)?,
+                notices_off: d.notices_off.iter().map(|k| k.as_str()).collect(),
             })
         })
         .collect()

@@ -157,6 +157,7 @@ mod tests {
                     grace_until: None,
                     created_at: 0,
                     trusted_browsers: true,
+                    notices_off: Default::default(),
                 }),
                 user: Some(UserRecord {
                     id: 7,

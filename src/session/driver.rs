@@ -474,7 +474,7 @@ async fn refused<T>(
 ) -> Result<T, LoginFailure> {
     if ctx.penalties.failed(ip, user, attempt).await {
         if normalize_address(user).is_ok() {
-            ctx.gate.count_login_failure(user, unix_now()).await;
+            ctx.gate.count_login_failure(user, unix_now(), ip).await;
         } else {
             ctx.penalties.local_account_failed(user);
         }

@@ -8,8 +8,10 @@ use sqlx::any::AnyRow;
 
 use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
+use super::notices::enqueue_in;
 use super::users::{OwnedRow, address_of, remove_owned};
 use super::{Backend, Store, StoreError, get_parsed, unix_now};
+use crate::notices::{self, NoticeKind};
 use crate::policy::{Protocol, Scopes, SourceNetworks};
 
 /// How many app passwords one user may have (DESIGN: at most 40).
@@ -128,6 +130,16 @@ impl Store {
             None,
         )
         .await?;
+        enqueue_in(
+            &mut tx,
+            self.backend,
+            &address,
+            NoticeKind::AppPasswordCreated,
+            &notices::device_words(&new.name),
+            actor,
+            &[],
+        )
+        .await?;
         self.commit_change(tx).await?;
         Ok(id)
     }
@@ -194,7 +206,23 @@ impl Store {
         actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT name FROM app_passwords WHERE id = $1 AND user_id = $2")
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let address = remove_owned(&mut tx, OwnedRow::AppPassword, user_id, id, actor).await?;
+        enqueue_in(
+            &mut tx,
+            self.backend,
+            &address,
+            NoticeKind::AppPasswordRevoked,
+            &notices::device_words(name.as_deref().unwrap_or_default()),
+            actor,
+            &[],
+        )
+        .await?;
         insert_event(
             &mut tx,
             self.backend,

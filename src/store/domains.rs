@@ -8,6 +8,7 @@ use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::users::{ensure_user_in, normalize_address};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
+use crate::notices::NoticeKinds;
 use crate::policy::{DomainPolicy, DomainStatus};
 
 /// A domain as stored.
@@ -25,6 +26,8 @@ pub struct DomainRecord {
     /// The domain administrator's "Remember trusted browsers": whether a
     /// browser may skip the sign-in's second step for 30 days.
     pub trusted_browsers: bool,
+    /// The security notices the domain administrator turned off.
+    pub notices_off: NoticeKinds,
 }
 
 impl DomainRecord {
@@ -38,7 +41,7 @@ impl DomainRecord {
     }
 }
 
-/// Decodes `name, feature, status, grace_until, created_at, trusted_browsers`.
+/// Decodes `name, feature, status, grace_until, created_at, trusted_browsers, notices_off`.
 pub(crate) fn domain_from_row(row: &AnyRow) -> Result<DomainRecord, StoreError> {
     Ok(DomainRecord {
         name: row.try_get("name")?,
@@ -47,6 +50,7 @@ pub(crate) fn domain_from_row(row: &AnyRow) -> Result<DomainRecord, StoreError> 
         grace_until: row.try_get("grace_until")?,
         created_at: row.try_get("created_at")?,
         trusted_browsers: get_flag(row, "trusted_browsers")?,
+        notices_off: get_parsed(row, "notices_off")?,
     })
 }
 
@@ -123,7 +127,7 @@ impl Store {
     pub async fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
         let name = normalize_domain(name)?;
         let row = sqlx::query(
-            "SELECT name, feature, status, grace_until, created_at, trusted_browsers FROM domains WHERE name = $1",
+            "SELECT name, feature, status, grace_until, created_at, trusted_browsers, notices_off FROM domains WHERE name = $1",
         )
         .bind(&name)
         .fetch_optional(&self.pool)
@@ -134,7 +138,7 @@ impl Store {
     /// Every known domain, sorted by name.
     pub async fn list_domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, feature, status, grace_until, created_at, trusted_browsers FROM domains ORDER BY name",
+            "SELECT name, feature, status, grace_until, created_at, trusted_browsers, notices_off FROM domains ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -10,8 +10,10 @@ use sqlx::{AnyConnection, Row};
 
 use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
+use super::notices::enqueue_in;
 use super::users::{OwnedRow, address_of, remove_owned};
 use super::{Store, StoreError, get_flag, get_parsed, unix_now};
+use crate::notices::{self, NoticeKind};
 use crate::secret::Secret;
 
 /// The kind of a second factor.
@@ -92,6 +94,46 @@ macro_rules! enrolled_condition {
 }
 pub(crate) use enrolled_condition;
 
+/// A factor as a notice names it (never the TOTP secret).
+fn factor_words(kind: FactorKind, secret: &str) -> String {
+    match kind {
+        FactorKind::Totp => notices::totp_words(),
+        FactorKind::Email => notices::recovery_words(secret),
+    }
+}
+
+/// The notice for a factor added to a user who `was_enrolled` or not.
+fn added(was_enrolled: bool) -> NoticeKind {
+    if was_enrolled {
+        NoticeKind::FactorAdded
+    } else {
+        NoticeKind::TwoStepOn
+    }
+}
+
+/// A factor's kind, secret and whether it is confirmed, if the user has it.
+async fn factor_of(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    factor_id: i64,
+) -> Result<Option<(FactorKind, String, bool)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT kind, secret, confirmed FROM second_factors WHERE id = $1 AND user_id = $2",
+    )
+    .bind(factor_id)
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| {
+        Ok((
+            get_parsed(&row, "kind")?,
+            row.try_get("secret")?,
+            get_flag(&row, "confirmed")?,
+        ))
+    })
+    .transpose()
+}
+
 pub(super) async fn is_enrolled(
     conn: &mut AnyConnection,
     user_id: i64,
@@ -134,6 +176,11 @@ impl Store {
         .await?;
         let detail = format!("id={id} kind={kind} confirmed={confirmed}");
         insert_audit(&mut tx, actor, "second_factor.add", &address, &detail, None).await?;
+        if confirmed {
+            let words = factor_words(kind, secret);
+            let notice = added(was_enrolled);
+            enqueue_in(&mut tx, self.backend, &address, notice, &words, actor, &[]).await?;
+        }
         if confirmed && !was_enrolled {
             insert_event(
                 &mut tx,
@@ -160,6 +207,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let address = address_of(&mut tx, user_id).await?;
         let was_enrolled = is_enrolled(&mut tx, user_id).await?;
+        let factor = factor_of(&mut tx, user_id, factor_id).await?;
         let changed =
             sqlx::query("UPDATE second_factors SET confirmed = 1 WHERE id = $1 AND user_id = $2")
                 .bind(factor_id)
@@ -180,6 +228,11 @@ impl Store {
             None,
         )
         .await?;
+        if let Some((kind, secret, false)) = &factor {
+            let words = factor_words(*kind, secret);
+            let notice = added(was_enrolled);
+            enqueue_in(&mut tx, self.backend, &address, notice, &words, actor, &[]).await?;
+        }
         if !was_enrolled {
             insert_event(
                 &mut tx,
@@ -218,8 +271,98 @@ impl Store {
         actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        remove_owned(&mut tx, OwnedRow::SecondFactor, user_id, factor_id, actor).await?;
+        let factor = factor_of(&mut tx, user_id, factor_id).await?;
+        let address =
+            remove_owned(&mut tx, OwnedRow::SecondFactor, user_id, factor_id, actor).await?;
+        // A factor never confirmed (an enrollment left half-way) was no way in.
+        if let Some((kind, secret, true)) = &factor {
+            let notice = if is_enrolled(&mut tx, user_id).await? {
+                NoticeKind::FactorRemoved
+            } else {
+                NoticeKind::TwoStepOff
+            };
+            let words = factor_words(*kind, secret);
+            // A removed recovery address is told too.
+            let also: &[String] = if *kind == FactorKind::Email {
+                std::slice::from_ref(secret)
+            } else {
+                &[]
+            };
+            enqueue_in(&mut tx, self.backend, &address, notice, &words, actor, also).await?;
+        }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Turns 2-Step Authentication off for the user in one transaction: every
+    /// second factor, passkey and backup code goes (each audited as when
+    /// removed one by one), and one notice says so.
+    pub async fn turn_off_two_step(
+        &self,
+        user_id: i64,
+        actor: &(impl AuditActor + ?Sized),
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let address = address_of(&mut tx, user_id).await?;
+        let was_enrolled = is_enrolled(&mut tx, user_id).await?;
+        let factors = sqlx::query(
+            "SELECT id, kind, secret, confirmed FROM second_factors WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut removed = Vec::new();
+        let mut recovery = Vec::new();
+        for row in &factors {
+            let id: i64 = row.try_get("id")?;
+            let kind: FactorKind = get_parsed(row, "kind")?;
+            let secret: String = row.try_get("secret")?;
+            if get_flag(row, "confirmed")? {
+                removed.push(factor_words(kind, &secret));
+                if kind == FactorKind::Email {
+                    recovery.push(secret);
+                }
+            }
+            remove_owned(&mut tx, OwnedRow::SecondFactor, user_id, id, actor).await?;
+        }
+        let passkeys = sqlx::query("SELECT id, name FROM passkeys WHERE user_id = $1 ORDER BY id")
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &passkeys {
+            let id: i64 = row.try_get("id")?;
+            let name: String = row.try_get("name")?;
+            removed.push(notices::passkey_words(&name));
+            remove_owned(&mut tx, OwnedRow::Passkey, user_id, id, actor).await?;
+        }
+        sqlx::query("DELETE FROM backup_codes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut tx,
+            actor,
+            "backup_codes.replace",
+            &address,
+            "count=0",
+            None,
+        )
+        .await?;
+        if was_enrolled {
+            // Every recovery address hears of it, the last one included.
+            let words = removed.join(", ");
+            enqueue_in(
+                &mut tx,
+                self.backend,
+                &address,
+                NoticeKind::TwoStepOff,
+                &words,
+                actor,
+                &recovery,
+            )
+            .await?;
+        }
+        self.commit_change(tx).await?;
         Ok(())
     }
 
@@ -270,6 +413,18 @@ impl Store {
             None,
         )
         .await?;
+        if !hashes.is_empty() {
+            enqueue_in(
+                &mut tx,
+                self.backend,
+                &address,
+                NoticeKind::BackupCodes,
+                "",
+                actor,
+                &[],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

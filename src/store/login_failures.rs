@@ -12,6 +12,7 @@
 use sqlx::AnyConnection;
 
 use super::{Store, StoreError, normalize_address};
+use crate::notices::NoticeKind;
 
 /// An address's consecutive failed logins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,24 +49,52 @@ impl Store {
         now: i64,
         forget_before: i64,
     ) -> Result<(), StoreError> {
+        self.count_login_failure_from(address, now, forget_before, None)
+            .await
+    }
+
+    /// [`Store::count_login_failure`] of a login from `ip`: the failure that
+    /// blocks the account ([`crate::penalty::BLOCK_AFTER`]) queues an
+    /// `account-blocked` notice, naming that address, in the same transaction.
+    pub async fn count_login_failure_from(
+        &self,
+        address: &str,
+        now: i64,
+        forget_before: i64,
+        ip: Option<&str>,
+    ) -> Result<(), StoreError> {
         let address = normalize_address(address)?;
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query(
+        let mut tx = self.begin().await?;
+        let count: i64 = sqlx::query_scalar(
             "INSERT INTO login_failures (address, failed_logins, last_failed_at) \
              VALUES ($1, 1, $2) ON CONFLICT (address) DO UPDATE SET \
              failed_logins = CASE WHEN login_failures.last_failed_at >= $3 \
                              THEN login_failures.failed_logins + 1 ELSE 1 END, \
-             last_failed_at = $2",
+             last_failed_at = $2 RETURNING failed_logins",
         )
         .bind(&address)
         .bind(now)
         .bind(forget_before)
-        .execute(&mut *conn)
+        .fetch_one(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM login_failures WHERE last_failed_at < $1")
             .bind(forget_before)
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
+        if count == i64::from(crate::penalty::BLOCK_AFTER) {
+            super::notices::enqueue_from(
+                &mut tx,
+                self.backend,
+                &address,
+                NoticeKind::AccountBlocked,
+                "",
+                "system",
+                ip,
+                &[],
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

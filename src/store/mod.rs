@@ -22,6 +22,7 @@ mod email_codes;
 mod events;
 mod factors;
 mod login_failures;
+mod notices;
 mod passkeys;
 mod rollout;
 mod schema;
@@ -51,6 +52,7 @@ pub use email_codes::{
 pub use events::{EventKind, EventRecord, NOTIFY_CHANNEL};
 pub use factors::{FactorKind, SecondFactorRecord};
 pub use login_failures::LoginFailures;
+pub use notices::{NoticeRecord, QueuedNotice};
 pub use passkeys::{CEREMONY_LIFETIME, CeremonyPurpose, PasskeyRecord};
 pub use rollout::{CLAIM_LEASE_SECS, EnrollmentCounts, RolloutClaim, RolloutRecipient};
 pub use schema::{MigrationId, SchemaMismatch, SchemaStatus};

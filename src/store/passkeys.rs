@@ -13,8 +13,10 @@ use sqlx::any::AnyRow;
 use super::audit::{AuditActor, insert_audit};
 use super::events::{EventKind, insert_event};
 use super::factors::is_enrolled;
+use super::notices::enqueue_in;
 use super::users::{OwnedRow, address_of, remove_owned};
 use super::{Store, StoreError, unix_now};
+use crate::notices::{self, NoticeKind};
 
 /// How long a begun ceremony can be finished, in seconds.
 pub const CEREMONY_LIFETIME: i64 = 300;
@@ -92,6 +94,13 @@ impl Store {
         .await?;
         let detail = format!("id={id} name={name:?}");
         insert_audit(&mut tx, actor, "passkey.add", &address, &detail, None).await?;
+        let kind = if was_enrolled {
+            NoticeKind::FactorAdded
+        } else {
+            NoticeKind::TwoStepOn
+        };
+        let words = notices::passkey_words(name);
+        enqueue_in(&mut tx, self.backend, &address, kind, &words, actor, &[]).await?;
         if !was_enrolled {
             insert_event(
                 &mut tx,
@@ -127,7 +136,20 @@ impl Store {
         actor: &(impl AuditActor + ?Sized),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        remove_owned(&mut tx, OwnedRow::Passkey, user_id, passkey_id, actor).await?;
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT name FROM passkeys WHERE id = $1 AND user_id = $2")
+                .bind(passkey_id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let address = remove_owned(&mut tx, OwnedRow::Passkey, user_id, passkey_id, actor).await?;
+        let kind = if is_enrolled(&mut tx, user_id).await? {
+            NoticeKind::FactorRemoved
+        } else {
+            NoticeKind::TwoStepOff
+        };
+        let words = notices::passkey_words(name.as_deref().unwrap_or_default());
+        enqueue_in(&mut tx, self.backend, &address, kind, &words, actor, &[]).await?;
         self.commit_change(tx).await?;
         Ok(())
     }

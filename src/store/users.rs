@@ -11,6 +11,7 @@ use super::events::{EventKind, insert_event};
 use super::login_failures::{self, LoginFailures};
 use super::{Store, StoreError, get_flag, get_parsed, normalize_domain, unix_now};
 use crate::address::Address;
+use crate::notices::NoticeKind;
 use crate::policy::UserState;
 
 /// The user columns plus the derived `enrolled`, for a `users u` query.
@@ -127,6 +128,7 @@ fn domain_from_row(row: &AnyRow) -> Result<Option<DomainRecord>, StoreError> {
             grace_until: row.try_get("d_grace_until")?,
             created_at: row.try_get("d_created_at")?,
             trusted_browsers: get_flag(row, "d_trusted_browsers")?,
+            notices_off: get_parsed(row, "d_notices_off")?,
         }),
     })
 }
@@ -271,7 +273,7 @@ impl Store {
             "SELECT ",
             user_columns!(),
             ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
-             d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.trusted_browsers AS d_trusted_browsers, \
+             d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.trusted_browsers AS d_trusted_browsers, d.notices_off AS d_notices_off, \
              f.failed_logins AS f_count, f.last_failed_at AS f_last \
              FROM (SELECT CAST($1 AS TEXT) AS address) q \
              LEFT JOIN users u ON u.address = q.address \
@@ -316,7 +318,7 @@ impl Store {
                 "SELECT ",
                 user_columns!(),
                 ", d.name AS d_name, d.feature AS d_feature, d.status AS d_status, \
-                 d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.trusted_browsers AS d_trusted_browsers \
+                 d.grace_until AS d_grace_until, d.created_at AS d_created_at, d.trusted_browsers AS d_trusted_browsers, d.notices_off AS d_notices_off \
                  FROM users u LEFT JOIN domains d ON d.name = $2 WHERE u.address = $1"
             ))
             .bind(&address)
@@ -406,6 +408,19 @@ impl Store {
         let address = normalize_address(address)?;
         let mut tx = self.begin().await?;
         let user = ensure_user_in(&mut tx, &address).await?;
+        if user.enrolled {
+            // Queued first, so that the recovery addresses about to go hear of it.
+            super::notices::enqueue_in(
+                &mut tx,
+                self.backend,
+                &address,
+                NoticeKind::TwoStepOff,
+                "every second factor, passkey, backup code and application password",
+                actor,
+                &[],
+            )
+            .await?;
+        }
         let factors = sqlx::query("DELETE FROM second_factors WHERE user_id = $1")
             .bind(user.id)
             .execute(&mut *tx)

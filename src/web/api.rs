@@ -27,6 +27,7 @@ use super::recovery::{self, ConfirmOutcome};
 use super::session::{Auth, WebSession};
 use super::trusted;
 use super::{Current, SessionCookie, WebState, with_cookie};
+use crate::notices::{NoticeKind, NoticeKinds};
 use crate::policy::{DomainStatus, Proof, Protocol, REAUTH_WINDOW_SECS, WebAccess};
 use crate::store::{AppPasswordRecord, AuditFilter, DomainRecord, PasskeyRecord, RemoteActor};
 
@@ -84,6 +85,7 @@ pub fn routes() -> Router<WebState> {
             delete(domain_cancel_schedule),
         )
         .route("/domain/trusted-browsers", post(domain_trusted_browsers))
+        .route("/domain/notices", post(domain_notices))
         .route("/domain/users/{address}/reset", post(domain_reset))
         .route("/admin/login", post(admin_login))
         .route("/admin/domains", get(admin_domains).post(admin_add_domain))
@@ -1033,7 +1035,17 @@ fn domain_json(d: &DomainRecord) -> serde_json::Value {
         "grace_until": d.grace_until,
         "forced_from": d.policy().scheduled_forced(ops::unix_now()),
         "trusted_browsers": d.trusted_browsers,
+        "notices": notices_json(d.notices_off),
     })
+}
+
+/// Every notice kind, sent (true) or turned off (false).
+fn notices_json(off: NoticeKinds) -> serde_json::Value {
+    NoticeKind::ALL
+        .iter()
+        .map(|k| (k.as_str().to_owned(), json!(!off.contains(*k))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 async fn domain_admin(
@@ -1139,6 +1151,46 @@ async fn domain_trusted_browsers(
         .set_domain_trusted_browsers(&domain, body.allowed, &actor)
         .await?;
     Ok(Json(json!({ "allowed": body.allowed, "forgotten": forgotten })).into_response())
+}
+
+#[derive(Deserialize)]
+struct NoticesBody {
+    #[serde(default)]
+    off: Vec<String>,
+    #[serde(default)]
+    on: Vec<String>,
+}
+
+async fn domain_notices(
+    State(state): State<WebState>,
+    Extension(current): Extension<Current>,
+    ApiJson(body): ApiJson<NoticesBody>,
+) -> ApiResult {
+    let (domain, actor) = domain_admin(&state, &current).await?;
+    let parse = |names: &[String]| -> Result<Vec<NoticeKind>, WebError> {
+        names
+            .iter()
+            .map(|n| n.parse::<NoticeKind>().map_err(WebError::BadRequest))
+            .collect()
+    };
+    let (off, on) = (parse(&body.off)?, parse(&body.on)?);
+    if let Some(both) = off.iter().find(|k| on.contains(k)) {
+        return Err(WebError::BadRequest(format!("{both} is in both off and on")).into());
+    }
+    let record = state
+        .store
+        .domain(&domain)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    let mut set = record.notices_off;
+    for kind in off {
+        set = set.with(kind);
+    }
+    for kind in on {
+        set = set.without(kind);
+    }
+    ops::set_domain_notices(&state, &domain, set, &actor).await?;
+    Ok(Json(json!({ "notices": notices_json(set) })).into_response())
 }
 
 async fn domain_reset(

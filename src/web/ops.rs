@@ -360,7 +360,7 @@ async fn check_password(
     })?;
     if !right {
         if state.penalties.failed(ip, &address, attempt).await {
-            state.gate.count_login_failure(&address, now).await;
+            state.gate.count_login_failure(&address, now, ip).await;
         }
         LoginAttempt::new("web", "password", &address, ip).refused("upstream-refused");
         return Ok(PasswordOutcome::Wrong);
@@ -707,19 +707,9 @@ pub async fn turn_off(state: &WebState, who: &Requester<'_>) -> Result<(), WebEr
         ));
     }
     authorize(&user, who, SensitiveAction::TurnOff)?;
-    let actor = &who.actor();
-    for factor in state.store.second_factors(user.id).await? {
-        state
-            .store
-            .remove_second_factor(user.id, factor.id, actor)
-            .await?;
-    }
-    super::passkeys::remove_all(state, who, user.id).await?;
-    state
-        .store
-        .replace_backup_codes(user.id, &[], actor)
-        .await?;
-    super::trusted::two_step_off(state, user.id, actor).await?;
+    let actor = who.actor();
+    state.store.turn_off_two_step(user.id, &actor).await?;
+    super::trusted::two_step_off(state, user.id, &actor).await?;
     Ok(())
 }
 
@@ -926,6 +916,16 @@ pub async fn cancel_scheduled_forced(
             "no switch to Forced is scheduled for this domain".into(),
         ))
     }
+}
+
+/// Sets which security notices the domain's users are not sent.
+pub async fn set_domain_notices(
+    state: &WebState,
+    domain: &str,
+    off: crate::notices::NoticeKinds,
+    actor: &(impl AuditActor + ?Sized),
+) -> Result<(), WebError> {
+    Ok(state.store.set_domain_notices(domain, off, actor).await?)
 }
 
 pub async fn reset_user(

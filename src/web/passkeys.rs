@@ -422,19 +422,3 @@ pub async fn remove(state: &WebState, who: &Requester<'_>, id: i64) -> Result<()
     }
     Ok(())
 }
-
-/// Removes every passkey of the user (2-Step turned off).
-pub async fn remove_all(
-    state: &WebState,
-    who: &Requester<'_>,
-    user_id: i64,
-) -> Result<(), WebError> {
-    let actor = &who.actor();
-    for passkey in state.store.passkeys(user_id).await? {
-        state
-            .store
-            .remove_passkey(user_id, passkey.id, actor)
-            .await?;
-    }
-    Ok(())
-}

@@ -40,9 +40,9 @@ const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch:
 
 // The whole walk is bounded (one wait for the next TOTP step is the longest part).
 const watchdog = setTimeout(() => {
-  fail('browser scenarios finish within 260 s', new Error('still running'));
+  fail('browser scenarios finish within 290 s', new Error('still running'));
   process.exit(1);
-}, 260_000);
+}, 290_000);
 
 const scenarios = [];
 const scenario = (name, run) => scenarios.push({ name, run });
@@ -838,6 +838,46 @@ scenario('user trusts this browser at the second step, then forgets it', async (
     await page.click('button:has-text("Sign out")');
     await signIn(page, FRANK);
     expect(path_(page) === '/login/code', `landed on ${path_(page)}`);
+  });
+  await page.context().close();
+});
+
+// ---- security notices by e-mail ---------------------------------------------
+
+scenario('a new app password is told to the user by e-mail, without the password', async (ctx) => {
+  const GRACE = { address: 'grace@example.test', password: 'grace-primary' };
+  const page = await newPage(ctx, DESKTOP);
+  await check('grace (example.test, Forced by now) enrolls with the key shown on the page', async () => {
+    await signIn(page, GRACE);
+    expect(path_(page) === '/login/enroll', `landed on ${path_(page)}`);
+    const secret = (await page.textContent('.secret')).replace(/\s/g, '');
+    await page.fill('#code', totp(secret));
+    await page.click('form[action="/login/enroll"] button');
+    expect(path_(page) === '/account/two-step', `landed on ${path_(page)}`);
+  });
+  const since = ctx.mail.messages.length;
+  let password = '';
+  await check('grace creates an app password; the page answers at once with it', async () => {
+    await page.goto(`${BASE}/account/app-passwords`);
+    await page.fill('#name', 'Grace phone');
+    await page.click('form[action="/account/app-passwords"] button');
+    password = (await page.textContent('.secret')).trim();
+    expect(/^[0-9a-z]{4}(-[0-9a-z]{4}){3,}$/.test(password), `shown: ${password}`);
+  });
+  await check('her mailbox is told: the device, when, from where, what to do; never the password', async () => {
+    const mail = await ctx.mail.waitFor(GRACE.address, { since });
+    expect(subjectOf(mail) === 'An application password was created', `subject: ${subjectOf(mail)}`);
+    expect(mail.data.includes('"Grace phone"'), 'the device is not named');
+    expect(/From the address: /.test(mail.data), 'no client address');
+    expect(/If it was not you: /.test(mail.data), 'no advice');
+    const bare = password.replace(/-/g, '');
+    expect(!mail.data.includes(password) && !mail.data.includes(bare), 'the app password is in the mail');
+  });
+  await check('her domain administrator sees which notices are sent on the domain card', async () => {
+    await ctx.alice.goto(`${BASE}/domain`);
+    const on = await ctx.alice.isChecked('input[name="app-password-created"]');
+    const off = await ctx.alice.isChecked('input[name="two-step-on"]');
+    expect(on && !off, `app-password-created ${on}, two-step-on ${off}`);
   });
   await page.context().close();
 });

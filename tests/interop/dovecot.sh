@@ -12,7 +12,8 @@
 #        carol@example.test/carol-primary, dave@forced.test/dave-primary,
 #        erin@forced.test/erin-primary, judy@example.test/judy-primary,
 #        kim@forced.test/kim-primary, henry@rollout.test/henry-primary,
-#        ivy@rollout.test/ivy-primary, frank@example.test/frank-primary.
+#        ivy@rollout.test/ivy-primary, frank@example.test/frank-primary,
+#        grace@example.test/grace-primary.
 # Files under DIR: dovecot.conf, dovecot.log, cert.pem (also the CA: self-signed),
 # key.pem, known-message.eml (the message in alice's INBOX, CRLF line ends),
 # auth-postfix (SASL socket for Postfix), mail/ (Maildirs owned by vmail).
@@ -93,7 +94,7 @@ write_users() {
     local dir=$1 u local_part domain
     : > "$dir/users"
     for u in alice@example.test bob@example.test carol@example.test dave@forced.test erin@forced.test \
-        judy@example.test kim@forced.test henry@rollout.test ivy@rollout.test frank@example.test; do
+        judy@example.test kim@forced.test henry@rollout.test ivy@rollout.test frank@example.test grace@example.test; do
         local_part=${u%@*}
         domain=${u#*@}
         echo "$u:{PLAIN}$local_part-primary::::::" >> "$dir/users"

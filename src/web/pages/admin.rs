@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{AdminSession, UserSession, admin_nav, error_page, fmt_time, page, sentence, user_nav};
 use crate::clock::unix_now;
+use crate::notices::{NoticeKind, NoticeKinds};
 use crate::policy::DomainStatus;
 use crate::rollout::format_date;
 use crate::store::{AuditFilter, RemoteActor};
@@ -93,6 +94,22 @@ pub async fn domain(State(state): State<WebState>, user: UserSession) -> Respons
                         option value="off" selected[!d.trusted_browsers] { "Not allowed" }
                     }
                     button type="submit" { "Save" }
+                }
+            }
+            div.card {
+                h2 { "Security notices" }
+                p.muted { "postern e-mails a user (their mailbox and confirmed recovery address) when one of these happens to their account: what, when and from which address, never a password or code; at most 10 an hour per user. Untick a kind to stop sending it to this domain's users." }
+                form method="post" action="/domain/notices" {
+                    input type="hidden" name="csrf" value=(user.csrf);
+                    @for kind in NoticeKind::ALL {
+                        div {
+                            label.check {
+                                input type="checkbox" name=(kind.as_str()) value="on" checked[!d.notices_off.contains(kind)];
+                                " " (kind.label())
+                            }
+                        }
+                    }
+                    button type="submit" { "Save notices" }
                 }
             }
             div.card.table {
@@ -277,6 +294,27 @@ pub async fn domain_trusted_browsers(
     {
         Ok(_) => Redirect::to("/domain#trusted-browsers").into_response(),
         Err(err) => error_page(&WebError::from(err)),
+    }
+}
+
+/// The notices card: a ticked kind is sent, an unticked one is not (a form
+/// sends only the ticked boxes).
+pub async fn domain_notices(
+    State(state): State<WebState>,
+    user: UserSession,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let (user, domain) = match domain_admin(&state, user).await {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    let off = NoticeKind::ALL
+        .into_iter()
+        .filter(|kind| !fields.iter().any(|(name, _)| name == kind.as_str()))
+        .fold(NoticeKinds::NONE, NoticeKinds::with);
+    match ops::set_domain_notices(&state, &domain, off, &user.actor()).await {
+        Ok(()) => Redirect::to("/domain").into_response(),
+        Err(err) => error_page(&err),
     }
 }
 

@@ -109,6 +109,7 @@ pub fn routes() -> Router<WebState> {
             "/domain/trusted-browsers",
             post(admin::domain_trusted_browsers),
         )
+        .route("/domain/notices", post(admin::domain_notices))
         .route("/domain/users/reset", post(admin::domain_reset))
         .route("/admin", get(admin::console))
         .route("/admin/login", get(admin::login_form).post(admin::login))
