@@ -442,7 +442,11 @@ async fn starttls_inside_tls_is_an_error_and_the_session_goes_on() {
         );
         let login = format!("AUTH PLAIN {}\r\n", plain("", ALICE, ALICE_PRIMARY));
         client.send(login.as_bytes()).await;
-        assert_eq!(client.line().await, "235 2.7.0 Authentication successful\r\n", "{how}");
+        assert_eq!(
+            client.line().await,
+            "235 2.7.0 Authentication successful\r\n",
+            "{how}"
+        );
     }
     assert_eq!(log.logins().len(), 2);
 }

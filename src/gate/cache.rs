@@ -79,11 +79,10 @@ pub struct LoginCache {
 impl LoginCache {
     /// Entries count while `epoch` says nothing changed since their read.
     pub fn new(ttl: Duration, epoch: ChangeEpoch) -> Self {
-        let mut entries = Cache::builder()
-            .max_capacity(CAPACITY)
-            .weigher(|_, credentials: &Credentials| {
-                u32::try_from(credentials.len()).unwrap_or(u32::MAX)
-            });
+        let weigher = |_: &String, credentials: &Credentials| {
+            u32::try_from(credentials.len()).unwrap_or(u32::MAX)
+        };
+        let mut entries = Cache::builder().max_capacity(CAPACITY).weigher(weigher);
         if !ttl.is_zero() {
             entries = entries.time_to_live(ttl);
         }

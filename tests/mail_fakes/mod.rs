@@ -183,9 +183,7 @@ impl Log {
     /// Every login attempt: (authzid, authcid, password).
     pub fn logins(&self) -> Vec<(String, String, String)> {
         let logins = self.0.logins().into_iter();
-        logins
-            .map(|l| (l.authzid, l.authcid, l.password))
-            .collect()
+        logins.map(|l| (l.authzid, l.authcid, l.password)).collect()
     }
 
     pub fn commands(&self) -> Vec<String> {
