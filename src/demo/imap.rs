@@ -99,12 +99,14 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut out = Vec::new();
         let status: String = match (command.as_str(), &user) {
+            (_, Some(_)) if session.closes_after_login() => return Ok(()),
             ("CAPABILITY", _) => {
                 out.extend(format!("* CAPABILITY {CAPABILITIES}\r\n").into_bytes());
                 "OK CAPABILITY completed".into()
             }
             ("ID", _) => {
-                out.extend(b"* ID (\"name\" \"postern-demo\")\r\n");
+                let name = &session.options.hostname;
+                out.extend(format!("* ID (\"name\" \"{name}\")\r\n").into_bytes());
                 "OK ID completed".into()
             }
             ("NOOP" | "CHECK", _) => "OK NOOP completed".into(),
@@ -114,8 +116,8 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     .await?;
                 return Ok(());
             }
-            ("AUTHENTICATE" | "LOGIN", None) if session.options.stall_at_login => {
-                return session.stall(&mut stream).await;
+            ("AUTHENTICATE" | "LOGIN", None) if session.fails_login() => {
+                return session.fail_login(&mut stream).await;
             }
             ("AUTHENTICATE", None) => {
                 let mut args = rest.split(' ');

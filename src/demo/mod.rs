@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 pub use imap::CAPABILITIES_AFTER_LOGIN;
-pub use store::{MAX_MESSAGE, Mailboxes, welcome};
+pub use store::{MAX_MESSAGE, Mailboxes};
 
 use crate::app::{Bound, Runtime};
 use crate::config::Config;

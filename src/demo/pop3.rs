@@ -29,6 +29,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             (n >= 1 && n <= messages.len() && !deleted[n - 1]).then(|| n - 1)
         };
         let reply: Vec<u8> = match (command.as_str(), &user) {
+            (_, Some(_)) if session.closes_after_login() => return Ok(()),
             ("CAPA", _) => b"+OK\r\nUSER\r\nSASL PLAIN\r\nUIDL\r\nTOP\r\n.\r\n".to_vec(),
             ("QUIT", _) => {
                 if let Some(user) = &user {
@@ -48,8 +49,8 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 user_name = Some(arg.to_owned());
                 b"+OK send PASS\r\n".to_vec()
             }
-            ("PASS" | "AUTH", None) if session.options.stall_at_login => {
-                return session.stall(&mut stream).await;
+            ("PASS" | "AUTH", None) if session.fails_login() => {
+                return session.fail_login(&mut stream).await;
             }
             ("PASS", None) | ("AUTH", None) => {
                 let opened = if command == "PASS" {

@@ -52,7 +52,7 @@ pub enum Seen {
     Data(Vec<u8>),
     /// A message accepted for delivery, before the final dot is answered.
     Mail(Mail),
-    /// The server stopped answering at the login ([`super::server::Options::stall_at_login`]).
+    /// The server stopped answering at the login ([`super::server::Fault::StallAtLogin`]).
     Stalled,
     /// A connection ended (either side closed it).
     Closed,

@@ -2,7 +2,7 @@
 //! port, bounds them, optionally wraps them in TLS, and hands each to the
 //! protocol's server ([`super::imap`], [`super::pop3`], [`super::smtp`]).
 //! The same servers stand in for the mail server in `postern demo` and in the
-//! test suite; the options that only tests use (a record, a stalled login,
+//! test suite; the options that only tests use (a record, a [`Fault`],
 //! XCLIENT) are off in the demo.
 
 use std::net::SocketAddr;
@@ -48,6 +48,20 @@ pub enum Tls {
     Implicit,
 }
 
+/// A failure the server plays (tests of how postern copes with upstreams).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Never answer a login command: a server that hangs under load. The
+    /// connection is read on until the client closes it.
+    StallAtLogin,
+    /// Read the login command, then close the connection without answering.
+    CloseAtLogin,
+    /// Close the connection at the first command after a successful login.
+    CloseAfterLogin,
+}
+
 /// One listener's behaviour.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -58,9 +72,8 @@ pub struct Options {
     /// Offer XCLIENT (SMTP submission): `XCLIENT LOGIN=<account>` logs in as
     /// that account with no password, as Postfix does for trusted clients.
     pub xclient: bool,
-    /// Never answer a login command: a server that hangs under load. The
-    /// connection is read on until the client closes it.
-    pub stall_at_login: bool,
+    /// Off in the demo.
+    pub fault: Fault,
 }
 
 impl Options {
@@ -70,7 +83,7 @@ impl Options {
             hostname: "demo.test".into(),
             tls: Tls::None,
             xclient: false,
-            stall_at_login: false,
+            fault: Fault::None,
         }
     }
 }
@@ -118,12 +131,29 @@ impl Session {
         self.login(authzid, authcid, password)
     }
 
-    /// Records that the login went unanswered, then reads (and records) the
-    /// client's lines until it closes the connection.
-    pub async fn stall<R: tokio::io::AsyncBufRead + Unpin>(
+    /// Whether a login command is met with [`Fault::StallAtLogin`] or
+    /// [`Fault::CloseAtLogin`] ([`Session::fail_login`] then ends the session).
+    pub fn fails_login(&self) -> bool {
+        matches!(
+            self.options.fault,
+            Fault::StallAtLogin | Fault::CloseAtLogin
+        )
+    }
+
+    /// Whether every command after the login closes the connection.
+    pub fn closes_after_login(&self) -> bool {
+        self.options.fault == Fault::CloseAfterLogin
+    }
+
+    /// The login command goes unanswered: the connection is closed, or read
+    /// on (recording the lines) until the client closes it.
+    pub async fn fail_login<R: tokio::io::AsyncBufRead + Unpin>(
         &self,
         reader: &mut R,
     ) -> std::io::Result<()> {
+        if self.options.fault != Fault::StallAtLogin {
+            return Ok(());
+        }
         self.seen.push(Seen::Stalled);
         while let Some(line) = super::store::read_line(reader).await? {
             self.seen.command(&line);

@@ -29,6 +29,9 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut recipients: Vec<String> = Vec::new();
     while let Some(line) = read_line(&mut stream).await? {
         session.seen.command(&line);
+        if user.is_some() && session.closes_after_login() {
+            return Ok(());
+        }
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
             let mut ehlo = format!(
@@ -53,8 +56,8 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             from = None;
             recipients.clear();
             "250 2.0.0 OK\r\n".into()
-        } else if upper.starts_with("AUTH") && submission && options.stall_at_login {
-            return session.stall(&mut stream).await;
+        } else if upper.starts_with("AUTH") && submission && session.fails_login() {
+            return session.fail_login(&mut stream).await;
         } else if upper.starts_with("AUTH PLAIN") && submission && user.is_none() {
             let rest = line[10..].trim();
             let response = if rest.is_empty() {

@@ -23,6 +23,8 @@ pub struct FakeImap {
     pub addr: SocketAddr,
     pub record: Record,
     /// The fake's self-signed certificate (PEM), when it speaks TLS.
+    certificate: Option<String>,
+    /// Where [`FakeImap::start_with`] wrote it.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -38,27 +40,33 @@ pub fn mailboxes(users: &[(&str, &str)]) -> Mailboxes {
 impl FakeImap {
     /// `users`: address → primary password.
     pub async fn start(users: &[(&str, &str)]) -> FakeImap {
-        Self::start_with(users, Tls::None, Path::new(".")).await
+        Self::start_as(users, |_| {}).await
     }
 
     /// Like [`FakeImap::start`] offering TLS; its certificate is written under `dir`.
     pub async fn start_with(users: &[(&str, &str)], tls: FakeTls, dir: &Path) -> FakeImap {
-        let options = Options {
-            tls,
-            ..Options::new(Service::Imap)
-        };
-        let server = MailServer::spawn(mailboxes(users), options, Record::new())
-            .await
-            .expect("fake IMAP upstream");
-        let ca_file = server.certificate.as_ref().map(|pem| {
+        let mut fake = Self::start_as(users, |options| options.tls = tls).await;
+        fake.ca_file = fake.certificate.as_ref().map(|pem| {
             let path = dir.join("fake-upstream.pem");
             std::fs::write(&path, pem).expect("write cert");
             path
         });
+        fake
+    }
+
+    /// Like [`FakeImap::start`], with a change to the server's options (a
+    /// [`postern::demo::server::Fault`], another host name).
+    pub async fn start_as(users: &[(&str, &str)], change: impl FnOnce(&mut Options)) -> FakeImap {
+        let mut options = Options::new(Service::Imap);
+        change(&mut options);
+        let server = MailServer::spawn(mailboxes(users), options, Record::new())
+            .await
+            .expect("fake IMAP upstream");
         FakeImap {
             addr: server.addr,
             record: server.record,
-            ca_file,
+            certificate: server.certificate,
+            ca_file: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! An upstream that greets, answers the commands before the login, and then
 //! never answers the login: a server that hangs under load (the demo's server
-//! with `stall_at_login`). It reads on until postern closes the connection, and
+//! with [`Fault::StallAtLogin`]). It reads on until postern closes the connection, and
 //! its record says so, so a test can check that no half-open upstream socket is
 //! left behind.
 
@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use postern::demo::record::{Record, Seen};
-use postern::demo::server::{MailServer, Options, Service};
+use postern::demo::server::{Fault, MailServer, Options, Service};
 use postern::policy::Protocol;
 
 use super::IO_TIMEOUT;
@@ -34,7 +34,7 @@ impl StallingUpstream {
         };
         let options = Options {
             hostname: BANNER.into(),
-            stall_at_login: true,
+            fault: Fault::StallAtLogin,
             ..Options::new(service)
         };
         let boxes = mailboxes(&[("alice@example.test", "alice-primary")]);
