@@ -42,6 +42,8 @@ struct Inner {
     /// When the last complete event-log read began; `None`: never, or the log
     /// could not be read since.
     read: Mutex<Option<Instant>>,
+    /// Woken at every complete read, for [`ChangeEpoch::until_fresh`].
+    read_done: tokio::sync::Notify,
 }
 
 impl ChangeEpoch {
@@ -65,6 +67,21 @@ impl ChangeEpoch {
     pub fn log_read(&self, started: Instant) {
         if let Ok(mut read) = self.0.read.lock() {
             *read = Some(read.map_or(started, |r| r.max(started)));
+        }
+        self.0.read_done.notify_waiters();
+    }
+
+    /// Resolves once the event log was read within [`FRESHNESS`] (at once if it
+    /// was): tests await it instead of polling [`ChangeEpoch::fresh`].
+    pub async fn until_fresh(&self) {
+        loop {
+            let read = self.0.read_done.notified();
+            tokio::pin!(read);
+            read.as_mut().enable();
+            if self.fresh() {
+                return;
+            }
+            read.await;
         }
     }
 

@@ -383,6 +383,12 @@ impl Gate {
         self.store.epoch().fresh()
     }
 
+    /// Resolves once repeat logins are answered from memory (the event log
+    /// was just read).
+    pub async fn until_remembering(&self) {
+        self.store.epoch().until_fresh().await
+    }
+
     /// Resolves once every audit row queued so far is written (shutdown).
     pub async fn flush_audit(&self) {
         self.audit.flush().await;

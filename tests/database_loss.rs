@@ -242,10 +242,10 @@ async fn after_the_outage(
     assert_eq!(failures.count, 0, "no failure counted");
     let (imap, _) = imap_login(w, &w.password).await;
     assert!(imap.starts_with("a OK"), "{imap}");
-    assert_eq!(pop3_login(w, &w.password).await, "+OK fake logged in\r\n");
+    assert_eq!(pop3_login(w, &w.password).await, "+OK logged in\r\n");
     assert_eq!(
         smtp_login(w, &w.password).await,
-        "235 2.7.0 fake accepted\r\n"
+        "235 2.7.0 Authentication successful\r\n"
     );
     session.send("c NOOP\r\n").await;
     assert_eq!(session.line().await, "c OK NOOP completed\r\n");

@@ -109,7 +109,6 @@ async fn imap_lists_and_fetches_then_enrolment_requires_an_app_password() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, reply) = imap_login(&demo, ALICE, "alice-password").await;
     assert!(reply.contains("a NO"), "{reply}");
     let scopes: Scopes = "imap,pop3,smtp".parse().unwrap();

@@ -47,7 +47,11 @@ async fn a_user_who_is_not_enrolled_passes_through_with_the_primary_password() {
     let (fake, gateway) = setup().await;
     let (reply, mut client) = login(&gateway, ALICE, "alice-primary").await;
     // The upstream's own tagged OK (with its capabilities) reaches the client.
-    assert_eq!(reply, "a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
+    let logged_in = format!(
+        "a OK [CAPABILITY {}] Logged in\r\n",
+        postern::demo::CAPABILITIES_AFTER_LOGIN
+    );
+    assert_eq!(reply, logged_in);
     assert_eq!(fake.logins(), vec![ALICE]);
     client.send(b"b SELECT INBOX\r\nc FETCH 1 BODY[]\r\n").await;
     client.until("b OK").await;
@@ -316,19 +320,10 @@ async fn the_upstream_can_be_reached_over_starttls_or_implicit_tls_and_is_verifi
 
 #[tokio::test]
 async fn an_upstream_that_dies_mid_login_is_a_temporary_failure() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            use tokio::io::AsyncWriteExt;
-            let _ = stream
-                .write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] ready\r\n")
-                .await;
-            // Read the login, then vanish without answering.
-            let mut buf = [0u8; 512];
-            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
-        }
-    });
+    use postern::demo::server::Fault;
+    let users = [(ALICE, "alice-primary")];
+    let fake = FakeImap::start_as(&users, |o| o.fault = Fault::CloseAtLogin).await;
+    let addr = fake.addr;
     let gateway = Gateway::start_imap(addr, "allow_plaintext_auth = true").await;
     let (reply, _) = login(&gateway, ALICE, "alice-primary").await;
     assert!(reply.starts_with("a NO [UNAVAILABLE]"), "{reply}");
@@ -770,39 +765,22 @@ async fn an_upstream_that_never_greets_is_a_temporary_failure() {
 
 #[tokio::test]
 async fn an_upstream_closing_mid_session_closes_the_client_without_leaking_its_text() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut stream = tokio::io::BufReader::new(stream);
-                let greeting = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] banner-7f3e\r\n";
-                stream.get_mut().write_all(greeting).await?;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if stream.read_line(&mut line).await? == 0 {
-                        return Ok::<_, std::io::Error>(());
-                    }
-                    let tag = line.split(' ').next().unwrap_or("*").to_owned();
-                    let upper = line.to_ascii_uppercase();
-                    let reply = if upper.contains(" ID ") {
-                        format!("* ID (\"name\" \"banner-7f3e\")\r\n{tag} OK ID done\r\n")
-                    } else if upper.contains("AUTHENTICATE") {
-                        format!("{tag} OK [CAPABILITY IMAP4rev1] Logged in\r\n")
-                    } else {
-                        // Any command after login: the upstream goes away.
-                        return Ok(());
-                    };
-                    stream.get_mut().write_all(reply.as_bytes()).await?;
-                }
-            });
-        }
-    });
+    use postern::demo::server::Fault;
+    let users = [(ALICE, "alice-primary")];
+    let fake = FakeImap::start_as(&users, |o| {
+        // The name is in its greeting and its ID answer.
+        o.hostname = "banner-7f3e".into();
+        o.fault = Fault::CloseAfterLogin;
+    })
+    .await;
+    let addr = fake.addr;
     let gateway = Gateway::start_imap(addr, "allow_plaintext_auth = true").await;
     let (reply, mut client) = login(&gateway, ALICE, "alice-primary").await;
-    assert_eq!(reply, "a OK [CAPABILITY IMAP4rev1] Logged in\r\n");
+    let logged_in = format!(
+        "a OK [CAPABILITY {}] Logged in\r\n",
+        postern::demo::CAPABILITIES_AFTER_LOGIN
+    );
+    assert_eq!(reply, logged_in);
     client.send(b"b NOOP\r\n").await;
     let mut rest = Vec::new();
     loop {
@@ -954,15 +932,7 @@ async fn a_client_stalling_in_the_tls_handshake_is_closed() {
 #[tokio::test]
 async fn an_upstream_that_never_answers_the_login_is_a_temporary_failure_and_is_closed() {
     use common::stalling_upstream::StallingUpstream;
-    let mut upstream = StallingUpstream::start(
-        "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] slow-banner-5e1\r\n",
-        &[(
-            "p1 ID",
-            "* ID (\"name\" \"slow-banner-5e1\")\r\np1 OK ID done\r\n",
-        )],
-        "a AUTHENTICATE",
-    )
-    .await;
+    let mut upstream = StallingUpstream::start(Protocol::Imap).await;
     let gateway = Gateway::start_with(
         upstream.addr,
         "allow_plaintext_auth = true",

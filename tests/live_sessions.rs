@@ -254,11 +254,10 @@ const REFUSAL: &str = "a NO [AUTHENTICATIONFAILED] Authentication failed. If 2-S
 /// Waits (bounded) until `gateway` answers repeat logins from memory, so the
 /// tests below exercise the login cache and not only the store.
 async fn remembering(gateway: &Gateway) {
-    let ready = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while !gateway.runtime.gate.remembers_logins() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
+    let ready = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        gateway.runtime.gate.until_remembering(),
+    )
     .await;
     assert!(ready.is_ok(), "the event log was never read");
 }

@@ -2,15 +2,66 @@
 //! Python's imaplib and simple mail clients: CAPABILITY, ID, NOOP, LOGIN,
 //! AUTHENTICATE PLAIN, LIST/LSUB, NAMESPACE, STATUS, SELECT/EXAMINE, FETCH,
 //! STORE, SEARCH (everything matches), EXPUNGE, CLOSE, UNSELECT, IDLE, LOGOUT,
-//! and the UID forms.
+//! and the UID forms; STARTTLS when the listener offers it.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
+use super::server::Session;
 use super::store::{FlagMode, MAX_LINE, Mailboxes, Message, read_line};
 
+/// Before the login (RFC 9051 §7.2.2: the greeting may carry them).
 const CAPABILITIES: &str = "IMAP4rev1 SASL-IR ID AUTH=PLAIN IDLE NAMESPACE UNSELECT";
+/// In the tagged OK of a login: no more AUTH= mechanisms.
+pub const CAPABILITIES_AFTER_LOGIN: &str = "IMAP4rev1 ID IDLE NAMESPACE UNSELECT";
+
+/// A listener offering STARTTLS (RFC 9051 §6.2.1): greets, answers until
+/// STARTTLS, and returns the connection to wrap in TLS; `None` when the client
+/// left, or pipelined anything behind STARTTLS (it must not run inside TLS).
+pub(super) async fn until_starttls(
+    tcp: TcpStream,
+    session: &Session,
+) -> std::io::Result<Option<TcpStream>> {
+    let mut stream = BufReader::new(tcp);
+    let host = &session.options.hostname;
+    stream
+        .write_all(
+            format!("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] {host} IMAP ready\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    while let Some(line) = read_line(&mut stream).await? {
+        session.seen.command(&line);
+        let mut words = line.splitn(3, ' ');
+        let tag = words.next().unwrap_or("*").to_owned();
+        let reply = match words.next().unwrap_or("").to_ascii_uppercase().as_str() {
+            "STARTTLS" => {
+                stream
+                    .write_all(format!("{tag} OK Begin TLS negotiation now\r\n").as_bytes())
+                    .await?;
+                if !stream.buffer().is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(stream.into_inner()));
+            }
+            "CAPABILITY" => format!(
+                "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\n{tag} OK CAPABILITY completed\r\n"
+            ),
+            "NOOP" => format!("{tag} OK NOOP completed\r\n"),
+            "LOGOUT" => {
+                stream
+                    .write_all(format!("* BYE bye\r\n{tag} OK LOGOUT completed\r\n").as_bytes())
+                    .await?;
+                return Ok(None);
+            }
+            _ => format!("{tag} BAD STARTTLS first\r\n"),
+        };
+        stream.write_all(reply.as_bytes()).await?;
+    }
+    Ok(None)
+}
 
 struct Selected {
     read_only: bool,
@@ -18,20 +69,24 @@ struct Selected {
     view: Vec<u32>,
 }
 
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+/// One IMAP session; `greet` is false inside TLS negotiated by STARTTLS.
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    boxes: Mailboxes,
+    session: &Session,
+    greet: bool,
 ) -> std::io::Result<()> {
+    let boxes = &session.boxes;
     let mut stream = BufReader::new(stream);
-    stream
-        .write_all(
-            format!("* OK [CAPABILITY {CAPABILITIES}] postern demo IMAP upstream ready\r\n")
-                .as_bytes(),
-        )
-        .await?;
+    if greet {
+        let host = &session.options.hostname;
+        stream
+            .write_all(format!("* OK [CAPABILITY {CAPABILITIES}] {host} IMAP ready\r\n").as_bytes())
+            .await?;
+    }
     let mut user: Option<String> = None;
     let mut selected: Option<Selected> = None;
     while let Some(line) = read_line(&mut stream).await? {
+        session.seen.command(&line);
         let mut words = line.splitn(3, ' ');
         let tag = words.next().unwrap_or("*").to_owned();
         let mut command = words.next().unwrap_or("").to_ascii_uppercase();
@@ -44,12 +99,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut out = Vec::new();
         let status: String = match (command.as_str(), &user) {
+            (_, Some(_)) if session.closes_after_login() => return Ok(()),
             ("CAPABILITY", _) => {
                 out.extend(format!("* CAPABILITY {CAPABILITIES}\r\n").into_bytes());
                 "OK CAPABILITY completed".into()
             }
             ("ID", _) => {
-                out.extend(b"* ID (\"name\" \"postern-demo\")\r\n");
+                let name = &session.options.hostname;
+                out.extend(format!("* ID (\"name\" \"{name}\")\r\n").into_bytes());
                 "OK ID completed".into()
             }
             ("NOOP" | "CHECK", _) => "OK NOOP completed".into(),
@@ -58,6 +115,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     .write_all(format!("* BYE bye\r\n{tag} OK LOGOUT completed\r\n").as_bytes())
                     .await?;
                 return Ok(());
+            }
+            ("AUTHENTICATE" | "LOGIN", None) if session.fails_login() => {
+                return session.fail_login(&mut stream).await;
             }
             ("AUTHENTICATE", None) => {
                 let mut args = rest.split(' ');
@@ -69,13 +129,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             read_line(&mut stream).await?.unwrap_or_default()
                         }
                     };
-                    login_status(&boxes.login_plain(&response), &mut user)
+                    login_status(&session.login_plain(&response), &mut user)
                 } else {
                     "NO [CANNOT] Only PLAIN".into()
                 }
             }
             ("LOGIN", None) => match astrings(&rest).as_slice() {
-                [name, password] => login_status(&boxes.login("", name, password), &mut user),
+                [name, password] => login_status(&session.login("", name, password), &mut user),
                 _ => "BAD LOGIN needs a user and a password (no literals)".into(),
             },
             ("AUTHENTICATE" | "LOGIN", Some(_)) => "BAD Already logged in".into(),
@@ -144,10 +204,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             (_, Some(name)) => match selected.as_mut() {
                 None => "BAD Select INBOX first".into(),
                 Some(sel) => {
-                    sync_view(&boxes, name, sel, &mut out);
+                    sync_view(boxes, name, sel, &mut out);
                     match command.as_str() {
-                        "FETCH" => fetch(&boxes, name, sel, uid, &rest, &mut out),
-                        "STORE" => store(&boxes, name, sel, uid, &rest, &mut out),
+                        "FETCH" => fetch(boxes, name, sel, uid, &rest, &mut out),
+                        "STORE" => store(boxes, name, sel, uid, &rest, &mut out),
                         "SEARCH" => {
                             let ids: Vec<String> = if uid {
                                 sel.view.iter().map(u32::to_string).collect()
@@ -163,7 +223,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             "OK SEARCH completed".into()
                         }
                         "EXPUNGE" | "CLOSE" => {
-                            expunge(&boxes, name, sel, command == "EXPUNGE", &mut out);
+                            expunge(boxes, name, sel, command == "EXPUNGE", &mut out);
                             if command == "CLOSE" {
                                 selected = None;
                             }
@@ -176,7 +236,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         "IDLE" => {
                             stream.write_all(&out).await?;
                             out.clear();
-                            idle(&mut stream, &boxes, name, sel).await?
+                            idle(&mut stream, boxes, name, sel).await?
                         }
                         _ => "BAD Not supported by the demo".into(),
                     }
@@ -193,7 +253,7 @@ fn login_status(opened: &Option<String>, user: &mut Option<String>) -> String {
     match opened {
         Some(name) => {
             *user = Some(name.clone());
-            format!("OK [CAPABILITY {CAPABILITIES}] Logged in")
+            format!("OK [CAPABILITY {CAPABILITIES_AFTER_LOGIN}] Logged in")
         }
         None => "NO [AUTHENTICATIONFAILED] Authentication failed.".into(),
     }

@@ -2,21 +2,23 @@
 //! POP3, SMTP) with demo accounts, so a newcomer can try every flow on one
 //! machine with no mail server. Not a mail server: mail to anyone but the demo
 //! accounts is dropped, and everything is forgotten at exit.
+//!
+//! The same upstream ([`server::MailServer`]) is the fake mail server of the
+//! test suite, which turns on its [`record::Record`] and its fault options.
 
 mod imap;
 mod pop3;
+pub mod record;
+pub mod server;
 mod smtp;
 mod store;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::warn;
 
+pub use imap::CAPABILITIES_AFTER_LOGIN;
 pub use store::{MAX_MESSAGE, Mailboxes};
 
 use crate::app::{Bound, Runtime};
@@ -34,10 +36,6 @@ pub const ACCOUNTS: [(&str, &str); 2] = [
 pub const BOB_TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 /// The web UI's system administrator.
 pub const ADMIN: (&str, &str) = ("admin", "admin-password");
-/// Connections the demo upstream serves at once (per protocol).
-const MAX_CONNECTIONS: usize = 64;
-/// Longest a demo upstream connection lives.
-const MAX_SESSION: Duration = Duration::from_secs(4 * 3600);
 
 /// How to start the demo.
 #[derive(Debug, Clone, Default)]
@@ -100,11 +98,15 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<DemoHandle> {
     for (address, _) in ACCOUNTS {
         mailboxes.deliver(address, store::welcome(address));
     }
+    let spawn = |service| {
+        let options = server::Options::new(service);
+        server::MailServer::spawn(mailboxes.clone(), options, record::Record::off())
+    };
     let upstream = Upstream {
-        imap: spawn_upstream(mailboxes.clone(), Kind::Imap).await?,
-        pop3: spawn_upstream(mailboxes.clone(), Kind::Pop3).await?,
-        smtp: spawn_upstream(mailboxes.clone(), Kind::Smtp).await?,
-        relay: spawn_upstream(mailboxes.clone(), Kind::Relay).await?,
+        imap: spawn(server::Service::Imap).await?.addr,
+        pop3: spawn(server::Service::Pop3).await?.addr,
+        smtp: spawn(server::Service::Submission).await?.addr,
+        relay: spawn(server::Service::Relay).await?.addr,
     };
     let port = |friendly: u16| {
         let free =
@@ -223,47 +225,6 @@ async fn seed(runtime: &Runtime, key: &InstanceKey) -> anyhow::Result<String> {
     .await??;
     store.add_sysadmin(ADMIN.0, &hash, "demo").await?;
     Ok(issued.password.display().expose().clone())
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Imap,
-    Pop3,
-    Smtp,
-    Relay,
-}
-
-/// One demo upstream listener on an ephemeral loopback port.
-async fn spawn_upstream(mailboxes: Mailboxes, kind: Kind) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                warn!("demo upstream: too many connections; closing one");
-                continue;
-            };
-            let mailboxes = mailboxes.clone();
-            tokio::spawn(async move {
-                let session = async {
-                    match kind {
-                        Kind::Imap => imap::serve(tcp, mailboxes).await,
-                        Kind::Pop3 => pop3::serve(tcp, mailboxes).await,
-                        Kind::Smtp => smtp::serve(tcp, mailboxes, smtp::Access::Submission).await,
-                        Kind::Relay => smtp::serve(tcp, mailboxes, smtp::Access::Relay).await,
-                    }
-                };
-                let _ = tokio::time::timeout(MAX_SESSION, session).await;
-                drop(permit);
-            });
-        }
-    });
-    Ok(addr)
 }
 
 /// `postern demo`: starts everything, prints how to try it, runs until Ctrl-C.

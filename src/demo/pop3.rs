@@ -3,21 +3,25 @@
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::store::{Mailboxes, Message, read_line};
+use super::server::Session;
+use super::store::{Message, read_line};
 
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    boxes: Mailboxes,
+    session: &Session,
 ) -> std::io::Result<()> {
+    let boxes = &session.boxes;
     let mut stream = BufReader::new(stream);
+    let host = &session.options.hostname;
     stream
-        .write_all(b"+OK postern demo POP3 upstream ready\r\n")
+        .write_all(format!("+OK {host} POP3 ready\r\n").as_bytes())
         .await?;
     let mut user_name: Option<String> = None;
     let mut user: Option<String> = None;
     let mut messages: Vec<Message> = Vec::new();
     let mut deleted: Vec<bool> = Vec::new();
     while let Some(line) = read_line(&mut stream).await? {
+        session.seen.command(&line);
         let (command, arg) = line.split_once(' ').unwrap_or((&line, ""));
         let command = command.to_ascii_uppercase();
         let pick = |arg: &str| -> Option<usize> {
@@ -25,6 +29,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             (n >= 1 && n <= messages.len() && !deleted[n - 1]).then(|| n - 1)
         };
         let reply: Vec<u8> = match (command.as_str(), &user) {
+            (_, Some(_)) if session.closes_after_login() => return Ok(()),
             ("CAPA", _) => b"+OK\r\nUSER\r\nSASL PLAIN\r\nUIDL\r\nTOP\r\n.\r\n".to_vec(),
             ("QUIT", _) => {
                 if let Some(user) = &user {
@@ -44,11 +49,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 user_name = Some(arg.to_owned());
                 b"+OK send PASS\r\n".to_vec()
             }
+            ("PASS" | "AUTH", None) if session.fails_login() => {
+                return session.fail_login(&mut stream).await;
+            }
             ("PASS", None) | ("AUTH", None) => {
                 let opened = if command == "PASS" {
                     user_name
                         .take()
-                        .and_then(|name| boxes.login("", &name, arg))
+                        .and_then(|name| session.login("", &name, arg))
                 } else if let Some(rest) = arg
                     .get(..5)
                     .filter(|m| m.eq_ignore_ascii_case("PLAIN"))
@@ -60,7 +68,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     } else {
                         rest.trim().to_owned()
                     };
-                    boxes.login_plain(&response)
+                    session.login_plain(&response)
                 } else {
                     None
                 };

@@ -3,8 +3,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use subtle::ConstantTimeEq;
 
 /// Longest command line the demo servers read.
@@ -75,18 +73,6 @@ impl Mailboxes {
         let user = authcid.to_ascii_lowercase();
         let ok = self.0.passwords.get(&user).is_some_and(|p| eq(password, p));
         ok.then_some(user)
-    }
-
-    /// SASL PLAIN (RFC 4616), base64 as sent.
-    pub fn login_plain(&self, base64: &str) -> Option<String> {
-        let raw = B64.decode(base64.trim()).ok()?;
-        let text = std::str::from_utf8(&raw).ok()?;
-        let mut parts = text.split('\0');
-        let (authzid, authcid, password) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        self.login(authzid, authcid, password)
     }
 
     /// Appends a message to a demo INBOX; false if `to` is not a demo account.

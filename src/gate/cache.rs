@@ -28,13 +28,16 @@
 //! the cache off).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use moka::ops::compute::Op;
+use moka::sync::Cache;
 
 use crate::epoch::{ChangeEpoch, Epoch};
 use crate::store::{Account, AppPasswordRecord, normalize_address};
-/// Entries kept at most; past this the cache starts again empty.
-const CAPACITY: usize = 50_000;
+/// Entries (credentials, all users together) kept at most; past this the
+/// least useful users' entries go first.
+const CAPACITY: u64 = 50_000;
 
 /// The store's answer for one login.
 #[derive(Clone, Debug)]
@@ -52,6 +55,7 @@ pub struct CacheKey {
     pub lookup: Option<String>,
 }
 
+#[derive(Clone)]
 struct Entry {
     context: LoginContext,
     /// Where the change counter was when the store read began.
@@ -59,27 +63,31 @@ struct Entry {
     filled: Instant,
 }
 
+/// A user's entries, by credential, so that they all go at once.
+type Credentials = HashMap<Option<String>, Entry>;
+
 pub struct LoginCache {
-    inner: Mutex<Inner>,
+    /// By address (bounded by entry count, each user's entries live at most
+    /// `ttl` from their last write).
+    entries: Cache<String, Credentials>,
     /// How long an entry lives at most, whatever the event log says (zero:
     /// nothing is remembered).
     ttl: Duration,
     epoch: ChangeEpoch,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// By address, then by credential: a user's entries go at once.
-    entries: HashMap<String, HashMap<Option<String>, Entry>>,
-    /// Entries in `entries`, all users together.
-    count: usize,
-}
-
 impl LoginCache {
     /// Entries count while `epoch` says nothing changed since their read.
     pub fn new(ttl: Duration, epoch: ChangeEpoch) -> Self {
+        let weigher = |_: &String, credentials: &Credentials| {
+            u32::try_from(credentials.len()).unwrap_or(u32::MAX)
+        };
+        let mut entries = Cache::builder().max_capacity(CAPACITY).weigher(weigher);
+        if !ttl.is_zero() {
+            entries = entries.time_to_live(ttl);
+        }
         Self {
-            inner: Mutex::default(),
+            entries: entries.build(),
             ttl,
             epoch,
         }
@@ -88,8 +96,8 @@ impl LoginCache {
     /// The context for `key`, if an entry is still valid
     /// ([`ChangeEpoch::remembered`]) and younger than the lifetime.
     pub fn get(&self, key: &CacheKey) -> Option<LoginContext> {
-        let inner = self.inner.lock().ok()?;
-        let entry = inner.entries.get(&key.address)?.get(&key.lookup)?;
+        let credentials = self.entries.get(&key.address)?;
+        let entry = credentials.get(&key.lookup)?;
         (self.epoch.remembered(entry.read_at) && entry.filled.elapsed() < self.ttl)
             .then(|| entry.context.clone())
     }
@@ -99,45 +107,32 @@ impl LoginCache {
         if self.ttl.is_zero() {
             return;
         }
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        if inner.count >= CAPACITY {
-            inner.entries.clear();
-            inner.count = 0;
-        }
         let entry = Entry {
             context,
             read_at,
             filled: Instant::now(),
         };
-        let replaced = inner
-            .entries
+        let ttl = self.ttl;
+        self.entries
             .entry(key.address)
-            .or_default()
-            .insert(key.lookup, entry);
-        if replaced.is_none() {
-            inner.count += 1;
-        }
+            .and_compute_with(|credentials| {
+                let mut credentials = credentials.map(|c| c.into_value()).unwrap_or_default();
+                credentials.retain(|_, e| e.filled.elapsed() < ttl);
+                credentials.insert(key.lookup, entry);
+                Op::Put(credentials)
+            });
     }
 
     /// Drops every entry of `address` (a failed login counted), written in any
     /// case: entries are keyed by the address as [`normalize_address`] gives it.
     pub fn forget_user(&self, address: &str) {
         let address = normalize_address(address).unwrap_or_else(|_| address.to_owned());
-        if let Ok(mut inner) = self.inner.lock()
-            && let Some(gone) = inner.entries.remove(&address)
-        {
-            inner.count -= gone.len();
-        }
+        self.entries.invalidate(&address);
     }
 
     /// Drops every entry (they no longer count: the event log is unreadable).
     pub fn clear(&self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.entries.clear();
-            inner.count = 0;
-        }
+        self.entries.invalidate_all();
     }
 }
 

@@ -1,261 +1,101 @@
-//! A scripted IMAP upstream: accepts `AUTHENTICATE PLAIN` as the user itself or
-//! as the master account `proxy`/`masterpw` acting for a user, and records what
-//! it was sent so tests can assert what reached it.
+//! The IMAP upstream of the tests: the demo's IMAP server (`postern::demo`)
+//! with the given accounts, each holding [`MESSAGE`], and the master account
+//! `proxy`/`masterpw` that may act for any of them. Its record says what
+//! reached it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use base64::Engine;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use postern::demo::Mailboxes;
+use postern::demo::record::Record;
+use postern::demo::server::{MailServer, Options, Service, Tls};
 
 /// How the fake upstream offers TLS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FakeTls {
-    None,
-    /// Plain greeting, then `STARTTLS`; nothing is accepted before it.
-    Starttls,
-    /// TLS from the first byte.
-    Implicit,
-}
+pub type FakeTls = Tls;
 
 pub const MESSAGE: &[u8] = b"From: a@example.test\r\nSubject: hi\r\n\r\nbody line\r\n";
 
-#[derive(Default, Debug)]
-pub struct Seen {
-    /// One entry per successful login: "user" or "user via proxy".
-    pub logins: Vec<String>,
-    /// Failed login attempts.
-    pub refused: usize,
-    /// Lines received after login, in order.
-    pub commands: Vec<String>,
-    /// `ID` lines received.
-    pub ids: Vec<String>,
-}
+/// The master account the test gateways log in with.
+pub const MASTER: (&str, &str) = ("proxy", "masterpw");
 
 #[derive(Clone)]
 pub struct FakeImap {
     pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Seen>>,
+    pub record: Record,
     /// The fake's self-signed certificate (PEM), when it speaks TLS.
+    certificate: Option<String>,
+    /// Where [`FakeImap::start_with`] wrote it.
     pub ca_file: Option<PathBuf>,
 }
 
-/// A self-signed certificate for localhost/127.0.0.1 written under `dir`.
-fn tls_acceptor(dir: &Path) -> (TlsAcceptor, PathBuf) {
-    postern::net::tls::install_provider();
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("cert");
-    let ca = dir.join("fake-upstream.pem");
-    std::fs::write(&ca, generated.cert.pem()).expect("write cert");
-    let key = PrivateKeyDer::from_pem_slice(generated.signing_key.serialize_pem().as_bytes())
-        .expect("key");
-    let chain = vec![CertificateDer::from(generated.cert.der().to_vec())];
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-    (TlsAcceptor::from(Arc::new(config)), ca)
+/// The accounts, each with [`MESSAGE`] in its INBOX.
+pub fn mailboxes(users: &[(&str, &str)]) -> Mailboxes {
+    let boxes = Mailboxes::new(users, MASTER);
+    for (user, _) in users {
+        boxes.deliver(user, MESSAGE.to_vec());
+    }
+    boxes
 }
 
 impl FakeImap {
     /// `users`: address → primary password.
     pub async fn start(users: &[(&str, &str)]) -> FakeImap {
-        Self::start_with(users, FakeTls::None, Path::new("")).await
+        Self::start_as(users, |_| {}).await
     }
 
-    /// Like [`FakeImap::start`], speaking TLS as `tls` says; the certificate is
-    /// written under `dir` (see `ca_file`).
+    /// Like [`FakeImap::start`] offering TLS; its certificate is written under `dir`.
     pub async fn start_with(users: &[(&str, &str)], tls: FakeTls, dir: &Path) -> FakeImap {
-        let users: Arc<HashMap<String, String>> = Arc::new(
-            users
-                .iter()
-                .map(|(u, p)| ((*u).to_owned(), (*p).to_owned()))
-                .collect(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let (acceptor, ca_file) = match tls {
-            FakeTls::None => (None, None),
-            _ => {
-                let (acceptor, ca) = tls_acceptor(dir);
-                (Some(acceptor), Some(ca))
-            }
-        };
-        let fake = FakeImap {
-            addr,
-            seen: seen.clone(),
-            ca_file,
-        };
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (users, seen, acceptor) = (users.clone(), seen.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    let _ = accept(stream, tls, acceptor, users, seen).await;
-                });
-            }
+        let mut fake = Self::start_as(users, |options| options.tls = tls).await;
+        fake.ca_file = fake.certificate.as_ref().map(|pem| {
+            let path = dir.join("fake-upstream.pem");
+            std::fs::write(&path, pem).expect("write cert");
+            path
         });
         fake
     }
 
+    /// Like [`FakeImap::start`], with a change to the server's options (a
+    /// [`postern::demo::server::Fault`], another host name).
+    pub async fn start_as(users: &[(&str, &str)], change: impl FnOnce(&mut Options)) -> FakeImap {
+        let mut options = Options::new(Service::Imap);
+        change(&mut options);
+        let server = MailServer::spawn(mailboxes(users), options, Record::new())
+            .await
+            .expect("fake IMAP upstream");
+        FakeImap {
+            addr: server.addr,
+            record: server.record,
+            certificate: server.certificate,
+            ca_file: None,
+        }
+    }
+
+    /// One entry per successful login: "user" or "user via proxy".
     pub fn logins(&self) -> Vec<String> {
-        self.seen.lock().expect("lock").logins.clone()
+        let logins = self.record.logins().into_iter();
+        logins.filter(|l| l.accepted).map(|l| l.who()).collect()
     }
 
+    /// Failed login attempts.
     pub fn refused(&self) -> usize {
-        self.seen.lock().expect("lock").refused
+        self.record.logins().iter().filter(|l| !l.accepted).count()
     }
 
+    /// Lines received after login, in order.
     pub fn commands(&self) -> Vec<String> {
-        self.seen.lock().expect("lock").commands.clone()
+        self.record.commands_after_login()
     }
 
+    /// The arguments of the `ID` commands received.
     pub fn ids(&self) -> Vec<String> {
-        self.seen.lock().expect("lock").ids.clone()
-    }
-}
-
-fn check(users: &HashMap<String, String>, plain: &[u8]) -> Option<String> {
-    let parts: Vec<&[u8]> = plain.split(|b| *b == 0).collect();
-    let [authzid, authcid, password] = parts.as_slice() else {
-        return None;
-    };
-    let (authzid, authcid, password) = (
-        std::str::from_utf8(authzid).ok()?,
-        std::str::from_utf8(authcid).ok()?,
-        std::str::from_utf8(password).ok()?,
-    );
-    if authcid == "proxy" && password == "masterpw" && users.contains_key(authzid) {
-        return Some(format!("{authzid} via proxy"));
-    }
-    if authzid.is_empty() && users.get(authcid).is_some_and(|p| p == password) {
-        return Some(authcid.to_owned());
-    }
-    None
-}
-
-const GREETING: &[u8] = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] fake ready\r\n";
-
-async fn accept(
-    mut stream: TcpStream,
-    tls: FakeTls,
-    acceptor: Option<TlsAcceptor>,
-    users: Arc<HashMap<String, String>>,
-    seen: Arc<Mutex<Seen>>,
-) -> std::io::Result<()> {
-    let acceptor = || acceptor.clone().ok_or(std::io::ErrorKind::InvalidInput);
-    match tls {
-        FakeTls::None => serve(stream, true, users, seen).await,
-        FakeTls::Implicit => serve(acceptor()?.accept(stream).await?, true, users, seen).await,
-        FakeTls::Starttls => {
-            stream
-                .write_all(b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] fake ready\r\n")
-                .await?;
-            // Byte by byte, so nothing sent after STARTTLS is read in clear.
-            let mut line = Vec::new();
-            while !line.ends_with(b"\n") {
-                let mut byte = [0u8];
-                if stream.read(&mut byte).await? == 0 {
-                    return Ok(());
-                }
-                line.push(byte[0]);
-            }
-            let text = String::from_utf8_lossy(&line);
-            let tag = text.split(' ').next().unwrap_or("*").to_owned();
-            if !text.to_ascii_uppercase().contains("STARTTLS") {
-                stream
-                    .write_all(format!("{tag} BAD STARTTLS first\r\n").as_bytes())
-                    .await?;
-                return Ok(());
-            }
-            stream
-                .write_all(format!("{tag} OK Begin TLS\r\n").as_bytes())
-                .await?;
-            serve(acceptor()?.accept(stream).await?, false, users, seen).await
-        }
-    }
-}
-
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    greet: bool,
-    users: Arc<HashMap<String, String>>,
-    seen: Arc<Mutex<Seen>>,
-) -> std::io::Result<()> {
-    let (read, mut write) = tokio::io::split(stream);
-    let mut read = BufReader::new(read);
-    if greet {
-        write.write_all(GREETING).await?;
-    }
-    let mut logged_in = false;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if read.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let trimmed = line.trim_end().to_owned();
-        let mut words = trimmed.splitn(3, ' ');
-        let tag = words.next().unwrap_or("*").to_owned();
-        let command = words.next().unwrap_or("").to_ascii_uppercase();
-        let rest = words.next().unwrap_or("").to_owned();
-        if logged_in {
-            seen.lock().expect("lock").commands.push(trimmed.clone());
-        }
-        let reply = match command.as_str() {
-            "ID" => {
-                seen.lock().expect("lock").ids.push(rest.clone());
-                format!("* ID NIL\r\n{tag} OK ID completed\r\n")
-            }
-            "AUTHENTICATE" if !logged_in => {
-                let mut encoded = rest.strip_prefix("PLAIN").unwrap_or("").trim().to_owned();
-                if encoded.is_empty() {
-                    write.write_all(b"+ \r\n").await?;
-                    let mut response = String::new();
-                    read.read_line(&mut response).await?;
-                    encoded = response.trim().to_owned();
-                }
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded.as_bytes())
-                    .unwrap_or_default();
-                match check(&users, &decoded) {
-                    Some(who) => {
-                        seen.lock().expect("lock").logins.push(who);
-                        logged_in = true;
-                        format!("{tag} OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
-                    }
-                    None => {
-                        seen.lock().expect("lock").refused += 1;
-                        format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-                    }
-                }
-            }
-            "SELECT" if logged_in => {
-                format!("* 1 EXISTS\r\n{tag} OK [READ-WRITE] Select completed\r\n")
-            }
-            "FETCH" if logged_in => {
-                let mut out = format!("* 1 FETCH (BODY[] {{{}}}\r\n", MESSAGE.len()).into_bytes();
-                out.extend_from_slice(MESSAGE);
-                out.extend_from_slice(format!(")\r\n{tag} OK Fetch completed\r\n").as_bytes());
-                write.write_all(&out).await?;
-                continue;
-            }
-            "NOOP" => format!("{tag} OK NOOP completed\r\n"),
-            "LOGOUT" => {
-                write
-                    .write_all(format!("* BYE bye\r\n{tag} OK Logout completed\r\n").as_bytes())
-                    .await?;
-                return Ok(());
-            }
-            _ => format!("{tag} BAD unexpected\r\n"),
-        };
-        write.write_all(reply.as_bytes()).await?;
+        let commands = self.record.commands().into_iter();
+        commands
+            .filter_map(|line| {
+                let mut words = line.splitn(3, ' ');
+                let _tag = words.next();
+                let id = words.next()?.eq_ignore_ascii_case("ID");
+                id.then(|| words.next().unwrap_or("").to_owned())
+            })
+            .collect()
     }
 }

@@ -1,9 +1,9 @@
 //! Helpers for the POP3 and SMTP gateway tests: postern in-process with a fresh
-//! store, fake upstream servers that record what they receive, and a line client.
+//! store, the demo's upstream servers recording what they receive, and a line
+//! client.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -11,6 +11,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use postern::app::{Bound, Runtime};
 use postern::config::Config;
 use postern::credentials::{InstanceKey, issue_app_password};
+use postern::demo::Mailboxes;
+use postern::demo::record::Record;
+use postern::demo::server::{MailServer, Options, Service};
 use postern::policy::{DomainStatus, Protocol, Scopes};
 use postern::store::{FactorKind, Store};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -19,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub const ALICE: &str = "alice@example.test";
 pub const ALICE_PRIMARY: &str = "alice-primary";
 pub const TOTP_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+/// The one message in ALICE's upstream INBOX.
+pub const MESSAGE: &[u8] = b"From: a@example.test\r\nSubject: hi\r\n\r\nbody line\r\n";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// postern running in this process.
@@ -133,54 +138,25 @@ pub fn plain(authzid: &str, authcid: &str, password: &str) -> String {
     B64.encode(format!("{authzid}\0{authcid}\0{password}"))
 }
 
-/// What a fake upstream saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seen {
-    Connected,
-    /// A SASL PLAIN login: (authzid, authcid, password).
-    Login(String, String, String),
-    /// A command line (without CRLF) the fake received, any phase.
-    Command(String),
-    /// The raw bytes between DATA's 354 and the final dot line (exclusive).
-    Data(Vec<u8>),
-    /// A connection ended (either side closed it).
-    Closed,
-}
+pub use postern::demo::record::Seen;
 
 /// What a fake upstream saw, in order; tests await entries instead of sleeping.
-#[derive(Clone, Default)]
-pub struct Log(Arc<LogInner>);
-
-#[derive(Default)]
-pub struct LogInner {
-    seen: Mutex<Vec<Seen>>,
-    changed: tokio::sync::Notify,
-}
+#[derive(Clone)]
+pub struct Log(pub Record);
 
 impl Log {
-    pub fn push(&self, seen: Seen) {
-        self.0.seen.lock().unwrap().push(seen);
-        self.0.changed.notify_waiters();
-    }
     pub fn all(&self) -> Vec<Seen> {
-        self.0.seen.lock().unwrap().clone()
+        self.0.all()
     }
 
     /// Waits (at most 20 s, then panics naming `what`) until the record
     /// satisfies `done`.
     pub async fn wait_for(&self, what: &str, done: impl Fn(&[Seen]) -> bool) {
-        let waited = tokio::time::timeout(WAIT, async {
-            loop {
-                let changed = self.0.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if done(&self.0.seen.lock().unwrap()) {
-                    return;
-                }
-                changed.await;
-            }
-        })
-        .await;
+        let done = |entries: &[(u64, Seen)]| {
+            let seen: Vec<Seen> = entries.iter().map(|(_, s)| s.clone()).collect();
+            done(&seen)
+        };
+        let waited = tokio::time::timeout(WAIT, self.0.wait_for(done)).await;
         assert!(waited.is_ok(), "waited 20 s for {what}: {:?}", self.all());
     }
 
@@ -188,14 +164,15 @@ impl Log {
     /// nothing more can reach it: the record is final. Await it after the
     /// client's own connection was closed.
     pub async fn connections_closed(&self) {
-        self.wait_for("the upstream connections to close", |seen| {
-            let count = |kind: &Seen| seen.iter().filter(|s| *s == kind).count();
-            count(&Seen::Connected) == count(&Seen::Closed)
-        })
-        .await
+        let waited = tokio::time::timeout(WAIT, self.0.connections_closed()).await;
+        assert!(
+            waited.is_ok(),
+            "waited 20 s for the upstream connections to close: {:?}",
+            self.all()
+        );
     }
 
-    /// Waits until the fake has seen `n` logins.
+    /// Waits until the fake has seen `n` login attempts.
     pub async fn logins_seen(&self, n: usize) {
         self.wait_for(&format!("{n} logins"), |seen| {
             seen.iter().filter(|s| matches!(s, Seen::Login(..))).count() >= n
@@ -203,24 +180,16 @@ impl Log {
         .await
     }
 
+    /// Every login attempt: (authzid, authcid, password).
     pub fn logins(&self) -> Vec<(String, String, String)> {
-        self.all()
-            .into_iter()
-            .filter_map(|s| match s {
-                Seen::Login(a, b, c) => Some((a, b, c)),
-                _ => None,
-            })
-            .collect()
+        let logins = self.0.logins().into_iter();
+        logins.map(|l| (l.authzid, l.authcid, l.password)).collect()
     }
+
     pub fn commands(&self) -> Vec<String> {
-        self.all()
-            .into_iter()
-            .filter_map(|s| match s {
-                Seen::Command(c) => Some(c),
-                _ => None,
-            })
-            .collect()
+        self.0.commands()
     }
+
     pub fn has_command(&self, prefix: &str) -> bool {
         self.commands()
             .iter()
@@ -228,170 +197,30 @@ impl Log {
     }
 }
 
-/// Who the fakes let in: the user's own password, or the master account.
-fn accepts(authzid: &str, authcid: &str, password: &str) -> bool {
-    (authzid.is_empty() && authcid == ALICE && password == ALICE_PRIMARY)
-        || (authzid == ALICE && authcid == "proxy" && password == "masterpw")
+/// The demo's `service` server for ALICE (whose INBOX holds one message) and
+/// the master account `proxy`/`masterpw`.
+async fn spawn_fake(options: Options) -> (SocketAddr, Log) {
+    let boxes = Mailboxes::new(&[(ALICE, ALICE_PRIMARY)], ("proxy", "masterpw"));
+    boxes.deliver(ALICE, MESSAGE.to_vec());
+    let server = MailServer::spawn(boxes, options, Record::new())
+        .await
+        .expect("fake upstream");
+    (server.addr, Log(server.record))
 }
 
-fn decode_plain(b64: &str) -> Option<(String, String, String)> {
-    let raw = B64.decode(b64.trim()).ok()?;
-    let parts: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    if parts.len() != 3 {
-        return None;
-    }
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    Some((s(parts[0]), s(parts[1]), s(parts[2])))
-}
-
-/// A fake upstream: spawns `serve` for every connection.
-async fn spawn_fake<F, Fut>(serve: F) -> (SocketAddr, Log)
-where
-    F: Fn(TcpStream, Log) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log = Log::default();
-    let out = log.clone();
-    let serve = Arc::new(serve);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            log.push(Seen::Connected);
-            let (serve, log) = (serve.clone(), log.clone());
-            tokio::spawn(async move {
-                let _ = serve(tcp, log.clone()).await;
-                log.push(Seen::Closed);
-            });
-        }
-    });
-    (addr, out)
-}
-
-async fn read_line(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
-    let mut line = Vec::new();
-    if r.read_until(b'\n', &mut line).await? == 0 {
-        return Ok(None);
-    }
-    Ok(Some(
-        String::from_utf8_lossy(&line)
-            .trim_end_matches(['\r', '\n'])
-            .to_owned(),
-    ))
-}
-
-/// A POP3 server: CAPA (SASL PLAIN), AUTH PLAIN, then `+OK <command>` for
-/// every command and `+OK` + close for QUIT.
+/// A POP3 server: CAPA (SASL PLAIN), USER/PASS, AUTH PLAIN, then ALICE's INBOX.
 pub async fn fake_pop3() -> (SocketAddr, Log) {
-    spawn_fake(|tcp, log| async move {
-        let mut r = BufReader::new(tcp);
-        r.get_mut().write_all(b"+OK fake pop3 ready\r\n").await?;
-        let mut logged_in = false;
-        while let Some(line) = read_line(&mut r).await? {
-            log.push(Seen::Command(line.clone()));
-            let upper = line.to_ascii_uppercase();
-            let reply: String = if upper == "CAPA" {
-                "+OK\r\nUSER\r\nSASL PLAIN\r\nUIDL\r\n.\r\n".into()
-            } else if !logged_in && upper.starts_with("AUTH PLAIN") {
-                let b64 = match line.get(11..) {
-                    Some(b64) if !b64.trim().is_empty() => b64.to_owned(),
-                    _ => {
-                        r.get_mut().write_all(b"+ \r\n").await?;
-                        read_line(&mut r).await?.unwrap_or_default()
-                    }
-                };
-                match decode_plain(&b64) {
-                    Some((z, c, p)) => {
-                        log.push(Seen::Login(z.clone(), c.clone(), p.clone()));
-                        if accepts(&z, &c, &p) {
-                            logged_in = true;
-                            "+OK fake logged in\r\n".into()
-                        } else {
-                            "-ERR [AUTH] fake says no\r\n".into()
-                        }
-                    }
-                    None => "-ERR bad base64\r\n".into(),
-                }
-            } else if upper == "QUIT" {
-                r.get_mut().write_all(b"+OK bye\r\n").await?;
-                return Ok(());
-            } else if logged_in {
-                format!("+OK {line}\r\n")
-            } else {
-                "-ERR not logged in\r\n".into()
-            };
-            r.get_mut().write_all(reply.as_bytes()).await?;
-        }
-        Ok(())
-    })
-    .await
+    spawn_fake(Options::new(Service::Pop3)).await
 }
 
 /// An SMTP submission server with AUTH PLAIN and XCLIENT; records the raw
 /// bytes of DATA.
 pub async fn fake_smtp() -> (SocketAddr, Log) {
-    spawn_fake(|tcp, log| async move {
-        let mut r = BufReader::new(tcp);
-        r.get_mut().write_all(b"220 fake.test ESMTP\r\n").await?;
-        let mut logged_in = false;
-        while let Some(line) = read_line(&mut r).await? {
-            log.push(Seen::Command(line.clone()));
-            let upper = line.to_ascii_uppercase();
-            let reply: String = if upper.starts_with("EHLO") {
-                "250-fake.test\r\n250-PIPELINING\r\n250-SIZE 31337\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250-XCLIENT LOGIN ADDR PORT NAME HELO\r\n250 ENHANCEDSTATUSCODES\r\n".into()
-            } else if upper.starts_with("XCLIENT") {
-                if line.split(' ').any(|a| a == format!("LOGIN={ALICE}")) {
-                    logged_in = true;
-                }
-                "220 fake.test ESMTP again\r\n".into()
-            } else if !logged_in && upper.starts_with("AUTH PLAIN") {
-                let b64 = match line.get(11..) {
-                    Some(b64) if !b64.trim().is_empty() => b64.to_owned(),
-                    _ => {
-                        r.get_mut().write_all(b"334 \r\n").await?;
-                        read_line(&mut r).await?.unwrap_or_default()
-                    }
-                };
-                match decode_plain(&b64) {
-                    Some((z, c, p)) => {
-                        log.push(Seen::Login(z.clone(), c.clone(), p.clone()));
-                        if accepts(&z, &c, &p) {
-                            logged_in = true;
-                            "235 2.7.0 fake accepted\r\n".into()
-                        } else {
-                            "535 5.7.8 fake says no\r\n".into()
-                        }
-                    }
-                    None => "501 5.5.2 bad base64\r\n".into(),
-                }
-            } else if upper == "QUIT" {
-                r.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
-                return Ok(());
-            } else if !logged_in {
-                "530 5.7.0 fake wants AUTH\r\n".into()
-            } else if upper == "DATA" {
-                r.get_mut().write_all(b"354 go ahead\r\n").await?;
-                let mut data = Vec::new();
-                loop {
-                    let mut l = Vec::new();
-                    if r.read_until(b'\n', &mut l).await? == 0 {
-                        return Ok(());
-                    }
-                    if l == b".\r\n" {
-                        break;
-                    }
-                    data.extend_from_slice(&l);
-                }
-                log.push(Seen::Data(data));
-                "250 2.0.0 queued\r\n".into()
-            } else {
-                format!("250 2.0.0 {line}\r\n")
-            };
-            r.get_mut().write_all(reply.as_bytes()).await?;
-        }
-        Ok(())
-    })
-    .await
+    let options = Options {
+        xclient: true,
+        ..Options::new(Service::Submission)
+    };
+    spawn_fake(options).await
 }
 
 /// A port with nothing listening.
