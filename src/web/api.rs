@@ -433,16 +433,12 @@ async fn second_step_done(
 ) -> ApiResult {
     match outcome {
         CodeOutcome::Accepted => {
-            let trust = match remember {
-                true => trusted::trust_this_browser(state, current, &address).await,
-                false => None,
-            };
-            let auth = Auth::User {
-                address,
-                impersonator: None,
-            };
-            let response = rotated_proved(state, &id, auth, Proof::SecondFactor).await?;
-            Ok(trusted::attach(trust, response))
+            let (new_id, session, trust) =
+                trusted::second_step_passed(state, current, &id, address, remember).await;
+            Ok(trusted::attach(
+                trust,
+                rotated_to(state, new_id, session).await?,
+            ))
         }
         CodeOutcome::Replayed => Err(ApiError(
             StatusCode::UNAUTHORIZED,

@@ -842,13 +842,9 @@ pub async fn domain_overview(state: &WebState, domain: &str) -> Result<DomainOve
     })
 }
 
-pub async fn set_domain_status(
-    state: &WebState,
-    domain: &str,
-    status: DomainStatus,
-    grace_days: Option<u32>,
-    actor: &(impl AuditActor + ?Sized),
-) -> Result<(), WebError> {
+/// A domain administrator's status change needs the system administrator's
+/// switch on: the domain must exist and have the 2-Step feature.
+async fn feature_on(state: &WebState, domain: &str) -> Result<(), WebError> {
     let record = state
         .store
         .domain(domain)
@@ -860,6 +856,17 @@ pub async fn set_domain_status(
                 .into(),
         ));
     }
+    Ok(())
+}
+
+pub async fn set_domain_status(
+    state: &WebState,
+    domain: &str,
+    status: DomainStatus,
+    grace_days: Option<u32>,
+    actor: &(impl AuditActor + ?Sized),
+) -> Result<(), WebError> {
+    feature_on(state, domain).await?;
     let grace_until = match grace_days {
         None | Some(0) => None,
         Some(days) if days <= 365 => Some(unix_now() + i64::from(days) * 86_400),
@@ -885,17 +892,7 @@ pub async fn schedule_forced(
     forced_from: &str,
     actor: &(impl AuditActor + ?Sized),
 ) -> Result<i64, WebError> {
-    let record = state
-        .store
-        .domain(domain)
-        .await?
-        .ok_or(WebError::NotFound)?;
-    if !record.feature {
-        return Err(WebError::Forbidden(
-            "the system administrator has not turned on 2-Step Authentication for this domain"
-                .into(),
-        ));
-    }
+    feature_on(state, domain).await?;
     let at =
         crate::rollout::parse_forced_from(forced_from, unix_now()).map_err(WebError::BadRequest)?;
     state.store.schedule_forced(domain, at, actor).await?;

@@ -370,6 +370,32 @@ pub async fn two_step_off(
     Ok(())
 }
 
+/// The second step was passed (a code or a passkey, on a page or through the
+/// API): the browser is trusted first when the user ticked "Don't ask again",
+/// then the session is signed in under a new id. Returns the new id, its row,
+/// and the trusted-browser cookie to set, if any.
+pub async fn second_step_passed(
+    state: &WebState,
+    current: &Current,
+    id: &str,
+    address: String,
+    remember: bool,
+) -> (String, super::session::WebSession, Option<TrustedCookie>) {
+    let trust = match remember {
+        true => trust_this_browser(state, current, &address).await,
+        false => None,
+    };
+    let auth = super::session::Auth::User {
+        address,
+        impersonator: None,
+    };
+    let (new_id, session) = state
+        .sessions
+        .rotate_proved(id, auth, crate::policy::Proof::SecondFactor)
+        .await;
+    (new_id, session, trust)
+}
+
 /// Attaches a trusted-browser cookie change, if any, to a response.
 pub fn attach(
     change: Option<TrustedCookie>,

@@ -280,21 +280,14 @@ pub async fn code(
     let ip = current.ip_string();
     match ops::second_step(&state, &address, &id, &form.code, ip.as_deref()).await {
         Ok(CodeOutcome::Accepted) => {
-            let trust = match form.remember {
-                Some(_) => trusted::trust_this_browser(&state, &current, &address).await,
-                None => None,
-            };
-            let (new_id, _) = state
-                .sessions
-                .rotate_proved(
-                    &id,
-                    Auth::User {
-                        address,
-                        impersonator: None,
-                    },
-                    Proof::SecondFactor,
-                )
-                .await;
+            let (new_id, _, trust) = trusted::second_step_passed(
+                &state,
+                &current,
+                &id,
+                address,
+                form.remember.is_some(),
+            )
+            .await;
             trusted::attach(
                 trust,
                 with_cookie(SessionCookie::Set(new_id), Redirect::to("/account")),

@@ -344,21 +344,8 @@ pub async fn login_finish(
     .await;
     match outcome {
         Ok(CodeOutcome::Accepted) => {
-            let trust = match body.remember {
-                true => trusted::trust_this_browser(&state, &current, &address).await,
-                false => None,
-            };
-            let (new_id, _) = state
-                .sessions
-                .rotate_proved(
-                    &id,
-                    Auth::User {
-                        address,
-                        impersonator: None,
-                    },
-                    Proof::SecondFactor,
-                )
-                .await;
+            let (new_id, _, trust) =
+                trusted::second_step_passed(&state, &current, &id, address, body.remember).await;
             trusted::attach(
                 trust,
                 with_cookie(
