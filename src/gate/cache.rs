@@ -28,6 +28,7 @@
 //! the cache off).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
@@ -63,8 +64,9 @@ struct Entry {
     filled: Instant,
 }
 
-/// A user's entries, by credential, so that they all go at once.
-type Credentials = HashMap<Option<String>, Entry>;
+/// A user's entries, by credential, so that they all go at once. Shared
+/// behind an `Arc`: a lookup (every warm login) clones a pointer, not the map.
+type Credentials = Arc<HashMap<Option<String>, Entry>>;
 
 pub struct LoginCache {
     /// By address (bounded by entry count, each user's entries live at most
@@ -116,10 +118,17 @@ impl LoginCache {
         self.entries
             .entry(key.address)
             .and_compute_with(|credentials| {
-                let mut credentials = credentials.map(|c| c.into_value()).unwrap_or_default();
-                credentials.retain(|_, e| e.filled.elapsed() < ttl);
+                let mut credentials: HashMap<_, _> = credentials
+                    .map(|c| {
+                        c.into_value()
+                            .iter()
+                            .filter(|(_, e)| e.filled.elapsed() < ttl)
+                            .map(|(k, e)| (k.clone(), e.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 credentials.insert(key.lookup, entry);
-                Op::Put(credentials)
+                Op::Put(Arc::new(credentials))
             });
     }
 
